@@ -1,0 +1,1 @@
+"""Experiment configs: Python files whose get_config() returns a ConfigDict."""
