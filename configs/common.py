@@ -6,51 +6,53 @@ from configs import settings
 
 
 def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.setting = "bf16"  # Name reported in results; `settings.apply` sets it with the rules.
-  c.seed = 0
+    c = ml_collections.ConfigDict()
+    c.setting = "bf16"  # Name reported in results; `settings.apply` sets it with the rules.
+    c.seed = 0
 
-  # Model
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "resnet20"  # Any key of qresnet.resnet.ARCHS.
-  c.model.width = 1.0  # Filter multiplier of the residual stages (not the stem).
-  c.model.dtype = "bfloat16"  # Compute dtype; quantizers run in float32.
+    # Model
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet20"  # Any key of qresnet.resnet.ARCHS.
+    c.model.width = 1.0  # Filter multiplier of the residual stages (not the stem).
+    c.model.dtype = "bfloat16"  # Compute dtype; quantizers run in float32.
 
-  # Data
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "cifar10_jpeg"
-  c.dataset.data_dir = ""  # "" searches $QRESNET_DATA, ./.data, ../shared/data, Debian's folder.
-  c.dataset.crop_pad = 4  # Random crop after padding by this many pixels (0 = off).
-  c.dataset.flip = True  # Random horizontal flip.
-  c.dataset.synthetic_train = 512  # Examples, for the "synthetic" dataset only.
-  c.dataset.synthetic_test = 256
-  c.dataset.train_subset = 0  # Use only the first N training examples (0 = all).
-  c.dataset.test_subset = 0  # Use only the first N test examples (0 = all).
+    # Data
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "cifar10_jpeg"
+    c.dataset.data_dir = ""  # "" searches $QRESNET_DATA, ./.data, ../shared/data, Debian's folder.
+    c.dataset.via_tfds = True  # Offline datasets through their TFDS builders when TFDS is installed.
+    c.dataset.tfds_dir = ""  # TFDS data dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    c.dataset.crop_pad = 4  # Random crop after padding by this many pixels (0 = off).
+    c.dataset.flip = True  # Random horizontal flip.
+    c.dataset.synthetic_train = 512  # Examples, for the "synthetic" dataset only.
+    c.dataset.synthetic_test = 256
+    c.dataset.train_subset = 0  # Use only the first N training examples (0 = all).
+    c.dataset.test_subset = 0  # Use only the first N test examples (0 = all).
 
-  # Quantization
-  c.quant = ml_collections.ConfigDict()
-  c.quant.rules = [(".*", None, None)]  # Ordered (regex, w_bits, a_bits[, options]); first match wins.
-  c.quant.act_start_step = -1  # Step at which activation bounds freeze and inputs get quantized.
-  c.quant.act_start_frac = 0.2  # Used when act_start_step < 0: this fraction of all steps.
+    # Quantization
+    c.quant = ml_collections.ConfigDict()
+    c.quant.rules = [(".*", None, None)]  # Ordered (regex, w_bits, a_bits[, options]); first match wins.
+    c.quant.act_start_step = -1  # Step at which activation bounds freeze and inputs get quantized.
+    c.quant.act_start_frac = 0.2  # Used when act_start_step < 0: this fraction of all steps.
 
-  # Optimizer: SGD with Nesterov momentum; lr = base_lr * batch_size / 256.
-  c.optim = ml_collections.ConfigDict()
-  c.optim.batch_size = 256  # Global batch; must divide by the number of devices.
-  c.optim.num_epochs = 200
-  c.optim.base_lr = 0.2
-  c.optim.momentum = 0.9
-  c.optim.nesterov = True
-  c.optim.weight_decay = 5e-4  # L2 on kernels only, added to the loss.
-  c.optim.warmup_epochs = 2.0  # Linear warm-up.
-  c.optim.cosine_alpha = 0.0  # Floor of the cosine decay, relative to the peak.
-  c.optim.cooldown_epochs = 0.0  # Final linear cool-down (multiplies the cosine).
+    # Optimizer: SGD with Nesterov momentum; lr = base_lr * batch_size / 256.
+    c.optim = ml_collections.ConfigDict()
+    c.optim.batch_size = 256  # Global batch; must divide by the number of devices.
+    c.optim.num_epochs = 200
+    c.optim.base_lr = 0.2
+    c.optim.momentum = 0.9
+    c.optim.nesterov = True
+    c.optim.weight_decay = 5e-4  # L2 on kernels only, added to the loss.
+    c.optim.warmup_epochs = 2.0  # Linear warm-up.
+    c.optim.cosine_alpha = 0.0  # Floor of the cosine decay, relative to the peak.
+    c.optim.cooldown_epochs = 0.0  # Final linear cool-down (multiplies the cosine).
 
-  # Evaluation, checkpoints, reporting
-  c.eval_batch_size = 1000
-  c.checkpoint_every_epochs = 10
-  c.smoothing_window = 5  # Triangular smoothing of eval accuracy (evals).
+    # Evaluation, checkpoints, reporting
+    c.eval_batch_size = 1000
+    c.checkpoint_every_epochs = 10
+    c.smoothing_window = 5  # Triangular smoothing of eval accuracy (evals).
 
-  c.cost = ml_collections.ConfigDict()
-  c.cost.reference = ""  # "" = bf16 ResNet-50 (ImageNet models) / ResNet-20 (CIFAR); or a model name.
+    c.cost = ml_collections.ConfigDict()
+    c.cost.reference = ""  # "" = bf16 ResNet-50 (ImageNet models) / ResNet-20 (CIFAR); or a model name.
 
-  return settings.apply(c, setting)
+    return settings.apply(c, setting)

@@ -10,9 +10,9 @@ SETTINGS = {
 
 
 def apply(config, setting: str):
-  """Sets config.setting and config.quant.rules to a named setting."""
-  if setting not in SETTINGS:
-    raise ValueError(f"unknown setting {setting!r}; choose one of {sorted(SETTINGS)}")
-  config.setting = setting
-  config.quant.rules = list(SETTINGS[setting])
-  return config
+    """Sets config.setting and config.quant.rules to a named setting."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; choose one of {sorted(SETTINGS)}")
+    config.setting = setting
+    config.quant.rules = list(SETTINGS[setting])
+    return config

@@ -4,16 +4,16 @@ from configs import common
 
 
 def get_config():
-  c = common.get_config("w4a4_ends8")
-  c.model.width = 0.25
-  c.model.dtype = "float32"
-  c.dataset.name = "synthetic"
-  c.dataset.synthetic_train = 64
-  c.dataset.synthetic_test = 32
-  c.optim.batch_size = 16
-  c.optim.num_epochs = 2
-  c.optim.warmup_epochs = 0.5
-  c.eval_batch_size = 16
-  c.checkpoint_every_epochs = 1
-  c.quant.act_start_frac = 0.5
-  return c
+    c = common.get_config("w4a4_ends8")
+    c.model.width = 0.25
+    c.model.dtype = "float32"
+    c.dataset.name = "synthetic"
+    c.dataset.synthetic_train = 64
+    c.dataset.synthetic_test = 32
+    c.optim.batch_size = 16
+    c.optim.num_epochs = 2
+    c.optim.warmup_epochs = 0.5
+    c.eval_batch_size = 16
+    c.checkpoint_every_epochs = 1
+    c.quant.act_start_frac = 0.5
+    return c

@@ -19,96 +19,105 @@ Any command that takes --config also takes --config.key=value overrides.
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog=f"qresnet {command}")
-  if command in ("cost", "train", "sweep"):
-    p.add_argument("--config", required=True, help="a configs/*.py file")
-  if command == "cost":
-    p.add_argument("--format", choices=("table", "json"), default="table")
-  if command == "train":
-    p.add_argument("--workdir", required=True)
-  if command == "sweep":
-    p.add_argument("--root", required=True, help="folder that holds one workdir per run")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their costs, train nothing")
-    p.add_argument("--jobs", type=int, default=0, help="concurrent runs per device (0 = automatic)")
-  if command == "pareto":
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--root", help="a sweep root (reads every result.json under it)")
-    src.add_argument("--points", help="CSV with columns name,setting,cost,accuracy[,train_accuracy]")
-    p.add_argument("--cost", choices=("linear", "quadratic", "memory"), default="linear")
-    p.add_argument("--out", required=True)
-  return p
+    p = argparse.ArgumentParser(prog=f"qresnet {command}")
+    if command in ("cost", "train", "sweep"):
+        p.add_argument("--config", required=True, help="a configs/*.py file")
+    if command == "cost":
+        p.add_argument("--format", choices=("table", "json"), default="table")
+    if command == "train":
+        p.add_argument("--workdir", required=True)
+    if command == "sweep":
+        p.add_argument("--root", required=True, help="folder that holds one workdir per run")
+        p.add_argument("--dry-run", action="store_true", help="list the runs and their costs, train nothing")
+        p.add_argument("--jobs", type=int, default=0, help="concurrent runs per device (0 = automatic)")
+    if command == "pareto":
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--root", help="a sweep root (reads every result.json under it)")
+        src.add_argument("--points", help="CSV with columns name,setting,cost,accuracy[,train_accuracy]")
+        p.add_argument("--cost", choices=("linear", "quadratic", "memory"), default="linear")
+        p.add_argument("--out", required=True)
+    return p
 
 
 def _split(argv):
-  args, overrides = [], []
-  for a in argv:
-    (overrides if a.startswith("--config.") else args).append(a)
-  return args, overrides
+    args, overrides = [], []
+    for a in argv:
+        (overrides if a.startswith("--config.") else args).append(a)
+    return args, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  if not argv or argv[0] in ("-h", "--help"):
-    print(USAGE)
-    return 0 if argv else 2
-  command, rest = argv[0], argv[1:]
-  if command not in ("cost", "train", "sweep", "pareto"):
-    print(f"qresnet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
-  args, overrides = _split(rest)
-  ns = _parser(command).parse_args(args)
-  from qresnet import config_lib, data, results
-  from qresnet.quant import specs
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in ("cost", "train", "sweep", "pareto"):
+        print(f"qresnet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    args, overrides = _split(rest)
+    ns = _parser(command).parse_args(args)
+    from qresnet import config_lib, data, results
+    from qresnet.quant import specs
 
-  errors = (config_lib.ConfigError, specs.SpecError, data.DataError, results.RecordError, ValueError)
-  try:
-    if command == "cost":
-      return _cost(ns, overrides)
-    if command == "train":
-      from qresnet import train
+    errors = (config_lib.ConfigError, specs.SpecError, data.DataError, results.RecordError, ValueError)
+    try:
+        if command == "cost":
+            return _cost(ns, overrides)
+        if command == "train":
+            from qresnet import train
 
-      errors += (train.TrainError,)
-      result = train.train_and_evaluate(config_lib.load_config(ns.config, overrides), ns.workdir)
-      print(json.dumps({k: result[k] for k in ("top1", "top1_last", "train_top1_at_best", "images_per_s")}))
-      return 0
-    if command == "sweep":
-      from qresnet import sweep
+            errors += (train.TrainError,)
+            result = train.train_and_evaluate(config_lib.load_config(ns.config, overrides), ns.workdir)
+            print(json.dumps({k: result[k] for k in ("top1", "top1_last", "train_top1_at_best", "images_per_s")}))
+            return 0
+        if command == "sweep":
+            from qresnet import sweep
 
-      errors += (sweep.SweepError,)
-      return sweep.run_sweep(ns.config, ns.root, overrides, dry_run=ns.dry_run, jobs=ns.jobs)
-    if command == "pareto":
-      from qresnet import pareto
+            errors += (sweep.SweepError,)
+            return sweep.run_sweep(ns.config, ns.root, overrides, dry_run=ns.dry_run, jobs=ns.jobs)
+        if command == "pareto":
+            from qresnet import pareto
 
-      pareto.write_report(root=ns.root, points=ns.points, cost_key=ns.cost, out=ns.out)
-      return 0
-  except errors as e:
-    print(f"qresnet {command}: error: {e}", file=sys.stderr)
-    return 1
-  return 0
+            pareto.write_report(root=ns.root, points=ns.points, cost_key=ns.cost, out=ns.out)
+            return 0
+    except errors as e:
+        print(f"qresnet {command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cost(ns, overrides) -> int:
-  from qresnet import config_lib, train
+    from qresnet import config_lib, train
 
-  config = config_lib.load_config(ns.config, overrides)
-  obj = train.config_cost(config)
-  if ns.format == "json":
-    print(json.dumps(obj))
+    config = config_lib.load_config(ns.config, overrides)
+    obj = train.config_cost(config)
+    if ns.format == "json":
+        print(json.dumps(obj))
+        return 0
+    cols = ("name", "macs", "weights", "w_bits", "a_bits", "linear", "quadratic", "memory")
+    rows = [[str(layer[c] if layer[c] is not None else "float") for c in cols] for layer in obj["layers"]]
+    rows.append(
+        [
+            "total",
+            *(str(obj["total"][c]) for c in ("macs", "weights")),
+            "",
+            "",
+            *(str(obj["total"][c]) for c in ("linear", "quadratic", "memory")),
+        ]
+    )
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+    print(fmt(cols))
+    for r in rows:
+        print(fmt(r))
+    ref = obj["reference"]
+    print(
+        f"ratio to bf16 {ref['model']} (width {ref['width']}): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in obj["ratio"].items())
+    )
     return 0
-  cols = ("name", "macs", "weights", "w_bits", "a_bits", "linear", "quadratic", "memory")
-  rows = [[str(layer[c] if layer[c] is not None else "float") for c in cols] for layer in obj["layers"]]
-  rows.append(["total", *(str(obj["total"][c]) for c in ("macs", "weights")), "", "",
-               *(str(obj["total"][c]) for c in ("linear", "quadratic", "memory"))])
-  widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-  fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
-  print(fmt(cols))
-  for r in rows:
-    print(fmt(r))
-  ref = obj["reference"]
-  print(f"ratio to bf16 {ref['model']} (width {ref['width']}): "
-        + ", ".join(f"{k} {v:.4f}" for k, v in obj["ratio"].items()))
-  return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

@@ -20,216 +20,245 @@ from qresnet import index, results
 
 
 class PointsError(ValueError):
-  """A points CSV that cannot be read; the message names the row and column."""
+    """A points CSV that cannot be read; the message names the row and column."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-  name: str
-  setting: str
-  cost: float
-  accuracy: float
-  train_accuracy: float | None = None
-  width: float | None = None
+    name: str
+    setting: str
+    cost: float
+    accuracy: float
+    train_accuracy: float | None = None
+    width: float | None = None
 
-  @property
-  def gap(self) -> float | None:
-    return None if self.train_accuracy is None else self.train_accuracy - self.accuracy
+    @property
+    def gap(self) -> float | None:
+        return None if self.train_accuracy is None else self.train_accuracy - self.accuracy
 
 
 def dominates(a: Point, b: Point) -> bool:
-  """a costs no more, is no less accurate, and is strictly better in one."""
-  return a.cost <= b.cost and a.accuracy >= b.accuracy and (a.cost < b.cost or a.accuracy > b.accuracy)
+    """a costs no more, is no less accurate, and is strictly better in one."""
+    return a.cost <= b.cost and a.accuracy >= b.accuracy and (a.cost < b.cost or a.accuracy > b.accuracy)
 
 
 def frontier(points: Sequence[Point]) -> list[Point]:
-  """Non-dominated points in order of cost (duplicates keep the first by name).
+    """Non-dominated points in order of cost (duplicates keep the first by name).
 
-  Args:
-    points: any points.
+    Args:
+      points: any points.
 
-  Returns:
-    The Pareto frontier (minimise cost, maximise accuracy), cheapest first.
-  """
-  ordered = sorted(points, key=lambda p: (p.cost, -p.accuracy, p.name))
-  out, best = [], -math.inf
-  for p in ordered:
-    if p.accuracy > best:
-      out.append(p)
-      best = p.accuracy
-  return out
+    Returns:
+      The Pareto frontier (minimise cost, maximise accuracy), cheapest first.
+    """
+    ordered = sorted(points, key=lambda p: (p.cost, -p.accuracy, p.name))
+    out, best = [], -math.inf
+    for p in ordered:
+        if p.accuracy > best:
+            out.append(p)
+            best = p.accuracy
+    return out
 
 
 def cheapest_dominator(point: Point, points: Sequence[Point]) -> Point | None:
-  """The lowest-cost point that dominates `point` (ties: most accurate, then name)."""
-  doms = [q for q in points if dominates(q, point)]
-  return min(doms, key=lambda q: (q.cost, -q.accuracy, q.name)) if doms else None
+    """The lowest-cost point that dominates `point` (ties: most accurate, then name)."""
+    doms = [q for q in points if dominates(q, point)]
+    return min(doms, key=lambda q: (q.cost, -q.accuracy, q.name)) if doms else None
 
 
 def bit_class(setting: str) -> str:
-  """"float" for bf16/float settings, "N-bit" for wNaM settings (N = the larger), else the name."""
-  s = setting.lower()
-  if s in ("bf16", "bfloat16", "float", "fp32", "float32", "fp16"):
-    return "float"
-  m = re.match(r"w(\d+)a(\d+)", s)
-  return f"{max(int(m[1]), int(m[2]))}-bit" if m else setting
+    """ "float" for bf16/float settings, "N-bit" for wNaM settings (N = the larger), else the name."""
+    s = setting.lower()
+    if s in ("bf16", "bfloat16", "float", "fp32", "float32", "fp16"):
+        return "float"
+    m = re.match(r"w(\d+)a(\d+)", s)
+    return f"{max(int(m[1]), int(m[2]))}-bit" if m else setting
 
 
 def is_float(p: Point) -> bool:
-  return bit_class(p.setting) == "float"
+    return bit_class(p.setting) == "float"
 
 
 def read_points_csv(path: str | Path) -> list[Point]:
-  """Reads name,setting,cost,accuracy[,train_accuracy] rows, checking every value."""
-  path = Path(path)
-  if not path.is_file():
-    raise PointsError(f"points file {str(path)!r} does not exist")
-  rows = list(csv.DictReader(io.StringIO(path.read_text())))
-  header = set(rows[0]) if rows else set()
-  missing = [c for c in ("name", "setting", "cost", "accuracy") if c not in header]
-  if missing:
-    raise PointsError(f"{path}: missing column(s) {missing}; the header must include name,setting,cost,accuracy "
-                      "(train_accuracy optional)")
-  points = []
-  for i, r in enumerate(rows, start=2):
-    vals = {}
-    for col in ("cost", "accuracy", "train_accuracy"):
-      raw = (r.get(col) or "").strip()
-      if col == "train_accuracy" and raw == "":
-        vals[col] = None
-        continue
-      try:
-        vals[col] = float(raw)
-      except ValueError:
-        raise PointsError(f"{path} line {i}: {col} {raw!r} is not a number") from None
-      if not math.isfinite(vals[col]):
-        raise PointsError(f"{path} line {i}: {col} {raw!r} is not finite")
-    points.append(Point(r["name"], r["setting"], vals["cost"], vals["accuracy"], vals["train_accuracy"]))
-  if not points:
-    raise PointsError(f"{path} holds no points")
-  return points
+    """Reads name,setting,cost,accuracy[,train_accuracy] rows, checking every value."""
+    path = Path(path)
+    if not path.is_file():
+        raise PointsError(f"points file {str(path)!r} does not exist")
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    header = set(rows[0]) if rows else set()
+    missing = [c for c in ("name", "setting", "cost", "accuracy") if c not in header]
+    if missing:
+        raise PointsError(
+            f"{path}: missing column(s) {missing}; the header must include name,setting,cost,accuracy "
+            "(train_accuracy optional)"
+        )
+    points = []
+    for i, r in enumerate(rows, start=2):
+        vals = {}
+        for col in ("cost", "accuracy", "train_accuracy"):
+            raw = (r.get(col) or "").strip()
+            if col == "train_accuracy" and raw == "":
+                vals[col] = None
+                continue
+            try:
+                vals[col] = float(raw)
+            except ValueError:
+                raise PointsError(f"{path} line {i}: {col} {raw!r} is not a number") from None
+            if not math.isfinite(vals[col]):
+                raise PointsError(f"{path} line {i}: {col} {raw!r} is not finite")
+        points.append(Point(r["name"], r["setting"], vals["cost"], vals["accuracy"], vals["train_accuracy"]))
+    if not points:
+        raise PointsError(f"{path} holds no points")
+    return points
 
 
 def points_from_root(root: str | Path, cost_key: str) -> list[Point]:
-  """Points from every result.json under a sweep root."""
-  rs = index.load_results(root)
-  if not rs:
-    raise PointsError(f"no result.json under {root}; run `qresnet sweep` first or pass --points")
-  return [Point(r["name"], r["setting"], r["cost"]["ratio"][cost_key], r["top1"], r["train_top1_at_best"],
-                r["width"]) for r in rs]
+    """Points from every result.json under a sweep root."""
+    rs = index.load_results(root)
+    if not rs:
+        raise PointsError(f"no result.json under {root}; run `qresnet sweep` first or pass --points")
+    return [
+        Point(r["name"], r["setting"], r["cost"]["ratio"][cost_key], r["top1"], r["train_top1_at_best"], r["width"])
+        for r in rs
+    ]
 
 
 def _plot(points, front, cost_key, out: Path) -> None:
-  import matplotlib
+    import matplotlib
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for setting in sorted({p.setting for p in points}):
-    pts = sorted((p for p in points if p.setting == setting), key=lambda p: p.cost)
-    ax.plot([p.cost for p in pts], [100 * p.accuracy for p in pts], "o-", ms=4, label=setting)
-  ax.plot([p.cost for p in front], [100 * p.accuracy for p in front], "k--", lw=1, label="Pareto frontier")
-  ax.scatter([p.cost for p in front], [100 * p.accuracy for p in front], s=80, facecolors="none",
-             edgecolors="k", zorder=3)
-  ax.set_xlabel(f"{cost_key} cost (ratio to the bf16 reference model)")
-  ax.set_ylabel("top-1 accuracy (%)")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  for ext in ("png", "svg"):
-    buf = io.BytesIO()
-    fig.savefig(buf, format=ext, dpi=150)
-    results.atomic_write_bytes(out / f"pareto_{cost_key}.{ext}", buf.getvalue())
-  plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for setting in sorted({p.setting for p in points}):
+        pts = sorted((p for p in points if p.setting == setting), key=lambda p: p.cost)
+        ax.plot([p.cost for p in pts], [100 * p.accuracy for p in pts], "o-", ms=4, label=setting)
+    ax.plot(
+        [p.cost for p in front],
+        [100 * p.accuracy for p in front],
+        "k--",
+        lw=1,
+        drawstyle="steps-post",
+        label="Pareto frontier",
+    )
+    ax.scatter(
+        [p.cost for p in front], [100 * p.accuracy for p in front], s=80, facecolors="none", edgecolors="k", zorder=3
+    )
+    ax.set_xlabel(f"{cost_key} cost (ratio to the bf16 reference model)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=150)
+        results.atomic_write_bytes(out / f"pareto_{cost_key}.{ext}", buf.getvalue())
+    plt.close(fig)
 
 
 def _plot_gap(points, out: Path) -> bool:
-  pts = [p for p in points if p.gap is not None]
-  if not pts:
-    return False
-  import matplotlib
+    pts = [p for p in points if p.gap is not None]
+    if not pts:
+        return False
+    import matplotlib
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-  by_width = all(p.width is not None for p in pts)
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for setting in sorted({p.setting for p in pts}):
-    sp = sorted((p for p in pts if p.setting == setting), key=lambda p: p.width if by_width else p.cost)
-    ax.plot([p.width if by_width else p.cost for p in sp], [100 * p.gap for p in sp], "o-", ms=4, label=setting)
-  ax.set_xlabel("width multiplier" if by_width else "cost")
-  ax.set_ylabel("train top-1 - eval top-1 (points)")
-  ax.axhline(0, color="k", lw=0.5)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  for ext in ("png", "svg"):
-    buf = io.BytesIO()
-    fig.savefig(buf, format=ext, dpi=150)
-    results.atomic_write_bytes(out / f"gap.{ext}", buf.getvalue())
-  plt.close(fig)
-  return True
+    by_width = all(p.width is not None for p in pts)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for setting in sorted({p.setting for p in pts}):
+        sp = sorted((p for p in pts if p.setting == setting), key=lambda p: p.width if by_width else p.cost)
+        ax.plot([p.width if by_width else p.cost for p in sp], [100 * p.gap for p in sp], "o-", ms=4, label=setting)
+    ax.set_xlabel("width multiplier" if by_width else "cost")
+    ax.set_ylabel("train top-1 - eval top-1 (points)")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=150)
+        results.atomic_write_bytes(out / f"gap.{ext}", buf.getvalue())
+    plt.close(fig)
+    return True
 
 
 def report_markdown(points: Sequence[Point], cost_key: str) -> str:
-  """report.md: frontier table, dominance of every float point, share per bit width, gap."""
-  front = frontier(points)
-  lines = [f"# Pareto report ({cost_key} cost)", "", f"{len(points)} points, {len(front)} on the frontier.", ""]
-  floats = [p for p in points if is_float(p)]
-  dominated = {p.name: cheapest_dominator(p, points) for p in floats}
-  if floats:
-    n_dom = sum(d is not None for d in dominated.values())
-    lines.append(f"**Float points dominated: {n_dom} of {len(floats)}**"
-                 + (" (every float point is dominated)." if n_dom == len(floats) else "."))
-  shares = {}
-  for p in front:
-    shares[bit_class(p.setting)] = shares.get(bit_class(p.setting), 0) + 1
-  lines.append("**Frontier by bit width:** " + ", ".join(
-      f"{k} {v}/{len(front)} ({100 * v / len(front):.0f}%)" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])))
-  lines += ["", "## Frontier (cheapest first)", "", "| name | setting | cost | accuracy |", "|---|---|---|---|"]
-  lines += [f"| {p.name} | {p.setting} | {p.cost:.4f} | {p.accuracy:.4f} |" for p in front]
-  if floats:
-    lines += ["", "## Float points and their cheapest dominator", "",
-              "| float point | cost | accuracy | cheapest dominator | its cost | its accuracy |",
-              "|---|---|---|---|---|---|"]
-    for p in sorted(floats, key=lambda p: p.cost):
-      d = dominated[p.name]
-      tail = f"{d.name} | {d.cost:.4f} | {d.accuracy:.4f}" if d else "none | | "
-      lines.append(f"| {p.name} | {p.cost:.4f} | {p.accuracy:.4f} | {tail} |")
-  gaps = [p for p in points if p.gap is not None]
-  if gaps:
-    lines += ["", "## Generalization gap (train top-1 - eval top-1)", "", "| name | setting | gap |", "|---|---|---|"]
-    lines += [f"| {p.name} | {p.setting} | {p.gap:+.4f} |" for p in sorted(gaps, key=lambda p: (p.setting, p.cost))]
-  return "\n".join(lines) + "\n"
+    """report.md: frontier table, dominance of every float point, share per bit width, gap."""
+    front = frontier(points)
+    lines = [f"# Pareto report ({cost_key} cost)", "", f"{len(points)} points, {len(front)} on the frontier.", ""]
+    floats = [p for p in points if is_float(p)]
+    dominated = {p.name: cheapest_dominator(p, points) for p in floats}
+    if floats:
+        n_dom = sum(d is not None for d in dominated.values())
+        lines.append(
+            f"**Float points dominated: {n_dom} of {len(floats)}**"
+            + (" (every float point is dominated)." if n_dom == len(floats) else ".")
+        )
+    shares = {}
+    for p in front:
+        shares[bit_class(p.setting)] = shares.get(bit_class(p.setting), 0) + 1
+    lines.append(
+        "**Frontier by bit width:** "
+        + ", ".join(
+            f"{k} {v}/{len(front)} ({100 * v / len(front):.0f}%)"
+            for k, v in sorted(shares.items(), key=lambda kv: -kv[1])
+        )
+    )
+    lines += ["", "## Frontier (cheapest first)", "", "| name | setting | cost | accuracy |", "|---|---|---|---|"]
+    lines += [f"| {p.name} | {p.setting} | {p.cost:.4f} | {p.accuracy:.4f} |" for p in front]
+    if floats:
+        lines += [
+            "",
+            "## Float points and their cheapest dominator",
+            "",
+            "| float point | cost | accuracy | cheapest dominator | its cost | its accuracy |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in sorted(floats, key=lambda p: p.cost):
+            d = dominated[p.name]
+            tail = f"{d.name} | {d.cost:.4f} | {d.accuracy:.4f}" if d else "none | | "
+            lines.append(f"| {p.name} | {p.cost:.4f} | {p.accuracy:.4f} | {tail} |")
+    gaps = [p for p in points if p.gap is not None]
+    if gaps:
+        lines += [
+            "",
+            "## Generalization gap (train top-1 - eval top-1)",
+            "",
+            "| name | setting | gap |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {p.name} | {p.setting} | {p.gap:+.4f} |" for p in sorted(gaps, key=lambda p: (p.setting, p.cost))]
+    return "\n".join(lines) + "\n"
 
 
 def write_report(*, root: str | None, points: str | None, cost_key: str, out: str) -> list[Point]:
-  """Writes pareto_<cost>.png/.svg, gap.png/.svg, report.md and frontier.csv to `out`.
+    """Writes pareto_<cost>.png/.svg, gap.png/.svg, report.md and frontier.csv to `out`.
 
-  Args:
-    root: a sweep root (reads result.json files) or None.
-    points: a CSV of points or None (exactly one of root and points).
-    cost_key: "linear", "quadratic" or "memory" (only used with root).
-    out: output folder.
+    Args:
+      root: a sweep root (reads result.json files) or None.
+      points: a CSV of points or None (exactly one of root and points).
+      cost_key: "linear", "quadratic" or "memory" (only used with root).
+      out: output folder.
 
-  Returns:
-    The frontier.
-  """
-  pts = points_from_root(root, cost_key) if root else read_points_csv(points)
-  out_dir = Path(out)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  front = frontier(pts)
-  _plot(pts, front, cost_key, out_dir)
-  _plot_gap(pts, out_dir)
-  results.atomic_write_text(out_dir / "report.md", report_markdown(pts, cost_key))
-  buf = io.StringIO()
-  writer = csv.writer(buf, lineterminator="\n")
-  writer.writerow(["name", "setting", "cost", "accuracy"])
-  for p in front:
-    writer.writerow([p.name, p.setting, p.cost, p.accuracy])
-  results.atomic_write_text(out_dir / "frontier.csv", buf.getvalue())
-  if root:
-    index.write_index(root)
-  print(f"pareto: {len(front)} of {len(pts)} points on the frontier; wrote {out_dir}/report.md")
-  return front
+    Returns:
+      The frontier.
+    """
+    pts = points_from_root(root, cost_key) if root else read_points_csv(points)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    front = frontier(pts)
+    _plot(pts, front, cost_key, out_dir)
+    _plot_gap(pts, out_dir)
+    results.atomic_write_text(out_dir / "report.md", report_markdown(pts, cost_key))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["name", "setting", "cost", "accuracy"])
+    for p in front:
+        writer.writerow([p.name, p.setting, p.cost, p.accuracy])
+    results.atomic_write_text(out_dir / "frontier.csv", buf.getvalue())
+    if root:
+        index.write_index(root)
+    print(f"pareto: {len(front)} of {len(pts)} points on the frontier; wrote {out_dir}/report.md")
+    return front

@@ -1,4 +1,4 @@
-"""ResNets for ImageNet (18-200, v1.5) and CIFAR (20-110), built from QConv/QDense.
+"""ResNets for ImageNet (18-200, v1.5) and CIFAR (8-110, 6n+2 layers), built from QConv/QDense.
 
 Stable layer names (the API the bit rules match): `stem`,
 `stage{s}/block{b}/conv{1,2[,3]}`, `stage{s}/block{b}/proj`, `head`; stages
@@ -27,13 +27,13 @@ from qresnet.quant.specs import QuantSpec
 
 @dataclasses.dataclass(frozen=True)
 class Arch:
-  stage_sizes: tuple[int, ...]
-  bottleneck: bool
-  cifar: bool
+    stage_sizes: tuple[int, ...]
+    bottleneck: bool
+    cifar: bool
 
-  @property
-  def base_filters(self) -> int:
-    return 16 if self.cifar else 64
+    @property
+    def base_filters(self) -> int:
+        return 16 if self.cifar else 64
 
 
 ARCHS: dict[str, Arch] = {
@@ -43,6 +43,8 @@ ARCHS: dict[str, Arch] = {
     "resnet101": Arch((3, 4, 23, 3), True, False),
     "resnet152": Arch((3, 8, 36, 3), True, False),
     "resnet200": Arch((3, 24, 36, 3), True, False),
+    "resnet8": Arch((1, 1, 1), False, True),
+    "resnet14": Arch((2, 2, 2), False, True),
     "resnet20": Arch((3, 3, 3), False, True),
     "resnet32": Arch((5, 5, 5), False, True),
     "resnet44": Arch((7, 7, 7), False, True),
@@ -53,172 +55,189 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 def get_arch(name: str) -> Arch:
-  if name not in ARCHS:
-    raise ValueError(f"unknown model {name!r}; choose one of {sorted(ARCHS)}")
-  return ARCHS[name]
+    if name not in ARCHS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(ARCHS)}")
+    return ARCHS[name]
 
 
 def stage_filters(arch: Arch, width: float) -> list[int]:
-  """Filters per stage: int(base * width * 2^s); errors if any is < 1."""
-  if not (isinstance(width, (int, float)) and width > 0):
-    raise ValueError(f"model width must be a number > 0, got {width!r}; e.g. --config.model.width=1.0")
-  filters = [int(arch.base_filters * width * 2**s) for s in range(len(arch.stage_sizes))]
-  if filters[0] < 1:
-    raise ValueError(f"width {width} leaves stage 0 with no filters; use a width >= {1 / arch.base_filters}")
-  return filters
+    """Filters per stage: int(base * width * 2^s); errors if any is < 1."""
+    if not (isinstance(width, (int, float)) and width > 0):
+        raise ValueError(f"model width must be a number > 0, got {width!r}; e.g. --config.model.width=1.0")
+    filters = [int(arch.base_filters * width * 2**s) for s in range(len(arch.stage_sizes))]
+    if filters[0] < 1:
+        raise ValueError(f"width {width} leaves stage 0 with no filters; use a width >= {1 / arch.base_filters}")
+    return filters
 
 
 class Block(nn.Module):
-  """Basic (two 3x3) or bottleneck (1x1, 3x3 strided, 1x1 x4) residual block."""
+    """Basic (two 3x3) or bottleneck (1x1, 3x3 strided, 1x1 x4) residual block."""
 
-  filters: int
-  strides: int
-  bottleneck: bool
-  conv: Any
-  norm: Any
-  prefix: str
-  specs: Mapping[str, QuantSpec] | None
+    filters: int
+    strides: int
+    bottleneck: bool
+    conv: Any
+    norm: Any
+    prefix: str
+    specs: Mapping[str, QuantSpec] | None
 
-  def _conv(self, name, features, kernel, strides=1):
-    pad = "SAME" if kernel == 1 else ((kernel // 2,) * 2,) * 2
-    return self.conv(
-        features, (kernel, kernel), (strides, strides), pad, name=name,
-        spec=(self.specs or {}).get(f"{self.prefix}/{name}"),
-    )
+    def _conv(self, name, features, kernel, strides=1):
+        pad = "SAME" if kernel == 1 else ((kernel // 2,) * 2,) * 2
+        return self.conv(
+            features,
+            (kernel, kernel),
+            (strides, strides),
+            pad,
+            name=name,
+            spec=(self.specs or {}).get(f"{self.prefix}/{name}"),
+        )
 
-  @nn.compact
-  def __call__(self, x, train: bool, act_quant):
-    kw = dict(train=train, act_quant=act_quant)
-    out_features = self.filters * 4 if self.bottleneck else self.filters
-    shortcut = x
-    if self.bottleneck:
-      y = nn.relu(self.norm(name="bn1")(self._conv("conv1", self.filters, 1)(x, **kw)))
-      y = nn.relu(self.norm(name="bn2")(self._conv("conv2", self.filters, 3, self.strides)(y, **kw)))
-      y = self.norm(name="bn3", scale_init=nn.initializers.zeros_init())(
-          self._conv("conv3", out_features, 1)(y, **kw)
-      )
-    else:
-      y = nn.relu(self.norm(name="bn1")(self._conv("conv1", self.filters, 3, self.strides)(x, **kw)))
-      y = self.norm(name="bn2", scale_init=nn.initializers.zeros_init())(
-          self._conv("conv2", self.filters, 3)(y, **kw)
-      )
-    if self.strides != 1 or x.shape[-1] != out_features:
-      shortcut = self.norm(name="proj_bn")(self._conv("proj", out_features, 1, self.strides)(x, **kw))
-    return nn.relu(y + shortcut)
+    @nn.compact
+    def __call__(self, x, train: bool, act_quant):
+        kw = dict(train=train, act_quant=act_quant)
+        out_features = self.filters * 4 if self.bottleneck else self.filters
+        shortcut = x
+        if self.bottleneck:
+            y = nn.relu(self.norm(name="bn1")(self._conv("conv1", self.filters, 1)(x, **kw)))
+            y = nn.relu(self.norm(name="bn2")(self._conv("conv2", self.filters, 3, self.strides)(y, **kw)))
+            y = self.norm(name="bn3", scale_init=nn.initializers.zeros_init())(
+                self._conv("conv3", out_features, 1)(y, **kw)
+            )
+        else:
+            y = nn.relu(self.norm(name="bn1")(self._conv("conv1", self.filters, 3, self.strides)(x, **kw)))
+            y = self.norm(name="bn2", scale_init=nn.initializers.zeros_init())(
+                self._conv("conv2", self.filters, 3)(y, **kw)
+            )
+        if self.strides != 1 or x.shape[-1] != out_features:
+            shortcut = self.norm(name="proj_bn")(self._conv("proj", out_features, 1, self.strides)(x, **kw))
+        return nn.relu(y + shortcut)
 
 
 class ResNet(nn.Module):
-  """ResNet over NHWC images; returns float32 logits.
+    """ResNet over NHWC images; returns float32 logits.
 
-  Attributes:
-    arch: stage sizes, block type and stem type (see `ARCHS`).
-    num_classes: outputs of the `head` dense layer.
-    width: filter multiplier of the residual stages (not the stem).
-    specs: {layer name: QuantSpec}; missing layers are float.
-    dtype: compute dtype; parameters stay float32.
-  """
+    Attributes:
+      arch: stage sizes, block type and stem type (see `ARCHS`).
+      num_classes: outputs of the `head` dense layer.
+      width: filter multiplier of the residual stages (not the stem).
+      specs: {layer name: QuantSpec}; missing layers are float.
+      dtype: compute dtype; parameters stay float32.
+    """
 
-  arch: Arch
-  num_classes: int = 1000
-  width: float = 1.0
-  specs: Mapping[str, QuantSpec] | None = None
-  dtype: Any = jnp.float32
+    arch: Arch
+    num_classes: int = 1000
+    width: float = 1.0
+    specs: Mapping[str, QuantSpec] | None = None
+    dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x, train: bool = False, act_quant=True):
-    """Args: x (N, H, W, C) float; train: batch statistics and bound updates;
-    act_quant: quantize layer inputs (bool or traced bool). Returns logits."""
-    specs = self.specs or {}
-    conv = functools.partial(QConv, dtype=self.dtype, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
-    )
-    kw = dict(train=train, act_quant=act_quant)
-    x = x.astype(self.dtype)
-    if self.arch.cifar:
-      x = conv(16, (3, 3), padding=((1, 1), (1, 1)), name="stem", spec=specs.get("stem"))(x, **kw)
-      x = nn.relu(norm(name="stem_bn")(x))
-    else:
-      x = conv(64, (7, 7), (2, 2), ((3, 3), (3, 3)), name="stem", spec=specs.get("stem"))(x, **kw)
-      x = nn.relu(norm(name="stem_bn")(x))
-      x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
-    for s, (n_blocks, filters) in enumerate(zip(self.arch.stage_sizes, stage_filters(self.arch, self.width))):
-      for b in range(n_blocks):
-        strides = 2 if s > 0 and b == 0 else 1
-        x = Block(
-            filters, strides, self.arch.bottleneck, conv, norm, f"stage{s}/block{b}", self.specs,
-            name=f"stage{s}_block{b}",
-        )(x, **kw)
-    x = jnp.mean(x, axis=(1, 2))
-    x = QDense(self.num_classes, dtype=self.dtype, name="head", spec=specs.get("head"))(x, **kw)
-    return x.astype(jnp.float32)
+    @nn.compact
+    def __call__(self, x, train: bool = False, act_quant=True):
+        """Args: x (N, H, W, C) float; train: batch statistics and bound updates;
+        act_quant: quantize layer inputs (bool or traced bool). Returns logits."""
+        specs = self.specs or {}
+        conv = functools.partial(
+            QConv, dtype=self.dtype, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+        )
+        norm = functools.partial(
+            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+        )
+        kw = dict(train=train, act_quant=act_quant)
+        x = x.astype(self.dtype)
+        if self.arch.cifar:
+            x = conv(16, (3, 3), padding=((1, 1), (1, 1)), name="stem", spec=specs.get("stem"))(x, **kw)
+            x = nn.relu(norm(name="stem_bn")(x))
+        else:
+            x = conv(64, (7, 7), (2, 2), ((3, 3), (3, 3)), name="stem", spec=specs.get("stem"))(x, **kw)
+            x = nn.relu(norm(name="stem_bn")(x))
+            x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+        for s, (n_blocks, filters) in enumerate(zip(self.arch.stage_sizes, stage_filters(self.arch, self.width))):
+            for b in range(n_blocks):
+                strides = 2 if s > 0 and b == 0 else 1
+                x = Block(
+                    filters,
+                    strides,
+                    self.arch.bottleneck,
+                    conv,
+                    norm,
+                    f"stage{s}/block{b}",
+                    self.specs,
+                    name=f"stage{s}_block{b}",
+                )(x, **kw)
+        x = jnp.mean(x, axis=(1, 2))
+        x = QDense(self.num_classes, dtype=self.dtype, name="head", spec=specs.get("head"))(x, **kw)
+        return x.astype(jnp.float32)
 
 
-def create_model(name: str, *, num_classes: int, width: float = 1.0,
-                 specs: Mapping[str, QuantSpec] | None = None, dtype: str = "float32") -> ResNet:
-  """Builds a ResNet by name ("resnet20", "resnet50", ...).
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    width: float = 1.0,
+    specs: Mapping[str, QuantSpec] | None = None,
+    dtype: str = "float32",
+) -> ResNet:
+    """Builds a ResNet by name ("resnet20", "resnet50", ...).
 
-  Args:
-    name: a key of `ARCHS`.
-    num_classes: classifier outputs.
-    width: residual-stage filter multiplier (> 0).
-    specs: {layer: QuantSpec}, usually from `quant.resolve_specs`.
-    dtype: "float32", "bfloat16" or "float16".
+    Args:
+      name: a key of `ARCHS`.
+      num_classes: classifier outputs.
+      width: residual-stage filter multiplier (> 0).
+      specs: {layer: QuantSpec}, usually from `quant.resolve_specs`.
+      dtype: "float32", "bfloat16" or "float16".
 
-  Returns:
-    The Flax module.
-  """
-  if dtype not in DTYPES:
-    raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-  if not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-  arch = get_arch(name)
-  stage_filters(arch, width)
-  return ResNet(arch=arch, num_classes=num_classes, width=width, specs=specs, dtype=DTYPES[dtype])
+    Returns:
+      The Flax module.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    arch = get_arch(name)
+    stage_filters(arch, width)
+    return ResNet(arch=arch, num_classes=num_classes, width=width, specs=specs, dtype=DTYPES[dtype])
 
 
 def _path_to_name(path: Sequence[str]) -> str:
-  parts = []
-  for p in path:
-    m = re.fullmatch(r"stage(\d+)_block(\d+)", p)
-    parts.append(f"stage{m[1]}/block{m[2]}" if m else p)
-  return "/".join(parts)
+    parts = []
+    for p in path:
+        m = re.fullmatch(r"stage(\d+)_block(\d+)", p)
+        parts.append(f"stage{m[1]}/block{m[2]}" if m else p)
+    return "/".join(parts)
 
 
 _LAYER_ORDER = {"conv1": 0, "conv2": 1, "conv3": 2, "proj": 3}
 
 
 def _forward_key(name: str):
-  if name == "stem":
-    return (0,)
-  if name == "head":
-    return (2,)
-  m = re.fullmatch(r"stage(\d+)/block(\d+)/(\w+)", name)
-  return (1, int(m[1]), int(m[2]), _LAYER_ORDER.get(m[3], 9)) if m else (3, name)
+    if name == "stem":
+        return (0,)
+    if name == "head":
+        return (2,)
+    m = re.fullmatch(r"stage(\d+)/block(\d+)/(\w+)", name)
+    return (1, int(m[1]), int(m[2]), _LAYER_ORDER.get(m[3], 9)) if m else (3, name)
 
 
 def kernel_paths(params: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-  """{stable layer name: param path} for every conv/dense kernel, in forward order."""
-  out = {}
-  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-    keys = tuple(k.key for k in path)
-    if keys[-1] == "kernel":
-      out[_path_to_name(keys[:-1])] = keys[:-1]
-  return {n: out[n] for n in sorted(out, key=_forward_key)}
+    """{stable layer name: param path} for every conv/dense kernel, in forward order."""
+    out = {}
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = tuple(k.key for k in path)
+        if keys[-1] == "kernel":
+            out[_path_to_name(keys[:-1])] = keys[:-1]
+    return {n: out[n] for n in sorted(out, key=_forward_key)}
 
 
 @functools.lru_cache(maxsize=64)
-def layer_names(name: str, width: float = 1.0, num_classes: int = 10,
-                input_shape: tuple[int, ...] = (32, 32, 3)) -> tuple[str, ...]:
-  """Every quantizable layer of a model, in forward order."""
-  model = create_model(name, num_classes=num_classes, width=width)
-  shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False)
-  )
-  return tuple(kernel_paths(shapes["params"]))
+def layer_names(
+    name: str, width: float = 1.0, num_classes: int = 10, input_shape: tuple[int, ...] = (32, 32, 3)
+) -> tuple[str, ...]:
+    """Every quantizable layer of a model, in forward order."""
+    model = create_model(name, num_classes=num_classes, width=width)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
+    return tuple(kernel_paths(shapes["params"]))
 
 
 def signed_layers(names: Sequence[str]) -> tuple[str, ...]:
-  """Layers whose input is signed by default: the stem (the normalised image)
-  and conv1 of each stage's first block (the paper's choice)."""
-  return tuple(n for n in names if n == "stem" or re.fullmatch(r"stage\d+/block0/conv1", n))
+    """Layers whose input is signed by default: the stem (the normalised image)
+    and conv1 of each stage's first block (the paper's choice)."""
+    return tuple(n for n in names if n == "stem" or re.fullmatch(r"stage\d+/block0/conv1", n))

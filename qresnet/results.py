@@ -19,107 +19,119 @@ from typing import Any
 import numpy as np
 
 RESULT_KEYS = (
-    "model", "dataset", "setting", "width", "epochs", "top1", "top1_last", "train_top1_at_best",
-    "cost", "images_per_s", "wall_s", "device", "versions", "commit",
+    "model",
+    "dataset",
+    "setting",
+    "width",
+    "epochs",
+    "top1",
+    "top1_last",
+    "train_top1_at_best",
+    "cost",
+    "images_per_s",
+    "wall_s",
+    "device",
+    "versions",
+    "commit",
 )
 
 
 class RecordError(RuntimeError):
-  """A record file that is missing, truncated or corrupt."""
+    """A record file that is missing, truncated or corrupt."""
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-  """Writes `data` to `path` atomically (temp file in the same folder, fsync, rename)."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+    """Writes `data` to `path` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-  atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode())
 
 
 def _json_default(o):
-  if isinstance(o, (np.integer,)):
-    return int(o)
-  if isinstance(o, (np.floating,)):
-    return float(o)
-  if isinstance(o, (np.ndarray, tuple)):
-    return list(o.tolist() if isinstance(o, np.ndarray) else o)
-  raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.ndarray, tuple)):
+        return list(o.tolist() if isinstance(o, np.ndarray) else o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def to_json_text(obj: Any) -> str:
-  return json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
+    return json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-  """Writes `obj` as indented JSON, atomically; NaN/inf are refused."""
-  atomic_write_text(path, to_json_text(obj))
+    """Writes `obj` as indented JSON, atomically; NaN/inf are refused."""
+    atomic_write_text(path, to_json_text(obj))
 
 
 def atomic_write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
-  import io
+    import io
 
-  buf = io.BytesIO()
-  np.savez(buf, **arrays)
-  atomic_write_bytes(path, buf.getvalue())
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def read_json(path: str | Path) -> Any:
-  """Reads a JSON record; a truncated or corrupt file raises RecordError naming it."""
-  path = Path(path)
-  try:
-    return json.loads(path.read_text())
-  except FileNotFoundError:
-    raise
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise RecordError(f"{path} is truncated or corrupt ({e}); delete it to redo that step") from e
+    """Reads a JSON record; a truncated or corrupt file raises RecordError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path} is truncated or corrupt ({e}); delete it to redo that step") from e
 
 
 def to_json_line(obj: Mapping[str, Any]) -> str:
-  return json.dumps(obj, default=_json_default) + "\n"
+    return json.dumps(obj, default=_json_default) + "\n"
 
 
 def append_jsonl(path: str | Path, obj: Mapping[str, Any]) -> None:
-  """Appends one JSON line (metrics are an append-only log, re-read tolerantly)."""
-  with open(path, "a") as f:
-    f.write(to_json_line(obj))
-    f.flush()
+    """Appends one JSON line (metrics are an append-only log, re-read tolerantly)."""
+    with open(path, "a") as f:
+        f.write(to_json_line(obj))
+        f.flush()
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-  """Reads a JSON-lines file, skipping a final line cut short by a kill."""
-  path = Path(path)
-  if not path.exists():
-    return []
-  rows = []
-  for line in path.read_text().splitlines():
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue
-  return rows
+    """Reads a JSON-lines file, skipping a final line cut short by a kill."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def read_result(workdir: str | Path) -> dict[str, Any] | None:
-  """result.json of a run if present and complete, else None; corrupt raises RecordError."""
-  path = Path(workdir) / "result.json"
-  if not path.exists():
-    return None
-  result = read_json(path)
-  missing = [k for k in RESULT_KEYS if k not in result]
-  if missing:
-    raise RecordError(f"{path} lacks {missing}; delete it and re-run the command to redo the run")
-  if not (isinstance(result["top1"], (int, float)) and math.isfinite(result["top1"])):
-    raise RecordError(f"{path} has a non-numeric top1 {result['top1']!r}; delete it and re-run")
-  return result
+    """result.json of a run if present and complete, else None; corrupt raises RecordError."""
+    path = Path(workdir) / "result.json"
+    if not path.exists():
+        return None
+    result = read_json(path)
+    missing = [k for k in RESULT_KEYS if k not in result]
+    if missing:
+        raise RecordError(f"{path} lacks {missing}; delete it and re-run the command to redo the run")
+    if not (isinstance(result["top1"], (int, float)) and math.isfinite(result["top1"])):
+        raise RecordError(f"{path} has a non-numeric top1 {result['top1']!r}; delete it and re-run")
+    return result

@@ -23,140 +23,155 @@ from qresnet import config_lib, results
 
 
 class SweepError(ValueError):
-  """A sweep that cannot be expanded or run."""
+    """A sweep that cannot be expanded or run."""
 
 
 def _fmt(value: Any) -> str:
-  if isinstance(value, float):
-    return f"{value:g}"
-  return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)).strip("-")
+    if isinstance(value, float):
+        return f"{value:g}"
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)).strip("-")
 
 
 def run_name(entry: Mapping[str, Any]) -> str:
-  """Deterministic name of a sweep entry: setting first, then key=value pairs.
+    """Deterministic name of a sweep entry: setting first, then key=value pairs.
 
-  `quant.rules` is named by `setting`; other keys by their last component.
-  """
-  parts = [_fmt(entry["setting"])] if "setting" in entry else []
-  for key in sorted(entry):
-    if key in ("setting", "quant.rules"):
-      continue
-    parts.append(f"{key.split('.')[-1]}{_fmt(entry[key])}")
-  return "_".join(parts) or "run"
+    `quant.rules` is named by `setting`; other keys by their last component.
+    """
+    parts = [_fmt(entry["setting"])] if "setting" in entry else []
+    for key in sorted(entry):
+        if key in ("setting", "quant.rules"):
+            continue
+        parts.append(f"{key.split('.')[-1]}{_fmt(entry[key])}")
+    return "_".join(parts) or "run"
 
 
 def override_args(entry: Mapping[str, Any]) -> list[str]:
-  """`--config.key=value` strings that reproduce an entry."""
-  return [f"--config.{k}={v if isinstance(v, str) else repr(v)}" for k, v in entry.items()]
+    """`--config.key=value` strings that reproduce an entry."""
+    return [f"--config.{k}={v if isinstance(v, str) else repr(v)}" for k, v in entry.items()]
 
 
 def expand(config_path: str, overrides: Sequence[str] = ()) -> list[tuple[str, list[str], Any]]:
-  """[(name, override args, resolved ConfigDict)] for every run of the sweep."""
-  module = config_lib.load_module(config_path)
-  if not hasattr(module, "get_sweep"):
-    raise SweepError(f"{config_path} has no get_sweep(); `qresnet train` runs a single config")
-  runs, seen = [], {}
-  for entry in module.get_sweep():
-    name = run_name(entry)
-    if name in seen:
-      raise SweepError(f"sweep entries {seen[name]} and {entry} get the same run name {name!r}; "
-                       "give them distinct settings or keys")
-    seen[name] = entry
-    args = list(overrides) + override_args(entry)
-    runs.append((name, args, config_lib.load_config(config_path, args)))
-  if not runs:
-    raise SweepError(f"{config_path}: get_sweep() returned no runs")
-  return runs
+    """[(name, override args, resolved ConfigDict)] for every run of the sweep."""
+    module = config_lib.load_module(config_path)
+    if not hasattr(module, "get_sweep"):
+        raise SweepError(f"{config_path} has no get_sweep(); `qresnet train` runs a single config")
+    runs, seen = [], {}
+    for entry in module.get_sweep():
+        name = run_name(entry)
+        if name in seen:
+            raise SweepError(
+                f"sweep entries {seen[name]} and {entry} get the same run name {name!r}; "
+                "give them distinct settings or keys"
+            )
+        seen[name] = entry
+        args = list(overrides) + override_args(entry)
+        runs.append((name, args, config_lib.load_config(config_path, args)))
+    if not runs:
+        raise SweepError(f"{config_path}: get_sweep() returned no runs")
+    return runs
 
 
 def _devices() -> list[str]:
-  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-  if visible is not None:
-    return [d for d in visible.split(",") if d.strip()]
-  try:
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-    n = len([line for line in out.stdout.splitlines() if line.startswith("GPU ")])
-  except (OSError, subprocess.SubprocessError):
-    n = 0
-  return [str(i) for i in range(n)]
-
-
-def run_sweep(config_path: str, root: str, overrides: Sequence[str] = (), *, dry_run: bool = False,
-              jobs: int = 0) -> int:
-  """Trains every run of the sweep that has no result.json yet; returns an exit code.
-
-  Args:
-    config_path: a config file with get_config() and get_sweep().
-    root: folder for the runs (`root/<name>`) and `index.csv`.
-    overrides: `--config.key=value` applied to every run.
-    dry_run: list the runs and their costs, train nothing.
-    jobs: concurrent runs per GPU (0: 3 on a GPU, 1 on a CPU).
-
-  Returns:
-    0 if every run finished, 1 if any failed.
-  """
-  from qresnet import index, train
-
-  runs = expand(config_path, overrides)
-  root_path = Path(root)
-  if dry_run:
-    print(f"{'run':28s} {'linear':>8s} {'quadratic':>9s} {'memory':>8s}  status")
-    for name, _, cfg in runs:
-      ratio = train.config_cost(cfg)["ratio"]
-      status = "done" if (root_path / name / "result.json").exists() else "to run"
-      print(f"{name:28s} {ratio['linear']:8.4f} {ratio['quadratic']:9.4f} {ratio['memory']:8.4f}  {status}")
-    return 0
-  todo = []
-  for name, args, _ in runs:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d for d in visible.split(",") if d.strip()]
     try:
-      finished = results.read_result(root_path / name) is not None
-    except results.RecordError as e:
-      print(f"{name}: {e}; running it again", file=sys.stderr)
-      (root_path / name / "result.json").unlink()
-      finished = False
-    if not finished:
-      todo.append((name, args))
-  print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run", flush=True)
-  devices = _devices()
-  slots = [(d, j) for d in (devices or [None]) for j in range(jobs or (3 if devices else 1))]
-  failed = _run_all(config_path, root_path, todo, slots, len(runs) - len(todo), len(runs))
-  index.write_index(root_path)
-  if failed:
-    print(f"sweep: {len(failed)} run(s) failed: {', '.join(failed)}; see their log.txt; "
-          "re-run the same command to retry them", file=sys.stderr)
-    return 1
-  print(f"sweep: all {len(runs)} runs done; index at {root_path / 'index.csv'}")
-  return 0
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+        n = len([line for line in out.stdout.splitlines() if line.startswith("GPU ")])
+    except (OSError, subprocess.SubprocessError):
+        n = 0
+    return [str(i) for i in range(n)]
+
+
+def run_sweep(
+    config_path: str, root: str, overrides: Sequence[str] = (), *, dry_run: bool = False, jobs: int = 0
+) -> int:
+    """Trains every run of the sweep that has no result.json yet; returns an exit code.
+
+    Args:
+      config_path: a config file with get_config() and get_sweep().
+      root: folder for the runs (`root/<name>`), `index.csv` and, once every run
+      is done, the Pareto report in `root/pareto`.
+      overrides: `--config.key=value` applied to every run.
+      dry_run: list the runs and their costs, train nothing.
+      jobs: concurrent runs per GPU (0: 3 on a GPU, 1 on a CPU).
+
+    Returns:
+      0 if every run finished, 1 if any failed.
+    """
+    from qresnet import index, train
+
+    runs = expand(config_path, overrides)
+    root_path = Path(root)
+    if dry_run:
+        print(f"{'run':28s} {'linear':>8s} {'quadratic':>9s} {'memory':>8s}  status")
+        for name, _, cfg in runs:
+            ratio = train.config_cost(cfg)["ratio"]
+            status = "done" if (root_path / name / "result.json").exists() else "to run"
+            print(f"{name:28s} {ratio['linear']:8.4f} {ratio['quadratic']:9.4f} {ratio['memory']:8.4f}  {status}")
+        return 0
+    todo = []
+    for name, args, _ in runs:
+        try:
+            finished = results.read_result(root_path / name) is not None
+        except results.RecordError as e:
+            print(f"{name}: {e}; running it again", file=sys.stderr)
+            (root_path / name / "result.json").unlink()
+            finished = False
+        if not finished:
+            todo.append((name, args))
+    print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run", flush=True)
+    devices = _devices()
+    slots = [(d, j) for d in (devices or [None]) for j in range(jobs or (3 if devices else 1))]
+    failed = _run_all(config_path, root_path, todo, slots, len(runs) - len(todo), len(runs))
+    index.write_index(root_path)
+    if failed:
+        print(
+            f"sweep: {len(failed)} run(s) failed: {', '.join(failed)}; see their log.txt; "
+            "re-run the same command to retry them",
+            file=sys.stderr,
+        )
+        return 1
+    from qresnet import pareto
+
+    pareto.write_report(root=str(root_path), points=None, cost_key="linear", out=str(root_path / "pareto"))
+    print(
+        f"sweep: all {len(runs)} runs done; index at {root_path / 'index.csv'}, Pareto report in {root_path / 'pareto'}"
+    )
+    return 0
 
 
 def _run_all(config_path, root: Path, todo, slots, done: int, total: int) -> list[str]:
-  queue, running, failed = list(todo), {}, []
-  t0 = time.time()
-  while queue or running:
-    for slot in slots:
-      if slot not in running and queue:
-        name, args = queue.pop(0)
-        running[slot] = (name, _launch(config_path, root / name, args, slot[0]))
-    time.sleep(0.5)
-    for slot, (name, proc) in list(running.items()):
-      if proc.poll() is None:
-        continue
-      del running[slot]
-      done += proc.returncode == 0
-      if proc.returncode:
-        failed.append(name)
-      print(f"[{done}/{total} done, {len(failed)} failed, {time.time() - t0:.0f}s] {name} "
-            f"{'ok' if proc.returncode == 0 else 'FAILED'}", flush=True)
-  return failed
+    queue, running, failed = list(todo), {}, []
+    t0 = time.time()
+    while queue or running:
+        for slot in slots:
+            if slot not in running and queue:
+                name, args = queue.pop(0)
+                running[slot] = (name, _launch(config_path, root / name, args, slot[0]))
+        time.sleep(0.5)
+        for slot, (name, proc) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[slot]
+            done += proc.returncode == 0
+            if proc.returncode:
+                failed.append(name)
+            print(
+                f"[{done}/{total} done, {len(failed)} failed, {time.time() - t0:.0f}s] {name} "
+                f"{'ok' if proc.returncode == 0 else 'FAILED'}",
+                flush=True,
+            )
+    return failed
 
 
 def _launch(config_path, workdir: Path, args, device):
-  workdir.mkdir(parents=True, exist_ok=True)
-  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-  # Re-runs of a killed run skip recompilation.
-  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(workdir.parent / ".jax_cache"))
-  if device is not None:
-    env["CUDA_VISIBLE_DEVICES"] = device
-  cmd = [sys.executable, "-m", "qresnet.cli", "train", "--config", str(config_path), "--workdir", str(workdir), *args]
-  log = open(workdir / "log.txt", "a")  # noqa: SIM115 - closed when the child exits
-  return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    # Re-runs of a killed run skip recompilation.
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(workdir.parent / ".jax_cache"))
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    cmd = [sys.executable, "-m", "qresnet.cli", "train", "--config", str(config_path), "--workdir", str(workdir), *args]
+    log = open(workdir / "log.txt", "a")  # noqa: SIM115 - closed when the child exits
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -6,7 +6,8 @@ batch is sharded over every local device (`jax.sharding`); BN and bound
 statistics are computed over the global batch.
 
 The workdir is the record: config.json (resolved config and per-layer specs),
-metrics.jsonl (one line per epoch), ckpt/ (Orbax), result.json. Re-running the
+metrics.jsonl (one line per epoch), tb/ (TensorBoard events), ckpt/ (Orbax),
+result.json. Re-running the
 same command resumes from the last checkpoint.
 """
 
@@ -29,413 +30,501 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from qresnet import config_lib, cost, data, resnet, results
+from qresnet import config_lib, cost, data, resnet, results, tensorboard
 from qresnet.quant import specs as specs_lib
 
 
 class TrainError(RuntimeError):
-  """A run that cannot start or go on; the message says why and what to do."""
+    """A run that cannot start or go on; the message says why and what to do."""
 
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  quant_stats: Any
-  opt_state: Any
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    quant_stats: Any
+    opt_state: Any
 
-  def variables(self) -> dict[str, Any]:
-    return {"params": self.params, "batch_stats": self.batch_stats, "quant_stats": self.quant_stats}
+    def variables(self) -> dict[str, Any]:
+        return {"params": self.params, "batch_stats": self.batch_stats, "quant_stats": self.quant_stats}
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-  """Everything a run needs, resolved once from the config (no ConfigDict below here)."""
+    """Everything a run needs, resolved once from the config (no ConfigDict below here)."""
 
-  model_name: str
-  width: float
-  dtype: str
-  info: data.DatasetInfo
-  specs: Mapping[str, specs_lib.QuantSpec]
-  batch_size: int
-  num_epochs: int
-  steps_per_epoch: int
-  act_start_step: int
-  crop_pad: int
-  flip: bool
-  peak_lr: float
-  momentum: float
-  nesterov: bool
-  weight_decay: float
-  warmup_steps: int
-  cosine_alpha: float
-  cooldown_steps: int
+    model_name: str
+    width: float
+    dtype: str
+    info: data.DatasetInfo
+    specs: Mapping[str, specs_lib.QuantSpec]
+    batch_size: int
+    num_epochs: int
+    steps_per_epoch: int
+    act_start_step: int
+    crop_pad: int
+    flip: bool
+    peak_lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    warmup_steps: int
+    cosine_alpha: float
+    cooldown_steps: int
 
-  @property
-  def total_steps(self) -> int:
-    return self.num_epochs * self.steps_per_epoch
+    @property
+    def total_steps(self) -> int:
+        return self.num_epochs * self.steps_per_epoch
 
 
 def resolve_specs(config: ml_collections.ConfigDict) -> Mapping[str, specs_lib.QuantSpec]:
-  """The config's rules resolved against its model's layers."""
-  info = data.dataset_info(config.dataset.name)
-  names = resnet.layer_names(config.model.name, float(config.model.width), info.num_classes, info.image_shape)
-  return specs_lib.resolve_specs(config.quant.rules, names, resnet.signed_layers(names))
+    """The config's rules resolved against its model's layers."""
+    info = data.dataset_info(config.dataset.name)
+    names = resnet.layer_names(config.model.name, float(config.model.width), info.num_classes, info.image_shape)
+    return specs_lib.resolve_specs(config.quant.rules, names, resnet.signed_layers(names))
 
 
 def config_cost(config: ml_collections.ConfigDict, specs=None) -> dict[str, Any]:
-  """`cost.model_cost` for a config (its model, dataset shape and rules)."""
-  info = data.dataset_info(config.dataset.name)
-  specs = resolve_specs(config) if specs is None else specs
-  ref = None
-  if config.cost.reference:
-    ref = (config.cost.reference, 1.0, info.num_classes, info.image_shape)
-  return cost.model_cost(config.model.name, width=float(config.model.width), num_classes=info.num_classes,
-                         input_shape=info.image_shape, specs=specs, reference=ref)
-
-
-def make_run_spec(config: ml_collections.ConfigDict, num_train: int) -> RunSpec:
-  o = config.optim
-  if o.batch_size < 1 or o.batch_size % jax.device_count():
-    raise TrainError(f"optim.batch_size={o.batch_size} must be a positive multiple of the {jax.device_count()} device(s)")
-  if o.num_epochs < 1:
-    raise TrainError(f"optim.num_epochs={o.num_epochs} must be >= 1")
-  steps_per_epoch = num_train // o.batch_size
-  if steps_per_epoch < 1:
-    raise TrainError(f"optim.batch_size={o.batch_size} exceeds the {num_train} training examples; use a smaller batch")
-  total = o.num_epochs * steps_per_epoch
-  start = config.quant.act_start_step
-  if start < 0:
-    start = int(round(config.quant.act_start_frac * total))
-  return RunSpec(
-      model_name=config.model.name, width=float(config.model.width), dtype=config.model.dtype,
-      info=data.dataset_info(config.dataset.name), specs=resolve_specs(config),
-      batch_size=o.batch_size, num_epochs=o.num_epochs, steps_per_epoch=steps_per_epoch,
-      act_start_step=start, crop_pad=config.dataset.crop_pad, flip=config.dataset.flip,
-      peak_lr=o.base_lr * o.batch_size / 256, momentum=o.momentum, nesterov=o.nesterov,
-      weight_decay=o.weight_decay, warmup_steps=int(o.warmup_epochs * steps_per_epoch),
-      cosine_alpha=o.cosine_alpha, cooldown_steps=int(o.cooldown_epochs * steps_per_epoch),
-  )
-
-
-def learning_rate(run: RunSpec, step: jax.Array) -> jax.Array:
-  """Linear warm-up, cosine decay to alpha, then a linear cool-down (paper.md section 4)."""
-  step = jnp.asarray(step, jnp.float32)
-  warm = jnp.minimum(1.0, (step + 1) / max(run.warmup_steps, 1))
-  span = max(run.total_steps - run.warmup_steps - run.cooldown_steps, 1)
-  r = jnp.clip((step - run.warmup_steps) / span, 0.0, 1.0)
-  cosine = run.cosine_alpha + (1 - run.cosine_alpha) * 0.5 * (1 + jnp.cos(jnp.pi * r))
-  cool = jnp.minimum(1.0, (run.total_steps - step) / run.cooldown_steps) if run.cooldown_steps else 1.0
-  return run.peak_lr * warm * cosine * cool
-
-
-def create_model(run: RunSpec) -> resnet.ResNet:
-  return resnet.create_model(run.model_name, num_classes=run.info.num_classes, width=run.width,
-                             specs=run.specs, dtype=run.dtype)
-
-
-def create_optimizer(run: RunSpec) -> optax.GradientTransformation:
-  return optax.sgd(functools.partial(learning_rate, run), momentum=run.momentum, nesterov=run.nesterov)
-
-
-def create_train_state(run: RunSpec, key: jax.Array, sample: jax.Array) -> TrainState:
-  """Initialises from a real batch (LSQ bounds start from data)."""
-  model = create_model(run)
-  variables = model.init(key, sample, train=False, act_quant=True)
-  params = variables["params"]
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params,
-      batch_stats=variables.get("batch_stats", {}), quant_stats=variables.get("quant_stats", {}),
-      opt_state=create_optimizer(run).init(params),
-  )
-
-
-def _l2(params) -> jax.Array:
-  return sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params) if p.ndim > 1)
-
-
-def train_step(run: RunSpec, state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array):
-  """One SGD step on a uint8 batch; returns the new state and (loss, correct)."""
-  model = create_model(run)
-  x = data.normalize(data.augment(key, images, run.crop_pad, run.flip), run.info, jnp.float32)
-  act_quant = state.step >= run.act_start_step
-
-  def loss_fn(params):
-    variables = {**state.variables(), "params": params}
-    logits, new = model.apply(variables, x, train=True, act_quant=act_quant,
-                              mutable=["batch_stats", "quant_stats"])
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return ce + 0.5 * run.weight_decay * _l2(params), (new, logits, ce)
-
-  grads, (new, logits, ce) = jax.grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = create_optimizer(run).update(grads, state.opt_state, state.params)
-  state = state.replace(
-      step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-      batch_stats=new.get("batch_stats", {}), quant_stats=new.get("quant_stats", state.quant_stats),
-  )
-  correct = jnp.sum(jnp.argmax(logits, -1) == labels)
-  return state, (ce, correct)
-
-
-def train_epoch(run: RunSpec, mesh, state: TrainState, images, labels, idx, key):
-  """Scans `train_step` over idx (steps, batch) of on-device data."""
-  batch_sharding = NamedSharding(mesh, P("data"))
-
-  def body(state, xs):
-    i, k = xs
-    imgs = jax.lax.with_sharding_constraint(images[i], batch_sharding)
-    return train_step(run, state, imgs, labels[i], k)
-
-  keys = jax.random.split(key, idx.shape[0])
-  return jax.lax.scan(body, state, (idx, keys))
-
-
-def eval_step(run: RunSpec, state: TrainState, images, labels, mask):
-  """(loss sum, correct count) over one padded uint8 batch."""
-  logits = create_model(run).apply(state.variables(), data.normalize(images, run.info), train=False,
-                                   act_quant=state.step >= run.act_start_step)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return jnp.sum(ce * mask), jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
-
-
-def evaluate_all(run: RunSpec, state: TrainState, images, labels, mask):
-  """Scans `eval_step` over (batches, batch, ...) arrays; returns sums."""
-
-  def body(carry, xs):
-    loss, correct = eval_step(run, state, *xs)
-    return (carry[0] + loss, carry[1] + correct), None
-
-  return jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())), (images, labels, mask))[0]
-
-
-def smooth(values: list[float], window: int) -> list[float]:
-  """Triangular smoothing (weights 1,2,..,k,..,2,1 over `window` points), renormalised at the ends."""
-  half = window // 2
-  weights = [half + 1 - abs(j) for j in range(-half, half + 1)]
-  out = []
-  for i in range(len(values)):
-    num = den = 0.0
-    for j, w in zip(range(i - half, i + half + 1), weights):
-      if 0 <= j < len(values):
-        num += w * values[j]
-        den += w
-    out.append(num / den)
-  return out
-
-
-def report(history: list[dict[str, Any]], act_start_step: int, window: int) -> dict[str, Any]:
-  """The paper's reporting: best smoothed eval top-1 at steps >= act_start_step."""
-  evals = [h for h in history if "eval_top1" in h]
-  sm_eval = smooth([h["eval_top1"] for h in evals], window)
-  sm_train = smooth([h["train_top1"] for h in evals], window)
-  eligible = [i for i, h in enumerate(evals) if h["step"] >= act_start_step] or list(range(len(evals)))
-  best = max(eligible, key=lambda i: sm_eval[i])
-  return {
-      "top1": sm_eval[best], "top1_last": evals[-1]["eval_top1"], "train_top1_at_best": sm_train[best],
-      "best_step": evals[best]["step"], "best_epoch": evals[best]["epoch"],
-  }
-
-
-def device_description() -> str:
-  devs = jax.local_devices()
-  return f"{len(devs)}x {devs[0].device_kind} ({devs[0].platform})"
-
-
-def versions() -> dict[str, str]:
-  return {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jax.lib.__version__
-          if hasattr(jax.lib, "__version__") else "", "flax": flax.__version__, "optax": optax.__version__,
-          "numpy": np.__version__}
-
-
-def git_commit() -> str:
-  root = Path(__file__).resolve().parent.parent
-  try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True, timeout=10)
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-  if commit.returncode:
-    return "unknown"
-  return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def _subset(arrays: data.Arrays, n_train: int, n_test: int) -> data.Arrays:
-  return data.Arrays(
-      arrays.train_images[:n_train or None], arrays.train_labels[:n_train or None],
-      arrays.test_images[:n_test or None], arrays.test_labels[:n_test or None],
-  )
-
-
-def _eval_batches(images, labels, batch):
-  n = len(labels)
-  batches = math.ceil(n / batch)
-  pad = batches * batch - n
-  mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-  images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-  labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-  shape = lambda a: a.reshape(batches, batch, *a.shape[1:])  # noqa: E731
-  return shape(images), shape(labels), shape(mask)
-
-
-def check_workdir(workdir: Path, record: dict[str, Any]) -> None:
-  """Refuses to resume into a workdir that holds another config."""
-  path = workdir / "config.json"
-  if not path.exists():
-    return
-  old = results.read_json(path)
-  if old.get("config") != record["config"]:
-    diff = sorted(_diff_keys(old.get("config", {}), record["config"]))
-    raise TrainError(
-        f"workdir {workdir} holds a run of a different config (differs at: {', '.join(diff[:8]) or '?'}); "
-        f"use another --workdir, or delete {workdir} to start fresh"
+    """`cost.model_cost` for a config (its model, dataset shape and rules)."""
+    info = data.dataset_info(config.dataset.name)
+    specs = resolve_specs(config) if specs is None else specs
+    ref = None
+    if config.cost.reference:
+        ref = (config.cost.reference, 1.0, info.num_classes, info.image_shape)
+    return cost.model_cost(
+        config.model.name,
+        width=float(config.model.width),
+        num_classes=info.num_classes,
+        input_shape=info.image_shape,
+        specs=specs,
+        reference=ref,
     )
 
 
-def _diff_keys(a, b, prefix=""):
-  if isinstance(a, dict) and isinstance(b, dict):
+def make_run_spec(config: ml_collections.ConfigDict, num_train: int) -> RunSpec:
+    o = config.optim
+    if o.batch_size < 1 or o.batch_size % jax.device_count():
+        raise TrainError(
+            f"optim.batch_size={o.batch_size} must be a positive multiple of the {jax.device_count()} device(s)"
+        )
+    if o.num_epochs < 1:
+        raise TrainError(f"optim.num_epochs={o.num_epochs} must be >= 1")
+    steps_per_epoch = num_train // o.batch_size
+    if steps_per_epoch < 1:
+        raise TrainError(
+            f"optim.batch_size={o.batch_size} exceeds the {num_train} training examples; use a smaller batch"
+        )
+    total = o.num_epochs * steps_per_epoch
+    start = config.quant.act_start_step
+    if start < 0:
+        start = int(round(config.quant.act_start_frac * total))
+    return RunSpec(
+        model_name=config.model.name,
+        width=float(config.model.width),
+        dtype=config.model.dtype,
+        info=data.dataset_info(config.dataset.name),
+        specs=resolve_specs(config),
+        batch_size=o.batch_size,
+        num_epochs=o.num_epochs,
+        steps_per_epoch=steps_per_epoch,
+        act_start_step=start,
+        crop_pad=config.dataset.crop_pad,
+        flip=config.dataset.flip,
+        peak_lr=o.base_lr * o.batch_size / 256,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        weight_decay=o.weight_decay,
+        warmup_steps=int(o.warmup_epochs * steps_per_epoch),
+        cosine_alpha=o.cosine_alpha,
+        cooldown_steps=int(o.cooldown_epochs * steps_per_epoch),
+    )
+
+
+def learning_rate(run: RunSpec, step: jax.Array) -> jax.Array:
+    """Linear warm-up, cosine decay to alpha, then a linear cool-down (paper.md section 4)."""
+    step = jnp.asarray(step, jnp.float32)
+    warm = jnp.minimum(1.0, (step + 1) / max(run.warmup_steps, 1))
+    span = max(run.total_steps - run.warmup_steps - run.cooldown_steps, 1)
+    r = jnp.clip((step - run.warmup_steps) / span, 0.0, 1.0)
+    cosine = run.cosine_alpha + (1 - run.cosine_alpha) * 0.5 * (1 + jnp.cos(jnp.pi * r))
+    cool = jnp.minimum(1.0, (run.total_steps - step) / run.cooldown_steps) if run.cooldown_steps else 1.0
+    return run.peak_lr * warm * cosine * cool
+
+
+def create_model(run: RunSpec) -> resnet.ResNet:
+    return resnet.create_model(
+        run.model_name, num_classes=run.info.num_classes, width=run.width, specs=run.specs, dtype=run.dtype
+    )
+
+
+def create_optimizer(run: RunSpec) -> optax.GradientTransformation:
+    return optax.sgd(functools.partial(learning_rate, run), momentum=run.momentum, nesterov=run.nesterov)
+
+
+def create_train_state(run: RunSpec, key: jax.Array, sample: jax.Array) -> TrainState:
+    """Initialises from a real batch (LSQ bounds start from data)."""
+    model = create_model(run)
+    variables = model.init(key, sample, train=False, act_quant=True)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        quant_stats=variables.get("quant_stats", {}),
+        opt_state=create_optimizer(run).init(params),
+    )
+
+
+def _l2(params) -> jax.Array:
+    return sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params) if p.ndim > 1)
+
+
+def train_step(run: RunSpec, state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array):
+    """One SGD step on a uint8 batch; returns the new state and (loss, correct)."""
+    model = create_model(run)
+    x = data.normalize(data.augment(key, images, run.crop_pad, run.flip), run.info, jnp.float32)
+    act_quant = state.step >= run.act_start_step
+
+    def loss_fn(params):
+        variables = {**state.variables(), "params": params}
+        logits, new = model.apply(variables, x, train=True, act_quant=act_quant, mutable=["batch_stats", "quant_stats"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return ce + 0.5 * run.weight_decay * _l2(params), (new, logits, ce)
+
+    grads, (new, logits, ce) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = create_optimizer(run).update(grads, state.opt_state, state.params)
+    state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        batch_stats=new.get("batch_stats", {}),
+        quant_stats=new.get("quant_stats", state.quant_stats),
+    )
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+    return state, (ce, correct)
+
+
+def train_epoch(run: RunSpec, mesh, state: TrainState, images, labels, idx, key):
+    """Scans `train_step` over idx (steps, batch) of on-device data."""
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    def body(state, xs):
+        i, k = xs
+        imgs = jax.lax.with_sharding_constraint(images[i], batch_sharding)
+        return train_step(run, state, imgs, labels[i], k)
+
+    keys = jax.random.split(key, idx.shape[0])
+    return jax.lax.scan(body, state, (idx, keys))
+
+
+def eval_step(run: RunSpec, state: TrainState, images, labels, mask):
+    """(loss sum, correct count) over one padded uint8 batch."""
+    logits = create_model(run).apply(
+        state.variables(), data.normalize(images, run.info), train=False, act_quant=state.step >= run.act_start_step
+    )
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(ce * mask), jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
+
+
+def evaluate_all(run: RunSpec, state: TrainState, images, labels, mask):
+    """Scans `eval_step` over (batches, batch, ...) arrays; returns sums."""
+
+    def body(carry, xs):
+        loss, correct = eval_step(run, state, *xs)
+        return (carry[0] + loss, carry[1] + correct), None
+
+    return jax.lax.scan(body, (jnp.zeros(()), jnp.zeros(())), (images, labels, mask))[0]
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Triangular smoothing (weights 1,2,..,k,..,2,1 over `window` points), renormalised at the ends."""
+    half = window // 2
+    weights = [half + 1 - abs(j) for j in range(-half, half + 1)]
     out = []
-    for k in set(a) | set(b):
-      out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    for i in range(len(values)):
+        num = den = 0.0
+        for j, w in zip(range(i - half, i + half + 1), weights):
+            if 0 <= j < len(values):
+                num += w * values[j]
+                den += w
+        out.append(num / den)
     return out
-  return [] if a == b else [prefix.rstrip(".")]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *, quiet: bool = False) -> dict[str, Any]:
-  """Trains a config to the end (resuming from workdir) and writes result.json.
-
-  Args:
-    config: a ConfigDict from a configs/ file (with overrides applied).
-    workdir: the run's folder; created if missing.
-    quiet: no progress lines.
-
-  Returns:
-    The result.json object.
-  """
-  import orbax.checkpoint as ocp
-
-  workdir = Path(workdir).resolve()
-  specs = resolve_specs(config)
-  cost_obj = config_cost(config, specs)
-  record = {"config": config_lib.to_json(config), "specs": specs_lib.specs_to_json(specs)}
-  check_workdir(workdir, record)
-  done = results.read_result(workdir)
-  if done is not None:
-    return done
-
-  arrays = data.load(config.dataset.name, config.dataset.data_dir,
-                     (config.dataset.synthetic_train, config.dataset.synthetic_test))
-  arrays = _subset(arrays, config.dataset.train_subset, config.dataset.test_subset)
-  run = make_run_spec(config, len(arrays.train_labels))
-  workdir.mkdir(parents=True, exist_ok=True)
-  results.atomic_write_json(workdir / "config.json", {**record, "act_start_step": run.act_start_step,
-                                                      "steps_per_epoch": run.steps_per_epoch})
-
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-  replicated = NamedSharding(mesh, P())
-  train_images = jax.device_put(arrays.train_images, replicated)
-  train_labels = jax.device_put(arrays.train_labels, replicated)
-  ev = [jax.device_put(a, replicated) for a in _eval_batches(arrays.test_images, arrays.test_labels,
-                                                              config.eval_batch_size)]
-
-  key = jax.random.key(config.seed)
-  sample = data.normalize(train_images[: run.batch_size], run.info)
-  state = jax.jit(functools.partial(create_train_state, run), out_shardings=replicated)(
-      jax.random.fold_in(key, 0), sample)
-
-  ckpt_dir = workdir / "ckpt"
-  manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-  start_epoch = 0
-  state, start_epoch = _restore(manager, state, run)
-  history = [h for h in results.read_jsonl(workdir / "metrics.jsonl") if h["epoch"] <= start_epoch]
-  results.atomic_write_text(workdir / "metrics.jsonl", "".join(results.to_json_line(h) for h in history))
-
-  epoch_fn = jax.jit(functools.partial(train_epoch, run, mesh), donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(evaluate_all, run))
-  n_test = len(arrays.test_labels)
-  timed_images, timed_s = 0, 0.0
-  t_run = time.perf_counter()
-  for epoch in range(start_epoch, run.num_epochs):
-    rng = np.random.default_rng([config.seed, epoch])
-    perm = rng.permutation(len(arrays.train_labels))[: run.steps_per_epoch * run.batch_size]
-    idx = jax.device_put(perm.reshape(run.steps_per_epoch, run.batch_size).astype(np.int32),
-                         NamedSharding(mesh, P(None, "data")))
-    t0 = time.perf_counter()
-    try:
-      state, (losses, correct) = epoch_fn(state, train_images, train_labels, idx,
-                                          jax.random.fold_in(key, epoch + 1))
-      losses = np.asarray(losses)
-    except jax.errors.JaxRuntimeError as e:
-      if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
-        raise TrainError(f"out of memory at batch size {run.batch_size}; try --config.optim.batch_size="
-                         f"{max(run.batch_size // 2, jax.device_count())}") from e
-      raise
-    dt = time.perf_counter() - t0
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-      step = epoch * run.steps_per_epoch + int(bad[0]) + 1
-      raise TrainError(f"loss became {losses[bad[0]]} at step {step} (epoch {epoch + 1}); lower "
-                       f"--config.optim.base_lr or check the data; the last good checkpoint is kept")
-    if epoch > start_epoch:  # The first epoch of a process includes compilation.
-      timed_images += run.steps_per_epoch * run.batch_size
-      timed_s += dt
-    loss_sum, eval_correct = eval_fn(state, *ev)
-    row = {
-        "epoch": epoch + 1, "step": (epoch + 1) * run.steps_per_epoch,
-        "lr": float(learning_rate(run, (epoch + 1) * run.steps_per_epoch - 1)),
-        "train_loss": float(losses.mean()), "train_top1": float(np.sum(correct)) / (run.steps_per_epoch * run.batch_size),
-        "eval_loss": float(loss_sum) / n_test, "eval_top1": float(eval_correct) / n_test,
-        "images_per_s": run.steps_per_epoch * run.batch_size / dt, "epoch_s": dt,
+def report(history: list[dict[str, Any]], act_start_step: int, window: int) -> dict[str, Any]:
+    """The paper's reporting: best smoothed eval top-1 at steps >= act_start_step."""
+    evals = [h for h in history if "eval_top1" in h]
+    sm_eval = smooth([h["eval_top1"] for h in evals], window)
+    sm_train = smooth([h["train_top1"] for h in evals], window)
+    eligible = [i for i, h in enumerate(evals) if h["step"] >= act_start_step] or list(range(len(evals)))
+    best = max(eligible, key=lambda i: sm_eval[i])
+    return {
+        "top1": sm_eval[best],
+        "top1_last": evals[-1]["eval_top1"],
+        "train_top1_at_best": sm_train[best],
+        "best_step": evals[best]["step"],
+        "best_epoch": evals[best]["epoch"],
     }
-    history.append(row)
-    results.append_jsonl(workdir / "metrics.jsonl", row)
-    if not quiet:
-      _progress(row, run)
-    if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == run.num_epochs:
-      manager.save(epoch + 1, args=ocp.args.StandardSave(_to_tree(state)))
-  manager.wait_until_finished()
 
-  summary = report(history, run.act_start_step, config.smoothing_window)
-  result = {
-      "name": workdir.name, "model": run.model_name, "dataset": run.info.name, "setting": config.setting,
-      "width": run.width, "epochs": run.num_epochs, **summary,
-      "cost": {"total": cost_obj["total"], "ratio": cost_obj["ratio"]},
-      "w_bits": {n: s.w_bits for n, s in specs.items()}, "a_bits": {n: s.a_bits for n, s in specs.items()},
-      "images_per_s": timed_images / timed_s if timed_s else history[-1]["images_per_s"],
-      "wall_s": time.perf_counter() - t_run, "batch_size": run.batch_size, "seed": config.seed,
-      "device": device_description(), "versions": versions(), "commit": git_commit(),
-      "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
-  }
-  results.atomic_write_json(workdir / "result.json", result)
-  return result
+
+def device_description() -> str:
+    devs = jax.local_devices()
+    return f"{len(devs)}x {devs[0].device_kind} ({devs[0].platform})"
+
+
+def versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if commit.returncode:
+        return "unknown"
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _subset(arrays: data.Arrays, n_train: int, n_test: int) -> data.Arrays:
+    return data.Arrays(
+        arrays.train_images[: n_train or None],
+        arrays.train_labels[: n_train or None],
+        arrays.test_images[: n_test or None],
+        arrays.test_labels[: n_test or None],
+    )
+
+
+def _eval_batches(images, labels, batch):
+    n = len(labels)
+    batches = math.ceil(n / batch)
+    pad = batches * batch - n
+    mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    shape = lambda a: a.reshape(batches, batch, *a.shape[1:])  # noqa: E731
+    return shape(images), shape(labels), shape(mask)
+
+
+def check_workdir(workdir: Path, record: dict[str, Any]) -> None:
+    """Refuses to resume into a workdir that holds another config."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    old = results.read_json(path)
+    if old.get("config") != record["config"]:
+        diff = sorted(_diff_keys(old.get("config", {}), record["config"]))
+        raise TrainError(
+            f"workdir {workdir} holds a run of a different config (differs at: {', '.join(diff[:8]) or '?'}); "
+            f"use another --workdir, or delete {workdir} to start fresh"
+        )
+
+
+def _diff_keys(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in set(a) | set(b):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path, *, quiet: bool = False
+) -> dict[str, Any]:
+    """Trains a config to the end (resuming from workdir) and writes result.json.
+
+    Args:
+      config: a ConfigDict from a configs/ file (with overrides applied).
+      workdir: the run's folder; created if missing.
+      quiet: no progress lines.
+
+    Returns:
+      The result.json object.
+    """
+    import orbax.checkpoint as ocp
+
+    workdir = Path(workdir).resolve()
+    specs = resolve_specs(config)
+    cost_obj = config_cost(config, specs)
+    record = {"config": config_lib.to_json(config), "specs": specs_lib.specs_to_json(specs)}
+    check_workdir(workdir, record)
+    done = results.read_result(workdir)
+    if done is not None:
+        return done
+
+    arrays = data.load(
+        config.dataset.name,
+        config.dataset.data_dir,
+        (config.dataset.synthetic_train, config.dataset.synthetic_test),
+        via_tfds=config.dataset.via_tfds,
+        tfds_dir=config.dataset.tfds_dir,
+    )
+    arrays = _subset(arrays, config.dataset.train_subset, config.dataset.test_subset)
+    run = make_run_spec(config, len(arrays.train_labels))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results.atomic_write_json(
+        workdir / "config.json",
+        {**record, "act_start_step": run.act_start_step, "steps_per_epoch": run.steps_per_epoch},
+    )
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    replicated = NamedSharding(mesh, P())
+    train_images = jax.device_put(arrays.train_images, replicated)
+    train_labels = jax.device_put(arrays.train_labels, replicated)
+    ev = [
+        jax.device_put(a, replicated)
+        for a in _eval_batches(arrays.test_images, arrays.test_labels, config.eval_batch_size)
+    ]
+
+    key = jax.random.key(config.seed)
+    sample = data.normalize(train_images[: run.batch_size], run.info)
+    state = jax.jit(functools.partial(create_train_state, run), out_shardings=replicated)(
+        jax.random.fold_in(key, 0), sample
+    )
+
+    ckpt_dir = workdir / "ckpt"
+    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    start_epoch = 0
+    state, start_epoch = _restore(manager, state, run)
+    history = [h for h in results.read_jsonl(workdir / "metrics.jsonl") if h["epoch"] <= start_epoch]
+    results.atomic_write_text(workdir / "metrics.jsonl", "".join(results.to_json_line(h) for h in history))
+
+    writer = tensorboard.SummaryWriter(workdir / "tb")
+    epoch_fn = jax.jit(functools.partial(train_epoch, run, mesh), donate_argnums=(0,))
+    eval_fn = jax.jit(functools.partial(evaluate_all, run))
+    n_test = len(arrays.test_labels)
+    timed_images, timed_s = 0, 0.0
+    t_run = time.perf_counter()
+    for epoch in range(start_epoch, run.num_epochs):
+        rng = np.random.default_rng([config.seed, epoch])
+        perm = rng.permutation(len(arrays.train_labels))[: run.steps_per_epoch * run.batch_size]
+        idx = jax.device_put(
+            perm.reshape(run.steps_per_epoch, run.batch_size).astype(np.int32), NamedSharding(mesh, P(None, "data"))
+        )
+        t0 = time.perf_counter()
+        try:
+            state, (losses, correct) = epoch_fn(
+                state, train_images, train_labels, idx, jax.random.fold_in(key, epoch + 1)
+            )
+            losses = np.asarray(losses)
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+                raise TrainError(
+                    f"out of memory at batch size {run.batch_size}; try --config.optim.batch_size="
+                    f"{max(run.batch_size // 2, jax.device_count())}"
+                ) from e
+            raise
+        dt = time.perf_counter() - t0
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            step = epoch * run.steps_per_epoch + int(bad[0]) + 1
+            raise TrainError(
+                f"loss became {losses[bad[0]]} at step {step} (epoch {epoch + 1}); lower "
+                f"--config.optim.base_lr or check the data; the last good checkpoint is kept"
+            )
+        if epoch > start_epoch:  # The first epoch of a process includes compilation.
+            timed_images += run.steps_per_epoch * run.batch_size
+            timed_s += dt
+        loss_sum, eval_correct = eval_fn(state, *ev)
+        row = {
+            "epoch": epoch + 1,
+            "step": (epoch + 1) * run.steps_per_epoch,
+            "lr": float(learning_rate(run, (epoch + 1) * run.steps_per_epoch - 1)),
+            "train_loss": float(losses.mean()),
+            "train_top1": float(np.sum(correct)) / (run.steps_per_epoch * run.batch_size),
+            "eval_loss": float(loss_sum) / n_test,
+            "eval_top1": float(eval_correct) / n_test,
+            "images_per_s": run.steps_per_epoch * run.batch_size / dt,
+            "epoch_s": dt,
+        }
+        history.append(row)
+        results.append_jsonl(workdir / "metrics.jsonl", row)
+        writer.scalars(row["step"], {k: v for k, v in row.items() if k not in ("epoch", "step")})
+        if not quiet:
+            _progress(row, run)
+        if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == run.num_epochs:
+            manager.save(epoch + 1, args=ocp.args.StandardSave(_to_tree(state)))
+    manager.wait_until_finished()
+
+    summary = report(history, run.act_start_step, config.smoothing_window)
+    result = {
+        "name": workdir.name,
+        "model": run.model_name,
+        "dataset": run.info.name,
+        "setting": config.setting,
+        "width": run.width,
+        "epochs": run.num_epochs,
+        **summary,
+        "cost": {"total": cost_obj["total"], "ratio": cost_obj["ratio"]},
+        "w_bits": {n: s.w_bits for n, s in specs.items()},
+        "a_bits": {n: s.a_bits for n, s in specs.items()},
+        "images_per_s": timed_images / timed_s if timed_s else history[-1]["images_per_s"],
+        "wall_s": time.perf_counter() - t_run,
+        "resumed_from_epoch": start_epoch,
+        "batch_size": run.batch_size,
+        "seed": config.seed,
+        "device": device_description(),
+        "versions": versions(),
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+    }
+    results.atomic_write_json(workdir / "result.json", result)
+    return result
 
 
 def _to_tree(state: TrainState) -> dict[str, Any]:
-  return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
-          "quant_stats": state.quant_stats, "opt_state": state.opt_state}
+    return {
+        "step": state.step,
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "quant_stats": state.quant_stats,
+        "opt_state": state.opt_state,
+    }
 
 
 def _restore(manager, state: TrainState, run: RunSpec) -> tuple[TrainState, int]:
-  """Restores the newest readable checkpoint; a corrupt one is reported and skipped."""
-  import orbax.checkpoint as ocp
+    """Restores the newest readable checkpoint; a corrupt one is reported and skipped."""
+    import orbax.checkpoint as ocp
 
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      tree = manager.restore(step, args=ocp.args.StandardRestore(_to_tree(state)))
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to an older one
-      print(f"checkpoint {step} is unreadable ({type(e).__name__}: {str(e)[:200]}); trying an older one",
-            file=sys.stderr)
-      continue
-    return TrainState(**tree), int(step)
-  return state, 0
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            tree = manager.restore(step, args=ocp.args.StandardRestore(_to_tree(state)))
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to an older one
+            print(
+                f"checkpoint {step} is unreadable ({type(e).__name__}: {str(e)[:200]}); trying an older one",
+                file=sys.stderr,
+            )
+            continue
+        return TrainState(**tree), int(step)
+    return state, 0
 
 
 def _progress(row: Mapping[str, Any], run: RunSpec) -> None:
-  done = row["epoch"] / run.num_epochs
-  bar = "#" * int(20 * done) + "." * (20 - int(20 * done))
-  print(f"[{bar}] epoch {row['epoch']}/{run.num_epochs} loss {row['train_loss']:.3f} "
+    done = row["epoch"] / run.num_epochs
+    bar = "#" * int(20 * done) + "." * (20 - int(20 * done))
+    print(
+        f"[{bar}] epoch {row['epoch']}/{run.num_epochs} loss {row['train_loss']:.3f} "
         f"train {row['train_top1']:.4f} eval {row['eval_top1']:.4f} {row['images_per_s']:,.0f} img/s",
-        flush=True)
+        flush=True,
+    )

@@ -10,70 +10,70 @@ from qresnet.quant import QConv, QDense, QuantSpec, ops
 
 
 def test_float_qconv_is_nn_conv():
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-  ref = nn.Conv(5, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=True)
-  q = QConv(5, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=True)
-  v_ref = ref.init(jax.random.key(1), x)
-  v_q = q.init(jax.random.key(1), x)
-  assert jax.tree.map(jnp.shape, v_ref) == jax.tree.map(jnp.shape, v_q)
-  np.testing.assert_array_equal(ref.apply(v_ref, x), q.apply(v_ref, x))
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    ref = nn.Conv(5, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=True)
+    q = QConv(5, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=True)
+    v_ref = ref.init(jax.random.key(1), x)
+    v_q = q.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, v_ref) == jax.tree.map(jnp.shape, v_q)
+    np.testing.assert_array_equal(ref.apply(v_ref, x), q.apply(v_ref, x))
 
 
 def test_float_qdense_is_nn_dense():
-  x = jax.random.normal(jax.random.key(0), (4, 7))
-  v = nn.Dense(3).init(jax.random.key(1), x)
-  np.testing.assert_array_equal(nn.Dense(3).apply(v, x), QDense(3).apply(v, x))
+    x = jax.random.normal(jax.random.key(0), (4, 7))
+    v = nn.Dense(3).init(jax.random.key(1), x)
+    np.testing.assert_array_equal(nn.Dense(3).apply(v, x), QDense(3).apply(v, x))
 
 
 def test_quantized_conv_uses_quantized_kernel_and_input():
-  spec = QuantSpec(w_bits=4, a_bits=4, a_bound="fixed", a_fixed_bound=2.0, a_signed=False)
-  x = jax.random.uniform(jax.random.key(0), (2, 6, 6, 3), maxval=3.0)
-  layer = QConv(4, (3, 3), spec=spec)
-  v = layer.init(jax.random.key(1), x)
-  k = v["params"]["kernel"]
-  expected = nn.Conv(4, (3, 3), use_bias=False).apply(
-      {"params": {"kernel": ops.fake_quant_weight(k, 4)}}, ops.fake_quant_unsigned(x, 4, 2.0)
-  )
-  np.testing.assert_allclose(layer.apply(v, x), expected, rtol=1e-5, atol=1e-6)
+    spec = QuantSpec(w_bits=4, a_bits=4, a_bound="fixed", a_fixed_bound=2.0, a_signed=False)
+    x = jax.random.uniform(jax.random.key(0), (2, 6, 6, 3), maxval=3.0)
+    layer = QConv(4, (3, 3), spec=spec)
+    v = layer.init(jax.random.key(1), x)
+    k = v["params"]["kernel"]
+    expected = nn.Conv(4, (3, 3), use_bias=False).apply(
+        {"params": {"kernel": ops.fake_quant_weight(k, 4)}}, ops.fake_quant_unsigned(x, 4, 2.0)
+    )
+    np.testing.assert_allclose(layer.apply(v, x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_ema_bound_schedule():
-  """Collected while act_quant is off (float output), frozen once it is on."""
-  spec = QuantSpec(w_bits=None, a_bits=8, a_signed=False)
-  layer = QDense(2, spec=spec)
-  x1 = jnp.array([[1.0, 2.0], [0.5, 4.0]])
-  v = layer.init(jax.random.key(0), x1)
-  assert v["quant_stats"]["act_bound"].shape == (2,)
-  np.testing.assert_array_equal(v["quant_stats"]["act_bound"], 0.0)
-  y, new = layer.apply(v, x1, train=True, act_quant=jnp.bool_(False), mutable=["quant_stats"])
-  np.testing.assert_allclose(new["quant_stats"]["act_bound"], [0.1, 0.4])
-  np.testing.assert_allclose(y, layer.apply(v, x1, act_quant=False))  # float before the start
-  v = {**v, **new}
-  _, frozen = layer.apply(v, 10 * x1, train=True, act_quant=jnp.bool_(True), mutable=["quant_stats"])
-  np.testing.assert_allclose(frozen["quant_stats"]["act_bound"], [0.1, 0.4])
+    """Collected while act_quant is off (float output), frozen once it is on."""
+    spec = QuantSpec(w_bits=None, a_bits=8, a_signed=False)
+    layer = QDense(2, spec=spec)
+    x1 = jnp.array([[1.0, 2.0], [0.5, 4.0]])
+    v = layer.init(jax.random.key(0), x1)
+    assert v["quant_stats"]["act_bound"].shape == (2,)
+    np.testing.assert_array_equal(v["quant_stats"]["act_bound"], 0.0)
+    y, new = layer.apply(v, x1, train=True, act_quant=jnp.bool_(False), mutable=["quant_stats"])
+    np.testing.assert_allclose(new["quant_stats"]["act_bound"], [0.1, 0.4])
+    np.testing.assert_allclose(y, layer.apply(v, x1, act_quant=False))  # float before the start
+    v = {**v, **new}
+    _, frozen = layer.apply(v, 10 * x1, train=True, act_quant=jnp.bool_(True), mutable=["quant_stats"])
+    np.testing.assert_allclose(frozen["quant_stats"]["act_bound"], [0.1, 0.4])
 
 
 def test_per_tensor_activation_bound_is_scalar():
-  spec = QuantSpec(a_bits=8, a_granularity="per_tensor", a_signed=True)
-  v = QConv(2, (1, 1), spec=spec).init(jax.random.key(0), jnp.ones((1, 2, 2, 3)))
-  assert v["quant_stats"]["act_bound"].shape == ()
+    spec = QuantSpec(a_bits=8, a_granularity="per_tensor", a_signed=True)
+    v = QConv(2, (1, 1), spec=spec).init(jax.random.key(0), jnp.ones((1, 2, 2, 3)))
+    assert v["quant_stats"]["act_bound"].shape == ()
 
 
 def test_lsq_bound_is_a_learned_parameter_from_data():
-  spec = QuantSpec(a_bits=4, a_bound="lsq", a_signed=False)
-  x = jnp.full((4, 3), 2.0)
-  layer = QDense(2, spec=spec)
-  v = layer.init(jax.random.key(0), x)
-  assert v["params"]["act_bound"].shape == (3,)
-  np.testing.assert_allclose(v["params"]["act_bound"], ops.lsq_init_bound(x, 4, False, (0,)))
-  g = jax.grad(lambda p: layer.apply({"params": p}, x * 1.3).sum())(v["params"])
-  assert float(jnp.abs(g["act_bound"]).sum()) > 0
+    spec = QuantSpec(a_bits=4, a_bound="lsq", a_signed=False)
+    x = jnp.full((4, 3), 2.0)
+    layer = QDense(2, spec=spec)
+    v = layer.init(jax.random.key(0), x)
+    assert v["params"]["act_bound"].shape == (3,)
+    np.testing.assert_allclose(v["params"]["act_bound"], ops.lsq_init_bound(x, 4, False, (0,)))
+    g = jax.grad(lambda p: layer.apply({"params": p}, x * 1.3).sum())(v["params"])
+    assert float(jnp.abs(g["act_bound"]).sum()) > 0
 
 
 @pytest.mark.parametrize("act_quant", [True, jnp.bool_(True)])
 def test_static_and_traced_switch_agree(act_quant):
-  spec = QuantSpec(w_bits=8, a_bits=4, a_bound="fixed", a_fixed_bound=1.0, a_signed=True)
-  x = jax.random.normal(jax.random.key(0), (2, 5))
-  layer = QDense(3, spec=spec)
-  v = layer.init(jax.random.key(1), x)
-  np.testing.assert_array_equal(layer.apply(v, x, act_quant=act_quant), layer.apply(v, x, act_quant=True))
+    spec = QuantSpec(w_bits=8, a_bits=4, a_bound="fixed", a_fixed_bound=1.0, a_signed=True)
+    x = jax.random.normal(jax.random.key(0), (2, 5))
+    layer = QDense(3, spec=spec)
+    v = layer.init(jax.random.key(1), x)
+    np.testing.assert_array_equal(layer.apply(v, x, act_quant=act_quant), layer.apply(v, x, act_quant=True))

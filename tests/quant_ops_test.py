@@ -9,14 +9,14 @@ from qresnet.quant import ops
 
 
 def _np_signed(x, bits, bound):
-  s = (2 ** (bits - 1) - 1) / bound
-  q = np.clip(np.floor(x * s + 0.5), -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
-  return q / s
+    s = (2 ** (bits - 1) - 1) / bound
+    q = np.clip(np.floor(x * s + 0.5), -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
+    return q / s
 
 
 def _np_unsigned(x, bits, bound):
-  s = 2**bits / bound
-  return np.clip(np.floor(x * s), 0, 2**bits - 1) / s
+    s = 2**bits / bound
+    return np.clip(np.floor(x * s), 0, 2**bits - 1) / s
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def _np_unsigned(x, bits, bound):
     ],
 )
 def test_signed_named_cases(name, x, expected):
-  assert float(ops.fake_quant_signed(jnp.float32(x), 4, 7.0)) == expected, name
+    assert float(ops.fake_quant_signed(jnp.float32(x), 4, 7.0)) == expected, name
 
 
 @pytest.mark.parametrize(
@@ -49,109 +49,109 @@ def test_signed_named_cases(name, x, expected):
     ],
 )
 def test_unsigned_named_cases(name, x, expected):
-  assert float(ops.fake_quant_unsigned(jnp.float32(x), 4, 16.0)) == expected, name
+    assert float(ops.fake_quant_unsigned(jnp.float32(x), 4, 16.0)) == expected, name
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_signed_matches_formula_and_level_count(bits):
-  x = np.linspace(-3, 3, 4001).astype(np.float32)
-  out = np.asarray(ops.fake_quant_signed(jnp.asarray(x), bits, 2.0))
-  np.testing.assert_allclose(out, _np_signed(x, bits, 2.0), rtol=1e-6, atol=1e-7)
-  assert len(np.unique(out)) == 2 ** bits - 1  # -(2^(b-1)-1) .. 2^(b-1)-1
+    x = np.linspace(-3, 3, 4001).astype(np.float32)
+    out = np.asarray(ops.fake_quant_signed(jnp.asarray(x), bits, 2.0))
+    np.testing.assert_allclose(out, _np_signed(x, bits, 2.0), rtol=1e-6, atol=1e-7)
+    assert len(np.unique(out)) == 2**bits - 1  # -(2^(b-1)-1) .. 2^(b-1)-1
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_unsigned_matches_formula_and_level_count(bits):
-  x = np.linspace(-1, 3, 4001).astype(np.float32)
-  out = np.asarray(ops.fake_quant_unsigned(jnp.asarray(x), bits, 2.0))
-  np.testing.assert_allclose(out, _np_unsigned(x, bits, 2.0), rtol=1e-6, atol=1e-7)
-  assert len(np.unique(out)) == 2**bits
-  assert out.max() == pytest.approx(2.0 * (2**bits - 1) / 2**bits)
+    x = np.linspace(-1, 3, 4001).astype(np.float32)
+    out = np.asarray(ops.fake_quant_unsigned(jnp.asarray(x), bits, 2.0))
+    np.testing.assert_allclose(out, _np_unsigned(x, bits, 2.0), rtol=1e-6, atol=1e-7)
+    assert len(np.unique(out)) == 2**bits
+    assert out.max() == pytest.approx(2.0 * (2**bits - 1) / 2**bits)
 
 
 def test_one_bit_signed_is_binary():
-  out = ops.fake_quant_signed(jnp.array([-2.0, -0.1, 0.0, 0.3, 5.0]), 1, 1.5)
-  np.testing.assert_array_equal(out, [-1.5, -1.5, 1.5, 1.5, 1.5])
+    out = ops.fake_quant_signed(jnp.array([-2.0, -0.1, 0.0, 0.3, 5.0]), 1, 1.5)
+    np.testing.assert_array_equal(out, [-1.5, -1.5, 1.5, 1.5, 1.5])
 
 
 @pytest.mark.parametrize("fn", [ops.fake_quant_signed, ops.fake_quant_unsigned])
 def test_zero_bound_is_finite_zero(fn):
-  x = jnp.array([-1.0, 0.0, 2.0])
-  out, grad = jax.value_and_grad(lambda x: fn(x, 4, 0.0).sum())(x)
-  assert float(out) == 0.0
-  np.testing.assert_array_equal(grad, 0.0)
-  np.testing.assert_array_equal(fn(x, 4, 0.0), 0.0)
+    x = jnp.array([-1.0, 0.0, 2.0])
+    out, grad = jax.value_and_grad(lambda x: fn(x, 4, 0.0).sum())(x)
+    assert float(out) == 0.0
+    np.testing.assert_array_equal(grad, 0.0)
+    np.testing.assert_array_equal(fn(x, 4, 0.0), 0.0)
 
 
 def test_straight_through_gradient_signed():
-  x = jnp.array([-9.0, -7.0, -3.2, 0.0, 0.4, 6.9, 7.0, 7.2, 50.0])
-  g = jax.grad(lambda x: ops.fake_quant_signed(x, 4, 7.0).sum())(x)
-  np.testing.assert_array_equal(g, [0, 1, 1, 1, 1, 1, 1, 0, 0])
+    x = jnp.array([-9.0, -7.0, -3.2, 0.0, 0.4, 6.9, 7.0, 7.2, 50.0])
+    g = jax.grad(lambda x: ops.fake_quant_signed(x, 4, 7.0).sum())(x)
+    np.testing.assert_array_equal(g, [0, 1, 1, 1, 1, 1, 1, 0, 0])
 
 
 def test_straight_through_gradient_unsigned():
-  # bits 4, bound 16: clip range of x*s is [0, 15].
-  x = jnp.array([-1.0, 0.0, 3.7, 15.0, 15.5, 20.0])
-  g = jax.grad(lambda x: ops.fake_quant_unsigned(x, 4, 16.0).sum())(x)
-  np.testing.assert_array_equal(g, [0, 1, 1, 1, 0, 0])
+    # bits 4, bound 16: clip range of x*s is [0, 15].
+    x = jnp.array([-1.0, 0.0, 3.7, 15.0, 15.5, 20.0])
+    g = jax.grad(lambda x: ops.fake_quant_unsigned(x, 4, 16.0).sum())(x)
+    np.testing.assert_array_equal(g, [0, 1, 1, 1, 0, 0])
 
 
 def test_no_gradient_into_bound():
-  g = jax.grad(lambda b: ops.fake_quant_signed(jnp.array([0.3, 0.9]), 4, b).sum())(1.0)
-  assert float(g) == 0.0
+    g = jax.grad(lambda b: ops.fake_quant_signed(jnp.array([0.3, 0.9]), 4, b).sum())(1.0)
+    assert float(g) == 0.0
 
 
 def test_bound_broadcasts_per_channel():
-  x = jnp.ones((2, 3)) * jnp.array([0.5, 1.0, 4.0])
-  out = ops.fake_quant_signed(x, 8, jnp.array([1.0, 1.0, 2.0]))
-  np.testing.assert_allclose(out[0], [0.5, 1.0, 2.0], atol=1e-2)
+    x = jnp.ones((2, 3)) * jnp.array([0.5, 1.0, 4.0])
+    out = ops.fake_quant_signed(x, 8, jnp.array([1.0, 1.0, 2.0]))
+    np.testing.assert_allclose(out[0], [0.5, 1.0, 2.0], atol=1e-2)
 
 
 def test_bf16_input_keeps_dtype():
-  out = ops.fake_quant_unsigned(jnp.ones((4,), jnp.bfloat16), 4, 2.0)
-  assert out.dtype == jnp.bfloat16
+    out = ops.fake_quant_unsigned(jnp.ones((4,), jnp.bfloat16), 4, 2.0)
+    assert out.dtype == jnp.bfloat16
 
 
 def test_weight_bound_per_channel_and_tensor():
-  w = jnp.arange(24, dtype=jnp.float32).reshape(2, 3, 4) - 12.0
-  np.testing.assert_array_equal(ops.weight_bound(w), [12.0, 11.0, 10.0, 11.0])
-  assert float(ops.weight_bound(w, "per_tensor")) == 12.0
-  wq = ops.fake_quant_weight(w, 8)
-  np.testing.assert_allclose(jnp.max(jnp.abs(wq), axis=(0, 1)), [12.0, 11.0, 10.0, 11.0], rtol=1e-6)
+    w = jnp.arange(24, dtype=jnp.float32).reshape(2, 3, 4) - 12.0
+    np.testing.assert_array_equal(ops.weight_bound(w), [12.0, 11.0, 10.0, 11.0])
+    assert float(ops.weight_bound(w, "per_tensor")) == 12.0
+    wq = ops.fake_quant_weight(w, 8)
+    np.testing.assert_allclose(jnp.max(jnp.abs(wq), axis=(0, 1)), [12.0, 11.0, 10.0, 11.0], rtol=1e-6)
 
 
 def test_ema_update_excludes_all_zero_channels():
-  ema = jnp.array([1.0, 2.0])
-  x = jnp.stack([jnp.array([3.0, 0.0]), jnp.array([-5.0, 0.0])])
-  m, nz = ops.batch_max_abs(x, "per_channel")
-  np.testing.assert_array_equal(m, [5.0, 0.0])
-  np.testing.assert_allclose(ops.ema_max_update(ema, m, nz, 0.1), [1.4, 2.0])
+    ema = jnp.array([1.0, 2.0])
+    x = jnp.stack([jnp.array([3.0, 0.0]), jnp.array([-5.0, 0.0])])
+    m, nz = ops.batch_max_abs(x, "per_channel")
+    np.testing.assert_array_equal(m, [5.0, 0.0])
+    np.testing.assert_allclose(ops.ema_max_update(ema, m, nz, 0.1), [1.4, 2.0])
 
 
 def test_lsq_gradient_matches_esser():
-  # Signed 4 bits: qmax 7, step = bound/7. d x_hat / d step = q - x/step inside, +-qmax outside.
-  bound, x = 7.0, jnp.array([0.3, 2.6, -1.2, 9.0, -8.0])
-  grad = jax.grad(lambda b: ops.lsq_fake_quant(x, 4, b, True, 1.0).sum())(bound)
-  step = bound / 7
-  v = np.asarray(x) / step
-  q = np.clip(np.floor(v + 0.5), -7, 7)
-  inside = np.abs(v) <= 7
-  d_step = np.where(inside, q - v, q)
-  assert float(grad) == pytest.approx(d_step.sum() / 7, rel=1e-5)
-  # The gradient scale multiplies the bound's gradient only.
-  g_half = jax.grad(lambda b: ops.lsq_fake_quant(x, 4, b, True, 0.5).sum())(bound)
-  assert float(g_half) == pytest.approx(0.5 * float(grad), rel=1e-5)
-  gx = jax.grad(lambda x: ops.lsq_fake_quant(x, 4, bound, True, 1.0).sum())(x)
-  np.testing.assert_array_equal(gx, inside.astype(np.float32))
+    # Signed 4 bits: qmax 7, step = bound/7. d x_hat / d step = q - x/step inside, +-qmax outside.
+    bound, x = 7.0, jnp.array([0.3, 2.6, -1.2, 9.0, -8.0])
+    grad = jax.grad(lambda b: ops.lsq_fake_quant(x, 4, b, True, 1.0).sum())(bound)
+    step = bound / 7
+    v = np.asarray(x) / step
+    q = np.clip(np.floor(v + 0.5), -7, 7)
+    inside = np.abs(v) <= 7
+    d_step = np.where(inside, q - v, q)
+    assert float(grad) == pytest.approx(d_step.sum() / 7, rel=1e-5)
+    # The gradient scale multiplies the bound's gradient only.
+    g_half = jax.grad(lambda b: ops.lsq_fake_quant(x, 4, b, True, 0.5).sum())(bound)
+    assert float(g_half) == pytest.approx(0.5 * float(grad), rel=1e-5)
+    gx = jax.grad(lambda x: ops.lsq_fake_quant(x, 4, bound, True, 1.0).sum())(x)
+    np.testing.assert_array_equal(gx, inside.astype(np.float32))
 
 
 def test_lsq_init_from_data():
-  x = jnp.full((10, 3), 2.0)
-  b = ops.lsq_init_bound(x, 4, True, (0,))
-  np.testing.assert_allclose(b, 2 * 2.0 / np.sqrt(7) * 7, rtol=1e-6)
+    x = jnp.full((10, 3), 2.0)
+    b = ops.lsq_init_bound(x, 4, True, (0,))
+    np.testing.assert_allclose(b, 2 * 2.0 / np.sqrt(7) * 7, rtol=1e-6)
 
 
 @pytest.mark.parametrize("bits", [0, 17, -1])
 def test_bad_bits_raise(bits):
-  with pytest.raises(ValueError, match="bits"):
-    ops.fake_quant_signed(jnp.ones(2), bits, 1.0)
+    with pytest.raises(ValueError, match="bits"):
+        ops.fake_quant_signed(jnp.ones(2), bits, 1.0)

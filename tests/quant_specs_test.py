@@ -9,60 +9,60 @@ NAMES = resnet.layer_names("resnet20")
 
 
 def test_first_match_wins_and_float():
-  out = specs.resolve_specs([("stem|head", 8, 8), ("stage0/.*", None, None), (".*", 4, 4)], NAMES)
-  assert out["stem"].w_bits == 8 and out["head"].a_bits == 8
-  assert out["stage0/block1/conv2"].is_float
-  assert out["stage2/block2/conv2"].w_bits == 4
-  assert list(out) == list(NAMES)
+    out = specs.resolve_specs([("stem|head", 8, 8), ("stage0/.*", None, None), (".*", 4, 4)], NAMES)
+    assert out["stem"].w_bits == 8 and out["head"].a_bits == 8
+    assert out["stage0/block1/conv2"].is_float
+    assert out["stage2/block2/conv2"].w_bits == 4
+    assert list(out) == list(NAMES)
 
 
 def test_signed_defaults_follow_the_paper():
-  out = specs.resolve_specs([(".*", 4, 4)], NAMES, resnet.signed_layers(NAMES))
-  signed = sorted(n for n, s in out.items() if s.a_signed)
-  assert signed == ["stage0/block0/conv1", "stage1/block0/conv1", "stage2/block0/conv1", "stem"]
-  forced = specs.resolve_specs([("stem", 4, 4, {"a_signed": False}), (".*", 4, 4)], NAMES, ["stem"])
-  assert forced["stem"].a_signed is False
+    out = specs.resolve_specs([(".*", 4, 4)], NAMES, resnet.signed_layers(NAMES))
+    signed = sorted(n for n, s in out.items() if s.a_signed)
+    assert signed == ["stage0/block0/conv1", "stage1/block0/conv1", "stage2/block0/conv1", "stem"]
+    forced = specs.resolve_specs([("stem", 4, 4, {"a_signed": False}), (".*", 4, 4)], NAMES, ["stem"])
+    assert forced["stem"].a_signed is False
 
 
 def test_options_reach_the_spec():
-  out = specs.resolve_specs([(".*", 4, 4, {"a_bound": "lsq", "a_granularity": "per_tensor"})], NAMES)
-  assert out["head"].a_bound == "lsq" and out["head"].a_granularity == "per_tensor"
+    out = specs.resolve_specs([(".*", 4, 4, {"a_bound": "lsq", "a_granularity": "per_tensor"})], NAMES)
+    assert out["head"].a_bound == "lsq" and out["head"].a_granularity == "per_tensor"
 
 
 def test_specs_are_read_only_and_round_trip():
-  out = specs.resolve_specs([(".*", 4, 8)], NAMES)
-  with pytest.raises(TypeError):
-    out["stem"] = specs.FLOAT
-  assert dict(specs.specs_from_json(specs.specs_to_json(out))) == dict(out)
+    out = specs.resolve_specs([(".*", 4, 8)], NAMES)
+    with pytest.raises(TypeError):
+        out["stem"] = specs.FLOAT
+    assert dict(specs.specs_from_json(specs.specs_to_json(out))) == dict(out)
 
 
 def test_rule_matching_nothing_is_an_error():
-  with pytest.raises(specs.SpecError, match=r"'stage9/.\*' matches no layer"):
-    specs.resolve_specs([("stage9/.*", 4, 4), (".*", 8, 8)], NAMES)
+    with pytest.raises(specs.SpecError, match=r"'stage9/.\*' matches no layer"):
+        specs.resolve_specs([("stage9/.*", 4, 4), (".*", 8, 8)], NAMES)
 
 
 def test_shadowed_rule_is_an_error():
-  with pytest.raises(specs.SpecError, match="never used"):
-    specs.resolve_specs([(".*", 8, 8), ("stem", 4, 4)], NAMES)
+    with pytest.raises(specs.SpecError, match="never used"):
+        specs.resolve_specs([(".*", 8, 8), ("stem", 4, 4)], NAMES)
 
 
 def test_layer_without_spec_is_an_error():
-  with pytest.raises(specs.SpecError, match=r"\['head'\] match no rule"):
-    specs.resolve_specs([("stem|stage.*", 4, 4)], NAMES)
+    with pytest.raises(specs.SpecError, match=r"\['head'\] match no rule"):
+        specs.resolve_specs([("stem|stage.*", 4, 4)], NAMES)
 
 
 @pytest.mark.parametrize("bits", [0, 9, -1, "4", 4.0, True])
 def test_bad_bits(bits):
-  with pytest.raises(specs.SpecError, match="w_bits"):
-    specs.resolve_specs([(".*", bits, 4)], NAMES)
+    with pytest.raises(specs.SpecError, match="w_bits"):
+        specs.resolve_specs([(".*", bits, 4)], NAMES)
 
 
 def test_bad_option_and_regex():
-  with pytest.raises(specs.SpecError, match="unknown option"):
-    specs.make_rule((".*", 4, 4, {"a_bonud": "lsq"}))
-  with pytest.raises(specs.SpecError, match="a_bound must be one of"):
-    specs.make_rule((".*", 4, 4, {"a_bound": "pact"}))
-  with pytest.raises(specs.SpecError, match="not a valid regex"):
-    specs.make_rule(("stage(", 4, 4))
-  with pytest.raises(specs.SpecError, match="a rule is"):
-    specs.make_rule((".*", 4))
+    with pytest.raises(specs.SpecError, match="unknown option"):
+        specs.make_rule((".*", 4, 4, {"a_bonud": "lsq"}))
+    with pytest.raises(specs.SpecError, match="a_bound must be one of"):
+        specs.make_rule((".*", 4, 4, {"a_bound": "pact"}))
+    with pytest.raises(specs.SpecError, match="not a valid regex"):
+        specs.make_rule(("stage(", 4, 4))
+    with pytest.raises(specs.SpecError, match="a rule is"):
+        specs.make_rule((".*", 4))

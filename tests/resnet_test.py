@@ -9,32 +9,37 @@ from qresnet import resnet
 
 
 def _params(name, classes, shape, width=1.0):
-  m = resnet.create_model(name, num_classes=classes, width=width)
-  return jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, *shape))))["params"]
+    m = resnet.create_model(name, num_classes=classes, width=width)
+    return jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, *shape))))["params"]
 
 
 def _count(tree):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
 def test_resnet20_layer_names_pinned():
-  names = resnet.layer_names("resnet20")
-  expected = ["stem"]
-  for s in range(3):
-    for b in range(3):
-      expected += [f"stage{s}/block{b}/conv1", f"stage{s}/block{b}/conv2"]
-      if s > 0 and b == 0:
-        expected.append(f"stage{s}/block{b}/proj")
-  expected.append("head")
-  assert list(names) == expected
+    names = resnet.layer_names("resnet20")
+    expected = ["stem"]
+    for s in range(3):
+        for b in range(3):
+            expected += [f"stage{s}/block{b}/conv1", f"stage{s}/block{b}/conv2"]
+            if s > 0 and b == 0:
+                expected.append(f"stage{s}/block{b}/proj")
+    expected.append("head")
+    assert list(names) == expected
 
 
 def test_resnet50_layer_names():
-  names = resnet.layer_names("resnet50", 1.0, 1000, (224, 224, 3))
-  assert len(names) == 54  # stem + 16 blocks x 3 + 4 projections + head
-  assert names[:5] == ("stem", "stage0/block0/conv1", "stage0/block0/conv2", "stage0/block0/conv3",
-                       "stage0/block0/proj")
-  assert "stage2/block0/proj" in names and names[-1] == "head"
+    names = resnet.layer_names("resnet50", 1.0, 1000, (224, 224, 3))
+    assert len(names) == 54  # stem + 16 blocks x 3 + 4 projections + head
+    assert names[:5] == (
+        "stem",
+        "stage0/block0/conv1",
+        "stage0/block0/conv2",
+        "stage0/block0/conv3",
+        "stage0/block0/proj",
+    )
+    assert "stage2/block0/proj" in names and names[-1] == "head"
 
 
 @pytest.mark.parametrize(
@@ -47,39 +52,39 @@ def test_resnet50_layer_names():
     ],
 )
 def test_parameter_counts(name, classes, shape, count):
-  assert _count(_params(name, classes, shape)) == count
+    assert _count(_params(name, classes, shape)) == count
 
 
 def test_resnet20_option_b_parameter_count():
-  # stem 432+32; stage0 3*(2*2304+64); stage1 (4608+9216+128+512+64) + 2*(2*9216+128);
-  # stage2 (18432+36864+256+2048+128) + 2*(2*36864+256); head 640+10.
-  expected = 464 + 14_016 + (14_528 + 37_120) + (57_728 + 147_968) + 650
-  assert _count(_params("resnet20", 10, (32, 32, 3))) == expected == 272_474
+    # stem 432+32; stage0 3*(2*2304+64); stage1 (4608+9216+128+512+64) + 2*(2*9216+128);
+    # stage2 (18432+36864+256+2048+128) + 2*(2*36864+256); head 640+10.
+    expected = 464 + 14_016 + (14_528 + 37_120) + (57_728 + 147_968) + 650
+    assert _count(_params("resnet20", 10, (32, 32, 3))) == expected == 272_474
 
 
 def test_width_scales_stages_not_stem():
-  p = _params("resnet50", 1000, (224, 224, 3), width=0.5)
-  assert p["stem"]["kernel"].shape == (7, 7, 3, 64)
-  assert p["stage0_block0"]["conv1"]["kernel"].shape == (1, 1, 64, 32)
-  assert p["stage3_block0"]["conv3"]["kernel"].shape == (1, 1, 256, 1024)
-  assert p["head"]["kernel"].shape == (1024, 1000)
-  assert resnet.stage_filters(resnet.ARCHS["resnet20"], 0.62) == [9, 19, 39]
+    p = _params("resnet50", 1000, (224, 224, 3), width=0.5)
+    assert p["stem"]["kernel"].shape == (7, 7, 3, 64)
+    assert p["stage0_block0"]["conv1"]["kernel"].shape == (1, 1, 64, 32)
+    assert p["stage3_block0"]["conv3"]["kernel"].shape == (1, 1, 256, 1024)
+    assert p["head"]["kernel"].shape == (1024, 1000)
+    assert resnet.stage_filters(resnet.ARCHS["resnet20"], 0.62) == [9, 19, 39]
 
 
 def test_fashion_mnist_shape_and_last_bn_zero():
-  m = resnet.create_model("resnet20", num_classes=10)
-  v = m.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
-  assert v["params"]["stem"]["kernel"].shape == (3, 3, 1, 16)
-  np.testing.assert_array_equal(v["params"]["stage1_block2"]["bn2"]["scale"], 0.0)
-  assert m.apply(v, jnp.ones((2, 28, 28, 1))).shape == (2, 10)
+    m = resnet.create_model("resnet20", num_classes=10)
+    v = m.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
+    assert v["params"]["stem"]["kernel"].shape == (3, 3, 1, 16)
+    np.testing.assert_array_equal(v["params"]["stage1_block2"]["bn2"]["scale"], 0.0)
+    assert m.apply(v, jnp.ones((2, 28, 28, 1))).shape == (2, 10)
 
 
 @pytest.mark.parametrize("width", [0, -1.0, "1"])
 def test_bad_width(width):
-  with pytest.raises(ValueError, match="width"):
-    resnet.create_model("resnet20", num_classes=10, width=width)
+    with pytest.raises(ValueError, match="width"):
+        resnet.create_model("resnet20", num_classes=10, width=width)
 
 
 def test_unknown_model():
-  with pytest.raises(ValueError, match="unknown model 'resnet21'"):
-    resnet.create_model("resnet21", num_classes=10)
+    with pytest.raises(ValueError, match="unknown model 'resnet21'"):
+        resnet.create_model("resnet21", num_classes=10)

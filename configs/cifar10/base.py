@@ -4,7 +4,7 @@ from configs import common
 
 
 def get_config(setting: str = "bf16"):
-  c = common.get_config(setting)
-  c.model.name = "resnet20"
-  c.dataset.name = "cifar10_jpeg"
-  return c
+    c = common.get_config(setting)
+    c.model.name = "resnet20"
+    c.dataset.name = "cifar10_jpeg"
+    return c

@@ -4,4 +4,4 @@ from configs.cifar10 import base
 
 
 def get_config():
-  return base.get_config("bf16")
+    return base.get_config("bf16")

@@ -7,14 +7,12 @@ WIDTHS = (0.5, 0.62, 0.75, 0.87, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 
 def get_config():
-  c = base.get_config()
-  c.optim.num_epochs = 60
-  return c
+    c = base.get_config()
+    c.optim.num_epochs = 60
+    return c
 
 
 def get_sweep():
-  return [
-      {"setting": s, "quant.rules": settings.SETTINGS[s], "model.width": w}
-      for s in settings.SETTINGS
-      for w in WIDTHS
-  ]
+    return [
+        {"setting": s, "quant.rules": settings.SETTINGS[s], "model.width": w} for s in settings.SETTINGS for w in WIDTHS
+    ]

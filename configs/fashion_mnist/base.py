@@ -4,8 +4,8 @@ from configs import common
 
 
 def get_config(setting: str = "bf16"):
-  c = common.get_config(setting)
-  c.dataset.name = "fashion_mnist"
-  c.dataset.flip = True
-  c.optim.num_epochs = 60
-  return c
+    c = common.get_config(setting)
+    c.dataset.name = "fashion_mnist"
+    c.dataset.flip = True
+    c.optim.num_epochs = 60
+    return c

@@ -4,17 +4,17 @@ from configs import common
 
 
 def get_config(setting: str = "bf16"):
-  c = common.get_config(setting)
-  c.model.name = "resnet50"
-  c.dataset.name = "imagenet2012"
-  c.dataset.crop_pad = 0  # ImageNet uses Inception crops instead.
-  c.optim.batch_size = 8192  # The paper's; lr scales with it.
-  c.optim.num_epochs = 250
-  c.optim.base_lr = 0.1
-  c.optim.weight_decay = 1e-4
-  c.optim.warmup_epochs = 5.0
-  c.optim.cosine_alpha = 0.001
-  c.optim.cooldown_epochs = 50.0
-  c.quant.act_start_step = 7500
-  c.eval_batch_size = 1024
-  return c
+    c = common.get_config(setting)
+    c.model.name = "resnet50"
+    c.dataset.name = "imagenet2012"
+    c.dataset.crop_pad = 0  # ImageNet uses Inception crops instead.
+    c.optim.batch_size = 8192  # The paper's; lr scales with it.
+    c.optim.num_epochs = 250
+    c.optim.base_lr = 0.1
+    c.optim.weight_decay = 1e-4
+    c.optim.warmup_epochs = 5.0
+    c.optim.cosine_alpha = 0.001
+    c.optim.cooldown_epochs = 50.0
+    c.quant.act_start_step = 7500
+    c.eval_batch_size = 1024
+    return c

@@ -29,122 +29,120 @@ default_kernel_init = nn.initializers.lecun_normal()
 
 
 def _select(flag, on, off):
-  if isinstance(flag, bool):
-    return on if flag else off
-  return jnp.where(flag, on, off)
+    if isinstance(flag, bool):
+        return on if flag else off
+    return jnp.where(flag, on, off)
 
 
-def quantize_input(
-    module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_quant
-) -> Array:
-  """Fake-quantizes a layer input per `spec`, creating state in `module`."""
-  if spec.a_bits is None or act_quant is False:
-    if spec.a_bits is not None and spec.a_bound == "ema_max":
-      _ema_bound(module, x, spec, train, act_quant)
-    return x
-  bits, signed = spec.a_bits, bool(spec.a_signed)
-  axes = ops.reduction_axes(x.ndim, spec.a_granularity)
-  if spec.a_bound == "fixed":
-    xq = ops.fake_quant(x, bits, spec.a_fixed_bound, signed)
-  elif spec.a_bound == "ema_max":
-    xq = ops.fake_quant(x, bits, _ema_bound(module, x, spec, train, act_quant), signed)
-  else:  # lsq
-    bound = module.param("act_bound", lambda _: ops.lsq_init_bound(x, bits, signed, axes))
-    per_bound = x.size // max(bound.size, 1)
-    grad_scale = 1.0 / (per_bound * ops.int_range(bits, signed)[1]) ** 0.5
-    xq = ops.lsq_fake_quant(x, bits, bound, signed, grad_scale)
-  return _select(act_quant, xq, x)
+def quantize_input(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_quant) -> Array:
+    """Fake-quantizes a layer input per `spec`, creating state in `module`."""
+    if spec.a_bits is None or act_quant is False:
+        if spec.a_bits is not None and spec.a_bound == "ema_max":
+            _ema_bound(module, x, spec, train, act_quant)
+        return x
+    bits, signed = spec.a_bits, bool(spec.a_signed)
+    axes = ops.reduction_axes(x.ndim, spec.a_granularity)
+    if spec.a_bound == "fixed":
+        xq = ops.fake_quant(x, bits, spec.a_fixed_bound, signed)
+    elif spec.a_bound == "ema_max":
+        xq = ops.fake_quant(x, bits, _ema_bound(module, x, spec, train, act_quant), signed)
+    else:  # lsq
+        bound = module.param("act_bound", lambda _: ops.lsq_init_bound(x, bits, signed, axes))
+        per_bound = x.size // max(bound.size, 1)
+        grad_scale = 1.0 / (per_bound * ops.int_range(bits, signed)[1]) ** 0.5
+        xq = ops.lsq_fake_quant(x, bits, bound, signed, grad_scale)
+    return _select(act_quant, xq, x)
 
 
 def _ema_bound(module, x, spec, train, act_quant):
-  shape = () if spec.a_granularity == "per_tensor" else (x.shape[-1],)
-  var = module.variable("quant_stats", "act_bound", jnp.zeros, shape, jnp.float32)
-  if train and not module.is_initializing() and act_quant is not True:
-    m, nonzero = ops.batch_max_abs(x, spec.a_granularity)
-    updated = ops.ema_max_update(var.value, m, nonzero, spec.a_ema_coeff)
-    var.value = _select(act_quant, var.value, updated)
-  return var.value
+    shape = () if spec.a_granularity == "per_tensor" else (x.shape[-1],)
+    var = module.variable("quant_stats", "act_bound", jnp.zeros, shape, jnp.float32)
+    if train and not module.is_initializing() and act_quant is not True:
+        m, nonzero = ops.batch_max_abs(x, spec.a_granularity)
+        updated = ops.ema_max_update(var.value, m, nonzero, spec.a_ema_coeff)
+        var.value = _select(act_quant, var.value, updated)
+    return var.value
 
 
 def quantize_kernel(kernel: Array, spec: QuantSpec) -> Array:
-  if spec.w_bits is None:
-    return kernel
-  return ops.fake_quant_weight(kernel, spec.w_bits, spec.w_granularity)
+    if spec.w_bits is None:
+        return kernel
+    return ops.fake_quant_weight(kernel, spec.w_bits, spec.w_granularity)
 
 
 class QConv(nn.Module):
-  """2-D convolution (NHWC, HWIO) with fake-quantized kernel and input.
+    """2-D convolution (NHWC, HWIO) with fake-quantized kernel and input.
 
-  Attributes:
-    features: output channels.
-    kernel_size: (kh, kw).
-    strides: (sh, sw).
-    padding: "SAME", "VALID" or ((top, bottom), (left, right)).
-    use_bias: add a bias (no bias in ResNets: BN follows).
-    spec: the layer's QuantSpec; None or a float spec gives nn.Conv.
-    dtype: compute dtype (e.g. bfloat16); None keeps the input's.
-    param_dtype: parameter dtype.
-    kernel_init, bias_init: initializers, as nn.Conv.
-  """
+    Attributes:
+      features: output channels.
+      kernel_size: (kh, kw).
+      strides: (sh, sw).
+      padding: "SAME", "VALID" or ((top, bottom), (left, right)).
+      use_bias: add a bias (no bias in ResNets: BN follows).
+      spec: the layer's QuantSpec; None or a float spec gives nn.Conv.
+      dtype: compute dtype (e.g. bfloat16); None keeps the input's.
+      param_dtype: parameter dtype.
+      kernel_init, bias_init: initializers, as nn.Conv.
+    """
 
-  features: int
-  kernel_size: Sequence[int]
-  strides: Sequence[int] = (1, 1)
-  padding: Any = "SAME"
-  use_bias: bool = False
-  spec: QuantSpec | None = None
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  kernel_init: Callable = default_kernel_init
-  bias_init: Callable = nn.initializers.zeros_init()
+    features: int
+    kernel_size: Sequence[int]
+    strides: Sequence[int] = (1, 1)
+    padding: Any = "SAME"
+    use_bias: bool = False
+    spec: QuantSpec | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = default_kernel_init
+    bias_init: Callable = nn.initializers.zeros_init()
 
-  @nn.compact
-  def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
-    """Args: x (N, H, W, C); train: update bound statistics; act_quant: see module doc."""
-    spec = self.spec or FLOAT
-    x = quantize_input(self, x, spec, train, act_quant)
-    kshape = tuple(self.kernel_size) + (x.shape[-1], self.features)
-    kernel = quantize_kernel(self.param("kernel", self.kernel_init, kshape, self.param_dtype), spec)
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    padding = self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
-    y = lax.conv_general_dilated(
-        x, kernel, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    if bias is not None:
-      y = y + bias
-    return y
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
+        """Args: x (N, H, W, C); train: update bound statistics; act_quant: see module doc."""
+        spec = self.spec or FLOAT
+        x = quantize_input(self, x, spec, train, act_quant)
+        kshape = tuple(self.kernel_size) + (x.shape[-1], self.features)
+        kernel = quantize_kernel(self.param("kernel", self.kernel_init, kshape, self.param_dtype), spec)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        padding = self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
+        y = lax.conv_general_dilated(
+            x, kernel, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        if bias is not None:
+            y = y + bias
+        return y
 
 
 class QDense(nn.Module):
-  """Dense layer with fake-quantized kernel and input; nn.Dense when float.
+    """Dense layer with fake-quantized kernel and input; nn.Dense when float.
 
-  Attributes:
-    features: output features.
-    use_bias: add a bias.
-    spec: the layer's QuantSpec; None or a float spec gives nn.Dense.
-    dtype, param_dtype, kernel_init, bias_init: as nn.Dense.
-  """
+    Attributes:
+      features: output features.
+      use_bias: add a bias.
+      spec: the layer's QuantSpec; None or a float spec gives nn.Dense.
+      dtype, param_dtype, kernel_init, bias_init: as nn.Dense.
+    """
 
-  features: int
-  use_bias: bool = True
-  spec: QuantSpec | None = None
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  kernel_init: Callable = default_kernel_init
-  bias_init: Callable = nn.initializers.zeros_init()
+    features: int
+    use_bias: bool = True
+    spec: QuantSpec | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = default_kernel_init
+    bias_init: Callable = nn.initializers.zeros_init()
 
-  @nn.compact
-  def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
-    """Args: x (..., C); train: update bound statistics; act_quant: see module doc."""
-    spec = self.spec or FLOAT
-    x = quantize_input(self, x, spec, train, act_quant)
-    kernel = quantize_kernel(
-        self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype), spec
-    )
-    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-    if bias is not None:
-      y = y + bias
-    return y
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
+        """Args: x (..., C); train: update bound statistics; act_quant: see module doc."""
+        spec = self.spec or FLOAT
+        x = quantize_input(self, x, spec, train, act_quant)
+        kernel = quantize_kernel(
+            self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype), spec
+        )
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        if bias is not None:
+            y = y + bias
+        return y

@@ -25,183 +25,180 @@ GRANULARITIES = ("per_channel", "per_tensor")
 
 
 def _check_bits(bits: int) -> None:
-  if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
-    raise ValueError(f"bits must be an int in 1..16, got {bits!r}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+        raise ValueError(f"bits must be an int in 1..16, got {bits!r}")
 
 
 def int_range(bits: int, signed: bool) -> tuple[int, int]:
-  """The integer codes a quantizer can produce.
+    """The integer codes a quantizer can produce.
 
-  Args:
-    bits: bit width, 1..16.
-    signed: signed (symmetric, round half up) or unsigned (floor) grid.
+    Args:
+      bits: bit width, 1..16.
+      signed: signed (symmetric, round half up) or unsigned (floor) grid.
 
-  Returns:
-    (qmin, qmax), inclusive.
-  """
-  _check_bits(bits)
-  if signed:
-    qmax = 2 ** (bits - 1) - 1 if bits > 1 else 1
-    return -qmax, qmax
-  return 0, 2**bits - 1
+    Returns:
+      (qmin, qmax), inclusive.
+    """
+    _check_bits(bits)
+    if signed:
+        qmax = 2 ** (bits - 1) - 1 if bits > 1 else 1
+        return -qmax, qmax
+    return 0, 2**bits - 1
 
 
 def scale_numerator(bits: int, signed: bool) -> int:
-  """The N in s = N / bound: 2^(b-1)-1 signed (1 for b=1), 2^b unsigned."""
-  _check_bits(bits)
-  if signed:
-    return 2 ** (bits - 1) - 1 if bits > 1 else 1
-  return 2**bits
+    """The N in s = N / bound: 2^(b-1)-1 signed (1 for b=1), 2^b unsigned."""
+    _check_bits(bits)
+    if signed:
+        return 2 ** (bits - 1) - 1 if bits > 1 else 1
+    return 2**bits
 
 
 def _round(v: jax.Array, bits: int, signed: bool) -> jax.Array:
-  if not signed:
-    return jnp.floor(v)
-  if bits == 1:
-    return jnp.where(v >= 0, 1.0, -1.0).astype(v.dtype)
-  return jnp.floor(v + 0.5)
+    if not signed:
+        return jnp.floor(v)
+    if bits == 1:
+        return jnp.where(v >= 0, 1.0, -1.0).astype(v.dtype)
+    return jnp.floor(v + 0.5)
 
 
 def _quantize(x, bound, bits, signed, bound_grad: bool):
-  """x_hat = clip-round(x*s)/s with straight-through gradients.
+    """x_hat = clip-round(x*s)/s with straight-through gradients.
 
-  With bound_grad=False no gradient reaches the bound (the paper's
-  quantizers); with True the bound gets the LSQ gradient.
-  """
-  dtype = x.dtype
-  x = x.astype(jnp.float32)
-  bound = jnp.asarray(bound, jnp.float32)
-  if not bound_grad:
-    bound = lax.stop_gradient(bound)
-  positive = bound > 0
-  safe_bound = jnp.where(positive, bound, 1.0)
-  s = scale_numerator(bits, signed) / safe_bound
-  qmin, qmax = int_range(bits, signed)
-  v = x * s
-  inside = (v >= qmin) & (v <= qmax)
-  # Straight-through: identity inside the clip range, zero outside.
-  v_clipped = jnp.where(inside, v, lax.stop_gradient(jnp.clip(v, qmin, qmax)))
-  q = v_clipped + lax.stop_gradient(_round(v_clipped, bits, signed) - v_clipped)
-  out = jnp.where(positive, q / s, 0.0)
-  return out.astype(dtype)
+    With bound_grad=False no gradient reaches the bound (the paper's
+    quantizers); with True the bound gets the LSQ gradient.
+    """
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    bound = jnp.asarray(bound, jnp.float32)
+    if not bound_grad:
+        bound = lax.stop_gradient(bound)
+    positive = bound > 0
+    safe_bound = jnp.where(positive, bound, 1.0)
+    s = scale_numerator(bits, signed) / safe_bound
+    qmin, qmax = int_range(bits, signed)
+    v = x * s
+    inside = (v >= qmin) & (v <= qmax)
+    # Straight-through: identity inside the clip range, zero outside.
+    v_clipped = jnp.where(inside, v, lax.stop_gradient(jnp.clip(v, qmin, qmax)))
+    q = v_clipped + lax.stop_gradient(_round(v_clipped, bits, signed) - v_clipped)
+    out = jnp.where(positive, q / s, 0.0)
+    return out.astype(dtype)
 
 
 def fake_quant_signed(x: jax.Array, bits: int, bound: jax.Array) -> jax.Array:
-  """The paper's signed (symmetric) fake quantizer.
+    """The paper's signed (symmetric) fake quantizer.
 
-  s = (2^(b-1)-1)/bound, q = clip(floor(x*s + 0.5), -(2^(b-1)-1), 2^(b-1)-1),
-  returns q/s. Gradient: 1 where |x*s| <= 2^(b-1)-1, else 0; none into bound.
+    s = (2^(b-1)-1)/bound, q = clip(floor(x*s + 0.5), -(2^(b-1)-1), 2^(b-1)-1),
+    returns q/s. Gradient: 1 where |x*s| <= 2^(b-1)-1, else 0; none into bound.
 
-  Args:
-    x: input array, any float dtype.
-    bits: bit width 1..16 (1 bit: binary grid {-bound, +bound}).
-    bound: clip bound, broadcastable to x; 0 gives 0.
+    Args:
+      x: input array, any float dtype.
+      bits: bit width 1..16 (1 bit: binary grid {-bound, +bound}).
+      bound: clip bound, broadcastable to x; 0 gives 0.
 
-  Returns:
-    The dequantized array, same shape and dtype as x.
-  """
-  return _quantize(x, bound, bits, signed=True, bound_grad=False)
+    Returns:
+      The dequantized array, same shape and dtype as x.
+    """
+    return _quantize(x, bound, bits, signed=True, bound_grad=False)
 
 
 def fake_quant_unsigned(x: jax.Array, bits: int, bound: jax.Array) -> jax.Array:
-  """The paper's unsigned (floor) fake quantizer for non-negative inputs.
+    """The paper's unsigned (floor) fake quantizer for non-negative inputs.
 
-  s = 2^b/bound, q = clip(floor(x*s), 0, 2^b-1), returns q/s; negatives go to
-  0. Gradient: 1 where 0 <= x*s <= 2^b-1, else 0; none into bound.
+    s = 2^b/bound, q = clip(floor(x*s), 0, 2^b-1), returns q/s; negatives go to
+    0. Gradient: 1 where 0 <= x*s <= 2^b-1, else 0; none into bound.
 
-  Args:
-    x: input array, any float dtype.
-    bits: bit width 1..16.
-    bound: clip bound, broadcastable to x; 0 gives 0.
+    Args:
+      x: input array, any float dtype.
+      bits: bit width 1..16.
+      bound: clip bound, broadcastable to x; 0 gives 0.
 
-  Returns:
-    The dequantized array, same shape and dtype as x.
-  """
-  return _quantize(x, bound, bits, signed=False, bound_grad=False)
+    Returns:
+      The dequantized array, same shape and dtype as x.
+    """
+    return _quantize(x, bound, bits, signed=False, bound_grad=False)
 
 
 def fake_quant(x: jax.Array, bits: int, bound: jax.Array, signed: bool) -> jax.Array:
-  """`fake_quant_signed` or `fake_quant_unsigned`, chosen by `signed`."""
-  return _quantize(x, bound, bits, signed=signed, bound_grad=False)
+    """`fake_quant_signed` or `fake_quant_unsigned`, chosen by `signed`."""
+    return _quantize(x, bound, bits, signed=signed, bound_grad=False)
 
 
-def lsq_fake_quant(
-    x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad_scale: float
-) -> jax.Array:
-  """Fake quantizer with a learned bound (LSQ, Esser et al. 2020).
+def lsq_fake_quant(x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad_scale: float) -> jax.Array:
+    """Fake quantizer with a learned bound (LSQ, Esser et al. 2020).
 
-  Same grid as `fake_quant`; the bound B = step * N (N = `scale_numerator`)
-  receives the LSQ gradient d x_hat/d step = q - x/step inside the clip range
-  and q at the clipped ends, scaled by `grad_scale` (LSQ uses
-  1/sqrt(numel * qmax)).
+    Same grid as `fake_quant`; the bound B = step * N (N = `scale_numerator`)
+    receives the LSQ gradient d x_hat/d step = q - x/step inside the clip range
+    and q at the clipped ends, scaled by `grad_scale` (LSQ uses
+    1/sqrt(numel * qmax)).
 
-  Args:
-    x: input array.
-    bits: bit width.
-    bound: learned bound, broadcastable to x.
-    signed: grid type.
-    grad_scale: factor applied to the bound's gradient only.
+    Args:
+      x: input array.
+      bits: bit width.
+      bound: learned bound, broadcastable to x.
+      signed: grid type.
+      grad_scale: factor applied to the bound's gradient only.
 
-  Returns:
-    The dequantized array, same shape and dtype as x.
-  """
-  bound = jnp.asarray(bound, jnp.float32)
-  # Forward value of `bound`, gradient scaled by grad_scale.
-  scaled = bound * grad_scale + lax.stop_gradient(bound - bound * grad_scale)
-  return _quantize(x, scaled, bits, signed=signed, bound_grad=True)
+    Returns:
+      The dequantized array, same shape and dtype as x.
+    """
+    bound = jnp.asarray(bound, jnp.float32)
+    # Forward value of `bound`, gradient scaled by grad_scale.
+    scaled = bound * grad_scale + lax.stop_gradient(bound - bound * grad_scale)
+    return _quantize(x, scaled, bits, signed=signed, bound_grad=True)
 
 
 def lsq_init_bound(x: jax.Array, bits: int, signed: bool, axes) -> jax.Array:
-  """LSQ's data-driven start: step = 2*mean|x|/sqrt(qmax), bound = step*N."""
-  _, qmax = int_range(bits, signed)
-  mean_abs = jnp.mean(jnp.abs(x.astype(jnp.float32)), axis=axes)
-  step = 2.0 * mean_abs / jnp.sqrt(float(qmax))
-  return jnp.maximum(step * scale_numerator(bits, signed), 1e-8)
+    """LSQ's data-driven start: step = 2*mean|x|/sqrt(qmax), bound = step*N."""
+    _, qmax = int_range(bits, signed)
+    mean_abs = jnp.mean(jnp.abs(x.astype(jnp.float32)), axis=axes)
+    step = 2.0 * mean_abs / jnp.sqrt(float(qmax))
+    return jnp.maximum(step * scale_numerator(bits, signed), 1e-8)
 
 
 def reduction_axes(ndim: int, granularity: str, keep: int = -1) -> tuple[int, ...]:
-  """Axes to reduce for a bound: all but `keep` (per_channel) or all."""
-  if granularity not in GRANULARITIES:
-    raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-  if granularity == "per_tensor":
-    return tuple(range(ndim))
-  keep = keep % ndim
-  return tuple(a for a in range(ndim) if a != keep)
+    """Axes to reduce for a bound: all but `keep` (per_channel) or all."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if granularity == "per_tensor":
+        return tuple(range(ndim))
+    keep = keep % ndim
+    return tuple(a for a in range(ndim) if a != keep)
 
 
 def weight_bound(w: jax.Array, granularity: str = "per_channel") -> jax.Array:
-  """max|W| per output channel (every axis but the last) or per tensor.
+    """max|W| per output channel (every axis but the last) or per tensor.
 
-  Args:
-    w: kernel, output features last (HWIO conv, IO dense).
-    granularity: "per_channel" or "per_tensor".
+    Args:
+      w: kernel, output features last (HWIO conv, IO dense).
+      granularity: "per_channel" or "per_tensor".
 
-  Returns:
-    Bound of shape (C_out,) or (), float32, gradient stopped.
-  """
-  axes = reduction_axes(w.ndim, granularity)
-  return lax.stop_gradient(jnp.max(jnp.abs(w.astype(jnp.float32)), axis=axes))
+    Returns:
+      Bound of shape (C_out,) or (), float32, gradient stopped.
+    """
+    axes = reduction_axes(w.ndim, granularity)
+    return lax.stop_gradient(jnp.max(jnp.abs(w.astype(jnp.float32)), axis=axes))
 
 
 def fake_quant_weight(w: jax.Array, bits: int, granularity: str = "per_channel") -> jax.Array:
-  """Signed per-channel (or per-tensor) max-abs fake quantization of a kernel."""
-  return fake_quant_signed(w, bits, weight_bound(w, granularity))
+    """Signed per-channel (or per-tensor) max-abs fake quantization of a kernel."""
+    return fake_quant_signed(w, bits, weight_bound(w, granularity))
 
 
 def batch_max_abs(x: jax.Array, granularity: str) -> tuple[jax.Array, jax.Array]:
-  """Per input channel (last axis) or per tensor max|x| of one batch.
+    """Per input channel (last axis) or per tensor max|x| of one batch.
 
-  Returns:
-    (max_abs, has_nonzero): channels whose batch is all zeros report
-    has_nonzero = False, so the EMA can skip them (zeros excluded).
-  """
-  axes = reduction_axes(x.ndim, granularity)
-  ax = jnp.abs(x.astype(jnp.float32))
-  m = lax.stop_gradient(jnp.max(ax, axis=axes))
-  return m, m > 0
+    Returns:
+      (max_abs, has_nonzero): channels whose batch is all zeros report
+      has_nonzero = False, so the EMA can skip them (zeros excluded).
+    """
+    axes = reduction_axes(x.ndim, granularity)
+    ax = jnp.abs(x.astype(jnp.float32))
+    m = lax.stop_gradient(jnp.max(ax, axis=axes))
+    return m, m > 0
 
 
-def ema_max_update(ema: jax.Array, batch_max: jax.Array, has_nonzero: jax.Array,
-                   coeff: float = 0.1) -> jax.Array:
-  """ema + coeff*(batch_max - ema), skipping channels with no nonzero value."""
-  return jnp.where(has_nonzero, ema + coeff * (batch_max - ema), ema)
+def ema_max_update(ema: jax.Array, batch_max: jax.Array, has_nonzero: jax.Array, coeff: float = 0.1) -> jax.Array:
+    """ema + coeff*(batch_max - ema), skipping channels with no nonzero value."""
+    return jnp.where(has_nonzero, ema + coeff * (batch_max - ema), ema)

@@ -18,71 +18,71 @@ GRANULARITIES = ("per_channel", "per_tensor")
 
 
 class SpecError(ValueError):
-  """A rule or spec that cannot be used, with the fix in its message."""
+    """A rule or spec that cannot be used, with the fix in its message."""
 
 
 def _check_bits(value: Any, what: str) -> None:
-  if value is None:
-    return
-  if isinstance(value, bool) or not isinstance(value, int):
-    raise SpecError(
-        f"{what} must be an int from 1 to 8 or None (float), got {value!r} "
-        f"({type(value).__name__}); write e.g. 4, not '4'"
-    )
-  if not 1 <= value <= 8:
-    raise SpecError(f"{what} must be from 1 to 8 or None (float), got {value}")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(
+            f"{what} must be an int from 1 to 8 or None (float), got {value!r} "
+            f"({type(value).__name__}); write e.g. 4, not '4'"
+        )
+    if not 1 <= value <= 8:
+        raise SpecError(f"{what} must be from 1 to 8 or None (float), got {value}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QuantSpec:
-  """How one conv/dense layer is quantized.
+    """How one conv/dense layer is quantized.
 
-  Attributes:
-    w_bits: kernel bits (1..8) or None for a float kernel.
-    a_bits: input-activation bits (1..8) or None for float inputs.
-    w_granularity: "per_channel" (one bound per output channel) or "per_tensor".
-    a_granularity: "per_channel" (one bound per input channel, the paper) or
-      "per_tensor" (what an integer conv can apply exactly).
-    a_bound: "ema_max" (EMA of the batch max, frozen when activation
-      quantization starts), "fixed" (`a_fixed_bound`) or "lsq" (learned).
-    a_signed: signed grid for the input; None lets the model decide (the paper:
-      signed for the stem and each stage's first conv1, unsigned elsewhere).
-    a_fixed_bound: the bound used by "fixed".
-    a_ema_coeff: EMA coefficient of "ema_max".
-  """
+    Attributes:
+      w_bits: kernel bits (1..8) or None for a float kernel.
+      a_bits: input-activation bits (1..8) or None for float inputs.
+      w_granularity: "per_channel" (one bound per output channel) or "per_tensor".
+      a_granularity: "per_channel" (one bound per input channel, the paper) or
+        "per_tensor" (what an integer conv can apply exactly).
+      a_bound: "ema_max" (EMA of the batch max, frozen when activation
+        quantization starts), "fixed" (`a_fixed_bound`) or "lsq" (learned).
+      a_signed: signed grid for the input; None lets the model decide (the paper:
+        signed for the stem and each stage's first conv1, unsigned elsewhere).
+      a_fixed_bound: the bound used by "fixed".
+      a_ema_coeff: EMA coefficient of "ema_max".
+    """
 
-  w_bits: int | None = None
-  a_bits: int | None = None
-  w_granularity: str = "per_channel"
-  a_granularity: str = "per_channel"
-  a_bound: str = "ema_max"
-  a_signed: bool | None = None
-  a_fixed_bound: float = 6.0
-  a_ema_coeff: float = 0.1
+    w_bits: int | None = None
+    a_bits: int | None = None
+    w_granularity: str = "per_channel"
+    a_granularity: str = "per_channel"
+    a_bound: str = "ema_max"
+    a_signed: bool | None = None
+    a_fixed_bound: float = 6.0
+    a_ema_coeff: float = 0.1
 
-  def __post_init__(self):
-    _check_bits(self.w_bits, "w_bits")
-    _check_bits(self.a_bits, "a_bits")
-    for name, allowed in (
-        ("w_granularity", GRANULARITIES),
-        ("a_granularity", GRANULARITIES),
-        ("a_bound", BOUND_METHODS),
-    ):
-      if getattr(self, name) not in allowed:
-        raise SpecError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-    if self.a_signed is not None and not isinstance(self.a_signed, bool):
-      raise SpecError(f"a_signed must be True, False or None, got {self.a_signed!r}")
-    if not self.a_fixed_bound > 0:
-      raise SpecError(f"a_fixed_bound must be > 0, got {self.a_fixed_bound}")
-    if not 0 < self.a_ema_coeff <= 1:
-      raise SpecError(f"a_ema_coeff must be in (0, 1], got {self.a_ema_coeff}")
+    def __post_init__(self):
+        _check_bits(self.w_bits, "w_bits")
+        _check_bits(self.a_bits, "a_bits")
+        for name, allowed in (
+            ("w_granularity", GRANULARITIES),
+            ("a_granularity", GRANULARITIES),
+            ("a_bound", BOUND_METHODS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise SpecError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.a_signed is not None and not isinstance(self.a_signed, bool):
+            raise SpecError(f"a_signed must be True, False or None, got {self.a_signed!r}")
+        if not self.a_fixed_bound > 0:
+            raise SpecError(f"a_fixed_bound must be > 0, got {self.a_fixed_bound}")
+        if not 0 < self.a_ema_coeff <= 1:
+            raise SpecError(f"a_ema_coeff must be in (0, 1], got {self.a_ema_coeff}")
 
-  @property
-  def is_float(self) -> bool:
-    return self.w_bits is None and self.a_bits is None
+    @property
+    def is_float(self) -> bool:
+        return self.w_bits is None and self.a_bits is None
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 FLOAT = QuantSpec()
@@ -91,44 +91,39 @@ _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(QuantSpec))[2:]
 
 @dataclasses.dataclass(frozen=True)
 class QuantRule:
-  """A regex over layer names and the spec it assigns."""
+    """A regex over layer names and the spec it assigns."""
 
-  pattern: str
-  spec: QuantSpec
+    pattern: str
+    spec: QuantSpec
 
-  def __post_init__(self):
-    try:
-      re.compile(self.pattern)
-    except re.error as e:
-      raise SpecError(f"rule pattern {self.pattern!r} is not a valid regex: {e}") from e
+    def __post_init__(self):
+        try:
+            re.compile(self.pattern)
+        except re.error as e:
+            raise SpecError(f"rule pattern {self.pattern!r} is not a valid regex: {e}") from e
 
-  def matches(self, name: str) -> bool:
-    return re.fullmatch(self.pattern, name) is not None
+    def matches(self, name: str) -> bool:
+        return re.fullmatch(self.pattern, name) is not None
 
 
 def make_rule(rule: Sequence[Any] | QuantRule) -> QuantRule:
-  """Builds a QuantRule from (regex, w_bits, a_bits[, {option: value}])."""
-  if isinstance(rule, QuantRule):
-    return rule
-  if isinstance(rule, (str, bytes)) or not 3 <= len(rule) <= 4:
-    raise SpecError(
-        f"a rule is (regex, w_bits, a_bits[, options dict]), got {rule!r}; "
-        "e.g. ('stem|head', 8, 8)"
-    )
-  pattern, w_bits, a_bits = rule[0], rule[1], rule[2]
-  options = dict(rule[3]) if len(rule) == 4 else {}
-  if not isinstance(pattern, str):
-    raise SpecError(f"a rule's first item must be a regex string, got {pattern!r}")
-  unknown = sorted(set(options) - set(_OPTION_NAMES))
-  if unknown:
-    raise SpecError(
-        f"rule {pattern!r} has unknown option(s) {unknown}; known: {list(_OPTION_NAMES)}"
-    )
-  try:
-    spec = QuantSpec(w_bits=w_bits, a_bits=a_bits, **options)
-  except SpecError as e:
-    raise SpecError(f"rule {pattern!r}: {e}") from e
-  return QuantRule(pattern, spec)
+    """Builds a QuantRule from (regex, w_bits, a_bits[, {option: value}])."""
+    if isinstance(rule, QuantRule):
+        return rule
+    if isinstance(rule, (str, bytes)) or not 3 <= len(rule) <= 4:
+        raise SpecError(f"a rule is (regex, w_bits, a_bits[, options dict]), got {rule!r}; e.g. ('stem|head', 8, 8)")
+    pattern, w_bits, a_bits = rule[0], rule[1], rule[2]
+    options = dict(rule[3]) if len(rule) == 4 else {}
+    if not isinstance(pattern, str):
+        raise SpecError(f"a rule's first item must be a regex string, got {pattern!r}")
+    unknown = sorted(set(options) - set(_OPTION_NAMES))
+    if unknown:
+        raise SpecError(f"rule {pattern!r} has unknown option(s) {unknown}; known: {list(_OPTION_NAMES)}")
+    try:
+        spec = QuantSpec(w_bits=w_bits, a_bits=a_bits, **options)
+    except SpecError as e:
+        raise SpecError(f"rule {pattern!r}: {e}") from e
+    return QuantRule(pattern, spec)
 
 
 def resolve_specs(
@@ -136,64 +131,64 @@ def resolve_specs(
     layer_names: Sequence[str],
     signed_layers: Iterable[str] = (),
 ) -> Mapping[str, QuantSpec]:
-  """Assigns every layer the spec of the first rule whose regex fullmatches it.
+    """Assigns every layer the spec of the first rule whose regex fullmatches it.
 
-  Args:
-    rules: ordered rules, (regex, w_bits, a_bits[, options]) or QuantRule.
-    layer_names: every quantizable layer of the model, in order.
-    signed_layers: layers whose input is signed by default (used where a
-      spec's a_signed is None).
+    Args:
+      rules: ordered rules, (regex, w_bits, a_bits[, options]) or QuantRule.
+      layer_names: every quantizable layer of the model, in order.
+      signed_layers: layers whose input is signed by default (used where a
+        spec's a_signed is None).
 
-  Returns:
-    A read-only {layer: QuantSpec} in layer order, a_signed filled in.
+    Returns:
+      A read-only {layer: QuantSpec} in layer order, a_signed filled in.
 
-  Raises:
-    SpecError: a rule matches no layer (or only layers an earlier rule took),
-      or a layer is matched by no rule.
-  """
-  rules = [make_rule(r) for r in rules]
-  if not rules:
-    raise SpecError("no quantization rules; add a catch-all such as ('.*', None, None)")
-  signed_layers = set(signed_layers)
-  specs: dict[str, QuantSpec] = {}
-  used = [False] * len(rules)
-  unmatched = []
-  for name in layer_names:
-    for i, rule in enumerate(rules):
-      if rule.matches(name):
-        spec = rule.spec
-        if spec.a_signed is None:
-          spec = dataclasses.replace(spec, a_signed=name in signed_layers)
-        specs[name] = spec
-        used[i] = True
-        break
-    else:
-      unmatched.append(name)
-  if unmatched:
-    raise SpecError(
-        f"layer(s) {unmatched} match no rule; add a rule for them or end the "
-        "rules with a catch-all such as ('.*', None, None)"
-    )
-  for rule, was_used in zip(rules, used):
-    if was_used:
-      continue
-    if any(rule.matches(n) for n in layer_names):
-      raise SpecError(
-          f"rule {rule.pattern!r} is never used: every layer it matches is taken by "
-          "an earlier rule; move it up or remove it"
-      )
-    raise SpecError(
-        f"rule {rule.pattern!r} matches no layer; layer names look like "
-        f"{list(layer_names)[:4]} (see `qresnet cost`); fix the regex or remove the rule"
-    )
-  return types.MappingProxyType(specs)
+    Raises:
+      SpecError: a rule matches no layer (or only layers an earlier rule took),
+        or a layer is matched by no rule.
+    """
+    rules = [make_rule(r) for r in rules]
+    if not rules:
+        raise SpecError("no quantization rules; add a catch-all such as ('.*', None, None)")
+    signed_layers = set(signed_layers)
+    specs: dict[str, QuantSpec] = {}
+    used = [False] * len(rules)
+    unmatched = []
+    for name in layer_names:
+        for i, rule in enumerate(rules):
+            if rule.matches(name):
+                spec = rule.spec
+                if spec.a_signed is None:
+                    spec = dataclasses.replace(spec, a_signed=name in signed_layers)
+                specs[name] = spec
+                used[i] = True
+                break
+        else:
+            unmatched.append(name)
+    if unmatched:
+        raise SpecError(
+            f"layer(s) {unmatched} match no rule; add a rule for them or end the "
+            "rules with a catch-all such as ('.*', None, None)"
+        )
+    for rule, was_used in zip(rules, used):
+        if was_used:
+            continue
+        if any(rule.matches(n) for n in layer_names):
+            raise SpecError(
+                f"rule {rule.pattern!r} is never used: every layer it matches is taken by "
+                "an earlier rule; move it up or remove it"
+            )
+        raise SpecError(
+            f"rule {rule.pattern!r} matches no layer; layer names look like "
+            f"{list(layer_names)[:4]} (see `qresnet cost`); fix the regex or remove the rule"
+        )
+    return types.MappingProxyType(specs)
 
 
 def specs_to_json(specs: Mapping[str, QuantSpec]) -> dict[str, dict[str, Any]]:
-  """{layer: spec fields} for config.json."""
-  return {name: spec.to_dict() for name, spec in specs.items()}
+    """{layer: spec fields} for config.json."""
+    return {name: spec.to_dict() for name, spec in specs.items()}
 
 
 def specs_from_json(data: Mapping[str, Mapping[str, Any]]) -> Mapping[str, QuantSpec]:
-  """Inverse of `specs_to_json`."""
-  return types.MappingProxyType({n: QuantSpec(**d) for n, d in data.items()})
+    """Inverse of `specs_to_json`."""
+    return types.MappingProxyType({n: QuantSpec(**d) for n, d in data.items()})

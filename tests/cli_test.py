@@ -1,0 +1,51 @@
+"""The `qresnet` command: cost output and errors with non-zero exits."""
+
+import json
+
+import pytest
+
+from qresnet import cli
+
+R50 = "configs/imagenet/resnet50_w4a4_ends8.py"
+
+
+def test_cost_json_has_the_paper_constants(capsys):
+    assert cli.main(["cost", "--config", R50, "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total"]["macs"] == 4_089_184_256 and out["total"]["weights"] == 25_502_912
+    assert {k: round(v, 4) for k, v in out["ratio"].items()} == {"linear": 0.2573, "quadratic": 0.068, "memory": 0.2702}
+    assert len(out["layers"]) == 54 and out["layers"][0]["name"] == "stem" and out["layers"][0]["w_bits"] == 8
+
+
+def test_cost_table(capsys):
+    assert cli.main(["cost", "--config", "configs/cifar10/resnet20_w4a4.py", "--config.model.width=1.5"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["name", "macs", "weights"]
+    assert "stage2/block0/proj" in out and "ratio to bf16 resnet20" in out
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.model.widht=1.5", "unknown config key 'model.widht'"),
+        ("--config.quant.rules=[('.*', 0, 4)]", "w_bits must be from 1 to 8"),
+        ("--config.quant.rules=[('.*', 9, 4)]", "w_bits must be from 1 to 8"),
+        ("--config.quant.rules=[('.*', -1, 4)]", "w_bits must be from 1 to 8"),
+        ("--config.quant.rules=[('.*', '4', 4)]", "write e.g. 4, not '4'"),
+        ("--config.quant.rules=[('stage7/.*', 4, 4), ('.*', 8, 8)]", "matches no layer"),
+        ("--config.quant.rules=[('stem', 4, 4)]", "match no rule"),
+        ("--config.model.width=0", "width must be a number > 0"),
+        ("--config.model.width=-1.0", "width must be a number > 0"),
+        ("--config.model.name=resnet21", "unknown model 'resnet21'"),
+        ("--config.dataset.name=mnist10", "unknown dataset 'mnist10'"),
+    ],
+)
+def test_bad_inputs_exit_non_zero_with_a_clear_error(override, message, capsys):
+    assert cli.main(["cost", "--config", "configs/cifar10/resnet20_bf16.py", override]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_command_and_help(capsys):
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main(["--help"]) == 0
+    assert "qresnet <command>" in capsys.readouterr().out

@@ -1,0 +1,93 @@
+"""Frontier on hand-made points and on the paper's 36 ImageNet points."""
+
+from pathlib import Path
+
+import pytest
+
+from qresnet import pareto
+from qresnet.pareto import Point
+
+DATA = Path(__file__).parent / "data"
+
+
+def _names(points):
+    return [p.name for p in points]
+
+
+def test_dominated_points_are_dropped():
+    pts = [Point("a", "bf16", 1.0, 0.80), Point("b", "w4a4", 0.5, 0.82), Point("c", "w8a8", 2.0, 0.85)]
+    assert _names(pareto.frontier(pts)) == ["b", "c"]
+    assert pareto.cheapest_dominator(pts[0], pts).name == "b"
+    assert pareto.cheapest_dominator(pts[2], pts) is None
+
+
+def test_ties_and_duplicates():
+    pts = [
+        Point("same_cost_worse", "x", 1.0, 0.70),
+        Point("same_cost_better", "x", 1.0, 0.75),
+        Point("dup_b", "x", 2.0, 0.80),
+        Point("dup_a", "x", 2.0, 0.80),
+        Point("same_acc_dearer", "x", 3.0, 0.80),
+    ]
+    # Equal cost: the more accurate wins; exact duplicates keep the first by name;
+    # equal accuracy at a higher cost is dominated.
+    assert _names(pareto.frontier(pts)) == ["same_cost_better", "dup_a"]
+    assert not pareto.dominates(pts[2], pts[3]) and not pareto.dominates(pts[3], pts[2])
+    assert pareto.dominates(pts[3], pts[4])
+
+
+def test_paper_imagenet_frontier_matches_section_5_3():
+    pts = pareto.read_points_csv(DATA / "paper_imagenet_points.csv")
+    assert len(pts) == 36
+    expected = [
+        "w4a4_fm0.5",
+        "w4a4_ends8_fm0.5",
+        "w4a4_fm0.62",
+        "w4a4_ends8_fm0.62",
+        "w4a4_fm0.75",
+        "w4a4_ends8_fm0.75",
+        "w4a4_ends8_fm0.87",
+        "w4a4_ends8_fm1.0",
+        "w8a8_fm0.87",
+        "w4a4_fm1.25",
+        "w4a4_ends8_fm1.25",
+        "w4a4_ends8_fm1.5",
+        "w4a4_ends8_fm1.75",
+        "w4a4_ends8_fm2.0",
+        "w8a8_fm1.75",
+        "w8a8_fm2.0",
+    ]
+    front = pareto.frontier(pts)
+    assert _names(front) == expected
+    assert all(pareto.cheapest_dominator(p, pts) for p in pts if pareto.is_float(p))
+    assert pareto.cheapest_dominator(next(p for p in pts if p.name == "bf16_fm1.0"), pts).name == "w4a4_ends8_fm1.0"
+    assert sum(pareto.bit_class(p.setting) == "4-bit" for p in front) == 13
+
+
+def test_report_files(tmp_path):
+    front = pareto.write_report(
+        root=None, points=str(DATA / "paper_imagenet_points.csv"), cost_key="linear", out=str(tmp_path)
+    )
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["frontier.csv", "gap.png", "gap.svg", "pareto_linear.png", "pareto_linear.svg", "report.md"]
+    report = (tmp_path / "report.md").read_text()
+    assert "Float points dominated: 9 of 9" in report and "4-bit 13/16" in report
+    lines = (tmp_path / "frontier.csv").read_text().splitlines()
+    assert lines[0] == "name,setting,cost,accuracy" and len(lines) == 1 + len(front)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("name,setting,cost\na,bf16,1\n", r"missing column\(s\) \['accuracy'\]"),
+        ("name,setting,cost,accuracy\na,bf16,1,high\n", "line 2: accuracy 'high' is not a number"),
+        ("name,setting,cost,accuracy\na,bf16,nan,0.5\n", "line 2: cost 'nan' is not finite"),
+        ("name,setting,cost,accuracy\n", "missing column"),
+    ],
+)
+def test_bad_points_csv(tmp_path, text, message):
+    path = tmp_path / "p.csv"
+    path.write_text(text)
+    with pytest.raises(pareto.PointsError, match=message):
+        pareto.read_points_csv(path)
+    assert not (tmp_path / "out").exists()

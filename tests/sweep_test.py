@@ -1,0 +1,36 @@
+"""Sweep names, dry runs, and a real two-run sweep that a re-run skips."""
+
+from pathlib import Path
+
+from qresnet import sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE_SWEEP = str(ROOT / "configs/smoke_sweep.py")
+
+
+def test_run_names_are_deterministic_and_readable():
+    entry = {"setting": "w4a4_ends8", "quant.rules": [(".*", 4, 4)], "model.width": 0.62, "seed": 3}
+    assert sweep.run_name(entry) == "w4a4-ends8_width0.62_seed3"
+    assert sweep.run_name(dict(reversed(list(entry.items())))) == sweep.run_name(entry)
+
+
+def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
+    assert sweep.run_sweep(str(ROOT / "configs/cifar10/sweep_paper.py"), str(tmp_path), dry_run=True) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 + 36 and out[1].startswith("bf16_width0.5") and out[1].endswith("to run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_runs_then_skips_finished_runs(tmp_path, capsys):
+    root = tmp_path / "sw"
+    assert sweep.run_sweep(SMOKE_SWEEP, str(root), jobs=2) == 0
+    results = sorted(root.glob("*/result.json"))
+    assert [p.parent.name for p in results] == ["bf16_width0.25", "w4a4-ends8_width0.25"]
+    mtimes = [p.stat().st_mtime_ns for p in results]
+    assert (root / "index.csv").read_text().count("\n") == 3
+    assert (root / "pareto" / "pareto_linear.png").exists() and (root / "pareto" / "report.md").exists()
+    capsys.readouterr()
+    assert sweep.run_sweep(SMOKE_SWEEP, str(root)) == 0
+    assert "2 done, 0 to run" in capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in results] == mtimes
+    assert not list(root.rglob("*.tmp"))

@@ -1,0 +1,99 @@
+"""End to end on the CPU: the smoke config writes a complete workdir and resumes."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qresnet import config_lib, train
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "configs/smoke.py"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke") / "run"
+    result = train.train_and_evaluate(config_lib.load_config(SMOKE), workdir, quiet=True)
+    return workdir, result
+
+
+def test_smoke_run_writes_a_complete_workdir(smoke_run):
+    workdir, result = smoke_run
+    assert sorted(p.name for p in workdir.iterdir()) == ["ckpt", "config.json", "metrics.jsonl", "result.json", "tb"]
+    on_disk = json.loads((workdir / "result.json").read_text())
+    for key in (
+        "model",
+        "dataset",
+        "setting",
+        "width",
+        "epochs",
+        "top1",
+        "top1_last",
+        "train_top1_at_best",
+        "cost",
+        "images_per_s",
+        "wall_s",
+        "device",
+        "versions",
+        "commit",
+    ):
+        assert key in on_disk, key
+    assert on_disk["setting"] == "w4a4_ends8" and on_disk["dataset"] == "synthetic"
+    assert 0 <= on_disk["top1"] <= 1 and on_disk["images_per_s"] > 0
+    assert set(on_disk["cost"]) == {"total", "ratio"} and on_disk["cost"]["ratio"]["linear"] < 1
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["specs"]["stem"]["w_bits"] == 8 and config["specs"]["head"]["a_bits"] == 8
+    assert config["specs"]["stage1/block1/conv1"]["a_bits"] == 4 and config["act_start_step"] == 4
+
+
+def test_rerun_of_a_finished_run_returns_its_result(smoke_run):
+    workdir, result = smoke_run
+    before = (workdir / "result.json").stat().st_mtime_ns
+    again = train.train_and_evaluate(config_lib.load_config(SMOKE), workdir, quiet=True)
+    assert again["top1"] == result["top1"] and (workdir / "result.json").stat().st_mtime_ns == before
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(smoke_run, tmp_path):
+    """Lose the last epoch (as a kill would): the re-run restores epoch 1 and ends where the
+    uninterrupted run ended."""
+    workdir, result = smoke_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    (copy / "result.json").unlink()
+    shutil.rmtree(copy / "ckpt" / "2")
+    lines = (copy / "metrics.jsonl").read_text().splitlines()
+    (copy / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][:20])  # a half-written line
+    resumed = train.train_and_evaluate(config_lib.load_config(SMOKE), copy, quiet=True)
+    assert resumed["resumed_from_epoch"] == 1 and result["resumed_from_epoch"] == 0
+    for key in ("top1", "top1_last", "train_top1_at_best"):
+        assert resumed[key] == pytest.approx(result[key], abs=1e-6), key
+    assert len((copy / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_workdir_of_another_config_is_refused(smoke_run):
+    workdir, _ = smoke_run
+    other = config_lib.load_config(SMOKE, ["--config.seed=1"])
+    with pytest.raises(train.TrainError, match="different config.*seed.*delete"):
+        train.train_and_evaluate(other, workdir, quiet=True)
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
+    cfg = config_lib.load_config(SMOKE, ["--config.optim.base_lr=1e30", "--config.optim.num_epochs=1"])
+    with pytest.raises(train.TrainError, match=r"loss became \w+ at step \d+"):
+        train.train_and_evaluate(cfg, tmp_path / "nan", quiet=True)
+    assert not (tmp_path / "nan" / "result.json").exists()
+
+
+def test_smoothing_and_report():
+    assert train.smooth([0.0, 1.0, 0.0], 3) == pytest.approx([1 / 3, 0.5, 1 / 3])
+    history = [
+        {"epoch": e, "step": 10 * e, "eval_top1": acc, "train_top1": acc + 0.1}
+        for e, acc in enumerate([0.9, 0.5, 0.6, 0.7, 0.65], start=1)
+    ]
+    rep = train.report(history, act_start_step=20, window=1)
+    assert rep["top1"] == 0.7 and rep["best_epoch"] == 4 and rep["train_top1_at_best"] == pytest.approx(0.8)
+    assert rep["top1_last"] == 0.65  # epoch 1's 0.9 is before activation quantization started
