@@ -156,15 +156,26 @@ def synthetic(info: DatasetInfo, n_train: int, n_test: int, seed: int = 0) -> Ar
     return Arrays(*tr, *te)
 
 
-def read_cifar10_jpeg(data_dir: str) -> Arrays:
-    """Decodes the JPEG pack (cached as decoded arrays beside it)."""
-    path = _find("cifar10_jpeg.npz", data_dir)
-    if path is None:
+def check_raw_files(name: str, data_dir: str) -> None:
+    """Raises DataError, saying where to put what, if an offline dataset's files are missing."""
+    if name == "cifar10_jpeg" and _find("cifar10_jpeg.npz", data_dir) is None:
         raise DataError(
             "cifar10_jpeg.npz not found in "
             + ", ".join(str(d) for d in _search_dirs(data_dir))
             + "; copy shared/data/cifar10_jpeg.npz there or set --config.dataset.data_dir"
         )
+    if name == "fashion_mnist":
+        missing = [f for split in FASHION_FILES.values() for f in split if _find(f, data_dir) is None]
+        if missing:
+            raise DataError(
+                f"Fashion-MNIST files {missing} missing; install them with: apt-get install dataset-fashion-mnist"
+            )
+
+
+def read_cifar10_jpeg(data_dir: str) -> Arrays:
+    """Decodes the JPEG pack (cached as decoded arrays beside it)."""
+    check_raw_files("cifar10_jpeg", data_dir)
+    path = _find("cifar10_jpeg.npz", data_dir)
     cache = path.with_name("cifar10_jpeg.decoded.npz")
     if cache.is_file():
         try:

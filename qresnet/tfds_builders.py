@@ -106,7 +106,9 @@ def prepare(name: str, raw_dir: str = "", tfds_dir: str = "") -> tfds.core.Datas
       The prepared builder (`builder.as_data_source(split)` reads it).
     """
     builder = BUILDERS[name](raw_dir=raw_dir, data_dir=tfds_dir or DEFAULT_TFDS_DIR, file_format="array_record")
-    builder.download_and_prepare()
+    if not builder.is_prepared():
+        data.check_raw_files(name, raw_dir)  # A clear error before TFDS starts writing anything.
+        builder.download_and_prepare()
     return builder
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -288,6 +289,9 @@ def versions() -> dict[str, str]:
 
 
 def git_commit() -> str:
+    """HEAD of the checkout ("-dirty" if modified), or $QRESNET_COMMIT where there is no .git."""
+    if os.environ.get("QRESNET_COMMIT"):
+        return os.environ["QRESNET_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -401,49 +405,28 @@ def train_and_evaluate(
     state = jax.jit(functools.partial(create_train_state, run), out_shardings=replicated)(
         jax.random.fold_in(key, 0), sample
     )
-
-    ckpt_dir = workdir / "ckpt"
-    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-    start_epoch = 0
-    state, start_epoch = _restore(manager, state, run)
+    manager = ocp.CheckpointManager(workdir / "ckpt", options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    state, start_epoch = _restore(manager, state)
     history = [h for h in results.read_jsonl(workdir / "metrics.jsonl") if h["epoch"] <= start_epoch]
     results.atomic_write_text(workdir / "metrics.jsonl", "".join(results.to_json_line(h) for h in history))
 
     writer = tensorboard.SummaryWriter(workdir / "tb")
     epoch_fn = jax.jit(functools.partial(train_epoch, run, mesh), donate_argnums=(0,))
     eval_fn = jax.jit(functools.partial(evaluate_all, run))
-    n_test = len(arrays.test_labels)
+    n_train, n_test = len(arrays.train_labels), len(arrays.test_labels)
+    images_per_epoch = run.steps_per_epoch * run.batch_size
     timed_images, timed_s = 0, 0.0
     t_run = time.perf_counter()
     for epoch in range(start_epoch, run.num_epochs):
-        rng = np.random.default_rng([config.seed, epoch])
-        perm = rng.permutation(len(arrays.train_labels))[: run.steps_per_epoch * run.batch_size]
-        idx = jax.device_put(
-            perm.reshape(run.steps_per_epoch, run.batch_size).astype(np.int32), NamedSharding(mesh, P(None, "data"))
-        )
+        idx = jax.device_put(_epoch_indices(config.seed, epoch, n_train, run), NamedSharding(mesh, P(None, "data")))
         t0 = time.perf_counter()
-        try:
-            state, (losses, correct) = epoch_fn(
-                state, train_images, train_labels, idx, jax.random.fold_in(key, epoch + 1)
-            )
-            losses = np.asarray(losses)
-        except jax.errors.JaxRuntimeError as e:
-            if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
-                raise TrainError(
-                    f"out of memory at batch size {run.batch_size}; try --config.optim.batch_size="
-                    f"{max(run.batch_size // 2, jax.device_count())}"
-                ) from e
-            raise
+        state, losses, correct = _run_epoch(
+            epoch_fn, run, state, train_images, train_labels, idx, jax.random.fold_in(key, epoch + 1)
+        )
         dt = time.perf_counter() - t0
-        bad = np.flatnonzero(~np.isfinite(losses))
-        if bad.size:
-            step = epoch * run.steps_per_epoch + int(bad[0]) + 1
-            raise TrainError(
-                f"loss became {losses[bad[0]]} at step {step} (epoch {epoch + 1}); lower "
-                f"--config.optim.base_lr or check the data; the last good checkpoint is kept"
-            )
+        _check_finite(losses, epoch, run)
         if epoch > start_epoch:  # The first epoch of a process includes compilation.
-            timed_images += run.steps_per_epoch * run.batch_size
+            timed_images += images_per_epoch
             timed_s += dt
         loss_sum, eval_correct = eval_fn(state, *ev)
         row = {
@@ -451,10 +434,10 @@ def train_and_evaluate(
             "step": (epoch + 1) * run.steps_per_epoch,
             "lr": float(learning_rate(run, (epoch + 1) * run.steps_per_epoch - 1)),
             "train_loss": float(losses.mean()),
-            "train_top1": float(np.sum(correct)) / (run.steps_per_epoch * run.batch_size),
+            "train_top1": float(np.sum(correct)) / images_per_epoch,
             "eval_loss": float(loss_sum) / n_test,
             "eval_top1": float(eval_correct) / n_test,
-            "images_per_s": run.steps_per_epoch * run.batch_size / dt,
+            "images_per_s": images_per_epoch / dt,
             "epoch_s": dt,
         }
         history.append(row)
@@ -493,6 +476,36 @@ def train_and_evaluate(
     return result
 
 
+def _epoch_indices(seed: int, epoch: int, n_train: int, run: RunSpec) -> np.ndarray:
+    """(steps, batch) example indices of one epoch, a function of (seed, epoch) only."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n_train)[: run.steps_per_epoch * run.batch_size]
+    return perm.reshape(run.steps_per_epoch, run.batch_size).astype(np.int32)
+
+
+def _run_epoch(epoch_fn, run: RunSpec, state, images, labels, idx, key):
+    """One compiled epoch; an out-of-memory error becomes advice on the batch size."""
+    try:
+        state, (losses, correct) = epoch_fn(state, images, labels, idx, key)
+        return state, np.asarray(losses), np.asarray(correct)
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+            smaller = max(run.batch_size // 2, jax.device_count())
+            raise TrainError(
+                f"out of memory at batch size {run.batch_size}; try --config.optim.batch_size={smaller}"
+            ) from e
+        raise
+
+
+def _check_finite(losses: np.ndarray, epoch: int, run: RunSpec) -> None:
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        step = epoch * run.steps_per_epoch + int(bad[0]) + 1
+        raise TrainError(
+            f"loss became {losses[bad[0]]} at step {step} (epoch {epoch + 1}); lower "
+            "--config.optim.base_lr or check the data; the last good checkpoint is kept"
+        )
+
+
 def _to_tree(state: TrainState) -> dict[str, Any]:
     return {
         "step": state.step,
@@ -503,7 +516,7 @@ def _to_tree(state: TrainState) -> dict[str, Any]:
     }
 
 
-def _restore(manager, state: TrainState, run: RunSpec) -> tuple[TrainState, int]:
+def _restore(manager, state: TrainState) -> tuple[TrainState, int]:
     """Restores the newest readable checkpoint; a corrupt one is reported and skipped."""
     import orbax.checkpoint as ocp
 

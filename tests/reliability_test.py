@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import pytest
 
-from qresnet import config_lib, train
+from qresnet import cli, config_lib, data, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs/smoke.py"
@@ -86,3 +87,47 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(reference, tmp_pat
     assert result["resumed_from_epoch"] == 1
     for key in METRIC_KEYS:
         assert result[key] == pytest.approx(reference[key], abs=1e-6), key
+
+
+def test_out_of_memory_suggests_a_smaller_batch(tmp_path, monkeypatch):
+    def oom(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.00GiB")
+
+    monkeypatch.setattr(train, "train_epoch", oom)
+    with pytest.raises(train.TrainError, match="out of memory at batch size 16; try --config.optim.batch_size=8"):
+        train.train_and_evaluate(config_lib.load_config(SMOKE), tmp_path / "oom", quiet=True)
+    assert not (tmp_path / "oom" / "result.json").exists()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.optim.batch_sise=8", "unknown config key"),
+        ("--config.quant.rules=[('.*', 4, 9)]", "a_bits must be from 1 to 8"),
+        ("--config.model.width=-0.5", "width must be a number > 0"),
+        ("--config.dataset.name=imagenet21k", "unknown dataset"),
+    ],
+)
+def test_bad_train_input_writes_nothing(tmp_path, override, message, capsys):
+    workdir = tmp_path / "run"
+    assert cli.main(["train", "--config", str(SMOKE), "--workdir", str(workdir), override]) == 1
+    assert message in capsys.readouterr().err
+    assert not workdir.exists()
+
+
+def test_missing_dataset_files_write_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "_DEFAULT_DIRS", ())
+    monkeypatch.delenv("QRESNET_DATA", raising=False)
+    workdir = tmp_path / "run"
+    args = [
+        "train",
+        "--config",
+        str(ROOT / "configs/cifar10/resnet20_bf16.py"),
+        "--workdir",
+        str(workdir),
+        f"--config.dataset.data_dir={tmp_path / 'nowhere'}",
+        f"--config.dataset.tfds_dir={tmp_path / 'tfds'}",
+    ]
+    assert cli.main(args) == 1
+    assert "cifar10_jpeg.npz not found" in capsys.readouterr().err
+    assert not workdir.exists() and not (tmp_path / "tfds").exists()
