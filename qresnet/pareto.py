@@ -123,65 +123,55 @@ def points_from_root(root: str | Path, cost_key: str) -> list[Point]:
     ]
 
 
-def _plot(points, front, cost_key, out: Path) -> None:
+def _axes():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    return plt.subplots(figsize=(7, 4.5))
+
+
+def _save(fig, ax, out: Path, stem: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=150)
+        results.atomic_write_bytes(out / f"{stem}.{ext}", buf.getvalue())
+    plt.close(fig)
+
+
+def _plot(points, front, cost_key, out: Path) -> None:
+    fig, ax = _axes()
     for setting in sorted({p.setting for p in points}):
         pts = sorted((p for p in points if p.setting == setting), key=lambda p: p.cost)
         ax.plot([p.cost for p in pts], [100 * p.accuracy for p in pts], "o-", ms=4, label=setting)
-    ax.plot(
-        [p.cost for p in front],
-        [100 * p.accuracy for p in front],
-        "k--",
-        lw=1,
-        drawstyle="steps-post",
-        label="Pareto frontier",
-    )
-    ax.scatter(
-        [p.cost for p in front], [100 * p.accuracy for p in front], s=80, facecolors="none", edgecolors="k", zorder=3
-    )
+    xs, ys = [p.cost for p in front], [100 * p.accuracy for p in front]
+    ax.plot(xs, ys, "k--", lw=1, drawstyle="steps-post", label="Pareto frontier")
+    ax.scatter(xs, ys, s=80, facecolors="none", edgecolors="k", zorder=3)
     ax.set_xlabel(f"{cost_key} cost (ratio to the bf16 reference model)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=150)
-        results.atomic_write_bytes(out / f"pareto_{cost_key}.{ext}", buf.getvalue())
-    plt.close(fig)
+    _save(fig, ax, out, f"pareto_{cost_key}")
 
 
-def _plot_gap(points, out: Path) -> bool:
+def _plot_gap(points, out: Path) -> None:
     pts = [p for p in points if p.gap is not None]
     if not pts:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+        return
     by_width = all(p.width is not None for p in pts)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = (lambda p: p.width) if by_width else (lambda p: p.cost)
+    fig, ax = _axes()
     for setting in sorted({p.setting for p in pts}):
-        sp = sorted((p for p in pts if p.setting == setting), key=lambda p: p.width if by_width else p.cost)
-        ax.plot([p.width if by_width else p.cost for p in sp], [100 * p.gap for p in sp], "o-", ms=4, label=setting)
+        sp = sorted((p for p in pts if p.setting == setting), key=x)
+        ax.plot([x(p) for p in sp], [100 * p.gap for p in sp], "o-", ms=4, label=setting)
     ax.set_xlabel("width multiplier" if by_width else "cost")
     ax.set_ylabel("train top-1 - eval top-1 (points)")
     ax.axhline(0, color="k", lw=0.5)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=150)
-        results.atomic_write_bytes(out / f"gap.{ext}", buf.getvalue())
-    plt.close(fig)
-    return True
+    _save(fig, ax, out, "gap")
 
 
 def report_markdown(points: Sequence[Point], cost_key: str) -> str:

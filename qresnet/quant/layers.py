@@ -70,6 +70,18 @@ def quantize_kernel(kernel: Array, spec: QuantSpec) -> Array:
     return ops.fake_quant_weight(kernel, spec.w_bits, spec.w_granularity)
 
 
+def _quantized_operands(module, x, kernel_prefix: tuple[int, ...], train, act_quant):
+    """Quantized input, quantized kernel (kernel_prefix + (C_in, features)) and bias, in module.dtype."""
+    spec = module.spec or FLOAT
+    x = quantize_input(module, x, spec, train, act_quant)
+    kshape = kernel_prefix + (x.shape[-1], module.features)
+    kernel = quantize_kernel(module.param("kernel", module.kernel_init, kshape, module.param_dtype), spec)
+    bias = None
+    if module.use_bias:
+        bias = module.param("bias", module.bias_init, (module.features,), module.param_dtype)
+    return nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
+
+
 class QConv(nn.Module):
     """2-D convolution (NHWC, HWIO) with fake-quantized kernel and input.
 
@@ -99,12 +111,7 @@ class QConv(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
         """Args: x (N, H, W, C); train: update bound statistics; act_quant: see module doc."""
-        spec = self.spec or FLOAT
-        x = quantize_input(self, x, spec, train, act_quant)
-        kshape = tuple(self.kernel_size) + (x.shape[-1], self.features)
-        kernel = quantize_kernel(self.param("kernel", self.kernel_init, kshape, self.param_dtype), spec)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = _quantized_operands(self, x, tuple(self.kernel_size), train, act_quant)
         padding = self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
         y = lax.conv_general_dilated(
             x, kernel, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -135,13 +142,7 @@ class QDense(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
         """Args: x (..., C); train: update bound statistics; act_quant: see module doc."""
-        spec = self.spec or FLOAT
-        x = quantize_input(self, x, spec, train, act_quant)
-        kernel = quantize_kernel(
-            self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype), spec
-        )
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = _quantized_operands(self, x, (), train, act_quant)
         y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
         if bias is not None:
             y = y + bias
