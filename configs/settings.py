@@ -6,7 +6,17 @@ SETTINGS = {
     "w4a4": [(".*", 4, 4)],
     # "Mostly 4-bit": stem conv and classifier at 8 bits, the rest at 4.
     "w4a4_ends8": [("stem|head", 8, 8), (".*", 4, 4)],
+    # For integer deployment (`qresnet export`): one activation scale per tensor, which an
+    # integer conv applies exactly (the paper's per-input-channel scales cannot be).
+    "w8a8_deploy": [(".*", 8, 8, {"a_granularity": "per_tensor"})],
+    "w4a4_ends8_deploy": [
+        ("stem|head", 8, 8, {"a_granularity": "per_tensor"}),
+        (".*", 4, 4, {"a_granularity": "per_tensor"}),
+    ],
 }
+
+
+PAPER_SETTINGS = ("bf16", "w8a8", "w4a4", "w4a4_ends8")
 
 
 def apply(config, setting: str):

@@ -13,6 +13,8 @@ commands:
   train   train one config into a workdir (resumes)       qresnet train --config FILE --workdir DIR
   sweep   train every run of a config's get_sweep()       qresnet sweep --config FILE --root DIR [--dry-run]
   pareto  frontier, figures and report from results       qresnet pareto (--root DIR | --points CSV) --out DIR
+  export  a finished run as integer weights and scales    qresnet export --workdir DIR --out FILE
+  eval    integer inference of an export on its test set  qresnet eval --export FILE [--compare WORKDIR]
 
 Any command that takes --config also takes --config.key=value overrides.
 """
@@ -30,6 +32,13 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--root", required=True, help="folder that holds one workdir per run")
         p.add_argument("--dry-run", action="store_true", help="list the runs and their costs, train nothing")
         p.add_argument("--jobs", type=int, default=0, help="concurrent runs per device (0 = automatic)")
+    if command == "export":
+        p.add_argument("--workdir", required=True, help="a finished qresnet train workdir")
+        p.add_argument("--out", required=True, help="the export file to write")
+    if command == "eval":
+        p.add_argument("--export", required=True, help="a file written by qresnet export")
+        p.add_argument("--compare", help="the run's workdir: also report agreement with its fake-quant model")
+        p.add_argument("--data-dir", default="", help="where the dataset's files are")
     if command == "pareto":
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument("--root", help="a sweep root (reads every result.json under it)")
@@ -52,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command not in ("cost", "train", "sweep", "pareto"):
+    if command not in ("cost", "train", "sweep", "pareto", "export", "eval"):
         print(f"qresnet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     args, overrides = _split(rest)
@@ -76,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
 
             errors += (sweep.SweepError,)
             return sweep.run_sweep(ns.config, ns.root, overrides, dry_run=ns.dry_run, jobs=ns.jobs)
+        if command in ("export", "eval"):
+            from qresnet import export, train
+
+            errors += (export.ExportError, train.TrainError)
+            return _export(ns) if command == "export" else _eval(ns)
         if command == "pareto":
             from qresnet import pareto
 
@@ -84,6 +98,30 @@ def main(argv: list[str] | None = None) -> int:
     except errors as e:
         print(f"qresnet {command}: error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _export(ns) -> int:
+    from qresnet import export
+
+    path = export.export_run(ns.workdir, ns.out)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0
+
+
+def _eval(ns) -> int:
+    import numpy as np
+
+    from qresnet import data, export
+
+    if ns.compare:
+        print(json.dumps(export.equivalence(ns.compare, ns.export, ns.data_dir)))
+        return 0
+    header, variables = export.read(ns.export)
+    arrays = data.load(header["dataset"], ns.data_dir)
+    logits = export.predict(header, variables, arrays.test_images)
+    top1 = float(np.mean(logits.argmax(1) == arrays.test_labels))
+    print(json.dumps({"model": header["model"], "setting": header["setting"], "top1_int": top1}))
     return 0
 
 

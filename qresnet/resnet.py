@@ -129,6 +129,8 @@ class ResNet(nn.Module):
     width: float = 1.0
     specs: Mapping[str, QuantSpec] | None = None
     dtype: Any = jnp.float32
+    conv_cls: Any = QConv  # IntConv/IntDense give the integer inference model.
+    dense_cls: Any = QDense
 
     @nn.compact
     def __call__(self, x, train: bool = False, act_quant=True):
@@ -136,7 +138,7 @@ class ResNet(nn.Module):
         act_quant: quantize layer inputs (bool or traced bool). Returns logits."""
         specs = self.specs or {}
         conv = functools.partial(
-            QConv, dtype=self.dtype, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+            self.conv_cls, dtype=self.dtype, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal")
         )
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
@@ -164,7 +166,7 @@ class ResNet(nn.Module):
                     name=f"stage{s}_block{b}",
                 )(x, **kw)
         x = jnp.mean(x, axis=(1, 2))
-        x = QDense(self.num_classes, dtype=self.dtype, name="head", spec=specs.get("head"))(x, **kw)
+        x = self.dense_cls(self.num_classes, dtype=self.dtype, name="head", spec=specs.get("head"))(x, **kw)
         return x.astype(jnp.float32)
 
 

@@ -476,6 +476,22 @@ def train_and_evaluate(
     return result
 
 
+def restore_final(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[TrainState, Mapping]:
+    """The newest readable checkpoint of a workdir, and the run's specs (for export)."""
+    import orbax.checkpoint as ocp
+
+    specs = resolve_specs(config)
+    info = data.dataset_info(config.dataset.name)
+    n_train = config.dataset.synthetic_train if info.name == "synthetic" else info.num_train
+    run = make_run_spec(config, config.dataset.train_subset or n_train)
+    sample = jnp.zeros((run.batch_size, *info.image_shape), jnp.float32)
+    abstract = jax.eval_shape(functools.partial(create_train_state, run), jax.random.key(0), sample)
+    state, epoch = _restore(ocp.CheckpointManager(Path(workdir).resolve() / "ckpt"), abstract)
+    if epoch == 0:
+        raise TrainError(f"{workdir} has no readable checkpoint")
+    return state, specs
+
+
 def _epoch_indices(seed: int, epoch: int, n_train: int, run: RunSpec) -> np.ndarray:
     """(steps, batch) example indices of one epoch, a function of (seed, epoch) only."""
     perm = np.random.default_rng([seed, epoch]).permutation(n_train)[: run.steps_per_epoch * run.batch_size]

@@ -12,5 +12,7 @@ def get_config():
 
 def get_sweep():
     return [
-        {"setting": s, "quant.rules": settings.SETTINGS[s], "model.width": w} for s in settings.SETTINGS for w in WIDTHS
+        {"setting": s, "quant.rules": settings.SETTINGS[s], "model.width": w}
+        for s in settings.PAPER_SETTINGS
+        for w in WIDTHS
     ]

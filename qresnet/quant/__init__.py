@@ -1,5 +1,6 @@
 """qresnet.quant: quantizers, quantized layers and per-layer rules."""
 
+from qresnet.quant.int_layers import IntConv, IntDense
 from qresnet.quant.layers import QConv, QDense
 from qresnet.quant.ops import (
     batch_max_abs,
@@ -8,6 +9,7 @@ from qresnet.quant.ops import (
     fake_quant_signed,
     fake_quant_unsigned,
     fake_quant_weight,
+    int_codes,
     int_range,
     lsq_fake_quant,
     lsq_init_bound,
@@ -26,6 +28,8 @@ from qresnet.quant.specs import (
 
 __all__ = [
     "FLOAT",
+    "IntConv",
+    "IntDense",
     "QConv",
     "QDense",
     "QuantRule",
@@ -37,6 +41,7 @@ __all__ = [
     "fake_quant_signed",
     "fake_quant_unsigned",
     "fake_quant_weight",
+    "int_codes",
     "int_range",
     "lsq_fake_quant",
     "lsq_init_bound",

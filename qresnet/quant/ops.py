@@ -86,6 +86,29 @@ def _quantize(x, bound, bits, signed, bound_grad: bool):
     return out.astype(dtype)
 
 
+def int_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool) -> tuple[jax.Array, jax.Array]:
+    """The integer codes q and the scale s of a quantizer (forward only, no gradient).
+
+    `fake_quant(x, ...) == q / s` wherever bound > 0 (where bound <= 0, q = 0 and
+    s = 1). q is float32 holding integers in `int_range(bits, signed)`.
+
+    Args:
+      x: input array.
+      bits: bit width.
+      bound: clip bound, broadcastable to x.
+      signed: grid type.
+
+    Returns:
+      (q, s), both float32.
+    """
+    bound = jnp.asarray(bound, jnp.float32)
+    positive = bound > 0
+    s = jnp.where(positive, scale_numerator(bits, signed) / jnp.where(positive, bound, 1.0), 1.0)
+    qmin, qmax = int_range(bits, signed)
+    q = _round(jnp.clip(x.astype(jnp.float32) * s, qmin, qmax), bits, signed)
+    return jnp.where(positive, q, 0.0), s
+
+
 def fake_quant_signed(x: jax.Array, bits: int, bound: jax.Array) -> jax.Array:
     """The paper's signed (symmetric) fake quantizer.
 

@@ -1,0 +1,266 @@
+"""`qresnet export` / `qresnet eval`: a trained QAT run as integers, and inference with them.
+
+File format (version 1): an uncompressed NumPy .npz whose `__header__` entry is
+JSON: {"format": "qresnet-export", "version": 1, model, width, num_classes,
+input_shape, dataset, setting, specs, arrays: {name: {shape, dtype, packed,
+sha256}}}. Quantized kernels are int8 codes, packed two per byte at 4 bits and
+fewer; `w_scale` holds the per-output-channel scales; `act_bound` the frozen
+activation bounds; BN and float layers stay float32. The loader checks the
+format name, the version, every array's presence, shape and SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from qresnet import data, resnet, results
+from qresnet.quant import int_layers
+from qresnet.quant import specs as specs_lib
+
+FORMAT = "qresnet-export"
+VERSION = 1
+
+
+class ExportError(ValueError):
+    """An export that cannot be written or read; the message names the fix."""
+
+
+def pack_int4(codes: np.ndarray) -> np.ndarray:
+    """Two signed 4-bit codes (-8..7) per byte, low nibble first."""
+    flat = codes.astype(np.int8).ravel()
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.int8)])
+    nibbles = (flat.astype(np.uint8) & 0xF).reshape(-1, 2)
+    return (nibbles[:, 0] | (nibbles[:, 1] << 4)).astype(np.uint8)
+
+
+def unpack_int4(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of `pack_int4`."""
+    nibbles = np.stack([packed & 0xF, packed >> 4], axis=1).ravel().astype(np.int8)
+    nibbles = np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8)
+    return nibbles[: int(np.prod(shape))].reshape(shape)
+
+
+def _layer_paths(params) -> dict[str, tuple[str, ...]]:
+    return resnet.kernel_paths(params)
+
+
+def integer_variables(variables: Mapping[str, Any], specs: Mapping[str, specs_lib.QuantSpec]) -> dict[str, Any]:
+    """The IntConv/IntDense variables of a trained fake-quant model.
+
+    Args:
+      variables: {"params", "batch_stats", "quant_stats"} of the trained model.
+      specs: the run's per-layer specs.
+
+    Returns:
+      Variables for `resnet.create_model(..., int_model=True)`: integer kernels,
+      scales and frozen activation bounds; BN and float layers unchanged.
+
+    Raises:
+      ExportError: a layer with integer weights and inputs has per-input-channel
+        activation scales, which no integer conv can apply exactly.
+    """
+    params = flax.core.unfreeze(jax.device_get(variables["params"]))
+    stats = flax.core.unfreeze(jax.device_get(variables.get("quant_stats", {})))
+    out_params, out_stats = params, {}
+    for name, path in _layer_paths(params).items():
+        spec = specs[name]
+        layer = _get(out_params, path)
+        if spec.a_bits is not None:
+            if spec.a_bound == "fixed":
+                bound = np.float32(spec.a_fixed_bound)
+            elif spec.a_bound == "lsq":
+                bound = layer.pop("act_bound")
+            else:
+                bound = _get(stats, path)["act_bound"]
+            if spec.w_bits is not None and np.ndim(bound):
+                raise ExportError(
+                    f"layer {name!r} has per-input-channel activation scales, which an integer conv cannot apply "
+                    "exactly; train for deployment with a_granularity='per_tensor' (e.g. setting "
+                    "w8a8_deploy or w4a4_ends8_deploy in configs/settings.py)"
+                )
+            _set(out_stats, path, {"act_bound": np.asarray(bound, np.float32)})
+        if spec.w_bits is not None:
+            q, s = int_layers.kernel_codes(jnp.asarray(layer.pop("kernel")), spec)
+            layer["kernel_int"], layer["w_scale"] = np.asarray(q), np.asarray(s)
+    return {"params": out_params, "batch_stats": jax.device_get(variables["batch_stats"]), "quant_stats": out_stats}
+
+
+def _get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _set(tree, path, value):
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+def write(
+    path: str | Path, header: Mapping[str, Any], variables: Mapping[str, Any], specs: Mapping[str, specs_lib.QuantSpec]
+) -> Path:
+    """Writes an export file atomically; returns its path."""
+    flat = flax.traverse_util.flatten_dict(variables, sep="/")
+    arrays, meta = {}, {}
+    w_bits = {re.sub(r"stage(\d+)/block(\d+)", r"stage\1_block\2", n): sp.w_bits for n, sp in specs.items()}
+    for key, value in flat.items():
+        value = np.asarray(value)
+        layer = key.split("/", 1)[1].rsplit("/", 1)[0]
+        packed = key.endswith("/kernel_int") and (w_bits.get(layer) or 8) <= 4
+        stored = pack_int4(value) if packed else value
+        arrays[key] = stored
+        meta[key] = {
+            "shape": list(value.shape),
+            "dtype": str(value.dtype),
+            "packed": packed,
+            "sha256": hashlib.sha256(stored.tobytes()).hexdigest(),
+        }
+    header = {"format": FORMAT, "version": VERSION, **header, "specs": specs_lib.specs_to_json(specs), "arrays": meta}
+    buf = io.BytesIO()
+    np.savez(buf, __header__=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
+    results.atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def read(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reads and checks an export file; returns (header, variables)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"export file {str(path)!r} does not exist; make one with qresnet export")
+    try:
+        with np.load(path) as z:
+            entries = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise ExportError(f"{path} is truncated or not a qresnet export ({e}); export it again") from e
+    try:
+        header = json.loads(bytes(entries.pop("__header__")))
+    except (KeyError, ValueError) as e:
+        raise ExportError(f"{path} has no readable header; it is not a qresnet export") from e
+    if header.get("format") != FORMAT:
+        raise ExportError(f"{path} is not a qresnet export (format {header.get('format')!r})")
+    if header.get("version") != VERSION:
+        raise ExportError(
+            f"{path} is export format version {header.get('version')}; this qresnet reads version {VERSION}: "
+            "export the run again with this version"
+        )
+    flat = {}
+    for key, meta in header["arrays"].items():
+        if key not in entries:
+            raise ExportError(f"{path} lacks array {key!r}; the file is damaged, export it again")
+        stored = entries[key]
+        if hashlib.sha256(stored.tobytes()).hexdigest() != meta["sha256"]:
+            raise ExportError(f"{path}: array {key!r} fails its checksum; the file is damaged, export it again")
+        value = unpack_int4(stored, tuple(meta["shape"])) if meta["packed"] else stored
+        if list(value.shape) != meta["shape"] or str(value.dtype) != meta["dtype"]:
+            raise ExportError(f"{path}: array {key!r} has shape {value.shape}, header says {meta['shape']}")
+        flat[tuple(key.split("/"))] = value
+    return header, flax.traverse_util.unflatten_dict(flat)
+
+
+def int_model(header: Mapping[str, Any]) -> resnet.ResNet:
+    """The integer inference model an export describes."""
+    specs = specs_lib.specs_from_json(header["specs"])
+    return resnet.ResNet(
+        arch=resnet.get_arch(header["model"]),
+        num_classes=header["num_classes"],
+        width=header["width"],
+        specs=specs,
+        dtype=jnp.float32,
+        conv_cls=int_layers.IntConv,
+        dense_cls=int_layers.IntDense,
+    )
+
+
+def export_run(workdir: str | Path, out: str | Path) -> Path:
+    """Exports the final checkpoint of a finished `qresnet train` workdir.
+
+    Args:
+      workdir: a run folder with config.json, ckpt/ and result.json.
+      out: the export file to write.
+
+    Returns:
+      The path written.
+    """
+    from qresnet import train
+
+    workdir = Path(workdir)
+    if results.read_result(workdir) is None:
+        raise ExportError(f"{workdir} has no result.json: finish the run (re-run qresnet train) before exporting")
+    record = results.read_json(workdir / "config.json")
+    config = ml_collections.ConfigDict(record["config"])
+    state, specs = train.restore_final(config, workdir)
+    info = data.dataset_info(config.dataset.name)
+    header = {
+        "model": config.model.name,
+        "width": float(config.model.width),
+        "num_classes": info.num_classes,
+        "input_shape": list(info.image_shape),
+        "dataset": info.name,
+        "setting": config.setting,
+    }
+    variables = integer_variables(state.variables(), specs)
+    return write(out, header, variables, specs)
+
+
+def predict(header, variables, images: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """Integer-model logits of uint8 images (normalised as in training)."""
+    model, info = int_model(header), data.dataset_info(header["dataset"])
+    fn = jax.jit(lambda v, x: model.apply(v, data.normalize(x, info), train=False))
+    return np.concatenate([np.asarray(fn(variables, images[i : i + batch])) for i in range(0, len(images), batch)])
+
+
+def equivalence(workdir: str | Path, export_path: str | Path, data_dir: str = "") -> dict[str, Any]:
+    """Integer model against the run's fake-quant model (float32) on the test split.
+
+    Returns:
+      {model, setting, dataset, n, prediction_agreement, top1_fake, top1_int,
+      max_rel_logit_err}, the last the largest per-image ||l_int - l_fake|| / ||l_fake||.
+    """
+    from qresnet import train
+
+    header, variables = read(export_path)
+    record = results.read_json(Path(workdir) / "config.json")
+    config = ml_collections.ConfigDict(record["config"])
+    state, specs = train.restore_final(config, workdir)
+    arrays = data.load(
+        config.dataset.name,
+        data_dir or config.dataset.data_dir,
+        (config.dataset.synthetic_train, config.dataset.synthetic_test),
+    )
+    images = arrays.test_images[: config.dataset.test_subset or None]
+    labels = arrays.test_labels[: config.dataset.test_subset or None]
+    info = data.dataset_info(config.dataset.name)
+    fake = resnet.create_model(
+        config.model.name, num_classes=info.num_classes, width=float(config.model.width), specs=specs, dtype="float32"
+    )
+    fake_fn = jax.jit(lambda v, x: fake.apply(v, data.normalize(x, info), train=False, act_quant=True))
+    l_fake = np.concatenate(
+        [np.asarray(fake_fn(state.variables(), images[i : i + 1000])) for i in range(0, len(images), 1000)]
+    )
+    l_int = predict(header, variables, images)
+    rel = np.linalg.norm(l_int - l_fake, axis=1) / np.maximum(np.linalg.norm(l_fake, axis=1), 1e-12)
+    return {
+        "model": header["model"],
+        "setting": header["setting"],
+        "dataset": header["dataset"],
+        "n": len(labels),
+        "prediction_agreement": float(np.mean(l_int.argmax(1) == l_fake.argmax(1))),
+        "top1_fake": float(np.mean(l_fake.argmax(1) == labels)),
+        "top1_int": float(np.mean(l_int.argmax(1) == labels)),
+        "max_rel_logit_err": float(rel.max()),
+    }

@@ -1,0 +1,125 @@
+"""Export to integers and integer inference, on a small trained model on the CPU."""
+
+import json
+import math
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import settings
+from qresnet import cli, config_lib, cost, export, resnet, train
+from qresnet.quant import resolve_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "configs/smoke.py"
+DEPLOY = [f"--config.quant.rules={settings.SETTINGS['w4a4_ends8_deploy']!r}", "--config.setting=w4a4_ends8_deploy"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    cfg = config_lib.load_config(SMOKE, DEPLOY)
+    train.train_and_evaluate(cfg, tmp / "run", quiet=True)
+    path = export.export_run(tmp / "run", tmp / "model.qrx")
+    return tmp / "run", path
+
+
+def test_pack_int4_round_trip():
+    codes = np.array([-8, -7, -1, 0, 1, 7, 3], np.int8)
+    packed = export.pack_int4(codes)
+    assert packed.dtype == np.uint8 and packed.size == 4
+    np.testing.assert_array_equal(export.unpack_int4(packed, codes.shape), codes)
+
+
+def test_integer_model_matches_fake_quant(exported):
+    workdir, path = exported
+    eq = export.equivalence(workdir, path)
+    assert eq["prediction_agreement"] == 1.0
+    assert eq["max_rel_logit_err"] <= 1e-4
+    assert abs(eq["top1_int"] - eq["top1_fake"]) <= 1e-9
+
+
+def test_export_stores_integers_at_their_bit_width(exported):
+    workdir, path = exported
+    header, variables = export.read(path)
+    arrays = header["arrays"]
+    assert arrays["params/stage1_block1/conv1/kernel_int"]["packed"]  # 4-bit: two per byte
+    assert not arrays["params/stem/kernel_int"]["packed"]  # 8-bit
+    assert variables["params"]["stem"]["kernel_int"].dtype == np.int8
+    # Kernel payload = the memory cost (weights x bits), up to one padding nibble per 4-bit layer.
+    result = json.loads((workdir / "result.json").read_text())
+    payload = sum(math.prod(np.load(path)[k].shape) for k in arrays if k.endswith("kernel_int"))
+    memory_bytes = result["cost"]["total"]["memory"] / 8
+    assert memory_bytes <= payload <= memory_bytes + len(arrays)
+
+
+def test_cli_export_and_eval(exported, tmp_path, capsys):
+    workdir, _ = exported
+    out = tmp_path / "m.qrx"
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
+    assert cli.main(["eval", "--export", str(out), "--compare", str(workdir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads(lines[-1])["prediction_agreement"] == 1.0
+
+
+def test_truncated_and_damaged_files_are_refused(exported, tmp_path):
+    _, path = exported
+    data = path.read_bytes()
+    (tmp_path / "cut.qrx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(export.ExportError, match="truncated or not a qresnet export"):
+        export.read(tmp_path / "cut.qrx")
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp_path / "bad.qrx", "w") as zout:
+        for item in zin.infolist():
+            blob = zin.read(item)
+            if item.filename == "params/stem/kernel_int.npy":
+                blob = blob[:-1] + bytes([blob[-1] ^ 1])
+            zout.writestr(item, blob)
+    with pytest.raises(export.ExportError, match="fails its checksum"):
+        export.read(tmp_path / "bad.qrx")
+
+
+def test_other_format_version_is_refused(exported, tmp_path):
+    _, path = exported
+    with np.load(path) as z:
+        entries = {k: z[k] for k in z.files}
+    header = json.loads(bytes(entries["__header__"]))
+    header["version"] = 2
+    entries["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    with open(tmp_path / "v2.qrx", "wb") as f:  # np.savez would append .npz to a name
+        np.savez(f, **entries)
+    with pytest.raises(export.ExportError, match="format version 2; this qresnet reads version 1"):
+        export.read(tmp_path / "v2.qrx")
+    assert cli.main(["eval", "--export", str(tmp_path / "v2.qrx")]) == 1
+
+
+def test_per_channel_activation_scales_are_refused_with_the_fix():
+    names = resnet.layer_names("resnet20", 0.25, 10, (16, 16, 3))
+    specs = resolve_specs(settings.SETTINGS["w4a4_ends8"], names, resnet.signed_layers(names))
+    model = resnet.create_model("resnet20", num_classes=10, width=0.25, specs=specs)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    with pytest.raises(export.ExportError, match="per-input-channel activation scales.*a_granularity='per_tensor'"):
+        export.integer_variables(variables, specs)
+
+
+def test_unsigned_8bit_shift_is_exact():
+    from qresnet.quant import QuantSpec, int_layers, ops
+
+    spec = QuantSpec(w_bits=8, a_bits=8, a_signed=False, a_granularity="per_tensor")
+    x = jax.random.uniform(jax.random.key(0), (2, 6, 6, 4), maxval=2.0)
+    k = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+    q, s = int_layers.kernel_codes(k, spec)
+    v = {"params": {"kernel_int": q, "w_scale": s}, "quant_stats": {"act_bound": jnp.float32(1.7)}}
+    y = int_layers.IntConv(5, (3, 3), padding=((1, 1), (1, 1)), spec=spec).apply(v, x)
+    ref = jax.lax.conv_general_dilated(
+        ops.fake_quant_unsigned(x, 8, 1.7),
+        ops.fake_quant_weight(k, 8),
+        (1, 1),
+        [(1, 1), (1, 1)],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    assert cost.linear_bits(8, 8) == 8
