@@ -173,5 +173,5 @@ def _launch(config_path, workdir: Path, args, device):
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     cmd = [sys.executable, "-m", "qresnet.cli", "train", "--config", str(config_path), "--workdir", str(workdir), *args]
-    log = open(workdir / "log.txt", "a")  # noqa: SIM115 - closed when the child exits
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(workdir / "log.txt", "a") as log:  # The child keeps its own copy of the descriptor.
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -1,6 +1,5 @@
 """Offline data sources on small generated files, and on-device augmentation."""
 
-import gzip
 import io
 
 import jax
@@ -12,18 +11,12 @@ from PIL import Image
 from qresnet import data
 
 
-def _idx(path, arr):
-    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + arr.astype(np.uint8).tobytes())
-
-
-def test_fashion_mnist_from_idx_files(tmp_path):
+def test_fashion_mnist_from_idx_files(tmp_path, write_idx):
     rng = np.random.default_rng(0)
     for split, n in (("train", 6), ("test", 4)):
         img, lbl = data.FASHION_FILES[split]
-        _idx(tmp_path / img, rng.integers(0, 256, (n, 28, 28)))
-        _idx(tmp_path / lbl, rng.integers(0, 10, (n,)))
+        write_idx(tmp_path / img, rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / lbl, rng.integers(0, 10, (n,)))
     arrays = data.load("fashion_mnist", str(tmp_path))
     assert arrays.train_images.shape == (6, 28, 28, 1) and arrays.test_labels.shape == (4,)
     assert arrays.train_labels.dtype == np.int32

@@ -1,7 +1,5 @@
 """The offline TFDS builders prepare array_record files without TensorFlow."""
 
-import gzip
-
 import numpy as np
 import pytest
 
@@ -10,20 +8,14 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from qresnet import data  # noqa: E402
 
 
-def _idx(path, arr):
-    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + arr.astype(np.uint8).tobytes())
-
-
-def test_fashion_builder_round_trip_through_data_source(tmp_path):
+def test_fashion_builder_round_trip_through_data_source(tmp_path, write_idx):
     raw = tmp_path / "raw"
     raw.mkdir()
     rng = np.random.default_rng(0)
     for split, n in (("train", 7), ("test", 3)):
         img, lbl = data.FASHION_FILES[split]
-        _idx(raw / img, rng.integers(0, 256, (n, 28, 28)))
-        _idx(raw / lbl, rng.integers(0, 10, (n,)))
+        write_idx(raw / img, rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / lbl, rng.integers(0, 10, (n,)))
     direct = data.load("fashion_mnist", str(raw))
     via = data.load("fashion_mnist", str(raw), via_tfds=True, tfds_dir=str(tmp_path / "tfds"))
     for field in ("train_images", "train_labels", "test_images", "test_labels"):
