@@ -15,6 +15,7 @@ commands:
   pareto  frontier, figures and report from results       qresnet pareto (--root DIR | --points CSV) --out DIR
   export  a finished run as integer weights and scales    qresnet export --workdir DIR --out FILE
   eval    integer inference of an export on its test set  qresnet eval --export FILE [--compare WORKDIR]
+  bench-int  bf16 vs integer inference speed              qresnet bench-int [--case resnet50:224:256 ...] [--out F]
 
 Any command that takes --config also takes --config.key=value overrides.
 """
@@ -39,6 +40,11 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--export", required=True, help="a file written by qresnet export")
         p.add_argument("--compare", help="the run's workdir: also report agreement with its fake-quant model")
         p.add_argument("--data-dir", default="", help="where the dataset's files are")
+    if command == "bench-int":
+        p.add_argument("--case", action="append", help="MODEL:IMAGE_SIZE:BATCH (repeatable)")
+        p.add_argument("--iters", type=int, default=20)
+        p.add_argument("--warmup", type=int, default=3)
+        p.add_argument("--out", help="write the rows as JSON lines here")
     if command == "pareto":
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument("--root", help="a sweep root (reads every result.json under it)")
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command not in ("cost", "train", "sweep", "pareto", "export", "eval"):
+    if command not in ("cost", "train", "sweep", "pareto", "export", "eval", "bench-int"):
         print(f"qresnet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     args, overrides = _split(rest)
@@ -85,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 
             errors += (sweep.SweepError,)
             return sweep.run_sweep(ns.config, ns.root, overrides, dry_run=ns.dry_run, jobs=ns.jobs)
+        if command == "bench-int":
+            from qresnet import inference_bench
+
+            inference_bench.run(ns.case or inference_bench.DEFAULT_CASES, iters=ns.iters, warmup=ns.warmup, out=ns.out)
+            return 0
         if command in ("export", "eval"):
             from qresnet import export, train
 
