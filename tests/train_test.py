@@ -97,3 +97,25 @@ def test_smoothing_and_report():
     rep = train.report(history, act_start_step=20, window=1)
     assert rep["top1"] == 0.7 and rep["best_epoch"] == 4 and rep["train_top1_at_best"] == pytest.approx(0.8)
     assert rep["top1_last"] == 0.65  # epoch 1's 0.9 is before activation quantization started
+
+
+def test_two_devices_shard_the_batch_and_agree_with_one(smoke_run, tmp_path):
+    """Data parallel over 2 (CPU) devices: statistics are over the global batch, so the run
+    matches the single-device one."""
+    import os
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "run2"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    cmd = [sys.executable, "-m", "qresnet.cli", "train", "--config", str(SMOKE), "--workdir", str(workdir)]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+    result = json.loads((workdir / "result.json").read_text())
+    assert result["device"].startswith("2x")
+    for key in ("top1", "top1_last", "train_top1_at_best"):
+        assert result[key] == pytest.approx(smoke_run[1][key], abs=0.07), key  # within 2 of 32 examples
+    losses = [
+        [json.loads(line)["train_loss"] for line in (w / "metrics.jsonl").read_text().splitlines()]
+        for w in (workdir, smoke_run[0])
+    ]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)
