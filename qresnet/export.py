@@ -54,10 +54,6 @@ def unpack_int4(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return nibbles[: int(np.prod(shape))].reshape(shape)
 
 
-def _layer_paths(params) -> dict[str, tuple[str, ...]]:
-    return resnet.kernel_paths(params)
-
-
 def integer_variables(variables: Mapping[str, Any], specs: Mapping[str, specs_lib.QuantSpec]) -> dict[str, Any]:
     """The IntConv/IntDense variables of a trained fake-quant model.
 
@@ -76,7 +72,7 @@ def integer_variables(variables: Mapping[str, Any], specs: Mapping[str, specs_li
     params = flax.core.unfreeze(jax.device_get(variables["params"]))
     stats = flax.core.unfreeze(jax.device_get(variables.get("quant_stats", {})))
     out_params, out_stats = params, {}
-    for name, path in _layer_paths(params).items():
+    for name, path in resnet.kernel_paths(params).items():
         spec = specs[name]
         layer = _get(out_params, path)
         if spec.a_bits is not None:
@@ -217,11 +213,14 @@ def export_run(workdir: str | Path, out: str | Path) -> Path:
     return write(out, header, variables, specs)
 
 
+def _logits(model, variables, info, images: np.ndarray, batch: int = 1000, **kw) -> np.ndarray:
+    fn = jax.jit(lambda v, x: model.apply(v, data.normalize(x, info), train=False, **kw))
+    return np.concatenate([np.asarray(fn(variables, images[i : i + batch])) for i in range(0, len(images), batch)])
+
+
 def predict(header, variables, images: np.ndarray, batch: int = 1000) -> np.ndarray:
     """Integer-model logits of uint8 images (normalised as in training)."""
-    model, info = int_model(header), data.dataset_info(header["dataset"])
-    fn = jax.jit(lambda v, x: model.apply(v, data.normalize(x, info), train=False))
-    return np.concatenate([np.asarray(fn(variables, images[i : i + batch])) for i in range(0, len(images), batch)])
+    return _logits(int_model(header), variables, data.dataset_info(header["dataset"]), images, batch)
 
 
 def equivalence(workdir: str | Path, export_path: str | Path, data_dir: str = "") -> dict[str, Any]:
@@ -248,10 +247,7 @@ def equivalence(workdir: str | Path, export_path: str | Path, data_dir: str = ""
     fake = resnet.create_model(
         config.model.name, num_classes=info.num_classes, width=float(config.model.width), specs=specs, dtype="float32"
     )
-    fake_fn = jax.jit(lambda v, x: fake.apply(v, data.normalize(x, info), train=False, act_quant=True))
-    l_fake = np.concatenate(
-        [np.asarray(fake_fn(state.variables(), images[i : i + 1000])) for i in range(0, len(images), 1000)]
-    )
+    l_fake = _logits(fake, state.variables(), info, images, act_quant=True)
     l_int = predict(header, variables, images)
     rel = np.linalg.norm(l_int - l_fake, axis=1) / np.maximum(np.linalg.norm(l_fake, axis=1), 1e-12)
     return {

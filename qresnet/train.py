@@ -106,7 +106,7 @@ def config_cost(config: ml_collections.ConfigDict, specs=None) -> dict[str, Any]
     )
 
 
-def make_run_spec(config: ml_collections.ConfigDict, num_train: int) -> RunSpec:
+def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None) -> RunSpec:
     o = config.optim
     if o.batch_size < 1 or o.batch_size % jax.device_count():
         raise TrainError(
@@ -128,7 +128,7 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int) -> RunSpec:
         width=float(config.model.width),
         dtype=config.model.dtype,
         info=data.dataset_info(config.dataset.name),
-        specs=resolve_specs(config),
+        specs=resolve_specs(config) if specs is None else specs,
         batch_size=o.batch_size,
         num_epochs=o.num_epochs,
         steps_per_epoch=steps_per_epoch,
@@ -384,7 +384,7 @@ def train_and_evaluate(
         tfds_dir=config.dataset.tfds_dir,
     )
     arrays = _subset(arrays, config.dataset.train_subset, config.dataset.test_subset)
-    run = make_run_spec(config, len(arrays.train_labels))
+    run = make_run_spec(config, len(arrays.train_labels), specs)
     workdir.mkdir(parents=True, exist_ok=True)
     results.atomic_write_json(
         workdir / "config.json",
@@ -483,7 +483,7 @@ def restore_final(config: ml_collections.ConfigDict, workdir: str | Path) -> tup
     specs = resolve_specs(config)
     info = data.dataset_info(config.dataset.name)
     n_train = config.dataset.synthetic_train if info.name == "synthetic" else info.num_train
-    run = make_run_spec(config, config.dataset.train_subset or n_train)
+    run = make_run_spec(config, config.dataset.train_subset or n_train, specs)
     sample = jnp.zeros((run.batch_size, *info.image_shape), jnp.float32)
     abstract = jax.eval_shape(functools.partial(create_train_state, run), jax.random.key(0), sample)
     state, epoch = _restore(ocp.CheckpointManager(Path(workdir).resolve() / "ckpt"), abstract)

@@ -77,3 +77,13 @@ def test_static_and_traced_switch_agree(act_quant):
     layer = QDense(3, spec=spec)
     v = layer.init(jax.random.key(1), x)
     np.testing.assert_array_equal(layer.apply(v, x, act_quant=act_quant), layer.apply(v, x, act_quant=True))
+
+
+@pytest.mark.parametrize("bound", ["lsq", "ema_max"])
+def test_variables_made_with_quantization_off_apply_with_it_on(bound):
+    spec = QuantSpec(w_bits=4, a_bits=4, a_bound=bound, a_signed=False)
+    x = jax.random.uniform(jax.random.key(0), (3, 5))
+    layer = QDense(2, spec=spec)
+    v = layer.init(jax.random.key(1), x, act_quant=False)
+    assert "act_bound" in {**v["params"], **v.get("quant_stats", {})}
+    assert layer.apply(v, x, act_quant=True).shape == (3, 2)

@@ -35,22 +35,29 @@ def _select(flag, on, off):
 
 
 def quantize_input(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_quant) -> Array:
-    """Fake-quantizes a layer input per `spec`, creating state in `module`."""
-    if spec.a_bits is None or act_quant is False:
-        if spec.a_bits is not None and spec.a_bound == "ema_max":
-            _ema_bound(module, x, spec, train, act_quant)
+    """Fake-quantizes a layer input per `spec`, creating state in `module`.
+
+    The bound's state (EMA variable or LSQ parameter) exists whatever `act_quant`
+    is, so variables made with it off still apply with it on.
+    """
+    if spec.a_bits is None:
         return x
     bits, signed = spec.a_bits, bool(spec.a_signed)
-    axes = ops.reduction_axes(x.ndim, spec.a_granularity)
-    if spec.a_bound == "fixed":
-        xq = ops.fake_quant(x, bits, spec.a_fixed_bound, signed)
-    elif spec.a_bound == "ema_max":
-        xq = ops.fake_quant(x, bits, _ema_bound(module, x, spec, train, act_quant), signed)
-    else:  # lsq
+    if spec.a_bound == "lsq":
+        axes = ops.reduction_axes(x.ndim, spec.a_granularity)
         bound = module.param("act_bound", lambda _: ops.lsq_init_bound(x, bits, signed, axes))
+    elif spec.a_bound == "ema_max":
+        bound = _ema_bound(module, x, spec, train, act_quant)
+    else:
+        bound = spec.a_fixed_bound
+    if act_quant is False:
+        return x
+    if spec.a_bound == "lsq":
         per_bound = x.size // max(bound.size, 1)
         grad_scale = 1.0 / (per_bound * ops.int_range(bits, signed)[1]) ** 0.5
         xq = ops.lsq_fake_quant(x, bits, bound, signed, grad_scale)
+    else:
+        xq = ops.fake_quant(x, bits, bound, signed)
     return _select(act_quant, xq, x)
 
 

@@ -62,6 +62,12 @@ def _round(v: jax.Array, bits: int, signed: bool) -> jax.Array:
     return jnp.floor(v + 0.5)
 
 
+def _scale(bound, bits: int, signed: bool) -> tuple[jax.Array, jax.Array]:
+    """(bound > 0, s = N / bound) with a safe s of N where the bound is not positive."""
+    positive = bound > 0
+    return positive, scale_numerator(bits, signed) / jnp.where(positive, bound, 1.0)
+
+
 def _quantize(x, bound, bits, signed, bound_grad: bool):
     """x_hat = clip-round(x*s)/s with straight-through gradients.
 
@@ -73,9 +79,7 @@ def _quantize(x, bound, bits, signed, bound_grad: bool):
     bound = jnp.asarray(bound, jnp.float32)
     if not bound_grad:
         bound = lax.stop_gradient(bound)
-    positive = bound > 0
-    safe_bound = jnp.where(positive, bound, 1.0)
-    s = scale_numerator(bits, signed) / safe_bound
+    positive, s = _scale(bound, bits, signed)
     qmin, qmax = int_range(bits, signed)
     v = x * s
     inside = (v >= qmin) & (v <= qmax)
@@ -101,12 +105,10 @@ def int_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool) -> tuple[
     Returns:
       (q, s), both float32.
     """
-    bound = jnp.asarray(bound, jnp.float32)
-    positive = bound > 0
-    s = jnp.where(positive, scale_numerator(bits, signed) / jnp.where(positive, bound, 1.0), 1.0)
+    positive, s = _scale(jnp.asarray(bound, jnp.float32), bits, signed)
     qmin, qmax = int_range(bits, signed)
     q = _round(jnp.clip(x.astype(jnp.float32) * s, qmin, qmax), bits, signed)
-    return jnp.where(positive, q, 0.0), s
+    return jnp.where(positive, q, 0.0), jnp.where(positive, s, 1.0)
 
 
 def fake_quant_signed(x: jax.Array, bits: int, bound: jax.Array) -> jax.Array:
