@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -166,9 +167,9 @@ def create_optimizer(run: RunSpec) -> optax.GradientTransformation:
     return optax.sgd(functools.partial(learning_rate, run), momentum=run.momentum, nesterov=run.nesterov)
 
 
-def create_train_state(run: RunSpec, key: jax.Array, sample: jax.Array) -> TrainState:
-    """Initialises from a real batch (LSQ bounds start from data)."""
-    model = create_model(run)
+def create_train_state(run: RunSpec, key: jax.Array, sample: jax.Array, model: nn.Module | None = None) -> TrainState:
+    """Initialises from a real batch (LSQ bounds start from data); `model` defaults to the run's."""
+    model = create_model(run) if model is None else model
     variables = model.init(key, sample, train=False, act_quant=True)
     params = variables["params"]
     return TrainState(
@@ -184,10 +185,8 @@ def _l2(params) -> jax.Array:
     return sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params) if p.ndim > 1)
 
 
-def train_step(run: RunSpec, state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array):
-    """One SGD step on a uint8 batch; returns the new state and (loss, correct)."""
-    model = create_model(run)
-    x = data.normalize(data.augment(key, images, run.crop_pad, run.flip), run.info, jnp.float32)
+def gradients(run: RunSpec, model: nn.Module, state: TrainState, x: jax.Array, labels: jax.Array):
+    """Gradient of cross-entropy + L2 (run.weight_decay) on a normalised batch; returns (grads, (new, logits, ce))."""
     act_quant = state.step >= run.act_start_step
 
     def loss_fn(params):
@@ -196,7 +195,25 @@ def train_step(run: RunSpec, state: TrainState, images: jax.Array, labels: jax.A
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return ce + 0.5 * run.weight_decay * _l2(params), (new, logits, ce)
 
-    grads, (new, logits, ce) = jax.grad(loss_fn, has_aux=True)(state.params)
+    return jax.grad(loss_fn, has_aux=True)(state.params)
+
+
+def train_step(
+    run: RunSpec,
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    model: nn.Module | None = None,
+):
+    """One SGD step on a uint8 batch; returns the new state and (loss, correct).
+
+    `model` defaults to the run's ResNet; the benchmarks pass other Flax models
+    (plain, AQT, Qwix) that take the same call arguments, to time the same step.
+    """
+    model = create_model(run) if model is None else model
+    x = data.normalize(data.augment(key, images, run.crop_pad, run.flip), run.info, jnp.float32)
+    grads, (new, logits, ce) = gradients(run, model, state, x, labels)
     updates, opt_state = create_optimizer(run).update(grads, state.opt_state, state.params)
     state = state.replace(
         step=state.step + 1,

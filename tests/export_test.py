@@ -2,6 +2,7 @@
 
 import json
 import math
+import struct
 import zipfile
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def test_export_stores_integers_at_their_bit_width(exported):
     assert variables["params"]["stem"]["kernel_int"].dtype == np.int8
     # Kernel payload = the memory cost (weights x bits), up to one padding nibble per 4-bit layer.
     result = json.loads((workdir / "result.json").read_text())
-    payload = sum(math.prod(np.load(path)[k].shape) for k in arrays if k.endswith("kernel_int"))
+    stored = {k: (math.prod(m["shape"]) + 1) // 2 if m["packed"] else math.prod(m["shape"]) for k, m in arrays.items()}
+    payload = sum(n for k, n in stored.items() if k.endswith("kernel_int"))
     memory_bytes = result["cost"]["total"]["memory"] / 8
     assert memory_bytes <= payload <= memory_bytes + len(arrays)
 
@@ -70,30 +72,58 @@ def test_truncated_and_damaged_files_are_refused(exported, tmp_path):
     _, path = exported
     data = path.read_bytes()
     (tmp_path / "cut.qrx").write_bytes(data[: len(data) // 2])
-    with pytest.raises(export.ExportError, match="truncated or not a qresnet export"):
+    with pytest.raises(export.ExportError, match="damaged or truncated"):
         export.read(tmp_path / "cut.qrx")
-    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp_path / "bad.qrx", "w") as zout:
-        for item in zin.infolist():
-            blob = zin.read(item)
-            if item.filename == "params/stem/kernel_int.npy":
-                blob = blob[:-1] + bytes([blob[-1] ^ 1])
-            zout.writestr(item, blob)
+    (tmp_path / "stub.qrx").write_bytes(data[:10])
+    with pytest.raises(export.ExportError, match="truncated or not a qresnet export"):
+        export.read(tmp_path / "stub.qrx")
+    flipped = bytearray(data)
+    flipped[len(data) - 100] ^= 1  # one bit of the payload
+    (tmp_path / "bad.qrx").write_bytes(bytes(flipped))
     with pytest.raises(export.ExportError, match="fails its checksum"):
         export.read(tmp_path / "bad.qrx")
+    (tmp_path / "other.qrx").write_bytes(b"not an export at all" * 10)
+    with pytest.raises(export.ExportError, match="not a qresnet export"):
+        export.read(tmp_path / "other.qrx")
 
 
-def test_other_format_version_is_refused(exported, tmp_path):
+def test_other_format_versions_are_refused(exported, tmp_path):
     _, path = exported
-    with np.load(path) as z:
-        entries = {k: z[k] for k in z.files}
-    header = json.loads(bytes(entries["__header__"]))
-    header["version"] = 2
-    entries["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    with open(tmp_path / "v2.qrx", "wb") as f:  # np.savez would append .npz to a name
-        np.savez(f, **entries)
-    with pytest.raises(export.ExportError, match="format version 2; this qresnet reads version 1"):
-        export.read(tmp_path / "v2.qrx")
-    assert cli.main(["eval", "--export", str(tmp_path / "v2.qrx")]) == 1
+    data = bytearray(path.read_bytes())
+    data[len(export.MAGIC) : len(export.MAGIC) + 4] = struct.pack("<I", 3)
+    (tmp_path / "v3.qrx").write_bytes(bytes(data))
+    with pytest.raises(export.ExportError, match="format version 3; this qresnet reads version 2"):
+        export.read(tmp_path / "v3.qrx")
+    assert cli.main(["eval", "--export", str(tmp_path / "v3.qrx")]) == 1
+    with zipfile.ZipFile(tmp_path / "v1.qrx", "w") as z:  # version 1 was an npz (a zip)
+        z.writestr("__header__.npy", b"")
+    with pytest.raises(export.ExportError, match="version-1 export.*export the run again"):
+        export.read(tmp_path / "v1.qrx")
+
+
+def test_file_size_is_the_memory_cost_plus_scales_and_bn(exported):
+    workdir, path = exported
+    result = json.loads((workdir / "result.json").read_text())
+    size = export.size_check(path, result["cost"]["total"]["memory"])
+    assert size["file_bytes"] == path.stat().st_size
+    # The smoke model is tiny (a few kB), so the fixed header weighs more than in a real model.
+    assert 1.0 <= size["ratio"] <= 1.5
+
+
+def test_resnet20_deploy_exports_are_within_5_percent_of_their_memory_cost(tmp_path):
+    for setting in ("w8a8_deploy", "w4a4_ends8_deploy"):
+        names = resnet.layer_names("resnet20", 1.0, 10, (32, 32, 3))
+        specs = resolve_specs(settings.SETTINGS[setting], names, resnet.signed_layers(names))
+        model = resnet.create_model("resnet20", num_classes=10, specs=specs)
+        variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        variables["quant_stats"] = jax.tree.map(lambda b: b + 1.0, variables["quant_stats"])
+        header = {"model": "resnet20", "width": 1.0, "num_classes": 10, "input_shape": [32, 32, 3]}
+        header |= {"dataset": "cifar10_jpeg", "setting": setting}
+        path = export.write(tmp_path / f"{setting}.qrx", header, export.integer_variables(variables, specs), specs)
+        memory = cost.model_cost("resnet20", width=1.0, num_classes=10, input_shape=(32, 32, 3), specs=specs)
+        memory = memory["total"]["memory"]
+        size = export.size_check(path, memory)
+        assert 1.0 <= size["ratio"] <= 1.05, (setting, size)
 
 
 def test_per_channel_activation_scales_are_refused_with_the_fix():

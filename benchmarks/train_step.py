@@ -1,0 +1,323 @@
+"""Training-step benchmark: qresnet against plain Flax, AQT and Qwix, in one process.
+
+    python -m benchmarks.train_step --out docs/results/bench/train_step.jsonl
+    python -m benchmarks.train_step --report docs/results/bench/train_step.jsonl
+
+Every row times the same function, `qresnet.train.train_step` (on-device
+augmentation, normalisation, forward/backward, cross-entropy + L2, Nesterov
+SGD), jitted once, on synthetic uint8 data; only the model differs:
+
+- `qresnet`: qresnet's ResNet in the paper's settings (float, w8a8, w4a4,
+  w4a4_ends8); activation quantization switches on after the warm-up steps
+  (which calibrate the bounds) through the trainer's traced switch, so every
+  timed step quantizes weights and activations, as a real run does;
+- `plain_flax`: `benchmarks.plain_resnet.PlainResNet`, no quantization code;
+- `aqt`, `qwix`: the same architecture quantized by those libraries
+  (`benchmarks.baselines`; optional: `pip install -e ".[bench]"`).
+
+A row reports the median of `--steps` timed steps after `--warmup` steps
+(compilation included in warm-up), each ended by `block_until_ready`, and the
+norm of the cross-entropy gradient at the stem kernel (0 means the step does not
+train the convs). A library that fails gets a row with `error`. Rows go to
+`--out` as JSON lines, rewritten atomically after each row; rows already there
+for the same device are skipped, so a long benchmark resumes across calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import importlib.metadata
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import baselines
+from benchmarks.plain_resnet import PlainResNet
+from configs import settings
+from qresnet import data, resnet, results, train
+from qresnet.quant import specs as specs_lib
+
+DEFAULT_CASES = ("resnet20:32:512:float32", "resnet20:32:512:bfloat16", "resnet50:224:256:bfloat16")
+QRESNET_SETTINGS = ("float", "w8a8", "w4a4", "w4a4_ends8")
+# (library, setting, path). AQT's own conv path is run once per case, to record that it passes no gradient.
+DEFAULT_ROWS = (
+    ("plain_flax", "float", "flax"),
+    *(("qresnet", s, "qresnet") for s in QRESNET_SETTINGS),
+    ("aqt", "w8a8", "conv"),
+    *(("aqt", s, "im2col") for s in ("w8a8", "w4a4", "w4a4_ends8")),
+    *(("qwix", s, "qat") for s in ("w8a8", "w4a4", "w4a4_ends8")),
+    ("qwix", "w8", "weight_only"),
+)
+LIBRARIES = ("qresnet", "plain_flax", "aqt", "qwix")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    model: str
+    image_size: int
+    batch: int
+    dtype: str
+
+    @property
+    def info(self) -> data.DatasetInfo:
+        base = data.dataset_info("cifar10" if resnet.get_arch(self.model).cifar else "imagenet2012")
+        return dataclasses.replace(base, image_shape=(self.image_size, self.image_size, 3))
+
+
+def parse_case(text: str) -> Case:
+    """ "resnet20:32:512:float32" -> Case."""
+    parts = text.split(":")
+    if len(parts) != 4 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise ValueError(f"case {text!r} must look like MODEL:IMAGE_SIZE:BATCH:DTYPE, e.g. resnet20:32:512:float32")
+    case = Case(parts[0], int(parts[1]), int(parts[2]), parts[3])
+    resnet.get_arch(case.model)
+    if case.dtype not in resnet.DTYPES:
+        raise ValueError(f"case {text!r}: dtype must be one of {sorted(resnet.DTYPES)}")
+    return case
+
+
+def run_spec(case: Case, setting: str, act_start_step: int) -> train.RunSpec:
+    """The trainer's RunSpec for a case, CIFAR augmentation for CIFAR models.
+
+    Activation quantization switches on at `act_start_step` through the
+    trainer's traced switch (one program); the warm-up steps before it
+    calibrate the EMA bounds, which start at 0.
+    """
+    info = case.info
+    cifar = resnet.get_arch(case.model).cifar
+    rules = settings.SETTINGS["bf16" if setting == "float" else setting]
+    names = resnet.layer_names(case.model, 1.0, info.num_classes, info.image_shape)
+    return train.RunSpec(
+        model_name=case.model,
+        width=1.0,
+        dtype=case.dtype,
+        info=info,
+        specs=specs_lib.resolve_specs(rules, names, resnet.signed_layers(names)),
+        batch_size=case.batch,
+        num_epochs=1,
+        steps_per_epoch=10_000,
+        act_start_step=act_start_step,
+        crop_pad=4 if cifar else 0,
+        flip=True,
+        peak_lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4 if cifar else 1e-4,
+        warmup_steps=0,
+        cosine_alpha=0.0,
+        cooldown_steps=0,
+    )
+
+
+def build_model(library: str, setting: str, path: str, case: Case, run: train.RunSpec):
+    """The Flax module a row trains."""
+    dtype = resnet.DTYPES[case.dtype]
+    classes = case.info.num_classes
+    if library == "qresnet":
+        return train.create_model(run)
+    if library == "plain_flax":
+        return PlainResNet(case.model, classes, dtype=dtype)
+    if library == "aqt":
+        return baselines.aqt_model(case.model, classes, dtype, setting, path)
+    if library == "qwix":
+        return baselines.qwix_model(case.model, classes, dtype, setting)
+    raise ValueError(f"unknown library {library!r}; choose from {LIBRARIES}")
+
+
+def _stem_kernel(grads) -> jax.Array:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        keys = [getattr(k, "key", str(k)) for k in path]
+        if "stem" in keys and keys[-1] == "kernel":
+            return leaf
+    raise KeyError("no stem kernel in the gradients")
+
+
+def time_row(library: str, setting: str, path: str, case: Case, *, steps: int, warmup: int) -> dict[str, Any]:
+    """Builds, compiles and times one row's train step; returns its measurements."""
+    run = run_spec(case, "float" if library != "qresnet" else setting, act_start_step=warmup)
+    model = build_model(library, setting, path, case, run)
+    key = jax.random.key(0)
+    k_img, k_lab, k_init = jax.random.split(key, 3)
+    images = jax.random.randint(k_img, (case.batch, *case.info.image_shape), 0, 256, jnp.int32).astype(jnp.uint8)
+    labels = jax.random.randint(k_lab, (case.batch,), 0, case.info.num_classes)
+    sample = data.normalize(images[:8], case.info)
+    state = jax.jit(functools.partial(train.create_train_state, run, model=model))(k_init, sample)
+
+    step = jax.jit(functools.partial(train.train_step, run, model=model), donate_argnums=(0,))
+    keys = jax.random.split(key, warmup + steps)
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        state, (loss, _) = step(state, images, labels, keys[i])
+        jax.block_until_ready(loss)
+    warmup_s = time.perf_counter() - t0
+
+    # Cross-entropy only (no L2), so a conv that passes no gradient shows 0.
+    no_l2 = dataclasses.replace(run, weight_decay=0.0)
+    x = data.normalize(images, case.info)
+    grads, _ = jax.jit(functools.partial(train.gradients, no_l2, model))(state, x, labels)
+    stem_grad_norm = float(jnp.linalg.norm(_stem_kernel(grads).astype(jnp.float32)))
+    del grads
+
+    times = []
+    for i in range(warmup, warmup + steps):
+        t = time.perf_counter()
+        state, (loss, _) = step(state, images, labels, keys[i])
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    return {
+        "step_ms": round(1e3 * median, 3),
+        "images_per_s": round(case.batch / median, 1),
+        "stem_grad_norm": stem_grad_norm,
+        "loss": float(loss),
+        "warmup_s": round(warmup_s, 2),
+        "steps": steps,
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    dev = jax.local_devices()[0]
+    versions = {p: _version(p) for p in ("jax", "jaxlib", "flax", "optax", "aqtp", "qwix")}
+    return {"device": f"{dev.device_kind} ({dev.platform})", "versions": versions, "commit": train.git_commit()}
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    return (row["library"], row["model"], row["setting"], row["path"], row["dtype"], row["batch"], row["device"])
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run(
+    cases: Iterable[Case],
+    rows=DEFAULT_ROWS,
+    *,
+    libraries: Iterable[str] = LIBRARIES,
+    steps: int = 20,
+    warmup: int = 3,
+    out: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Times every (case, row) not already in `out`; prints and records each.
+
+    Args:
+      cases: model/size/batch/dtype combinations.
+      rows: (library, setting, path) triples.
+      libraries: keep only rows of these libraries.
+      steps: timed steps (median reported); the issue asks for >= 20.
+      warmup: untimed steps first (compilation).
+      out: JSON-lines file, resumed and rewritten atomically after every row.
+
+    Returns:
+      All rows in `out` (or measured, without `out`).
+    """
+    unknown = sorted(set(libraries) - set(LIBRARIES))
+    if unknown:
+        raise ValueError(f"unknown libraries {unknown}; choose from {list(LIBRARIES)}")
+    env = environment()
+    out = Path(out) if out else None
+    done = read_rows(out) if out else []
+    have = {row_key(r) for r in done}
+    for case in cases:
+        for library, setting, path in rows:
+            if library not in libraries:
+                continue
+            row = {
+                "library": library,
+                "model": case.model,
+                "setting": setting,
+                "path": path,
+                "dtype": case.dtype,
+                "batch": case.batch,
+                "image_size": case.image_size,
+                **env,
+                "date": time.strftime("%Y-%m-%d"),
+            }
+            if row_key(row) in have:
+                continue
+            try:
+                row.update(time_row(library, setting, path, case, steps=steps, warmup=warmup))
+                if row["stem_grad_norm"] == 0.0:
+                    row["error"] = "zero gradient at the stem kernel: this conv path does not train (no STE)"
+                elif not math.isfinite(row["loss"]):
+                    row["error"] = f"non-finite loss {row['loss']}"
+            except Exception as e:  # noqa: BLE001 - a library's failure is a result to record
+                row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+            print(json.dumps(row), flush=True)
+            done.append(row)
+            if out:
+                results.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in done))
+    return done
+
+
+def _fmt(v, digits=2):
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    """Markdown tables: every row, and the ratios the issue asks for, per case and device."""
+    lines = [
+        "| device | model | dtype | batch | library | setting | path | step ms | images/s | stem grad | "
+        "vs qresnet float | error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    floats = {
+        (r["device"], r["model"], r["dtype"], r["batch"]): r["step_ms"]
+        for r in rows
+        if r["library"] == "qresnet" and r["setting"] == "float" and "step_ms" in r
+    }
+    for r in rows:
+        base = floats.get((r["device"], r["model"], r["dtype"], r["batch"]))
+        ratio = r["step_ms"] / base if base and "step_ms" in r else None
+        lines.append(
+            f"| {r['device']} | {r['model']} | {r['dtype']} | {r['batch']} | {r['library']} | {r['setting']} | "
+            f"{r['path']} | {_fmt(r.get('step_ms'))} | {_fmt(r.get('images_per_s'), 0)} | "
+            f"{_fmt(r.get('stem_grad_norm'), 4)} | {_fmt(ratio)}x | {r.get('error', '')[:160]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n")[0])
+    p.add_argument("--case", action="append", help=f"MODEL:IMAGE_SIZE:BATCH:DTYPE (default {list(DEFAULT_CASES)})")
+    p.add_argument("--libraries", default=",".join(LIBRARIES), help="comma-separated subset of " + ",".join(LIBRARIES))
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", help="JSON-lines file (resumed)")
+    p.add_argument("--report", help="print the markdown table of a JSON-lines file and exit")
+    args = p.parse_args(argv)
+    try:
+        if args.report:
+            print(report(read_rows(Path(args.report))), end="")
+            return 0
+        if args.steps < 1 or args.warmup < 1:
+            raise ValueError(f"--steps ({args.steps}) and --warmup ({args.warmup}) must be >= 1")
+        cases = [parse_case(c) for c in (args.case or DEFAULT_CASES)]
+        run(cases, libraries=args.libraries.split(","), steps=args.steps, warmup=args.warmup, out=args.out)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
