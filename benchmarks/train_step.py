@@ -53,6 +53,8 @@ QRESNET_SETTINGS = ("float", "w8a8", "w4a4", "w4a4_ends8")
 DEFAULT_ROWS = (
     ("plain_flax", "float", "flax"),
     *(("qresnet", s, "qresnet") for s in QRESNET_SETTINGS),
+    # The same step compiled with activation quantization fixed on (no traced switch, no EMA update).
+    *(("qresnet", s, "static") for s in QRESNET_SETTINGS[1:]),
     ("aqt", "w8a8", "conv"),
     *(("aqt", s, "im2col") for s in ("w8a8", "w4a4", "w4a4_ends8")),
     *(("qwix", s, "qat") for s in ("w8a8", "w4a4", "w4a4_ends8")),
@@ -153,7 +155,10 @@ def time_row(library: str, setting: str, path: str, case: Case, *, steps: int, w
     sample = data.normalize(images[:8], case.info)
     state = jax.jit(functools.partial(train.create_train_state, run, model=model))(k_init, sample)
 
-    step = jax.jit(functools.partial(train.train_step, run, model=model), donate_argnums=(0,))
+    act_quant = True if path == "static" else None
+    if act_quant:  # no calibration steps: start the EMA bounds at 1
+        state = state.replace(quant_stats=jax.tree.map(jnp.ones_like, state.quant_stats))
+    step = jax.jit(functools.partial(train.train_step, run, model=model, act_quant=act_quant), donate_argnums=(0,))
     keys = jax.random.split(key, warmup + steps)
     t0 = time.perf_counter()
     for i in range(warmup):
@@ -164,7 +169,7 @@ def time_row(library: str, setting: str, path: str, case: Case, *, steps: int, w
     # Cross-entropy only (no L2), so a conv that passes no gradient shows 0.
     no_l2 = dataclasses.replace(run, weight_decay=0.0)
     x = data.normalize(images, case.info)
-    grads, _ = jax.jit(functools.partial(train.gradients, no_l2, model))(state, x, labels)
+    grads, _ = jax.jit(functools.partial(train.gradients, no_l2, model, act_quant=act_quant))(state, x, labels)
     stem_grad_norm = float(jnp.linalg.norm(_stem_kernel(grads).astype(jnp.float32)))
     del grads
 

@@ -268,8 +268,11 @@ def export_run(workdir: str | Path, out: str | Path) -> Path:
 
 
 def _logits(model, variables, info, images: np.ndarray, batch: int = 1000, **kw) -> np.ndarray:
+    # Full float32 convolutions: GPUs otherwise round float32 conv inputs to TF32 (10-bit
+    # mantissa), which moves fake-quant values across rounding boundaries.
     fn = jax.jit(lambda v, x: model.apply(v, data.normalize(x, info), train=False, **kw))
-    return np.concatenate([np.asarray(fn(variables, images[i : i + batch])) for i in range(0, len(images), batch)])
+    with jax.default_matmul_precision("highest"):
+        return np.concatenate([np.asarray(fn(variables, images[i : i + batch])) for i in range(0, len(images), batch)])
 
 
 def predict(header, variables, images: np.ndarray, batch: int = 1000) -> np.ndarray:

@@ -185,9 +185,14 @@ def _l2(params) -> jax.Array:
     return sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params) if p.ndim > 1)
 
 
-def gradients(run: RunSpec, model: nn.Module, state: TrainState, x: jax.Array, labels: jax.Array):
-    """Gradient of cross-entropy + L2 (run.weight_decay) on a normalised batch; returns (grads, (new, logits, ce))."""
-    act_quant = state.step >= run.act_start_step
+def gradients(run: RunSpec, model: nn.Module, state: TrainState, x: jax.Array, labels: jax.Array, act_quant=None):
+    """Gradient of cross-entropy + L2 (run.weight_decay) on a normalised batch; returns (grads, (new, logits, ce)).
+
+    `act_quant` None switches activation quantization on at run.act_start_step
+    inside the program (traced); True/False fix it when compiling.
+    """
+    if act_quant is None:
+        act_quant = state.step >= run.act_start_step
 
     def loss_fn(params):
         variables = {**state.variables(), "params": params}
@@ -205,15 +210,17 @@ def train_step(
     labels: jax.Array,
     key: jax.Array,
     model: nn.Module | None = None,
+    act_quant=None,
 ):
     """One SGD step on a uint8 batch; returns the new state and (loss, correct).
 
     `model` defaults to the run's ResNet; the benchmarks pass other Flax models
     (plain, AQT, Qwix) that take the same call arguments, to time the same step.
+    `act_quant`: as in `gradients`.
     """
     model = create_model(run) if model is None else model
     x = data.normalize(data.augment(key, images, run.crop_pad, run.flip), run.info, jnp.float32)
-    grads, (new, logits, ce) = gradients(run, model, state, x, labels)
+    grads, (new, logits, ce) = gradients(run, model, state, x, labels, act_quant)
     updates, opt_state = create_optimizer(run).update(grads, state.opt_state, state.params)
     state = state.replace(
         step=state.step + 1,
