@@ -305,6 +305,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n")[0])
     p.add_argument("--case", action="append", help=f"MODEL:IMAGE_SIZE:BATCH:DTYPE (default {list(DEFAULT_CASES)})")
     p.add_argument("--libraries", default=",".join(LIBRARIES), help="comma-separated subset of " + ",".join(LIBRARIES))
+    p.add_argument("--rows", help="comma-separated LIBRARY:SETTING:PATH rows, in order (default: all)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", help="JSON-lines file (resumed)")
@@ -317,7 +318,13 @@ def main(argv=None) -> int:
         if args.steps < 1 or args.warmup < 1:
             raise ValueError(f"--steps ({args.steps}) and --warmup ({args.warmup}) must be >= 1")
         cases = [parse_case(c) for c in (args.case or DEFAULT_CASES)]
-        run(cases, libraries=args.libraries.split(","), steps=args.steps, warmup=args.warmup, out=args.out)
+        rows = DEFAULT_ROWS
+        if args.rows:
+            rows = [tuple(r.split(":")) for r in args.rows.split(",")]
+            bad = [r for r in rows if len(r) != 3]
+            if bad:
+                raise ValueError(f"--rows entries must be LIBRARY:SETTING:PATH, got {bad}")
+        run(cases, rows, libraries=args.libraries.split(","), steps=args.steps, warmup=args.warmup, out=args.out)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
