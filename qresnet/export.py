@@ -285,7 +285,8 @@ def equivalence(workdir: str | Path, export_path: str | Path, data_dir: str = ""
 
     Returns:
       {model, setting, dataset, n, prediction_agreement, top1_fake, top1_int,
-      max_rel_logit_err (the largest per-image ||l_int - l_fake|| / ||l_fake||),
+      max_rel_logit_err and median_rel_logit_err (of the per-image ||l_int - l_fake|| /
+      ||l_fake||), rel_logit_err (the same over the whole test set),
       file_bytes, expected_bytes, size_ratio (see `size_check`)}.
     """
     from qresnet import train
@@ -318,6 +319,8 @@ def equivalence(workdir: str | Path, export_path: str | Path, data_dir: str = ""
         "top1_fake": float(np.mean(l_fake.argmax(1) == labels)),
         "top1_int": float(np.mean(l_int.argmax(1) == labels)),
         "max_rel_logit_err": float(rel.max()),
+        "median_rel_logit_err": float(np.median(rel)),
+        "rel_logit_err": float(np.linalg.norm(l_int - l_fake) / max(np.linalg.norm(l_fake), 1e-12)),
         "file_bytes": size["file_bytes"],
         "expected_bytes": size["expected_bytes"],
         "size_ratio": size["ratio"],

@@ -41,6 +41,7 @@ def test_integer_model_matches_fake_quant(exported):
     eq = export.equivalence(workdir, path)
     assert eq["prediction_agreement"] == 1.0
     assert eq["max_rel_logit_err"] <= 1e-4
+    assert eq["median_rel_logit_err"] <= eq["max_rel_logit_err"] and eq["rel_logit_err"] <= 1e-4
     assert abs(eq["top1_int"] - eq["top1_fake"]) <= 1e-9
 
 

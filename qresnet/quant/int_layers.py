@@ -12,10 +12,8 @@ per-input-channel scale cannot be factored out of the integer sum (export refuse
 it and names the per_tensor setting to train with).
 
 Unsigned 8-bit codes (0..255) do not fit int8: they are shifted by -128 and the
-conv gets back 128 times the sum of the kernel over the taps that fall inside
-the image (a batch-independent map; the conv zero-pads the shifted codes). The
-convolution pads itself (no padded copy of the input), and input channels are
-padded to a multiple of 4 where cuDNN's int8 kernels need it.
+conv gets 128 * sum(W) back per output channel; the padding is applied in the
+code domain (the code of 0), so the correction is the same at every position.
 Layers with one float side run in float with the other side dequantized; fully
 float layers are plain convolutions.
 """
@@ -97,22 +95,12 @@ class IntConv(nn.Module):
         q_x, s_x = _act_codes(self, x, spec, integer=True)
         q_w, s_w = _int_kernel(self, kshape)
         shift = 128.0 if (not spec.a_signed and spec.a_bits == 8) else 0.0
-        q_x = (q_x - shift).astype(jnp.int8)
-        if q_x.shape[-1] % 4:
-            # cuDNN's int8 convolutions want input channels in multiples of 4 (the RGB stem has 3):
-            # zero codes times zero weights add nothing.
-            extra = (0, -q_x.shape[-1] % 4)
-            q_x = jnp.pad(q_x, [(0, 0)] * 3 + [extra])
-            q_w = jnp.pad(q_w, [(0, 0)] * 2 + [extra, (0, 0)])
-        conv = lambda a, b, t: lax.conv_general_dilated(
-            a, b, tuple(self.strides), pads, dimension_numbers=_DN, preferred_element_type=t
+        q_x = jnp.pad(q_x - shift, [(0, 0), *pads, (0, 0)], constant_values=-shift).astype(jnp.int8)
+        acc = lax.conv_general_dilated(
+            q_x, q_w, tuple(self.strides), "VALID", dimension_numbers=_DN, preferred_element_type=jnp.float32
         )
-        acc = conv(q_x, q_w, jnp.float32)
         if shift:
-            # The conv zero-pads the shifted codes, so each output gets 128 * (sum of W over the
-            # taps inside the image) back: a batch-independent map, computed on one all-ones image.
-            ones = jnp.ones((1, *q_x.shape[1:]), jnp.float32)
-            acc = acc + shift * conv(ones, q_w.astype(jnp.float32), jnp.float32)
+            acc = acc + shift * jnp.sum(q_w.astype(jnp.float32), axis=(0, 1, 2))
         return acc / (s_x * s_w)
 
 

@@ -1,0 +1,87 @@
+"""The training-step benchmark harness, on a tiny model on the CPU."""
+
+import pytest
+
+from benchmarks import baselines, train_step
+from benchmarks.plain_resnet import PlainResNet
+
+CASE = train_step.Case("resnet8", 16, 8, "float32")
+ROWS = (
+    ("plain_flax", "float", "flax"),
+    ("qresnet", "float", "qresnet"),
+    ("qresnet", "w4a4_ends8", "qresnet"),
+    ("aqt", "w8a8", "conv"),
+    ("aqt", "w8a8", "im2col"),
+    ("qwix", "w8", "weight_only"),
+)
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "rows.jsonl"
+    train_step.run([CASE], ROWS, steps=2, warmup=2, out=out)
+    return out, {(r["library"], r["setting"], r["path"]): r for r in train_step.read_rows(out)}
+
+
+def test_every_row_is_recorded_with_the_issue_fields(rows):
+    _, by_key = rows
+    assert set(by_key) == set(ROWS)
+    for r in by_key.values():
+        for field in ("library", "model", "setting", "dtype", "batch", "device", "commit", "versions"):
+            assert field in r, field
+        assert r["step_ms"] > 0 and r["images_per_s"] == pytest.approx(8 / (r["step_ms"] / 1e3), rel=1e-2)
+
+
+def test_plain_flax_is_the_float_qresnet_model(rows):
+    # Same architecture, parameter names and initialisation: the same loss and stem gradient.
+    _, by_key = rows
+    plain, ours = by_key[("plain_flax", "float", "flax")], by_key[("qresnet", "float", "qresnet")]
+    assert plain["loss"] == pytest.approx(ours["loss"], rel=1e-5)
+    assert plain["stem_grad_norm"] == pytest.approx(ours["stem_grad_norm"], rel=1e-4)
+
+
+def test_a_conv_path_without_gradient_is_flagged(rows):
+    _, by_key = rows
+    aqt_conv = by_key[("aqt", "w8a8", "conv")]
+    assert aqt_conv["stem_grad_norm"] == 0.0 and "zero gradient" in aqt_conv["error"]
+    for key in (("aqt", "w8a8", "im2col"), ("qresnet", "w4a4_ends8", "qresnet"), ("qwix", "w8", "weight_only")):
+        assert by_key[key]["stem_grad_norm"] > 0 and "error" not in by_key[key], key
+
+
+def test_rerun_skips_recorded_rows_and_report_has_ratios(rows, capsys):
+    out, _ = rows
+    before = out.read_text()
+    train_step.run([CASE], ROWS, steps=2, warmup=2, out=out)
+    assert out.read_text() == before
+    assert train_step.main(["--report", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| qresnet | w4a4_ends8 |" in table and "1.00x" in table
+
+
+def test_bad_arguments_are_named(capsys):
+    assert train_step.main(["--case", "resnet8:16:8"]) == 2
+    assert "MODEL:IMAGE_SIZE:BATCH:DTYPE" in capsys.readouterr().err
+    assert train_step.main(["--case", "resnet8:16:8:int3"]) == 2
+    assert "dtype must be one of" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown libraries"):
+        train_step.run([CASE], libraries=["tensorrt"])
+    with pytest.raises(ValueError, match="AQT setting"):
+        baselines.aqt_model("resnet8", 10, "float32", "w2a2", "im2col")
+
+
+def test_plain_resnet_has_the_parameters_of_qresnet():
+    import jax
+    import jax.numpy as jnp
+
+    from qresnet import resnet
+
+    def params(model):
+        return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"])
+
+    plain = params(PlainResNet("resnet50", 1000))
+    ours = params(resnet.create_model("resnet50", num_classes=1000))
+    assert jax.tree.structure(plain) == jax.tree.structure(ours)
+    assert jax.tree.leaves(jax.tree.map(lambda a, b: a.shape == b.shape, plain, ours)) == [True] * len(
+        jax.tree.leaves(ours)
+    )
+    assert tuple(resnet.kernel_paths(plain)) == resnet.layer_names("resnet50", 1.0, 1000, (224, 224, 3))
