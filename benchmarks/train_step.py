@@ -16,8 +16,10 @@ SGD), jitted once, on synthetic uint8 data; only the model differs:
   (`benchmarks.baselines`; optional: `pip install -e ".[bench]"`).
 
 A row reports the median of `--steps` timed steps after `--warmup` steps
-(compilation included in warm-up), each ended by `block_until_ready`, and the
-norm of the cross-entropy gradient at the stem kernel (0 means the step does not
+(compilation included in warm-up), each ended by `block_until_ready` and
+followed by one step of the case's qresnet float model, whose median is recorded
+beside it (`float_step_ms`, `vs_float`: ratios from the same stretch of time),
+and the norm of the cross-entropy gradient at the stem kernel (0 means the step does not
 train the convs). A library that fails gets a row with `error`. Rows go to
 `--out` as JSON lines, rewritten atomically after each row; rows already there
 for the same device are skipped, so a long benchmark resumes across calls.
@@ -144,8 +146,34 @@ def _stem_kernel(grads) -> jax.Array:
     raise KeyError("no stem kernel in the gradients")
 
 
-def time_row(library: str, setting: str, path: str, case: Case, *, steps: int, warmup: int) -> dict[str, Any]:
-    """Builds, compiles and times one row's train step; returns its measurements."""
+@dataclasses.dataclass
+class Prepared:
+    """A row's compiled step with its state and data, ready to time."""
+
+    step: Any
+    state: Any
+    images: jax.Array
+    labels: jax.Array
+    keys: jax.Array
+    stem_grad_norm: float
+    warmup_s: float
+    i: int = 0
+    loss: float = float("nan")
+
+    def time_one(self) -> float:
+        """Runs one step to completion; returns its seconds."""
+        key = self.keys[self.i % self.keys.shape[0]]
+        t = time.perf_counter()
+        self.state, (loss, _) = self.step(self.state, self.images, self.labels, key)
+        jax.block_until_ready(loss)
+        elapsed = time.perf_counter() - t
+        self.i += 1
+        self.loss = loss
+        return elapsed
+
+
+def prepare(library: str, setting: str, path: str, case: Case, *, warmup: int) -> Prepared:
+    """Builds one row's model and step, compiles it and runs the warm-up steps."""
     run = run_spec(case, "float" if library != "qresnet" else setting, act_start_step=warmup)
     model = build_model(library, setting, path, case, run)
     key = jax.random.key(0)
@@ -159,35 +187,41 @@ def time_row(library: str, setting: str, path: str, case: Case, *, steps: int, w
     if act_quant:  # no calibration steps: start the EMA bounds at 1
         state = state.replace(quant_stats=jax.tree.map(jnp.ones_like, state.quant_stats))
     step = jax.jit(functools.partial(train.train_step, run, model=model, act_quant=act_quant), donate_argnums=(0,))
-    keys = jax.random.split(key, warmup + steps)
+    row = Prepared(step, state, images, labels, jax.random.split(key, 64), 0.0, 0.0)
     t0 = time.perf_counter()
-    for i in range(warmup):
-        state, (loss, _) = step(state, images, labels, keys[i])
-        jax.block_until_ready(loss)
-    warmup_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        row.time_one()
+    row.warmup_s = time.perf_counter() - t0
 
     # Cross-entropy only (no L2), so a conv that passes no gradient shows 0.
     no_l2 = dataclasses.replace(run, weight_decay=0.0)
     x = data.normalize(images, case.info)
-    grads, _ = jax.jit(functools.partial(train.gradients, no_l2, model, act_quant=act_quant))(state, x, labels)
-    stem_grad_norm = float(jnp.linalg.norm(_stem_kernel(grads).astype(jnp.float32)))
-    del grads
+    grads, _ = jax.jit(functools.partial(train.gradients, no_l2, model, act_quant=act_quant))(row.state, x, labels)
+    row.stem_grad_norm = float(jnp.linalg.norm(_stem_kernel(grads).astype(jnp.float32)))
+    return row
 
-    times = []
-    for i in range(warmup, warmup + steps):
-        t = time.perf_counter()
-        state, (loss, _) = step(state, images, labels, keys[i])
-        jax.block_until_ready(loss)
-        times.append(time.perf_counter() - t)
+
+def time_row(row: Prepared, reference: Prepared | None, case: Case, *, steps: int) -> dict[str, Any]:
+    """Times `steps` steps of `row`, each followed by one step of `reference` (the case's
+    qresnet float step), so both medians come from the same stretch of time."""
+    times, ref_times = [], []
+    for _ in range(steps):
+        times.append(row.time_one())
+        if reference is not None:
+            ref_times.append(reference.time_one())
     median = statistics.median(times)
-    return {
+    out = {
         "step_ms": round(1e3 * median, 3),
         "images_per_s": round(case.batch / median, 1),
-        "stem_grad_norm": stem_grad_norm,
-        "loss": float(loss),
-        "warmup_s": round(warmup_s, 2),
+        "stem_grad_norm": row.stem_grad_norm,
+        "loss": float(row.loss),
+        "warmup_s": round(row.warmup_s, 2),
         "steps": steps,
     }
+    if ref_times:
+        ref = statistics.median(ref_times)
+        out |= {"float_step_ms": round(1e3 * ref, 3), "vs_float": round(median / ref, 4)}
+    return out
 
 
 def _version(package: str) -> str | None:
@@ -221,6 +255,7 @@ def run(
     steps: int = 20,
     warmup: int = 3,
     out: str | Path | None = None,
+    interleave: bool = True,
 ) -> list[dict[str, Any]]:
     """Times every (case, row) not already in `out`; prints and records each.
 
@@ -231,6 +266,9 @@ def run(
       steps: timed steps (median reported); the issue asks for >= 20.
       warmup: untimed steps first (compilation).
       out: JSON-lines file, resumed and rewritten atomically after every row.
+      interleave: time each row's steps alternating with the case's qresnet float
+        step, and record that reference's median (`float_step_ms`) and the ratio
+        (`vs_float`), so ratios compare the same stretch of time.
 
     Returns:
       All rows in `out` (or measured, without `out`).
@@ -243,6 +281,7 @@ def run(
     done = read_rows(out) if out else []
     have = {row_key(r) for r in done}
     for case in cases:
+        reference = None
         for library, setting, path in rows:
             if library not in libraries:
                 continue
@@ -260,7 +299,11 @@ def run(
             if row_key(row) in have:
                 continue
             try:
-                row.update(time_row(library, setting, path, case, steps=steps, warmup=warmup))
+                if reference is None and interleave:
+                    reference = prepare("qresnet", "float", "qresnet", case, warmup=warmup)
+                prepared = prepare(library, setting, path, case, warmup=warmup)
+                row.update(time_row(prepared, reference, case, steps=steps))
+                del prepared
                 if row["stem_grad_norm"] == 0.0:
                     row["error"] = "zero gradient at the stem kernel: this conv path does not train (no STE)"
                 elif not math.isfinite(row["loss"]):
@@ -282,8 +325,8 @@ def report(rows: list[dict[str, Any]]) -> str:
     """Markdown tables: every row, and the ratios the issue asks for, per case and device."""
     lines = [
         "| device | model | dtype | batch | library | setting | path | step ms | images/s | stem grad | "
-        "vs qresnet float | error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "vs qresnet float row | vs float, side by side | error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     floats = {
         (r["device"], r["model"], r["dtype"], r["batch"]): r["step_ms"]
@@ -296,7 +339,8 @@ def report(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['device']} | {r['model']} | {r['dtype']} | {r['batch']} | {r['library']} | {r['setting']} | "
             f"{r['path']} | {_fmt(r.get('step_ms'))} | {_fmt(r.get('images_per_s'), 0)} | "
-            f"{_fmt(r.get('stem_grad_norm'), 4)} | {_fmt(ratio)}x | {r.get('error', '')[:160]} |"
+            f"{_fmt(r.get('stem_grad_norm'), 4)} | {_fmt(ratio)}x | {_fmt(r.get('vs_float'), 3)}x | "
+            f"{r.get('error', '')[:160]} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -40,6 +40,13 @@ def test_plain_flax_is_the_float_qresnet_model(rows):
     assert plain["stem_grad_norm"] == pytest.approx(ours["stem_grad_norm"], rel=1e-4)
 
 
+def test_rows_are_timed_beside_the_float_step(rows):
+    _, by_key = rows
+    for r in by_key.values():
+        if "error" not in r:
+            assert r["vs_float"] == pytest.approx(r["step_ms"] / r["float_step_ms"], rel=1e-2)
+
+
 def test_a_conv_path_without_gradient_is_flagged(rows):
     _, by_key = rows
     aqt_conv = by_key[("aqt", "w8a8", "conv")]
