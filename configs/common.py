@@ -28,6 +28,10 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.dataset.synthetic_test = 256
     c.dataset.train_subset = 0  # Use only the first N training examples (0 = all).
     c.dataset.test_subset = 0  # Use only the first N test examples (0 = all).
+    # Streaming datasets (imagenet2012) only:
+    c.dataset.tfds_name = ""  # TFDS dataset to read ("" = dataset.name), prepared as array_record in tfds_dir.
+    c.dataset.image_size = 0  # Crop size (0 = the dataset's, 224).
+    c.dataset.workers = 8  # Decoding processes (0 = in the training process).
 
     # Quantization
     c.quant = ml_collections.ConfigDict()

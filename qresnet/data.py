@@ -47,6 +47,11 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    @property
+    def streaming(self) -> bool:
+        """Too large to hold on the accelerator: streams through `qresnet.imagenet_input`."""
+        return self.name == "imagenet2012"
+
 
 _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 INFOS = {

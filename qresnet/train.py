@@ -35,7 +35,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from qresnet import config_lib, cost, data, resnet, results, tensorboard
+from qresnet import config_lib, cost, data, imagenet_input, resnet, results, tensorboard
 from qresnet.quant import specs as specs_lib
 
 
@@ -400,32 +400,41 @@ def train_and_evaluate(
     if done is not None:
         return done
 
-    arrays = data.load(
-        config.dataset.name,
-        config.dataset.data_dir,
-        (config.dataset.synthetic_train, config.dataset.synthetic_test),
-        via_tfds=config.dataset.via_tfds,
-        tfds_dir=config.dataset.tfds_dir,
-    )
-    arrays = _subset(arrays, config.dataset.train_subset, config.dataset.test_subset)
-    run = make_run_spec(config, len(arrays.train_labels), specs)
+    info = data.dataset_info(config.dataset.name)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    key = jax.random.key(config.seed)
+    if info.streaming:
+        if config.dataset.train_subset or config.dataset.test_subset:
+            raise TrainError(
+                f"dataset.train_subset/test_subset apply to in-memory datasets, not to streaming {info.name}; "
+                "prepare a smaller TFDS dataset and name it with --config.dataset.tfds_name"
+            )
+        stream = stream_spec(config)
+        sources = {s: imagenet_input.open_source(stream, s) for s in (stream.train_split, stream.eval_split)}
+        n_train, n_test = len(sources[stream.train_split]), len(sources[stream.eval_split])
+        # The input pipeline crops and flips on the host.
+        run = dataclasses.replace(make_run_spec(config, n_train, specs), crop_pad=0, flip=False)
+        feed = _streaming_feed(config, run, mesh, key, stream, sources)
+    else:
+        arrays = data.load(
+            config.dataset.name,
+            config.dataset.data_dir,
+            (config.dataset.synthetic_train, config.dataset.synthetic_test),
+            via_tfds=config.dataset.via_tfds,
+            tfds_dir=config.dataset.tfds_dir,
+        )
+        arrays = _subset(arrays, config.dataset.train_subset, config.dataset.test_subset)
+        n_train, n_test = len(arrays.train_labels), len(arrays.test_labels)
+        run = make_run_spec(config, n_train, specs)
+        feed = _in_memory_feed(config, run, mesh, key, arrays)
     workdir.mkdir(parents=True, exist_ok=True)
     results.atomic_write_json(
         workdir / "config.json",
         {**record, "act_start_step": run.act_start_step, "steps_per_epoch": run.steps_per_epoch},
     )
 
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     replicated = NamedSharding(mesh, P())
-    train_images = jax.device_put(arrays.train_images, replicated)
-    train_labels = jax.device_put(arrays.train_labels, replicated)
-    ev = [
-        jax.device_put(a, replicated)
-        for a in _eval_batches(arrays.test_images, arrays.test_labels, config.eval_batch_size)
-    ]
-
-    key = jax.random.key(config.seed)
-    sample = data.normalize(train_images[: run.batch_size], run.info)
+    sample = data.normalize(jnp.asarray(feed.sample), run.info)
     state = jax.jit(functools.partial(create_train_state, run), out_shardings=replicated)(
         jax.random.fold_in(key, 0), sample
     )
@@ -435,24 +444,18 @@ def train_and_evaluate(
     results.atomic_write_text(workdir / "metrics.jsonl", "".join(results.to_json_line(h) for h in history))
 
     writer = tensorboard.SummaryWriter(workdir / "tb")
-    epoch_fn = jax.jit(functools.partial(train_epoch, run, mesh), donate_argnums=(0,))
-    eval_fn = jax.jit(functools.partial(evaluate_all, run))
-    n_train, n_test = len(arrays.train_labels), len(arrays.test_labels)
     images_per_epoch = run.steps_per_epoch * run.batch_size
     timed_images, timed_s = 0, 0.0
     t_run = time.perf_counter()
     for epoch in range(start_epoch, run.num_epochs):
-        idx = jax.device_put(_epoch_indices(config.seed, epoch, n_train, run), NamedSharding(mesh, P(None, "data")))
         t0 = time.perf_counter()
-        state, losses, correct = _run_epoch(
-            epoch_fn, run, state, train_images, train_labels, idx, jax.random.fold_in(key, epoch + 1)
-        )
+        state, losses, correct = _oom_advice(run, feed.train_epoch, state, epoch)
         dt = time.perf_counter() - t0
         _check_finite(losses, epoch, run)
         if epoch > start_epoch:  # The first epoch of a process includes compilation.
             timed_images += images_per_epoch
             timed_s += dt
-        loss_sum, eval_correct = eval_fn(state, *ev)
+        loss_sum, eval_correct = feed.evaluate(state)
         row = {
             "epoch": epoch + 1,
             "step": (epoch + 1) * run.steps_per_epoch,
@@ -522,11 +525,10 @@ def _epoch_indices(seed: int, epoch: int, n_train: int, run: RunSpec) -> np.ndar
     return perm.reshape(run.steps_per_epoch, run.batch_size).astype(np.int32)
 
 
-def _run_epoch(epoch_fn, run: RunSpec, state, images, labels, idx, key):
-    """One compiled epoch; an out-of-memory error becomes advice on the batch size."""
+def _oom_advice(run: RunSpec, fn, *args):
+    """Calls fn; an out-of-memory error becomes advice on the batch size."""
     try:
-        state, (losses, correct) = epoch_fn(state, images, labels, idx, key)
-        return state, np.asarray(losses), np.asarray(correct)
+        return fn(*args)
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
             smaller = max(run.batch_size // 2, jax.device_count())
@@ -534,6 +536,79 @@ def _run_epoch(epoch_fn, run: RunSpec, state, images, labels, idx, key):
                 f"out of memory at batch size {run.batch_size}; try --config.optim.batch_size={smaller}"
             ) from e
         raise
+
+
+@dataclasses.dataclass
+class _Feed:
+    """A run's data: an init sample, one epoch of training, and the eval sums."""
+
+    sample: Any  # uint8 batch for initialisation
+    train_epoch: Any  # (state, epoch) -> (state, losses (steps,), correct (steps,))
+    evaluate: Any  # state -> (loss sum, correct count)
+
+
+def _in_memory_feed(config, run: RunSpec, mesh, key, arrays: data.Arrays) -> _Feed:
+    """The whole dataset on the devices; an epoch is one compiled scan."""
+    replicated = NamedSharding(mesh, P())
+    train_images = jax.device_put(arrays.train_images, replicated)
+    train_labels = jax.device_put(arrays.train_labels, replicated)
+    ev = [
+        jax.device_put(a, replicated)
+        for a in _eval_batches(arrays.test_images, arrays.test_labels, config.eval_batch_size)
+    ]
+    epoch_fn = jax.jit(functools.partial(train_epoch, run, mesh), donate_argnums=(0,))
+    eval_fn = jax.jit(functools.partial(evaluate_all, run))
+    n_train = len(arrays.train_labels)
+
+    def one_epoch(state, epoch):
+        idx = jax.device_put(_epoch_indices(config.seed, epoch, n_train, run), NamedSharding(mesh, P(None, "data")))
+        state, (losses, correct) = epoch_fn(state, train_images, train_labels, idx, jax.random.fold_in(key, epoch + 1))
+        return state, np.asarray(losses), np.asarray(correct)
+
+    return _Feed(arrays.train_images[: run.batch_size], one_epoch, lambda state: eval_fn(state, *ev))
+
+
+def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
+    """The streaming input's settings from a config."""
+    info = data.dataset_info(config.dataset.name)
+    return imagenet_input.StreamSpec(
+        tfds_name=config.dataset.tfds_name or info.name,
+        data_dir=config.dataset.tfds_dir,
+        image_size=config.dataset.image_size or info.image_shape[0],
+        batch_size=config.optim.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        workers=config.dataset.workers,
+    )
+
+
+def _streaming_feed(config, run: RunSpec, mesh, key, stream: imagenet_input.StreamSpec, sources) -> _Feed:
+    """Batches from the input pipeline, one jitted step each (the host prepares the next meanwhile)."""
+    batch = NamedSharding(mesh, P("data"))
+    eval_sharding = batch if stream.eval_batch_size % mesh.size == 0 else NamedSharding(mesh, P())
+    step_fn = jax.jit(functools.partial(train_step, run), donate_argnums=(0,))
+    eval_fn = jax.jit(functools.partial(eval_step, run))
+    train_src, eval_src = sources[stream.train_split], sources[stream.eval_split]
+
+    def one_epoch(state, epoch):
+        k = jax.random.fold_in(key, epoch + 1)
+        losses, correct = [], []
+        batches = imagenet_input.train_batches(stream, train_src, seed=config.seed, epoch=epoch)
+        for i, b in zip(range(run.steps_per_epoch), batches):
+            images, labels = jax.device_put(b["image"], batch), jax.device_put(b["label"], batch)
+            state, (loss, right) = step_fn(state, images, labels, jax.random.fold_in(k, i))
+            losses.append(loss)
+            correct.append(right)
+        return state, np.asarray(jnp.stack(losses)), np.asarray(jnp.stack(correct))
+
+    def evaluate(state):
+        loss_sum, correct = jnp.zeros(()), jnp.zeros(())
+        for b in imagenet_input.eval_batches(stream, eval_src):
+            loss, right = eval_fn(state, *(jax.device_put(b[k], eval_sharding) for k in ("image", "label", "mask")))
+            loss_sum, correct = loss_sum + loss, correct + right
+        return loss_sum, correct
+
+    sample = next(imagenet_input.eval_batches(dataclasses.replace(stream, workers=0), eval_src))["image"]
+    return _Feed(sample[: run.batch_size], one_epoch, evaluate)
 
 
 def _check_finite(losses: np.ndarray, epoch: int, run: RunSpec) -> None:

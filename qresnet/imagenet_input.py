@@ -1,0 +1,209 @@
+"""Streaming input for ImageNet-sized datasets: TFDS array_record read by grain, the paper's preprocessing.
+
+Datasets too large to hold on the accelerator (`imagenet2012`) stream from a
+prepared TFDS dataset through `tfds.data_source` (array_record; no TensorFlow
+needed to read it) and a grain pipeline whose worker processes decode and crop:
+
+- train (paper.md section 4): an Inception crop as TensorFlow's
+  `sample_distorted_bounding_box` draws it (area 0.08-1 of the image, aspect
+  ratio 3/4-4/3, 10 attempts, then the center crop below), bicubic resize to the
+  model's size, random horizontal flip;
+- eval: the central square of side size/(size+32) of the shorter side, bicubic
+  resize.
+
+Batches leave as uint8 (N, S, S, 3) with int32 labels; mean/std normalisation
+happens on the device (`data.normalize`). Every random choice is a function of
+(seed, epoch, example), so an epoch is reproducible and a run resumed at an epoch
+boundary sees the same data. TFDS prepares `imagenet2012` as TFRecord by
+default; for streaming prepare it as array_record:
+`tfds build imagenet2012 --manual_dir DIR --file_format=array_record`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+EVAL_PAD = 32  # eval crop = size / (size + 32) of the shorter side (224 of 256)
+
+
+class InputError(RuntimeError):
+    """A streaming dataset that cannot be opened; the message says what to prepare."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+    """Where and how to stream: TFDS name and data dir, output size, batch, workers."""
+
+    tfds_name: str
+    data_dir: str
+    image_size: int
+    batch_size: int
+    eval_batch_size: int
+    workers: int = 0
+    train_split: str = "train"
+    eval_split: str = "validation"
+
+
+def center_crop_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of the central square of side size/(size+32) of the shorter side."""
+    side = int(size / (size + EVAL_PAD) * min(height, width))
+    side = max(side, 1)
+    return (height - side + 1) // 2, (width - side + 1) // 2, side, side
+
+
+def inception_crop_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    size: int,
+    area: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random crop covering `area` of the image with aspect w/h in `ratio`.
+
+    Args:
+      rng: the example's generator.
+      height, width: the image's size.
+      size: the output size (for the fallback center crop).
+      area: range of the crop's share of the image area.
+      ratio: range of the crop's aspect ratio (width / height), drawn uniformly.
+      attempts: draws before falling back to `center_crop_box`.
+
+    Returns:
+      The crop box, inside the image.
+    """
+    total = height * width
+    for _ in range(attempts):
+        target = rng.uniform(*area) * total
+        aspect = rng.uniform(*ratio)
+        h = int(round(math.sqrt(target / aspect)))
+        w = int(round(math.sqrt(target * aspect)))
+        if 0 < h <= height and 0 < w <= width:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    return center_crop_box(height, width, size)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """HxW, HxWx1 or HxWx4 uint8 -> HxWx3 (ImageNet has a few grey and CMYK-decoded images)."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    return image[..., :3]
+
+
+def crop_and_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """The box of `image`, bicubic-resized to size x size, uint8."""
+    from PIL import Image
+
+    top, left, h, w = box
+    pil = Image.fromarray(_rgb(np.asarray(image)))
+    return np.asarray(pil.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h)), np.uint8)
+
+
+def train_example(example: dict[str, Any], rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
+    """Inception crop, resize and random flip of one decoded example."""
+    image = _rgb(np.asarray(example["image"]))
+    box = inception_crop_box(rng, image.shape[0], image.shape[1], size)
+    out = crop_and_resize(image, box, size)
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    return {"image": np.ascontiguousarray(out), "label": np.int32(example["label"])}
+
+
+def eval_example(example: dict[str, Any], size: int) -> dict[str, np.ndarray]:
+    """Center crop and resize of one decoded example."""
+    image = _rgb(np.asarray(example["image"]))
+    out = crop_and_resize(image, center_crop_box(image.shape[0], image.shape[1], size), size)
+    return {"image": out, "label": np.int32(example["label"])}
+
+
+def open_source(spec: StreamSpec, split: str):
+    """The split as a random-access `tfds.data_source`; errors name what to prepare."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise InputError("streaming datasets need tensorflow-datasets: pip install tensorflow-datasets") from e
+    try:
+        return tfds.data_source(spec.tfds_name, split=split, data_dir=spec.data_dir or None, download=False)
+    except Exception as e:  # noqa: BLE001 - TFDS raises many types for a missing or unprepared dataset
+        raise InputError(
+            f"cannot open TFDS dataset {spec.tfds_name!r} split {split!r} in "
+            f"{spec.data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'} ({type(e).__name__}: {e}); prepare it as "
+            f"array_record, e.g. `tfds build {spec.tfds_name} --file_format=array_record` (imagenet2012 also needs "
+            "--manual_dir with the downloaded tars), and set --config.dataset.tfds_dir"
+        ) from e
+
+
+def _grain():
+    try:
+        import grain
+    except ImportError as e:
+        raise InputError("streaming datasets need grain: pip install grain") from e
+    return grain
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of shuffled, augmented, full batches (the remainder is dropped).
+
+    Args:
+      spec: sizes and workers.
+      source: the train split (`open_source`).
+      seed: the run's seed.
+      epoch: the epoch, 0-based; order and crops are a function of (seed, epoch).
+
+    Returns:
+      An iterator of {"image": uint8 (B, S, S, 3), "label": int32 (B,)}.
+    """
+    grain = _grain()
+    epoch_seed = _epoch_seed(seed, epoch)
+    size = spec.image_size
+    ds = (
+        grain.MapDataset.source(source)
+        .shuffle(seed=epoch_seed)
+        .random_map(lambda ex, rng: train_example(ex, rng, size), seed=epoch_seed)
+        .batch(spec.batch_size, drop_remainder=True)
+    )
+    return iter(_parallel(grain, ds, spec.workers))
+
+
+def eval_batches(spec: StreamSpec, source) -> Iterator[dict[str, np.ndarray]]:
+    """The eval split in order, in batches of eval_batch_size, the last one padded.
+
+    Returns:
+      An iterator of {"image", "label", "mask"}; mask is 1.0 for real examples.
+    """
+    grain = _grain()
+    size, batch = spec.image_size, spec.eval_batch_size
+    ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size)).batch(batch, drop_remainder=False)
+    for b in _parallel(grain, ds, spec.workers):
+        n = len(b["label"])
+        pad = batch - n
+        yield {
+            "image": np.concatenate([b["image"], np.zeros((pad, *b["image"].shape[1:]), np.uint8)]),
+            "label": np.concatenate([b["label"], np.zeros(pad, np.int32)]),
+            "mask": np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]),
+        }
+
+
+def _parallel(grain, ds, workers: int):
+    if workers <= 0:
+        return ds
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; qresnet's CLI parses with argparse
+        flags.FLAGS.mark_as_parsed()
+    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    return iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))

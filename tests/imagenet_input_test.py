@@ -1,0 +1,141 @@
+"""Streaming input: a tiny ImageNet-shaped TFDS dataset (JPEG images of mixed sizes, 1000 classes) made here."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from qresnet import config_lib, data, imagenet_input, train
+
+ROOT = Path(__file__).resolve().parent.parent
+NAME = "tiny_imagenet_qresnet_test"
+
+
+class TinyImagenetQresnetTest(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """imagenet2012's features (a JPEG `image`, a 1000-class `label`) on 40 + 10 small random images."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = tfds.features.FeaturesDict(
+            {"image": tfds.features.Image(encoding_format="jpeg"), "label": tfds.features.ClassLabel(num_classes=1000)}
+        )
+        return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(0, 40), "validation": self._generate_examples(1, 10)}
+
+    def _generate_examples(self, seed, n):
+        rng = np.random.default_rng(seed)
+        for i in range(n):
+            h, w = (int(v) for v in rng.integers(24, 72, 2))
+            shape = (h, w) if i == 3 else (h, w, 3)  # one greyscale image, as ImageNet has
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, "JPEG")
+            yield i, {"image": buf.getvalue(), "label": int(rng.integers(0, 1000))}
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tfds")
+    TinyImagenetQresnetTest(data_dir=str(root), file_format="array_record").download_and_prepare()
+    return str(root)
+
+
+def spec(tfds_dir, workers=0, batch=8):
+    return imagenet_input.StreamSpec(NAME, tfds_dir, 32, batch, 4, workers=workers)
+
+
+def test_inception_crop_boxes_follow_the_paper():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        h, w = (int(v) for v in rng.integers(8, 300, 2))
+        top, left, ch, cw = imagenet_input.inception_crop_box(rng, h, w, 224)
+        assert top >= 0 and top + ch <= h and left >= 0 and left + cw <= w
+        if (ch, cw) != imagenet_input.center_crop_box(h, w, 224)[2:]:
+            # area 0.08..1 and aspect 3/4..4/3, up to rounding to whole pixels
+            assert 0.08 * h * w - (ch + cw) <= ch * cw <= h * w
+            assert 3 / 4 - 1.5 / ch <= cw / ch <= 4 / 3 + 1.5 / ch
+
+
+def test_center_crop_is_224_of_256_of_the_shorter_side():
+    assert imagenet_input.center_crop_box(256, 320, 224) == (16, 48, 224, 224)
+    assert imagenet_input.center_crop_box(500, 375, 224) == (86, 24, 328, 328)  # 328 = int(375 * 224 / 256)
+
+
+def test_a_crop_the_image_cannot_hold_falls_back_to_the_center_crop():
+    rng = np.random.default_rng(0)
+    # With area >= 1 and an aspect far from the image's, no draw fits.
+    box = imagenet_input.inception_crop_box(rng, 10, 200, 224, area=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert box == imagenet_input.center_crop_box(10, 200, 224)
+
+
+def test_train_batches_are_uint8_full_and_a_function_of_seed_and_epoch(tfds_dir):
+    s = spec(tfds_dir)
+    src = imagenet_input.open_source(s, "train")
+    assert len(src) == 40
+    a = list(imagenet_input.train_batches(s, src, seed=0, epoch=0))
+    assert len(a) == 5 and a[0]["image"].shape == (8, 32, 32, 3) and a[0]["image"].dtype == np.uint8
+    assert a[0]["label"].dtype == np.int32
+    b = list(imagenet_input.train_batches(s, src, seed=0, epoch=0))
+    c = list(imagenet_input.train_batches(s, src, seed=0, epoch=1))
+    assert all((x["image"] == y["image"]).all() for x, y in zip(a, b))
+    assert not all((x["label"] == y["label"]).all() for x, y in zip(a, c))
+    # Every example once per epoch.
+    assert sorted(np.concatenate([x["label"] for x in a])) == sorted(src[i]["label"] for i in range(40))
+
+
+def test_worker_processes_give_the_same_batches(tfds_dir):
+    src = imagenet_input.open_source(spec(tfds_dir), "train")
+    inline = list(imagenet_input.train_batches(spec(tfds_dir), src, seed=3, epoch=2))
+    workers = list(imagenet_input.train_batches(spec(tfds_dir, workers=2), src, seed=3, epoch=2))
+    assert len(inline) == len(workers)
+    assert all((x["image"] == y["image"]).all() for x, y in zip(inline, workers))
+
+
+def test_eval_batches_cover_the_split_once_with_a_mask(tfds_dir):
+    s = spec(tfds_dir)
+    src = imagenet_input.open_source(s, "validation")
+    batches = list(imagenet_input.eval_batches(s, src))
+    assert [b["mask"].sum() for b in batches] == [4, 4, 2]
+    assert all(b["image"].shape == (4, 32, 32, 3) for b in batches)
+    first = imagenet_input.eval_example(src[0], 32)["image"]
+    np.testing.assert_array_equal(batches[0]["image"][0], first)
+
+
+def test_missing_dataset_names_what_to_prepare(tmp_path):
+    with pytest.raises(imagenet_input.InputError, match="tfds build imagenet2012 --file_format=array_record"):
+        imagenet_input.open_source(imagenet_input.StreamSpec("imagenet2012", str(tmp_path), 224, 8, 8), "train")
+
+
+def test_train_streams_an_imagenet_shaped_dataset(tfds_dir, tmp_path):
+    overrides = [
+        "--config.dataset.name=imagenet2012",
+        f"--config.dataset.tfds_name={NAME}",
+        f"--config.dataset.tfds_dir={tfds_dir}",
+        "--config.dataset.image_size=32",
+        "--config.dataset.workers=0",
+        "--config.model.name=resnet18",
+        "--config.model.width=0.125",
+        "--config.model.dtype=float32",
+        "--config.optim.batch_size=8",
+        "--config.optim.num_epochs=2",
+        "--config.optim.warmup_epochs=0.5",
+        "--config.optim.cooldown_epochs=0.0",
+        "--config.quant.act_start_step=5",
+        "--config.eval_batch_size=4",
+        "--config.checkpoint_every_epochs=1",
+    ]
+    config = config_lib.load_config(ROOT / "configs/imagenet/resnet50_w4a4_ends8.py", overrides)
+    result = train.train_and_evaluate(config, tmp_path / "run", quiet=True)
+    assert result["dataset"] == "imagenet2012" and result["epochs"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10]  # 40 examples / batch 8
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["eval_top1"] <= 1 for r in rows)
+    assert data.dataset_info("imagenet2012").streaming and not data.dataset_info("cifar10").streaming
+    # Re-running resumes: the finished run is returned, not retrained.
+    assert train.train_and_evaluate(config, tmp_path / "run", quiet=True)["wall_s"] == result["wall_s"]
