@@ -39,7 +39,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
     if command == "eval":
         p.add_argument("--export", required=True, help="a file written by qresnet export")
         p.add_argument("--compare", help="the run's workdir: also report agreement with its fake-quant model")
-        p.add_argument("--data-dir", default="", help="where the dataset's files are")
+        p.add_argument(
+            "--data-dir", default="", help="where the dataset's files are (the TFDS data dir for imagenet2012)"
+        )
     if command == "bench-int":
         p.add_argument("--case", action="append", help="MODEL:IMAGE_SIZE:BATCH (repeatable)")
         p.add_argument("--iters", type=int, default=20)
@@ -121,18 +123,13 @@ def _export(ns) -> int:
 
 
 def _eval(ns) -> int:
-    import numpy as np
-
-    from qresnet import data, export
+    from qresnet import export
 
     if ns.compare:
         print(json.dumps(export.equivalence(ns.compare, ns.export, ns.data_dir)))
         return 0
     header, variables = export.read(ns.export)
-    arrays = data.load(header["dataset"], ns.data_dir)
-    logits = export.predict(header, variables, arrays.test_images)
-    top1 = float(np.mean(logits.argmax(1) == arrays.test_labels))
-    print(json.dumps({"model": header["model"], "setting": header["setting"], "top1_int": top1}))
+    print(json.dumps(export.evaluate(header, variables, ns.data_dir)))
     return 0
 
 

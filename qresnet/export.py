@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from qresnet import data, resnet, results
+from qresnet import data, imagenet_input, resnet, results
 from qresnet.quant import int_layers
 from qresnet.quant import specs as specs_lib
 
@@ -263,21 +263,79 @@ def export_run(workdir: str | Path, out: str | Path) -> Path:
         "dataset": info.name,
         "setting": config.setting,
     }
+    if info.streaming:
+        header |= {"tfds_name": config.dataset.tfds_name, "image_size": config.dataset.image_size}
     variables = integer_variables(state.variables(), specs)
     return write(out, header, variables, specs)
 
 
-def _logits(model, variables, info, images: np.ndarray, batch: int = 1000, **kw) -> np.ndarray:
-    # Full float32 convolutions: GPUs otherwise round float32 conv inputs to TF32 (10-bit
-    # mantissa), which moves fake-quant values across rounding boundaries.
-    fn = jax.jit(lambda v, x: model.apply(v, data.normalize(x, info), train=False, **kw))
-    with jax.default_matmul_precision("highest"):
-        return np.concatenate([np.asarray(fn(variables, images[i : i + batch])) for i in range(0, len(images), batch)])
+def test_batches(
+    dataset: str,
+    *,
+    data_dir: str = "",
+    tfds_name: str = "",
+    image_size: int = 0,
+    limit: int = 0,
+    synthetic: tuple[int, int] = (512, 256),
+    batch: int = 1000,
+):
+    """Yields (uint8 images, int labels) of a dataset's test split, in order.
+
+    Args:
+      dataset: a `data.INFOS` name.
+      data_dir: the raw files (in-memory datasets) or the TFDS data dir (streaming ones).
+      tfds_name: streaming only: the TFDS dataset to read ("" = `dataset`).
+      image_size: streaming only: the eval crop size (0 = the dataset's).
+      limit: in-memory only: the first N examples (0 = all).
+      synthetic: train/test sizes of the "synthetic" dataset.
+      batch: examples per batch.
+    """
+    info = data.dataset_info(dataset)
+    if info.streaming:
+        spec = imagenet_input.StreamSpec(
+            tfds_name or dataset, data_dir, image_size or info.image_shape[0], batch, batch, workers=0
+        )
+        for b in imagenet_input.eval_batches(spec, imagenet_input.open_source(spec, spec.eval_split)):
+            n = int(b["mask"].sum())
+            yield b["image"][:n], b["label"][:n]
+        return
+    arrays = data.load(dataset, data_dir, synthetic)
+    images, labels = arrays.test_images[: limit or None], arrays.test_labels[: limit or None]
+    for i in range(0, len(labels), batch):
+        yield images[i : i + batch], labels[i : i + batch]
 
 
-def predict(header, variables, images: np.ndarray, batch: int = 1000) -> np.ndarray:
-    """Integer-model logits of uint8 images (normalised as in training)."""
-    return _logits(int_model(header), variables, data.dataset_info(header["dataset"]), images, batch)
+def _apply_fn(model, info, **kw):
+    return jax.jit(lambda v, x: model.apply(v, data.normalize(x, info), train=False, **kw))
+
+
+def _header_batches(header: Mapping[str, Any], data_dir: str):
+    return test_batches(
+        header["dataset"],
+        data_dir=data_dir,
+        tfds_name=header.get("tfds_name", ""),
+        image_size=header.get("image_size", 0),
+    )
+
+
+def evaluate(header: Mapping[str, Any], variables: Mapping[str, Any], data_dir: str = "") -> dict[str, Any]:
+    """Top-1 of the integer model on the export's dataset's test split.
+
+    Returns:
+      {model, setting, dataset, n, top1_int}.
+    """
+    fn = _apply_fn(int_model(header), data.dataset_info(header["dataset"]))
+    correct = n = 0
+    for images, labels in _header_batches(header, data_dir):
+        correct += int(np.sum(np.asarray(fn(variables, images)).argmax(1) == labels))
+        n += len(labels)
+    return {
+        "model": header["model"],
+        "setting": header["setting"],
+        "dataset": header["dataset"],
+        "n": n,
+        "top1_int": correct / max(n, 1),
+    }
 
 
 def equivalence(workdir: str | Path, export_path: str | Path, data_dir: str = "") -> dict[str, Any]:
@@ -295,19 +353,28 @@ def equivalence(workdir: str | Path, export_path: str | Path, data_dir: str = ""
     record = results.read_json(Path(workdir) / "config.json")
     config = ml_collections.ConfigDict(record["config"])
     state, specs = train.restore_final(config, workdir)
-    arrays = data.load(
-        config.dataset.name,
-        data_dir or config.dataset.data_dir,
-        (config.dataset.synthetic_train, config.dataset.synthetic_test),
-    )
-    images = arrays.test_images[: config.dataset.test_subset or None]
-    labels = arrays.test_labels[: config.dataset.test_subset or None]
     info = data.dataset_info(config.dataset.name)
     fake = resnet.create_model(
         config.model.name, num_classes=info.num_classes, width=float(config.model.width), specs=specs, dtype="float32"
     )
-    l_fake = _logits(fake, state.variables(), info, images, act_quant=True)
-    l_int = predict(header, variables, images)
+    fake_fn, int_fn = _apply_fn(fake, info, act_quant=True), _apply_fn(int_model(header), info)
+    batches = test_batches(
+        config.dataset.name,
+        data_dir=data_dir or (config.dataset.tfds_dir if info.streaming else config.dataset.data_dir),
+        tfds_name=config.dataset.tfds_name,
+        image_size=config.dataset.image_size,
+        limit=config.dataset.test_subset,
+        synthetic=(config.dataset.synthetic_train, config.dataset.synthetic_test),
+    )
+    l_fake, l_int, ys = [], [], []
+    # Full float32 convolutions: GPUs otherwise round float32 conv inputs to TF32 (10-bit
+    # mantissa), which moves fake-quant values across rounding boundaries.
+    with jax.default_matmul_precision("highest"):
+        for images, labels in batches:
+            l_fake.append(np.asarray(fake_fn(state.variables(), images)))
+            l_int.append(np.asarray(int_fn(variables, images)))
+            ys.append(labels)
+    l_fake, l_int, labels = np.concatenate(l_fake), np.concatenate(l_int), np.concatenate(ys)
     rel = np.linalg.norm(l_int - l_fake, axis=1) / np.maximum(np.linalg.norm(l_fake, axis=1), 1e-12)
     size = size_check(export_path, train.config_cost(config, specs)["total"]["memory"])
     return {

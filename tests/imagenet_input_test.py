@@ -139,3 +139,35 @@ def test_train_streams_an_imagenet_shaped_dataset(tfds_dir, tmp_path):
     assert data.dataset_info("imagenet2012").streaming and not data.dataset_info("cifar10").streaming
     # Re-running resumes: the finished run is returned, not retrained.
     assert train.train_and_evaluate(config, tmp_path / "run", quiet=True)["wall_s"] == result["wall_s"]
+
+
+def test_export_and_integer_eval_stream_the_test_split(tfds_dir, tmp_path):
+    from configs import settings
+    from qresnet import cli, export
+
+    rules = settings.SETTINGS["w4a4_ends8_deploy"]
+    overrides = [
+        "--config.dataset.name=imagenet2012",
+        f"--config.dataset.tfds_name={NAME}",
+        f"--config.dataset.tfds_dir={tfds_dir}",
+        "--config.dataset.image_size=32",
+        "--config.dataset.workers=0",
+        "--config.model.name=resnet18",
+        "--config.model.width=0.125",
+        "--config.model.dtype=float32",
+        "--config.optim.batch_size=8",
+        "--config.optim.num_epochs=1",
+        "--config.quant.act_start_step=2",
+        "--config.eval_batch_size=4",
+        f"--config.quant.rules={rules!r}",
+        "--config.setting=w4a4_ends8_deploy",
+    ]
+    config = config_lib.load_config(ROOT / "configs/imagenet/base.py", overrides)
+    train.train_and_evaluate(config, tmp_path / "run", quiet=True)
+    path = export.export_run(tmp_path / "run", tmp_path / "m.qrx")
+    eq = export.equivalence(tmp_path / "run", path)
+    assert eq["n"] == 10 and eq["prediction_agreement"] == 1.0 and eq["max_rel_logit_err"] <= 1e-4
+    header, variables = export.read(path)
+    assert header["tfds_name"] == NAME and header["image_size"] == 32
+    assert export.evaluate(header, variables, tfds_dir)["top1_int"] == eq["top1_int"]
+    assert cli.main(["eval", "--export", str(path), "--data-dir", tfds_dir]) == 0
