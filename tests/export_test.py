@@ -40,8 +40,8 @@ def test_integer_model_matches_fake_quant(exported):
     workdir, path = exported
     eq = export.equivalence(workdir, path)
     assert eq["prediction_agreement"] == 1.0
-    assert eq["max_rel_logit_err"] <= 1e-4
-    assert eq["median_rel_logit_err"] <= eq["max_rel_logit_err"] and eq["rel_logit_err"] <= 1e-4
+    # Per-tensor layers multiply codes in both models, so the logits agree to the bit.
+    assert eq["max_rel_logit_err"] == 0.0 and eq["rel_logit_err"] == 0.0
     assert abs(eq["top1_int"] - eq["top1_fake"]) <= 1e-9
 
 

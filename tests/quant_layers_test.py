@@ -87,3 +87,50 @@ def test_variables_made_with_quantization_off_apply_with_it_on(bound):
     v = layer.init(jax.random.key(1), x, act_quant=False)
     assert "act_bound" in {**v["params"], **v.get("quant_stats", {})}
     assert layer.apply(v, x, act_quant=True).shape == (3, 2)
+
+
+@pytest.mark.parametrize("a_bound", ["ema_max", "lsq"])
+@pytest.mark.parametrize("act_quant", [True, False, "traced_on", "traced_off"])
+def test_per_tensor_layer_multiplies_codes_as_the_fake_quant_values(a_bound, act_quant):
+    """Codes times codes over s_x * s_w is the fake-quant layer, in value and in gradient."""
+    spec = QuantSpec(w_bits=4, a_bits=4, a_granularity="per_tensor", a_signed=False, a_bound=a_bound)
+    flag = {"traced_on": jnp.bool_(True), "traced_off": jnp.bool_(False)}.get(act_quant, act_quant)
+    x = jax.random.uniform(jax.random.key(0), (2, 6, 6, 3), maxval=3.0)
+    layer = QConv(4, (3, 3), padding=((1, 1), (1, 1)), spec=spec)
+    v = layer.init(jax.random.key(1), x)
+    if a_bound == "ema_max":
+        v = {**v, "quant_stats": {"act_bound": jnp.float32(2.0)}}
+        bound = 2.0
+    else:
+        bound = v["params"]["act_bound"]
+    on = flag is True or (not isinstance(flag, bool) and bool(flag))
+
+    def reference(params, x):
+        xq = ops.fake_quant_unsigned(x, 4, bound) if on else x
+        kq = ops.fake_quant_weight(params["kernel"], 4)
+        return jax.lax.conv_general_dilated(
+            xq, kq, (1, 1), [(1, 1), (1, 1)], dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    def ours(params, x):
+        return layer.apply({**v, "params": params}, x, act_quant=flag)
+
+    np.testing.assert_allclose(ours(v["params"], x), reference(v["params"], x), rtol=1e-5, atol=1e-5)
+    g_ours = jax.grad(lambda p, x: jnp.sum(jnp.sin(ours(p, x))), argnums=(0, 1))(v["params"], x)
+    g_ref = jax.grad(lambda p, x: jnp.sum(jnp.sin(reference(p, x))), argnums=(0, 1))(v["params"], x)
+    np.testing.assert_allclose(g_ours[0]["kernel"], g_ref[0]["kernel"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(g_ours[1], g_ref[1], rtol=1e-4, atol=1e-4)
+
+
+def test_per_tensor_layer_equals_the_integer_layer_bit_for_bit():
+    from qresnet.quant import int_layers
+
+    for signed, bits in ((False, 8), (False, 4), (True, 8)):
+        spec = QuantSpec(w_bits=bits, a_bits=bits, a_granularity="per_tensor", a_signed=signed)
+        x = jax.random.normal(jax.random.key(bits), (2, 7, 7, 5)) * 2 + (0 if signed else 2)
+        layer = QConv(6, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), spec=spec)
+        v = {**layer.init(jax.random.key(1), x), "quant_stats": {"act_bound": jnp.float32(3.0)}}
+        q, s = int_layers.kernel_codes(v["params"]["kernel"], spec)
+        iv = {"params": {"kernel_int": q, "w_scale": s}, "quant_stats": v["quant_stats"]}
+        integer = int_layers.IntConv(6, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), spec=spec).apply(iv, x)
+        np.testing.assert_array_equal(layer.apply(v, x), integer)

@@ -6,8 +6,8 @@ integer kernel (`kernel_int`, int8 codes), its per-output-channel scale
 input is turned into its integer codes with the same formula as fake
 quantization, multiplied with the integer kernel (an int8 x int8 convolution with
 float32 output, exact while the sum stays below 2^24; an int8 x int8 -> int32 dot
-for dense) and divided by s_x * s_w. This reproduces the fake-quantized layer up
-to float32 rounding, provided the activation scale is one per tensor: a
+for dense) and divided by s_x * s_w. This is what a fake-quant layer with one
+activation scale per tensor computes (`layers.code_domain`), to the bit; a
 per-input-channel scale cannot be factored out of the integer sum (export refuses
 it and names the per_tensor setting to train with).
 

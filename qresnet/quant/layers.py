@@ -9,6 +9,12 @@ same outputs).
 a traced bool (what the trainer passes, `step >= start`) selects inside one
 compiled program. While it is off and `train` is on, the `ema_max` bound
 tracks the EMA of the batch max; once it is on, the bound is frozen.
+
+Where the activation scale is one per tensor (`code_domain`), a layer multiplies
+the integer codes (exact in bf16 up to 256) and divides the product by s_x * s_w,
+which is the same function as multiplying the fake-quantized values but sums
+exactly, as the integer inference model (`int_layers`) does; so the two agree to
+the bit. With per-channel activation scales the layer multiplies q/s.
 """
 
 from __future__ import annotations
@@ -34,31 +40,54 @@ def _select(flag, on, off):
     return jnp.where(flag, on, off)
 
 
-def quantize_input(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_quant) -> Array:
-    """Fake-quantizes a layer input per `spec`, creating state in `module`.
+def _input_bound(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_quant):
+    """The layer's activation bound, creating its state (EMA variable or LSQ parameter).
 
-    The bound's state (EMA variable or LSQ parameter) exists whatever `act_quant`
-    is, so variables made with it off still apply with it on.
+    The state exists whatever `act_quant` is, so variables made with it off
+    still apply with it on.
     """
+    if spec.a_bound == "lsq":
+        axes = ops.reduction_axes(x.ndim, spec.a_granularity)
+        return module.param("act_bound", lambda _: ops.lsq_init_bound(x, spec.a_bits, bool(spec.a_signed), axes))
+    if spec.a_bound == "ema_max":
+        return _ema_bound(module, x, spec, train, act_quant)
+    return spec.a_fixed_bound
+
+
+def _lsq_grad_scale(x: Array, bound: Array, spec: QuantSpec) -> float:
+    per_bound = x.size // max(bound.size, 1)
+    return 1.0 / (per_bound * ops.int_range(spec.a_bits, bool(spec.a_signed))[1]) ** 0.5
+
+
+def quantize_input(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_quant) -> Array:
+    """Fake-quantizes a layer input per `spec`, creating state in `module`."""
     if spec.a_bits is None:
         return x
     bits, signed = spec.a_bits, bool(spec.a_signed)
-    if spec.a_bound == "lsq":
-        axes = ops.reduction_axes(x.ndim, spec.a_granularity)
-        bound = module.param("act_bound", lambda _: ops.lsq_init_bound(x, bits, signed, axes))
-    elif spec.a_bound == "ema_max":
-        bound = _ema_bound(module, x, spec, train, act_quant)
-    else:
-        bound = spec.a_fixed_bound
+    bound = _input_bound(module, x, spec, train, act_quant)
     if act_quant is False:
         return x
     if spec.a_bound == "lsq":
-        per_bound = x.size // max(bound.size, 1)
-        grad_scale = 1.0 / (per_bound * ops.int_range(bits, signed)[1]) ** 0.5
-        xq = ops.lsq_fake_quant(x, bits, bound, signed, grad_scale)
+        xq = ops.lsq_fake_quant(x, bits, bound, signed, _lsq_grad_scale(x, bound, spec))
     else:
         xq = ops.fake_quant(x, bits, bound, signed)
     return _select(act_quant, xq, x)
+
+
+def input_codes(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_quant) -> tuple[Array, Array]:
+    """(q, s) of a layer input, `quantize_input` = q / s, creating state in `module`.
+
+    While activation quantization is off, q = x * s unrounded, so q / s = x.
+    """
+    bits, signed = spec.a_bits, bool(spec.a_signed)
+    bound = _input_bound(module, x, spec, train, act_quant)
+    if spec.a_bound == "lsq":
+        q, s = ops.lsq_ste_codes(x, bits, bound, signed, _lsq_grad_scale(x, bound, spec))
+    else:
+        q, s = ops.ste_codes(x, bits, bound, signed)
+    if act_quant is True:
+        return q, s
+    return _select(act_quant, q, x.astype(jnp.float32) * s), s
 
 
 def _ema_bound(module, x, spec, train, act_quant):
@@ -77,16 +106,35 @@ def quantize_kernel(kernel: Array, spec: QuantSpec) -> Array:
     return ops.fake_quant_weight(kernel, spec.w_bits, spec.w_granularity)
 
 
+def code_domain(spec: QuantSpec) -> bool:
+    """Whether a layer multiplies integer codes and rescales after: both sides quantized and
+    one activation scale per tensor, so the scales factor out of the sum, which is then exact
+    as the integer model computes it. Per-input-channel activation scales cannot factor out."""
+    return spec.w_bits is not None and spec.a_bits is not None and spec.a_granularity == "per_tensor"
+
+
 def _quantized_operands(module, x, kernel_prefix: tuple[int, ...], train, act_quant):
-    """Quantized input, quantized kernel (kernel_prefix + (C_in, features)) and bias, in module.dtype."""
+    """(input, kernel, bias, scale) in module.dtype: fake-quantized operands and scale None, or
+    codes and the scale s_x * s_w to divide the product by (`code_domain`)."""
     spec = module.spec or FLOAT
-    x = quantize_input(module, x, spec, train, act_quant)
     kshape = kernel_prefix + (x.shape[-1], module.features)
-    kernel = quantize_kernel(module.param("kernel", module.kernel_init, kshape, module.param_dtype), spec)
+    kernel = module.param("kernel", module.kernel_init, kshape, module.param_dtype)
     bias = None
     if module.use_bias:
         bias = module.param("bias", module.bias_init, (module.features,), module.param_dtype)
-    return nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
+    scale = None
+    if code_domain(spec):
+        x, s_x = input_codes(module, x, spec, train, act_quant)
+        kernel, s_w = ops.weight_ste_codes(kernel, spec.w_bits, spec.w_granularity)
+        scale = s_x * s_w
+    else:
+        x = quantize_input(module, x, spec, train, act_quant)
+        kernel = quantize_kernel(kernel, spec)
+    return (*nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype), scale)
+
+
+def _rescale(y: Array, scale) -> Array:
+    return y if scale is None else (y.astype(jnp.float32) / scale).astype(y.dtype)
 
 
 class QConv(nn.Module):
@@ -118,11 +166,12 @@ class QConv(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
         """Args: x (N, H, W, C); train: update bound statistics; act_quant: see module doc."""
-        x, kernel, bias = _quantized_operands(self, x, tuple(self.kernel_size), train, act_quant)
+        x, kernel, bias, scale = _quantized_operands(self, x, tuple(self.kernel_size), train, act_quant)
         padding = self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
         y = lax.conv_general_dilated(
             x, kernel, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
+        y = _rescale(y, scale)
         if bias is not None:
             y = y + bias
         return y
@@ -149,8 +198,8 @@ class QDense(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
         """Args: x (..., C); train: update bound statistics; act_quant: see module doc."""
-        x, kernel, bias = _quantized_operands(self, x, (), train, act_quant)
-        y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        x, kernel, bias, scale = _quantized_operands(self, x, (), train, act_quant)
+        y = _rescale(lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ()))), scale)
         if bias is not None:
             y = y + bias
         return y

@@ -68,13 +68,13 @@ def _scale(bound, bits: int, signed: bool) -> tuple[jax.Array, jax.Array]:
     return positive, scale_numerator(bits, signed) / jnp.where(positive, bound, 1.0)
 
 
-def _quantize(x, bound, bits, signed, bound_grad: bool):
-    """x_hat = clip-round(x*s)/s with straight-through gradients.
+def _ste_codes(x, bound, bits, signed, bound_grad: bool):
+    """(q, s): codes q = clip-round(x*s) with straight-through gradients and the scale s.
 
-    With bound_grad=False no gradient reaches the bound (the paper's
-    quantizers); with True the bound gets the LSQ gradient.
+    Where bound <= 0, q = 0 and s = 1. With bound_grad=False no gradient reaches
+    the bound (the paper's quantizers); with True the bound gets the LSQ gradient
+    through both q and s. q is float32.
     """
-    dtype = x.dtype
     x = x.astype(jnp.float32)
     bound = jnp.asarray(bound, jnp.float32)
     if not bound_grad:
@@ -86,8 +86,42 @@ def _quantize(x, bound, bits, signed, bound_grad: bool):
     # Straight-through: identity inside the clip range, zero outside.
     v_clipped = jnp.where(inside, v, lax.stop_gradient(jnp.clip(v, qmin, qmax)))
     q = v_clipped + lax.stop_gradient(_round(v_clipped, bits, signed) - v_clipped)
-    out = jnp.where(positive, q / s, 0.0)
-    return out.astype(dtype)
+    return jnp.where(positive, q, 0.0), jnp.where(positive, s, 1.0)
+
+
+def _quantize(x, bound, bits, signed, bound_grad: bool):
+    """x_hat = q/s (see `_ste_codes`), in x's dtype."""
+    q, s = _ste_codes(x, bound, bits, signed, bound_grad)
+    return (q / s).astype(x.dtype)
+
+
+def ste_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool) -> tuple[jax.Array, jax.Array]:
+    """The codes of `fake_quant` with its straight-through gradient, and the scale: fake_quant = q / s.
+
+    For layers that multiply codes and rescale afterwards (exact integer sums,
+    as the integer model computes them) instead of multiplying q/s.
+
+    Args:
+      x: input array.
+      bits: bit width.
+      bound: clip bound, broadcastable to x; no gradient reaches it.
+      signed: grid type.
+
+    Returns:
+      (q, s), float32; q = 0 and s = 1 where bound <= 0.
+    """
+    return _ste_codes(x, bound, bits, signed, bound_grad=False)
+
+
+def lsq_ste_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad_scale: float):
+    """`ste_codes` with the LSQ gradient into the bound (see `lsq_fake_quant`)."""
+    return _ste_codes(x, _lsq_bound(bound, grad_scale), bits, signed, bound_grad=True)
+
+
+def _lsq_bound(bound, grad_scale):
+    bound = jnp.asarray(bound, jnp.float32)
+    # Forward value of `bound`, gradient scaled by grad_scale.
+    return bound * grad_scale + lax.stop_gradient(bound - bound * grad_scale)
 
 
 def int_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool) -> tuple[jax.Array, jax.Array]:
@@ -168,10 +202,7 @@ def lsq_fake_quant(x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad
     Returns:
       The dequantized array, same shape and dtype as x.
     """
-    bound = jnp.asarray(bound, jnp.float32)
-    # Forward value of `bound`, gradient scaled by grad_scale.
-    scaled = bound * grad_scale + lax.stop_gradient(bound - bound * grad_scale)
-    return _quantize(x, scaled, bits, signed=signed, bound_grad=True)
+    return _quantize(x, _lsq_bound(bound, grad_scale), bits, signed=signed, bound_grad=True)
 
 
 def lsq_init_bound(x: jax.Array, bits: int, signed: bool, axes) -> jax.Array:
@@ -209,6 +240,11 @@ def weight_bound(w: jax.Array, granularity: str = "per_channel") -> jax.Array:
 def fake_quant_weight(w: jax.Array, bits: int, granularity: str = "per_channel") -> jax.Array:
     """Signed per-channel (or per-tensor) max-abs fake quantization of a kernel."""
     return fake_quant_signed(w, bits, weight_bound(w, granularity))
+
+
+def weight_ste_codes(w: jax.Array, bits: int, granularity: str = "per_channel") -> tuple[jax.Array, jax.Array]:
+    """`ste_codes` of a kernel with its max-abs bound: fake_quant_weight = q / s."""
+    return ste_codes(w, bits, weight_bound(w, granularity), True)
 
 
 def batch_max_abs(x: jax.Array, granularity: str) -> tuple[jax.Array, jax.Array]:
