@@ -35,8 +35,9 @@ def _median_seconds(fn, *args, iters: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmup: int = 3) -> dict[str, Any]:
-    """Times bf16 and integer inference of one model; returns the result row."""
+def forward_functions(name: str, image_size: int, batch: int) -> dict[str, tuple[Any, tuple]]:
+    """The jitted bf16 and integer (w8a8, per-tensor activations) forward passes of a model and their
+    arguments, on the same random weights and input: {"bf16": (fn, args), "int8": (fn, args)}."""
     arch = resnet.get_arch(name)
     classes = 10 if arch.cifar else 1000
     shape = (image_size, image_size, 3)
@@ -53,8 +54,17 @@ def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmu
     int_vars = export.integer_variables(variables, specs)
     header = {"model": name, "num_classes": classes, "width": 1.0, "specs": {n: s.to_dict() for n, s in specs.items()}}
     int_model = export.int_model(header)
-    t_bf16 = _median_seconds(jax.jit(lambda v, x: bf16.apply(v, x)), bf16_vars, x, iters=iters, warmup=warmup)
-    t_int = _median_seconds(jax.jit(lambda v, x: int_model.apply(v, x)), int_vars, x, iters=iters, warmup=warmup)
+    return {
+        "bf16": (jax.jit(lambda v, x: bf16.apply(v, x)), (bf16_vars, x)),
+        "int8": (jax.jit(lambda v, x: int_model.apply(v, x)), (int_vars, x)),
+    }
+
+
+def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmup: int = 3) -> dict[str, Any]:
+    """Times bf16 and integer inference of one model; returns the result row."""
+    fns = forward_functions(name, image_size, batch)
+    t_bf16 = _median_seconds(fns["bf16"][0], *fns["bf16"][1], iters=iters, warmup=warmup)
+    t_int = _median_seconds(fns["int8"][0], *fns["int8"][1], iters=iters, warmup=warmup)
     devs = jax.local_devices()
     return {
         "model": name,

@@ -92,3 +92,31 @@ def test_plain_resnet_has_the_parameters_of_qresnet():
         jax.tree.leaves(ours)
     )
     assert tuple(resnet.kernel_paths(plain)) == resnet.layer_names("resnet50", 1.0, 1000, (224, 224, 3))
+
+
+def test_int8_probe_lists_every_conv_shape_once():
+    from benchmarks import int8_probe
+    from qresnet import resnet
+
+    shapes = int8_probe.conv_shapes("resnet20", 32)
+    convs = [n for n in resnet.layer_names("resnet20") if n != "head"]
+    assert sum(s["count"] for s in shapes) == len(convs)
+    assert {"input": [32, 32, 3], "kernel": [3, 3], "stride": 1, "features": 16, "count": 1} in shapes
+    assert len({(tuple(s["input"]), tuple(s["kernel"]), s["stride"], s["features"]) for s in shapes}) == len(shapes)
+
+
+def test_int8_probe_counts_the_compiled_program():
+    from benchmarks import int8_probe
+
+    text = """
+  %fusion.1 = f32[8]{0} fusion(f32[8]{0} %p), kind=kLoop
+  %custom-call.2 = (f32[2]{0}, u8[0]{0}) custom-call(%a, %b), custom_call_target="__cudnn$convForward"
+  %transpose.3 = s8[4,4]{1,0} transpose(s8[4,4]{1,0} %c), dimensions={1,0}
+  %copy.4 = f32[8]{0} copy(f32[8]{0} %fusion.1)
+"""
+    assert int8_probe.hlo_summary(text) == {
+        "fusions": 1,
+        "custom_calls": {"__cudnn$convForward": 1},
+        "transposes": 1,
+        "copies": 1,
+    }
