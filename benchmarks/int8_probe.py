@@ -20,7 +20,6 @@ import argparse
 import collections
 import json
 import re
-import statistics
 import sys
 import time
 
@@ -55,17 +54,6 @@ def conv_shapes(model: str, image_size: int) -> list[dict]:
     ]
 
 
-def _median_ms(fn, *args, iters: int = 20) -> float:
-    for _ in range(3):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def time_conv(shape: dict, batch: int, iters: int) -> dict:
     """Times one conv shape as bf16, int8->f32 and int8->int8; a path that fails records its error."""
     h, w, c = shape["input"]
@@ -88,7 +76,8 @@ def time_conv(shape: dict, batch: int, iters: int) -> dict:
             )
         )
         try:
-            row[name] = round(_median_ms(fn, x.astype(in_dtype), k.astype(in_dtype), iters=iters), 4)
+            seconds = inference_bench.median_seconds(fn, x.astype(in_dtype), k.astype(in_dtype), iters=iters, warmup=3)
+            row[name] = round(1e3 * seconds, 4)
         except Exception as e:  # noqa: BLE001 - a conv that does not compile is a finding
             row[name] = None
             row[name.replace("_ms", "_error")] = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"

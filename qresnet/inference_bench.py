@@ -24,7 +24,8 @@ DEFAULT_CASES = ("resnet50:224:256", "resnet20:32:1024")
 W8A8_DEPLOY = [(".*", 8, 8, {"a_granularity": "per_tensor"})]
 
 
-def _median_seconds(fn, *args, iters: int, warmup: int) -> float:
+def median_seconds(fn, *args, iters: int, warmup: int) -> float:
+    """Median wall time of fn(*args) over `iters` calls after `warmup`, each run to completion."""
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
     times = []
@@ -63,8 +64,8 @@ def forward_functions(name: str, image_size: int, batch: int) -> dict[str, tuple
 def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmup: int = 3) -> dict[str, Any]:
     """Times bf16 and integer inference of one model; returns the result row."""
     fns = forward_functions(name, image_size, batch)
-    t_bf16 = _median_seconds(fns["bf16"][0], *fns["bf16"][1], iters=iters, warmup=warmup)
-    t_int = _median_seconds(fns["int8"][0], *fns["int8"][1], iters=iters, warmup=warmup)
+    t_bf16 = median_seconds(fns["bf16"][0], *fns["bf16"][1], iters=iters, warmup=warmup)
+    t_int = median_seconds(fns["int8"][0], *fns["int8"][1], iters=iters, warmup=warmup)
     devs = jax.local_devices()
     return {
         "model": name,
