@@ -52,6 +52,7 @@ def row(result: dict[str, Any]) -> dict[str, Any]:
         "dataset": result["dataset"],
         "setting": result["setting"],
         "width": result["width"],
+        "seed": result.get("seed", ""),
         "epochs": result["epochs"],
         "w_bits": bits_summary(result.get("w_bits", {})) if result.get("w_bits") else "",
         "a_bits": bits_summary(result.get("a_bits", {})) if result.get("a_bits") else "",

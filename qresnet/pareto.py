@@ -13,6 +13,7 @@ import dataclasses
 import io
 import math
 import re
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -210,6 +211,7 @@ def report_markdown(points: Sequence[Point], cost_key: str) -> str:
             d = dominated[p.name]
             tail = f"{d.name} | {d.cost:.4f} | {d.accuracy:.4f}" if d else "none | | "
             lines.append(f"| {p.name} | {p.cost:.4f} | {p.accuracy:.4f} | {tail} |")
+    lines += seed_table(points)
     gaps = [p for p in points if p.gap is not None]
     if gaps:
         lines += [
@@ -221,6 +223,34 @@ def report_markdown(points: Sequence[Point], cost_key: str) -> str:
         ]
         lines += [f"| {p.name} | {p.setting} | {p.gap:+.4f} |" for p in sorted(gaps, key=lambda p: (p.setting, p.cost))]
     return "\n".join(lines) + "\n"
+
+
+def seed_table(points: Sequence[Point]) -> list[str]:
+    """Markdown lines: mean, sample std and range of accuracy per (setting, width) with several runs
+    (seeds), and each mean's difference to the float mean at that width; [] if no group repeats."""
+    groups: dict[tuple[str, float], list[float]] = {}
+    for p in points:
+        if p.width is not None:
+            groups.setdefault((p.setting, p.width), []).append(p.accuracy)
+    if not any(len(v) > 1 for v in groups.values()):
+        return []
+    float_mean = {w: statistics.mean(v) for (s, w), v in groups.items() if bit_class(s) == "float"}
+    lines = [
+        "",
+        "## Repeated runs (seeds): accuracy per setting and width",
+        "",
+        "| setting | width | runs | mean | std | min | max | mean - float mean |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (setting, width), accs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        mean = statistics.mean(accs)
+        delta = f"{mean - float_mean[width]:+.4f}" if width in float_mean and bit_class(setting) != "float" else ""
+        lines.append(
+            f"| {setting} | {width:g} | {len(accs)} | {mean:.4f} | {std:.4f} | {min(accs):.4f} | {max(accs):.4f} | "
+            f"{delta} |"
+        )
+    return lines
 
 
 def write_report(*, root: str | None, points: str | None, cost_key: str, out: str) -> list[Point]:

@@ -91,3 +91,18 @@ def test_bad_points_csv(tmp_path, text, message):
     with pytest.raises(pareto.PointsError, match=message):
         pareto.read_points_csv(path)
     assert not (tmp_path / "out").exists()
+
+
+def test_repeated_runs_are_summarised_per_setting_and_width():
+    pts = [
+        pareto.Point("f0", "bf16", 1.0, 0.880, width=1.0),
+        pareto.Point("f1", "bf16", 1.0, 0.884, width=1.0),
+        pareto.Point("q0", "w8a8", 0.5, 0.881, width=1.0),
+        pareto.Point("q1", "w8a8", 0.5, 0.885, width=1.0),
+        pareto.Point("single", "w4a4", 0.25, 0.87, width=2.0),
+    ]
+    lines = pareto.seed_table(pts)
+    assert "| bf16 | 1 | 2 | 0.8820 | 0.0028 | 0.8800 | 0.8840 |  |" in lines
+    assert "| w8a8 | 1 | 2 | 0.8830 | 0.0028 | 0.8810 | 0.8850 | +0.0010 |" in lines
+    assert "Repeated runs" in pareto.report_markdown(pts, "linear")
+    assert pareto.seed_table(pts[:1] + pts[2:3]) == []  # no repeated (setting, width): no table
