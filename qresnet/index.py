@@ -16,6 +16,7 @@ COLUMNS = (
     "dataset",
     "setting",
     "width",
+    "seed",
     "epochs",
     "w_bits",
     "a_bits",
