@@ -106,7 +106,11 @@ def test_per_tensor_layer_multiplies_codes_as_the_fake_quant_values(a_bound, act
     on = flag is True or (not isinstance(flag, bool) and bool(flag))
 
     def reference(params, x):
-        xq = ops.fake_quant_unsigned(x, 4, bound) if on else x
+        if on and a_bound == "lsq":
+            grad_scale = 1.0 / (x.size * ops.int_range(4, False)[1]) ** 0.5
+            xq = ops.lsq_fake_quant(x, 4, params["act_bound"], False, grad_scale)
+        else:
+            xq = ops.fake_quant_unsigned(x, 4, bound) if on else x
         kq = ops.fake_quant_weight(params["kernel"], 4)
         return jax.lax.conv_general_dilated(
             xq, kq, (1, 1), [(1, 1), (1, 1)], dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -120,6 +124,8 @@ def test_per_tensor_layer_multiplies_codes_as_the_fake_quant_values(a_bound, act
     g_ref = jax.grad(lambda p, x: jnp.sum(jnp.sin(reference(p, x))), argnums=(0, 1))(v["params"], x)
     np.testing.assert_allclose(g_ours[0]["kernel"], g_ref[0]["kernel"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(g_ours[1], g_ref[1], rtol=1e-4, atol=1e-4)
+    if a_bound == "lsq" and on:  # the learned bound gets the same (LSQ) gradient
+        np.testing.assert_allclose(g_ours[0]["act_bound"], g_ref[0]["act_bound"], rtol=1e-4, atol=1e-6)
 
 
 def test_per_tensor_layer_equals_the_integer_layer_bit_for_bit():
