@@ -309,15 +309,6 @@ def _apply_fn(model, info, **kw):
     return jax.jit(lambda v, x: model.apply(v, data.normalize(x, info), train=False, **kw))
 
 
-def _header_batches(header: Mapping[str, Any], data_dir: str):
-    return test_batches(
-        header["dataset"],
-        data_dir=data_dir,
-        tfds_name=header.get("tfds_name", ""),
-        image_size=header.get("image_size", 0),
-    )
-
-
 def evaluate(header: Mapping[str, Any], variables: Mapping[str, Any], data_dir: str = "") -> dict[str, Any]:
     """Top-1 of the integer model on the export's dataset's test split.
 
@@ -326,7 +317,13 @@ def evaluate(header: Mapping[str, Any], variables: Mapping[str, Any], data_dir: 
     """
     fn = _apply_fn(int_model(header), data.dataset_info(header["dataset"]))
     correct = n = 0
-    for images, labels in _header_batches(header, data_dir):
+    batches = test_batches(
+        header["dataset"],
+        data_dir=data_dir,
+        tfds_name=header.get("tfds_name", ""),
+        image_size=header.get("image_size", 0),
+    )
+    for images, labels in batches:
         correct += int(np.sum(np.asarray(fn(variables, images)).argmax(1) == labels))
         n += len(labels)
     return {

@@ -16,3 +16,18 @@ def write_idx():
             f.write(header + arr.astype(np.uint8).tobytes())
 
     return write
+
+
+@pytest.fixture
+def write_fashion(write_idx):
+    """Writes random Fashion-MNIST IDX files (n_train, n_test examples) into a folder."""
+    from qresnet import data
+
+    def write(folder, n_train, n_test):
+        rng = np.random.default_rng(0)
+        for split, n in (("train", n_train), ("test", n_test)):
+            img, lbl = data.FASHION_FILES[split]
+            write_idx(folder / img, rng.integers(0, 256, (n, 28, 28)))
+            write_idx(folder / lbl, rng.integers(0, 10, (n,)))
+
+    return write

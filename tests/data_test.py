@@ -11,12 +11,8 @@ from PIL import Image
 from qresnet import data
 
 
-def test_fashion_mnist_from_idx_files(tmp_path, write_idx):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("test", 4)):
-        img, lbl = data.FASHION_FILES[split]
-        write_idx(tmp_path / img, rng.integers(0, 256, (n, 28, 28)))
-        write_idx(tmp_path / lbl, rng.integers(0, 10, (n,)))
+def test_fashion_mnist_from_idx_files(tmp_path, write_fashion):
+    write_fashion(tmp_path, 6, 4)
     arrays = data.load("fashion_mnist", str(tmp_path))
     assert arrays.train_images.shape == (6, 28, 28, 1) and arrays.test_labels.shape == (4,)
     assert arrays.train_labels.dtype == np.int32

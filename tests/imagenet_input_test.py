@@ -112,8 +112,9 @@ def test_missing_dataset_names_what_to_prepare(tmp_path):
         imagenet_input.open_source(imagenet_input.StreamSpec("imagenet2012", str(tmp_path), 224, 8, 8), "train")
 
 
-def test_train_streams_an_imagenet_shaped_dataset(tfds_dir, tmp_path):
-    overrides = [
+def stream_overrides(tfds_dir, *extra):
+    """A tiny ResNet-18 on the tiny dataset, read as imagenet2012 (32 px crops, batch 8, in-process decoding)."""
+    return [
         "--config.dataset.name=imagenet2012",
         f"--config.dataset.tfds_name={NAME}",
         f"--config.dataset.tfds_dir={tfds_dir}",
@@ -123,13 +124,20 @@ def test_train_streams_an_imagenet_shaped_dataset(tfds_dir, tmp_path):
         "--config.model.width=0.125",
         "--config.model.dtype=float32",
         "--config.optim.batch_size=8",
+        "--config.eval_batch_size=4",
+        *extra,
+    ]
+
+
+def test_train_streams_an_imagenet_shaped_dataset(tfds_dir, tmp_path):
+    overrides = stream_overrides(
+        tfds_dir,
         "--config.optim.num_epochs=2",
         "--config.optim.warmup_epochs=0.5",
         "--config.optim.cooldown_epochs=0.0",
         "--config.quant.act_start_step=5",
-        "--config.eval_batch_size=4",
         "--config.checkpoint_every_epochs=1",
-    ]
+    )
     config = config_lib.load_config(ROOT / "configs/imagenet/resnet50_w4a4_ends8.py", overrides)
     result = train.train_and_evaluate(config, tmp_path / "run", quiet=True)
     assert result["dataset"] == "imagenet2012" and result["epochs"] == 2
@@ -146,22 +154,13 @@ def test_export_and_integer_eval_stream_the_test_split(tfds_dir, tmp_path):
     from qresnet import cli, export
 
     rules = settings.SETTINGS["w4a4_ends8_deploy"]
-    overrides = [
-        "--config.dataset.name=imagenet2012",
-        f"--config.dataset.tfds_name={NAME}",
-        f"--config.dataset.tfds_dir={tfds_dir}",
-        "--config.dataset.image_size=32",
-        "--config.dataset.workers=0",
-        "--config.model.name=resnet18",
-        "--config.model.width=0.125",
-        "--config.model.dtype=float32",
-        "--config.optim.batch_size=8",
+    overrides = stream_overrides(
+        tfds_dir,
         "--config.optim.num_epochs=1",
         "--config.quant.act_start_step=2",
-        "--config.eval_batch_size=4",
         f"--config.quant.rules={rules!r}",
         "--config.setting=w4a4_ends8_deploy",
-    ]
+    )
     config = config_lib.load_config(ROOT / "configs/imagenet/base.py", overrides)
     train.train_and_evaluate(config, tmp_path / "run", quiet=True)
     path = export.export_run(tmp_path / "run", tmp_path / "m.qrx")

@@ -8,14 +8,10 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from qresnet import data  # noqa: E402
 
 
-def test_fashion_builder_round_trip_through_data_source(tmp_path, write_idx):
+def test_fashion_builder_round_trip_through_data_source(tmp_path, write_fashion):
     raw = tmp_path / "raw"
     raw.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 7), ("test", 3)):
-        img, lbl = data.FASHION_FILES[split]
-        write_idx(raw / img, rng.integers(0, 256, (n, 28, 28)))
-        write_idx(raw / lbl, rng.integers(0, 10, (n,)))
+    write_fashion(raw, 7, 3)
     direct = data.load("fashion_mnist", str(raw))
     via = data.load("fashion_mnist", str(raw), via_tfds=True, tfds_dir=str(tmp_path / "tfds"))
     for field in ("train_images", "train_labels", "test_images", "test_labels"):
