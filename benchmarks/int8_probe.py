@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qresnet import inference_bench, resnet
+from qresnet import inference_bench, resnet, results
 from qresnet.quant import QConv
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -119,14 +119,18 @@ def main(argv=None) -> int:
         return 2
     dev = jax.local_devices()[0]
     env = {"device": f"{dev.device_kind} ({dev.platform})", "date": time.strftime("%Y-%m-%d")}
-    rows = [{**time_conv(s, args.batch, args.iters), **env} for s in conv_shapes(args.model, args.image_size)]
-    rows += [{**r, **env} for r in model_programs(args.model, args.image_size, args.batch)]
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    print(text, end="")
-    if args.out:
-        from qresnet import results
+    rows = []
 
-        results.atomic_write_text(args.out, text)
+    def record(row: dict) -> None:  # written as it comes, so a run cut short keeps what it measured
+        rows.append({**row, **env})
+        print(json.dumps(rows[-1]), flush=True)
+        if args.out:
+            results.atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+
+    for r in model_programs(args.model, args.image_size, args.batch):
+        record(r)
+    for s in conv_shapes(args.model, args.image_size):
+        record(time_conv(s, args.batch, args.iters))
     return 0
 
 

@@ -8,9 +8,12 @@ augmentation, normalisation, forward/backward, cross-entropy + L2, Nesterov
 SGD), jitted once, on synthetic uint8 data; only the model differs:
 
 - `qresnet`: qresnet's ResNet in the paper's settings (float, w8a8, w4a4,
-  w4a4_ends8); activation quantization switches on after the warm-up steps
-  (which calibrate the bounds) through the trainer's traced switch, so every
-  timed step quantizes weights and activations, as a real run does;
+  w4a4_ends8), path `qresnet`: the program the trainer runs once activation
+  quantization has started (`train.act_quant_phase` True: weights and
+  activations quantized, bounds frozen), which is most of a run; path
+  `switch`: one program for the whole run with the traced switch
+  `step >= act_start_step` (what the trainer ran before it compiled per phase),
+  switched on after the warm-up steps, which calibrate its bounds;
 - `plain_flax`: `benchmarks.plain_resnet.PlainResNet`, no quantization code;
 - `aqt`, `qwix`: the same architecture quantized by those libraries
   (`benchmarks.baselines`; optional: `pip install -e ".[bench]"`).
@@ -55,8 +58,8 @@ QRESNET_SETTINGS = ("float", "w8a8", "w4a4", "w4a4_ends8")
 DEFAULT_ROWS = (
     ("plain_flax", "float", "flax"),
     *(("qresnet", s, "qresnet") for s in QRESNET_SETTINGS),
-    # The same step compiled with activation quantization fixed on (no traced switch, no EMA update).
-    *(("qresnet", s, "static") for s in QRESNET_SETTINGS[1:]),
+    # One program with the traced switch: computes the EMA batch max and a select every step.
+    *(("qresnet", s, "switch") for s in QRESNET_SETTINGS[1:]),
     ("aqt", "w8a8", "conv"),
     *(("aqt", s, "im2col") for s in ("w8a8", "w4a4", "w4a4_ends8")),
     *(("qwix", s, "qat") for s in ("w8a8", "w4a4", "w4a4_ends8")),
@@ -93,9 +96,9 @@ def parse_case(text: str) -> Case:
 def run_spec(case: Case, setting: str, act_start_step: int) -> train.RunSpec:
     """The trainer's RunSpec for a case, CIFAR augmentation for CIFAR models.
 
-    Activation quantization switches on at `act_start_step` through the
-    trainer's traced switch (one program); the warm-up steps before it
-    calibrate the EMA bounds, which start at 0.
+    With the traced switch (path `switch`), activation quantization starts at
+    `act_start_step`; the warm-up steps before it calibrate the EMA bounds,
+    which start at 0.
     """
     info = case.info
     cifar = resnet.get_arch(case.model).cifar
@@ -183,8 +186,9 @@ def prepare(library: str, setting: str, path: str, case: Case, *, warmup: int) -
     sample = data.normalize(images[:8], case.info)
     state = jax.jit(functools.partial(train.create_train_state, run, model=model))(k_init, sample)
 
-    act_quant = True if path == "static" else None
-    if act_quant:  # no calibration steps: start the EMA bounds at 1
+    # The trainer's quantized phase (`act_quant_phase` True); `switch`: the traced switch.
+    act_quant = None if path == "switch" else True
+    if act_quant:  # no calibration steps: start the EMA bounds at 1 (their values do not change the time)
         state = state.replace(quant_stats=jax.tree.map(jnp.ones_like, state.quant_stats))
     step = jax.jit(functools.partial(train.train_step, run, model=model, act_quant=act_quant), donate_argnums=(0,))
     row = Prepared(step, state, images, labels, jax.random.split(key, 64), 0.0, 0.0)

@@ -13,6 +13,7 @@ same command resumes from the last checkpoint.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -233,14 +234,39 @@ def train_step(
     return state, (ce, correct)
 
 
-def train_epoch(run: RunSpec, mesh, state: TrainState, images, labels, idx, key):
-    """Scans `train_step` over idx (steps, batch) of on-device data."""
+def act_quant_phase(run: RunSpec, first_step: int, num_steps: int) -> bool | None:
+    """How a program that runs steps [first_step, first_step + num_steps) quantizes activations.
+
+    False before run.act_start_step (bounds calibrate), True from it (bounds
+    frozen: no batch-max reduction or select on the hot path), None where the
+    start falls inside (a traced switch). Runs without quantized activations get
+    True, which leaves float layers unchanged, so they compile one program.
+
+    Args:
+      run: the run.
+      first_step: the program's first step.
+      num_steps: how many steps it runs.
+
+    Returns:
+      The `act_quant` to compile `train_step` with.
+    """
+    if not any(s.a_bits is not None for s in run.specs.values()):
+        return True
+    if first_step + num_steps <= run.act_start_step:
+        return False
+    if first_step >= run.act_start_step:
+        return True
+    return None
+
+
+def train_epoch(run: RunSpec, mesh, state: TrainState, images, labels, idx, key, act_quant=None):
+    """Scans `train_step` over idx (steps, batch) of on-device data; `act_quant` as in `gradients`."""
     batch_sharding = NamedSharding(mesh, P("data"))
 
     def body(state, xs):
         i, k = xs
         imgs = jax.lax.with_sharding_constraint(images[i], batch_sharding)
-        return train_step(run, state, imgs, labels[i], k)
+        return train_step(run, state, imgs, labels[i], k, act_quant=act_quant)
 
     keys = jax.random.split(key, idx.shape[0])
     return jax.lax.scan(body, state, (idx, keys))
@@ -547,6 +573,40 @@ class _Feed:
     evaluate: Any  # state -> (loss sum, correct count)
 
 
+class _PhasePrograms:
+    """The jitted programs of a run, one per activation-quantization phase (`act_quant_phase`).
+
+    `prepare` compiles phases needed later on a background thread, from the
+    shapes of the current call's arguments, so switching phase does not stall
+    training for a compilation.
+    """
+
+    def __init__(self, make):
+        self._make = make
+        self._fns: dict[bool | None, Any] = {}
+        self._pending: dict[bool | None, concurrent.futures.Future] = {}
+        self._pool = None
+
+    def prepare(self, phases, args) -> None:
+        """Starts compiling each phase in `phases` not yet compiled, for arguments shaped like `args`."""
+        todo = [p for p in phases if p not in self._fns and p not in self._pending]
+        if not todo:
+            return
+        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args)
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile")
+        for phase in todo:
+            self._pending[phase] = self._pool.submit(lambda p=phase: self._make(p).lower(*shapes).compile())
+
+    def get(self, phase: bool | None):
+        """The program for `phase`: compiled in the background, or jitted now."""
+        if phase in self._pending:
+            self._fns[phase] = self._pending.pop(phase).result()
+        if phase not in self._fns:
+            self._fns[phase] = self._make(phase)
+        return self._fns[phase]
+
+
 def _in_memory_feed(config, run: RunSpec, mesh, key, arrays: data.Arrays) -> _Feed:
     """The whole dataset on the devices; an epoch is one compiled scan."""
     replicated = NamedSharding(mesh, P())
@@ -556,13 +616,20 @@ def _in_memory_feed(config, run: RunSpec, mesh, key, arrays: data.Arrays) -> _Fe
         jax.device_put(a, replicated)
         for a in _eval_batches(arrays.test_images, arrays.test_labels, config.eval_batch_size)
     ]
-    epoch_fn = jax.jit(functools.partial(train_epoch, run, mesh), donate_argnums=(0,))
+    programs = _PhasePrograms(
+        lambda phase: jax.jit(functools.partial(train_epoch, run, mesh, act_quant=phase), donate_argnums=(0,))
+    )
     eval_fn = jax.jit(functools.partial(evaluate_all, run))
     n_train = len(arrays.train_labels)
+    spe = run.steps_per_epoch
 
     def one_epoch(state, epoch):
         idx = jax.device_put(_epoch_indices(config.seed, epoch, n_train, run), NamedSharding(mesh, P(None, "data")))
-        state, (losses, correct) = epoch_fn(state, train_images, train_labels, idx, jax.random.fold_in(key, epoch + 1))
+        epoch_key = jax.device_put(jax.random.fold_in(key, epoch + 1), replicated)
+        args = (state, train_images, train_labels, idx, epoch_key)
+        # The other phases' programs compile in the background while this one trains.
+        programs.prepare({act_quant_phase(run, e * spe, spe) for e in range(epoch + 1, run.num_epochs)}, args)
+        state, (losses, correct) = programs.get(act_quant_phase(run, epoch * spe, spe))(*args)
         return state, np.asarray(losses), np.asarray(correct)
 
     return _Feed(arrays.train_images[: run.batch_size], one_epoch, lambda state: eval_fn(state, *ev))
@@ -585,7 +652,9 @@ def _streaming_feed(config, run: RunSpec, mesh, key, stream: imagenet_input.Stre
     """Batches from the input pipeline, one jitted step each (the host prepares the next meanwhile)."""
     batch = NamedSharding(mesh, P("data"))
     eval_sharding = batch if stream.eval_batch_size % mesh.size == 0 else NamedSharding(mesh, P())
-    step_fn = jax.jit(functools.partial(train_step, run), donate_argnums=(0,))
+    programs = _PhasePrograms(
+        lambda phase: jax.jit(functools.partial(train_step, run, act_quant=phase), donate_argnums=(0,))
+    )
     eval_fn = jax.jit(functools.partial(eval_step, run))
     train_src, eval_src = sources[stream.train_split], sources[stream.eval_split]
 
@@ -595,6 +664,8 @@ def _streaming_feed(config, run: RunSpec, mesh, key, stream: imagenet_input.Stre
         batches = imagenet_input.train_batches(stream, train_src, seed=config.seed, epoch=epoch)
         for i, b in zip(range(run.steps_per_epoch), batches):
             images, labels = jax.device_put(b["image"], batch), jax.device_put(b["label"], batch)
+            step = epoch * run.steps_per_epoch + i
+            step_fn = programs.get(act_quant_phase(run, step, 1))
             state, (loss, right) = step_fn(state, images, labels, jax.random.fold_in(k, i))
             losses.append(loss)
             correct.append(right)

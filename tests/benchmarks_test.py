@@ -1,5 +1,7 @@
 """The training-step benchmark harness, on a tiny model on the CPU."""
 
+import json
+
 import pytest
 
 from benchmarks import baselines, train_step
@@ -10,6 +12,7 @@ ROWS = (
     ("plain_flax", "float", "flax"),
     ("qresnet", "float", "qresnet"),
     ("qresnet", "w4a4_ends8", "qresnet"),
+    ("qresnet", "w4a4_ends8", "switch"),
     ("aqt", "w8a8", "conv"),
     ("aqt", "w8a8", "im2col"),
     ("qwix", "w8", "weight_only"),
@@ -51,7 +54,8 @@ def test_a_conv_path_without_gradient_is_flagged(rows):
     _, by_key = rows
     aqt_conv = by_key[("aqt", "w8a8", "conv")]
     assert aqt_conv["stem_grad_norm"] == 0.0 and "zero gradient" in aqt_conv["error"]
-    for key in (("aqt", "w8a8", "im2col"), ("qresnet", "w4a4_ends8", "qresnet"), ("qwix", "w8", "weight_only")):
+    trains = [("aqt", "w8a8", "im2col"), ("qresnet", "w4a4_ends8", "qresnet"), ("qresnet", "w4a4_ends8", "switch")]
+    for key in (*trains, ("qwix", "w8", "weight_only")):
         assert by_key[key]["stem_grad_norm"] > 0 and "error" not in by_key[key], key
 
 
@@ -120,3 +124,36 @@ def test_int8_probe_counts_the_compiled_program():
         "transposes": 1,
         "copies": 1,
     }
+
+
+def test_profile_sums_device_time_per_instruction(tmp_path):
+    from benchmarks import profile_step
+
+    hlo = (
+        "  %fusion.3 = f32[2]{0} fusion(f32[2]{0} %p), kind=kLoop, calls=%fused\n"
+        '  ROOT %cc = (f32[2]{0}) custom-call(%fusion.3), custom_call_target="__cudnn$convForward"\n'
+        "  %add.1 = f32[2]{0} add(%a, %b)\n"
+    )
+    assert profile_step.instruction_kinds(hlo) == {
+        "fusion.3": "fusion:kLoop",
+        "cc": "custom-call:__cudnn$convForward",
+        "add.1": "add",
+    }
+    rc = profile_step.main(
+        [
+            "--case",
+            "resnet8:16:8:float32",
+            "--rows",
+            "qresnet:w8a8:qresnet",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0
+    (row,) = json.loads((tmp_path / "profile.json").read_text())
+    assert row["device_ms"] > 0 and row["ops_ms"] and (tmp_path / f"{row['row']}.hlo.txt.gz").exists()
+    assert sum(v for k, v in row["by_kind_ms"].items() if k.startswith("convolution")) > 0

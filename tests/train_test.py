@@ -119,3 +119,42 @@ def test_two_devices_shard_the_batch_and_agree_with_one(smoke_run, tmp_path):
         for w in (workdir, smoke_run[0])
     ]
     assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+
+
+def test_act_quant_phase_splits_at_the_start_step():
+    config = config_lib.load_config(SMOKE)  # 4 steps an epoch, activation quantization from step 4
+    run = train.make_run_spec(config, 64)
+    assert [train.act_quant_phase(run, e * 4, 4) for e in range(2)] == [False, True]
+    assert train.act_quant_phase(run, 2, 4) is None  # the start falls inside: traced switch
+    assert train.act_quant_phase(run, 3, 1) is False and train.act_quant_phase(run, 4, 1) is True
+    config.quant.rules = [(".*", None, None)]
+    assert train.act_quant_phase(train.make_run_spec(config, 64), 0, 4) is True  # float: one program
+
+
+def test_phase_programs_train_as_the_traced_switch_does():
+    """Compiling each phase with act_quant fixed changes the program, not the math: two epochs
+    around the start step give the same state as the one program with the traced switch."""
+    import jax
+    import numpy as np
+
+    config = config_lib.load_config(SMOKE)
+    run = train.make_run_spec(config, 64)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    rng = np.random.default_rng(0)
+    images = jax.numpy.asarray(rng.integers(0, 256, (64, *run.info.image_shape), dtype=np.uint8))
+    labels = jax.numpy.asarray(rng.integers(0, 10, 64, dtype=np.int32))
+    sample = train.data.normalize(images[:4], run.info)
+    key = jax.random.key(0)
+    finals = []
+    for phases in ([None, None], [False, True]):
+        state = train.create_train_state(run, key, sample)
+        for epoch, phase in enumerate(phases):
+            idx = jax.numpy.asarray(train._epoch_indices(0, epoch, 64, run))
+            fn = jax.jit(lambda s, i, k, p=phase: train.train_epoch(run, mesh, s, images, labels, i, k, act_quant=p))
+            state, (losses, _) = fn(state, idx, jax.random.fold_in(key, epoch))
+        finals.append((state, losses))
+    (a, la), (b, lb) = finals
+    np.testing.assert_allclose(la, lb, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(a.quant_stats), jax.tree.leaves(b.quant_stats)):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+    assert any(float(np.max(x)) > 0 for x in jax.tree.leaves(b.quant_stats))  # the bounds calibrated
