@@ -325,6 +325,10 @@ def _fmt(v, digits=2):
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+def _times(v, digits=2):
+    return "—" if v is None else f"{v:.{digits}f}x"
+
+
 def report(rows: list[dict[str, Any]]) -> str:
     """Markdown tables: every row, and the ratios the issue asks for, per case and device."""
     lines = [
@@ -343,7 +347,7 @@ def report(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['device']} | {r['model']} | {r['dtype']} | {r['batch']} | {r['library']} | {r['setting']} | "
             f"{r['path']} | {_fmt(r.get('step_ms'))} | {_fmt(r.get('images_per_s'), 0)} | "
-            f"{_fmt(r.get('stem_grad_norm'), 4)} | {_fmt(ratio)}x | {_fmt(r.get('vs_float'), 3)}x | "
+            f"{_fmt(r.get('stem_grad_norm'), 4)} | {_times(ratio)} | {_times(r.get('vs_float'), 3)} | "
             f"{r.get('error', '')[:160]} |"
         )
     return "\n".join(lines) + "\n"
