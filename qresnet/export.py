@@ -17,6 +17,7 @@ larger than their weights.)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -222,8 +223,8 @@ def size_check(path: str | Path, memory_bits: float) -> dict[str, Any]:
     return {"file_bytes": size, "expected_bytes": int(round(expected)), "ratio": size / expected}
 
 
-def int_model(header: Mapping[str, Any]) -> resnet.ResNet:
-    """The integer inference model an export describes."""
+def int_model(header: Mapping[str, Any], *, pointwise_as_dot: bool = True) -> resnet.ResNet:
+    """The integer inference model an export describes (`pointwise_as_dot`: see `IntConv`)."""
     specs = specs_lib.specs_from_json(header["specs"])
     return resnet.ResNet(
         arch=resnet.get_arch(header["model"]),
@@ -231,7 +232,7 @@ def int_model(header: Mapping[str, Any]) -> resnet.ResNet:
         width=header["width"],
         specs=specs,
         dtype=jnp.float32,
-        conv_cls=int_layers.IntConv,
+        conv_cls=functools.partial(int_layers.IntConv, pointwise_as_dot=pointwise_as_dot),
         dense_cls=int_layers.IntDense,
     )
 

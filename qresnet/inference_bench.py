@@ -38,7 +38,8 @@ def median_seconds(fn, *args, iters: int, warmup: int) -> float:
 
 def forward_functions(name: str, image_size: int, batch: int) -> dict[str, tuple[Any, tuple]]:
     """The jitted bf16 and integer (w8a8, per-tensor activations) forward passes of a model and their
-    arguments, on the same random weights and input: {"bf16": (fn, args), "int8": (fn, args)}."""
+    arguments, on the same random weights and input: {"bf16": (fn, args), "int8": (fn, args),
+    "int8_conv": (fn, args)}; "int8_conv" runs 1x1 convs as integer convs instead of int8 dots."""
     arch = resnet.get_arch(name)
     classes = 10 if arch.cifar else 1000
     shape = (image_size, image_size, 3)
@@ -55,9 +56,11 @@ def forward_functions(name: str, image_size: int, batch: int) -> dict[str, tuple
     int_vars = export.integer_variables(variables, specs)
     header = {"model": name, "num_classes": classes, "width": 1.0, "specs": {n: s.to_dict() for n, s in specs.items()}}
     int_model = export.int_model(header)
+    conv_only = export.int_model(header, pointwise_as_dot=False)
     return {
         "bf16": (jax.jit(lambda v, x: bf16.apply(v, x)), (bf16_vars, x)),
         "int8": (jax.jit(lambda v, x: int_model.apply(v, x)), (int_vars, x)),
+        "int8_conv": (jax.jit(lambda v, x: conv_only.apply(v, x)), (int_vars, x)),
     }
 
 
@@ -66,6 +69,7 @@ def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmu
     fns = forward_functions(name, image_size, batch)
     t_bf16 = median_seconds(fns["bf16"][0], *fns["bf16"][1], iters=iters, warmup=warmup)
     t_int = median_seconds(fns["int8"][0], *fns["int8"][1], iters=iters, warmup=warmup)
+    t_conv = median_seconds(fns["int8_conv"][0], *fns["int8_conv"][1], iters=iters, warmup=warmup)
     devs = jax.local_devices()
     return {
         "model": name,
@@ -77,6 +81,7 @@ def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmu
         "speedup": t_bf16 / t_int,
         "bf16_ms": 1e3 * t_bf16,
         "int8_ms": 1e3 * t_int,
+        "int8_conv_ms": 1e3 * t_conv,  # 1x1 convs as integer convs (the path before int8 dots)
         "iters": iters,
         "device": f"{devs[0].device_kind} ({devs[0].platform})",
         "date": time.strftime("%Y-%m-%d"),

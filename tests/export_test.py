@@ -161,7 +161,7 @@ def test_bench_int_reports_both_paths(tmp_path, capsys):
     assert cli.main(["bench-int", "--case", "resnet20:32:4", "--iters", "1", "--warmup", "1", "--out", str(out)]) == 0
     row = json.loads(out.read_text())
     assert row["model"] == "resnet20" and row["batch"] == 4
-    assert row["bf16_images_per_s"] > 0 and row["int8_images_per_s"] > 0
+    assert row["bf16_images_per_s"] > 0 and row["int8_images_per_s"] > 0 and row["int8_conv_ms"] > 0
     assert row["speedup"] == pytest.approx(row["int8_images_per_s"] / row["bf16_images_per_s"])
     assert cli.main(["bench-int", "--case", "resnet20-32"]) == 1
     assert "must look like MODEL:IMAGE_SIZE:BATCH" in capsys.readouterr().err

@@ -140,3 +140,26 @@ def test_per_tensor_layer_equals_the_integer_layer_bit_for_bit():
         iv = {"params": {"kernel_int": q, "w_scale": s}, "quant_stats": v["quant_stats"]}
         integer = int_layers.IntConv(6, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), spec=spec).apply(iv, x)
         np.testing.assert_array_equal(layer.apply(v, x), integer)
+
+
+def test_pointwise_integer_conv_as_a_dot_is_the_conv():
+    """A 1x1 IntConv run as an int8 dot (int32 sums) gives the integer conv's output and the
+    per-tensor fake-quant layer's, to the bit, with and without stride and the unsigned shift."""
+    from qresnet.quant import int_layers
+
+    for signed, bits, stride in ((False, 8, 1), (False, 8, 2), (True, 4, 2)):
+        spec = QuantSpec(w_bits=bits, a_bits=bits, a_granularity="per_tensor", a_signed=signed)
+        x = jax.random.normal(jax.random.key(bits + stride), (2, 6, 6, 5)) * 2 + (0 if signed else 2)
+        layer = QConv(7, (1, 1), strides=(stride, stride), spec=spec)
+        v = {**layer.init(jax.random.key(1), x), "quant_stats": {"act_bound": jnp.float32(3.0)}}
+        q, s = int_layers.kernel_codes(v["params"]["kernel"], spec)
+        iv = {"params": {"kernel_int": q, "w_scale": s}, "quant_stats": v["quant_stats"]}
+        outs = [
+            int_layers.IntConv(7, (1, 1), strides=(stride, stride), spec=spec, pointwise_as_dot=dot).apply(iv, x)
+            for dot in (True, False)
+        ]
+        assert outs[0].shape == (2, 6 // stride, 6 // stride, 7)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        np.testing.assert_array_equal(outs[0], layer.apply(v, x))
+        text = jax.jit(int_layers.IntConv(7, (1, 1), spec=spec).apply).lower(iv, x).as_text()
+        assert "dot_general" in text and "convolution" not in text  # the dot path, not a conv

@@ -11,6 +11,10 @@ activation scale per tensor computes (`layers.code_domain`), to the bit; a
 per-input-channel scale cannot be factored out of the integer sum (export refuses
 it and names the per_tensor setting to train with).
 
+A 1x1 convolution is a matrix multiply over the (strided) pixels, so by default
+(`pointwise_as_dot`) it runs as an int8 x int8 -> int32 dot, which GPUs run on
+integer GEMM kernels, rather than as an integer convolution.
+
 Unsigned 8-bit codes (0..255) do not fit int8: they are shifted by -128 and the
 conv gets 128 * sum(W) back per output channel; the padding is applied in the
 code domain (the code of 0), so the correction is the same at every position.
@@ -65,7 +69,8 @@ def _float_input(module, x, spec):
 
 
 class IntConv(nn.Module):
-    """Conv over integer codes (see module doc); same constructor as QConv."""
+    """Conv over integer codes (see module doc); same constructor as QConv, plus
+    `pointwise_as_dot`: run an unpadded 1x1 conv as an int8 dot with int32 accumulation."""
 
     features: int
     kernel_size: Sequence[int]
@@ -77,6 +82,7 @@ class IntConv(nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Any = None
     bias_init: Any = None
+    pointwise_as_dot: bool = True
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, act_quant=True):
@@ -95,10 +101,16 @@ class IntConv(nn.Module):
         q_x, s_x = _act_codes(self, x, spec, integer=True)
         q_w, s_w = _int_kernel(self, kshape)
         shift = 128.0 if (not spec.a_signed and spec.a_bits == 8) else 0.0
-        q_x = jnp.pad(q_x - shift, [(0, 0), *pads, (0, 0)], constant_values=-shift).astype(jnp.int8)
-        acc = lax.conv_general_dilated(
-            q_x, q_w, tuple(self.strides), "VALID", dimension_numbers=_DN, preferred_element_type=jnp.float32
-        )
+        if self.pointwise_as_dot and kshape[:2] == (1, 1) and all(p == (0, 0) for p in pads):
+            sh, sw = self.strides
+            q_x = (q_x[:, ::sh, ::sw, :] - shift).astype(jnp.int8)
+            acc = lax.dot_general(q_x, q_w[0, 0], (((3,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+            acc = acc.astype(jnp.float32)
+        else:
+            q_x = jnp.pad(q_x - shift, [(0, 0), *pads, (0, 0)], constant_values=-shift).astype(jnp.int8)
+            acc = lax.conv_general_dilated(
+                q_x, q_w, tuple(self.strides), "VALID", dimension_numbers=_DN, preferred_element_type=jnp.float32
+            )
         if shift:
             acc = acc + shift * jnp.sum(q_w.astype(jnp.float32), axis=(0, 1, 2))
         return acc / (s_x * s_w)
