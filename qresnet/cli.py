@@ -33,6 +33,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--root", required=True, help="folder that holds one workdir per run")
         p.add_argument("--dry-run", action="store_true", help="list the runs and their costs, train nothing")
         p.add_argument("--jobs", type=int, default=0, help="concurrent runs per device (0 = automatic)")
+        p.add_argument("--mps", action="store_true", help="share each GPU through a CUDA MPS daemon")
     if command == "export":
         p.add_argument("--workdir", required=True, help="a finished qresnet train workdir")
         p.add_argument("--out", required=True, help="the export file to write")
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             from qresnet import sweep
 
             errors += (sweep.SweepError,)
-            return sweep.run_sweep(ns.config, ns.root, overrides, dry_run=ns.dry_run, jobs=ns.jobs)
+            return sweep.run_sweep(ns.config, ns.root, overrides, dry_run=ns.dry_run, jobs=ns.jobs, mps=ns.mps)
         if command == "bench-int":
             from qresnet import inference_bench
 

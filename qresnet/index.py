@@ -32,6 +32,8 @@ COLUMNS = (
     "gap",
     "images_per_s",
     "wall_s",
+    "setup_s",
+    "first_epoch_s",
     "device",
     "commit",
 )
@@ -65,6 +67,8 @@ def row(result: dict[str, Any]) -> dict[str, Any]:
         "gap": result["train_top1_at_best"] - result["top1"],
         "images_per_s": result["images_per_s"],
         "wall_s": result["wall_s"],
+        "setup_s": result.get("setup_s", ""),  # absent in older records
+        "first_epoch_s": result.get("first_epoch_s", ""),
         "device": result["device"],
         "commit": result["commit"],
     }

@@ -417,6 +417,7 @@ def train_and_evaluate(
     """
     import orbax.checkpoint as ocp
 
+    t_enter = time.perf_counter()
     workdir = Path(workdir).resolve()
     specs = resolve_specs(config)
     cost_obj = config_cost(config, specs)
@@ -471,8 +472,9 @@ def train_and_evaluate(
 
     writer = tensorboard.SummaryWriter(workdir / "tb")
     images_per_epoch = run.steps_per_epoch * run.batch_size
-    timed_images, timed_s = 0, 0.0
+    timed_images, timed_s, first_epoch_s = 0, 0.0, None
     t_run = time.perf_counter()
+    setup_s = t_run - t_enter
     for epoch in range(start_epoch, run.num_epochs):
         t0 = time.perf_counter()
         state, losses, correct = _oom_advice(run, feed.train_epoch, state, epoch)
@@ -481,6 +483,8 @@ def train_and_evaluate(
         if epoch > start_epoch:  # The first epoch of a process includes compilation.
             timed_images += images_per_epoch
             timed_s += dt
+        else:
+            first_epoch_s = dt
         loss_sum, eval_correct = feed.evaluate(state)
         row = {
             "epoch": epoch + 1,
@@ -516,6 +520,10 @@ def train_and_evaluate(
         "a_bits": {n: s.a_bits for n, s in specs.items()},
         "images_per_s": timed_images / timed_s if timed_s else history[-1]["images_per_s"],
         "wall_s": time.perf_counter() - t_run,
+        # Fixed costs of this process: data, model and checkpoint set-up before the first epoch,
+        # and that epoch (which includes compiling the train and eval programs).
+        "setup_s": setup_s,
+        "first_epoch_s": first_epoch_s,
         "resumed_from_epoch": start_epoch,
         "batch_size": run.batch_size,
         "seed": config.seed,

@@ -34,3 +34,30 @@ def test_sweep_runs_then_skips_finished_runs(tmp_path, capsys):
     assert "2 done, 0 to run" in capsys.readouterr().out
     assert [p.stat().st_mtime_ns for p in results] == mtimes
     assert not list(root.rglob("*.tmp"))
+
+
+def test_mps_daemon_starts_a_private_daemon_and_stops_it(tmp_path, monkeypatch):
+    import json
+    import os
+
+    import pytest
+
+    log = tmp_path / "calls.jsonl"
+    fake = tmp_path / "bin" / sweep.MPS_CONTROL
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/usr/bin/env python3\nimport json, os, sys\n"
+        f"open({str(log)!r}, 'a').write(json.dumps([sys.argv[1:], sys.stdin.read() if len(sys.argv) == 1 else '',"
+        " os.environ['CUDA_MPS_PIPE_DIRECTORY']]) + '\\n')\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    with sweep.mps_daemon() as env:
+        pipe = env["CUDA_MPS_PIPE_DIRECTORY"]
+        assert Path(pipe).is_dir() and len(pipe) < 100
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert calls == [[["-d"], "", pipe], [[], "quit\n", pipe]]
+    assert not Path(pipe).exists()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(sweep.SweepError, match="nvidia-cuda-mps-control"), sweep.mps_daemon():
+        pass
