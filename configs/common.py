@@ -26,8 +26,8 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.dataset.flip = True  # Random horizontal flip.
     c.dataset.synthetic_train = 512  # Examples, for the "synthetic" dataset only.
     c.dataset.synthetic_test = 256
-    c.dataset.train_subset = 0  # Use only the first N training examples (0 = all).
-    c.dataset.test_subset = 0  # Use only the first N test examples (0 = all).
+    c.dataset.train_subset = 0  # Use N training examples drawn at random, fixed seed (0 = all).
+    c.dataset.test_subset = 0  # Use N test examples drawn at random, fixed seed (0 = all).
     # Streaming datasets (imagenet2012) only:
     c.dataset.tfds_name = ""  # TFDS dataset to read ("" = dataset.name), prepared as array_record in tfds_dir.
     c.dataset.image_size = 0  # Crop size (0 = the dataset's, 224).

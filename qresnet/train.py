@@ -360,11 +360,22 @@ def git_commit() -> str:
 
 
 def _subset(arrays: data.Arrays, n_train: int, n_test: int) -> data.Arrays:
+    """n_train / n_test examples (0 = all) drawn at random with a fixed seed, in their stored order.
+
+    Random rather than the first n: a dataset stored by class (cifar10_jpeg is) would
+    otherwise give a subset of one class. The draw does not depend on the run's seed,
+    so every run of a sweep sees the same examples.
+    """
+
+    def pick(images, labels, n):
+        if not n or n >= len(labels):
+            return images, labels
+        idx = np.sort(np.random.default_rng(0).permutation(len(labels))[:n])
+        return images[idx], labels[idx]
+
     return data.Arrays(
-        arrays.train_images[: n_train or None],
-        arrays.train_labels[: n_train or None],
-        arrays.test_images[: n_test or None],
-        arrays.test_labels[: n_test or None],
+        *pick(arrays.train_images, arrays.train_labels, n_train),
+        *pick(arrays.test_images, arrays.test_labels, n_test),
     )
 
 
