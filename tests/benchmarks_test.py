@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import baselines, train_step
@@ -157,3 +158,30 @@ def test_profile_sums_device_time_per_instruction(tmp_path):
     (row,) = json.loads((tmp_path / "profile.json").read_text())
     assert row["device_ms"] > 0 and row["ops_ms"] and (tmp_path / f"{row['row']}.hlo.txt.gz").exists()
     assert sum(v for k, v in row["by_kind_ms"].items() if k.startswith("convolution")) > 0
+
+
+def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, capsys):
+    from benchmarks import input_pipeline
+
+    out = tmp_path / "pipe.jsonl"
+    args = ["--workers", "0", "--examples", "24", "--batch", "4", "--batches", "3", "--image-size", "32"]
+    assert input_pipeline.main([*args, "--target", "1", "--out", str(out)]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["workers"] == 0 and row["images_per_s"] > 0 and row["feeds_target"] is True
+    assert input_pipeline.main(["--workers", "x"]) == 2
+    assert "--workers 'x'" in capsys.readouterr().err
+    assert input_pipeline.main(["--examples", "10", "--batch", "4", "--batches", "3"]) == 2
+    assert "raise --examples" in capsys.readouterr().err
+
+
+def test_synthetic_jpegs_decode_to_imagenet_sized_images(tmp_path):
+    from benchmarks import input_pipeline
+
+    input_pipeline.write_jpegs(tmp_path / "j.npz", 3)
+    source = input_pipeline.JpegSource(tmp_path / "j.npz")
+    ex = source[2]
+    assert len(source) == 3 and ex["image"].dtype == np.uint8 and ex["image"].shape[2] == 3
+    assert 300 <= ex["image"].shape[0] <= 500 and 350 <= ex["image"].shape[1] <= 600
+    import pickle
+
+    assert len(pickle.dumps(source)) < 1000  # workers get the path, not the images

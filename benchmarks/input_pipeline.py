@@ -1,0 +1,149 @@
+"""Can the ImageNet input pipeline keep a GPU fed? Images/s of `imagenet_input.train_batches`.
+
+    python -m benchmarks.input_pipeline --workers 0,8,16 --out F.jsonl [--target 6258]
+
+Times qresnet's streaming train pipeline (grain worker processes; JPEG decode,
+Inception crop, bicubic resize to 224, flip, batching) on synthetic JPEGs of
+ImageNet's typical sizes (300-500 x 350-600 pixels, quality 90, photo-like
+content), read from a memory-mapped file and decoded on access, as
+`tfds.data_source` decodes when an example is read. Nothing here needs
+TensorFlow or TFDS, so it runs where only grain is installed. `--target` is the
+training step's images/s to compare with (e.g. 6258: qresnet's ResNet-50 bf16
+batch 256 float step on an H200, docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qresnet import imagenet_input, results
+
+
+def write_jpegs(path: Path, n: int, seed: int = 0, sizes=((300, 500), (350, 600))) -> None:
+    """n synthetic photo-like JPEGs (smooth colour fields plus noise) as one .npz (bytes + offsets)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    blobs = []
+    for _ in range(n):
+        h, w = (int(rng.integers(lo, hi + 1)) for lo, hi in sizes)
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        f = rng.uniform(5, 40, 6)
+        img = np.stack([np.sin(x / f[c] + c) * 60 + np.cos(y / f[c + 3]) * 60 + 128 for c in range(3)], -1)
+        img = (img + rng.normal(0, 12, img.shape)).clip(0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=90)
+        blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+    labels = rng.integers(0, 1000, n).astype(np.int32)
+    results.atomic_write_npz(path, {"jpeg": np.concatenate(blobs), "offsets": offsets, "labels": labels})
+
+
+class JpegSource:
+    """Random access to the file's examples, decoded when read (as `tfds.data_source` does).
+
+    Holds only the path, so it pickles cheaply to grain's worker processes; each
+    process maps the file on first use.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self._z = None
+        with np.load(self.path) as z:
+            self._n = len(z["labels"])
+
+    def _arrays(self):
+        if self._z is None:
+            self._z = dict(np.load(self.path))
+        return self._z
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        z = self._arrays()
+        i = int(i)
+        data = z["jpeg"][z["offsets"][i] : z["offsets"][i + 1]].tobytes()
+        return {"image": np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), "label": z["labels"][i]}
+
+    def __getstate__(self):
+        return {"path": self.path, "_n": self._n, "_z": None}
+
+
+def time_pipeline(source, *, workers: int, batch: int, size: int, batches: int, warmup: int = 2) -> dict:
+    """Images/s of `train_batches` over `batches` batches after `warmup` (worker start-up excluded)."""
+    spec = imagenet_input.StreamSpec("synthetic", "", size, batch, batch, workers=workers)
+    it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
+    for _ in range(warmup):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        b = next(it)
+    dt = time.perf_counter() - t0
+    assert b["image"].shape == (batch, size, size, 3)
+    return {
+        "workers": workers,
+        "batch": batch,
+        "image_size": size,
+        "batches": batches,
+        "images_per_s": batch * batches / dt,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", default="0,8,16", help="comma-separated worker counts to time")
+    p.add_argument("--examples", type=int, default=4096, help="synthetic JPEGs to make")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batches", type=int, default=10, help="timed batches per worker count")
+    p.add_argument("--target", type=float, default=0.0, help="training images/s to compare with")
+    p.add_argument("--data", default="", help="where to keep the synthetic JPEGs (default: a temporary file)")
+    p.add_argument("--out", help="also write the rows as JSON lines here")
+    args = p.parse_args(argv)
+    try:
+        workers = [int(w) for w in args.workers.split(",")]
+        if any(w < 0 for w in workers):
+            raise ValueError
+    except ValueError:
+        print(f"error: --workers {args.workers!r} must be comma-separated counts >= 0, e.g. 0,8,16", file=sys.stderr)
+        return 2
+    if (args.batches + 2) * args.batch > args.examples:
+        print(
+            f"error: {args.batches + 2} batches of {args.batch} need {(args.batches + 2) * args.batch} examples; "
+            f"raise --examples above {args.examples} or lower --batches",
+            file=sys.stderr,
+        )
+        return 2
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.data or Path(tmp) / "jpegs.npz")
+        if not path.exists():
+            write_jpegs(path, args.examples)
+        source = JpegSource(path)
+        rows = []
+        for w in workers:
+            row = time_pipeline(source, workers=w, batch=args.batch, size=args.image_size, batches=args.batches)
+            row |= {"cpus": os.cpu_count(), "examples": len(source), "date": time.strftime("%Y-%m-%d")}
+            if args.target:
+                row |= {"target_images_per_s": args.target, "feeds_target": row["images_per_s"] >= args.target}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            if args.out:
+                results.atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
