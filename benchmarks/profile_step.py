@@ -93,7 +93,7 @@ def device_times(xplane_path: str) -> tuple[dict[str, float], dict[str, float], 
 def profile_row(library: str, setting: str, path: str, case: bench.Case, *, steps: int, warmup: int, out: Path):
     """Profiles one row; writes its HLO; returns its summary."""
     row = bench.prepare(library, setting, path, case, warmup=warmup)
-    compiled = row.step.lower(row.state, row.images, row.labels, row.keys[0]).compile()
+    compiled = row.step.lower(row.state, *row.args, row.keys[0]).compile()
     hlo = compiled.as_text()
     tag = f"{case.model}_{library}_{setting}_{path}"
     with gzip.open(out / f"{tag}.hlo.txt.gz", "wt") as f:

@@ -18,6 +18,11 @@ SGD), jitted once, on synthetic uint8 data; only the model differs:
 - `aqt`, `qwix`: the same architecture quantized by those libraries
   (`benchmarks.baselines`; optional: `pip install -e ".[bench]"`).
 
+With `--scan N` every timed call is instead the trainer's epoch program
+(`train.train_epoch`: N steps in one `lax.scan`, batches gathered from
+on-device data), as `qresnet train` runs it for in-memory datasets, and
+step times are the call's time / N.
+
 A row reports the median of `--steps` timed steps after `--warmup` steps
 (compilation included in warm-up), each ended by `block_until_ready` and
 followed by one step of the case's qresnet float model, whose median is recorded
@@ -155,28 +160,29 @@ class Prepared:
 
     step: Any
     state: Any
-    images: jax.Array
-    labels: jax.Array
+    args: tuple  # the step's arguments between the state and the key
     keys: jax.Array
     stem_grad_norm: float
     warmup_s: float
+    steps_per_call: int = 1
     i: int = 0
     loss: float = float("nan")
 
     def time_one(self) -> float:
-        """Runs one step to completion; returns its seconds."""
+        """Runs one call to completion; returns its seconds per training step."""
         key = self.keys[self.i % self.keys.shape[0]]
         t = time.perf_counter()
-        self.state, (loss, _) = self.step(self.state, self.images, self.labels, key)
+        self.state, (loss, _) = self.step(self.state, *self.args, key)
         jax.block_until_ready(loss)
         elapsed = time.perf_counter() - t
         self.i += 1
-        self.loss = loss
-        return elapsed
+        self.loss = jnp.ravel(loss)[-1]
+        return elapsed / self.steps_per_call
 
 
-def prepare(library: str, setting: str, path: str, case: Case, *, warmup: int) -> Prepared:
-    """Builds one row's model and step, compiles it and runs the warm-up steps."""
+def prepare(library: str, setting: str, path: str, case: Case, *, warmup: int, scan: int = 0) -> Prepared:
+    """Builds one row's model and step (or, with `scan`, its epoch program of `scan` steps),
+    compiles it and runs the warm-up calls."""
     run = run_spec(case, "float" if library != "qresnet" else setting, act_start_step=warmup)
     model = build_model(library, setting, path, case, run)
     key = jax.random.key(0)
@@ -190,8 +196,16 @@ def prepare(library: str, setting: str, path: str, case: Case, *, warmup: int) -
     act_quant = None if path == "switch" else True
     if act_quant:  # no calibration steps: start the EMA bounds at 1 (their values do not change the time)
         state = state.replace(quant_stats=jax.tree.map(jnp.ones_like, state.quant_stats))
-    step = jax.jit(functools.partial(train.train_step, run, model=model, act_quant=act_quant), donate_argnums=(0,))
-    row = Prepared(step, state, images, labels, jax.random.split(key, 64), 0.0, 0.0)
+    if scan:
+        mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+        epoch = functools.partial(train.train_epoch, run, mesh, model=model, act_quant=act_quant)
+        step = jax.jit(epoch, donate_argnums=(0,))
+        idx = jnp.arange(scan * case.batch, dtype=jnp.int32).reshape(scan, case.batch)
+        args = (jnp.tile(images, (scan, 1, 1, 1)), jnp.tile(labels, scan), idx)
+    else:
+        step = jax.jit(functools.partial(train.train_step, run, model=model, act_quant=act_quant), donate_argnums=(0,))
+        args = (images, labels)
+    row = Prepared(step, state, args, jax.random.split(key, 64), 0.0, 0.0, steps_per_call=max(scan, 1))
     t0 = time.perf_counter()
     for _ in range(warmup):
         row.time_one()
@@ -218,6 +232,7 @@ def time_row(row: Prepared, reference: Prepared | None, case: Case, *, steps: in
         "step_ms": round(1e3 * median, 3),
         "images_per_s": round(case.batch / median, 1),
         "stem_grad_norm": row.stem_grad_norm,
+        "scan": row.steps_per_call if row.steps_per_call > 1 else 0,
         "loss": float(row.loss),
         "warmup_s": round(row.warmup_s, 2),
         "steps": steps,
@@ -242,7 +257,8 @@ def environment() -> dict[str, Any]:
 
 
 def row_key(row: dict[str, Any]) -> tuple:
-    return (row["library"], row["model"], row["setting"], row["path"], row["dtype"], row["batch"], row["device"])
+    keys = ("library", "model", "setting", "path", "dtype", "batch", "device")
+    return (*(row[k] for k in keys), row.get("scan", 0))
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -260,6 +276,7 @@ def run(
     warmup: int = 3,
     out: str | Path | None = None,
     interleave: bool = True,
+    scan: int = 0,
 ) -> list[dict[str, Any]]:
     """Times every (case, row) not already in `out`; prints and records each.
 
@@ -273,6 +290,8 @@ def run(
       interleave: time each row's steps alternating with the case's qresnet float
         step, and record that reference's median (`float_step_ms`) and the ratio
         (`vs_float`), so ratios compare the same stretch of time.
+      scan: time the trainer's epoch program of this many steps per call instead
+        of single steps (0).
 
     Returns:
       All rows in `out` (or measured, without `out`).
@@ -297,6 +316,7 @@ def run(
                 "dtype": case.dtype,
                 "batch": case.batch,
                 "image_size": case.image_size,
+                "scan": scan,
                 **env,
                 "date": time.strftime("%Y-%m-%d"),
             }
@@ -304,8 +324,8 @@ def run(
                 continue
             try:
                 if reference is None and interleave:
-                    reference = prepare("qresnet", "float", "qresnet", case, warmup=warmup)
-                prepared = prepare(library, setting, path, case, warmup=warmup)
+                    reference = prepare("qresnet", "float", "qresnet", case, warmup=warmup, scan=scan)
+                prepared = prepare(library, setting, path, case, warmup=warmup, scan=scan)
                 row.update(time_row(prepared, reference, case, steps=steps))
                 del prepared
                 if row["stem_grad_norm"] == 0.0:
@@ -332,20 +352,21 @@ def _times(v, digits=2):
 def report(rows: list[dict[str, Any]]) -> str:
     """Markdown tables: every row, and the ratios the issue asks for, per case and device."""
     lines = [
-        "| device | model | dtype | batch | library | setting | path | step ms | images/s | stem grad | "
+        "| device | model | dtype | batch | steps/call | library | setting | path | step ms | images/s | stem grad | "
         "vs qresnet float row | vs float, side by side | error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     floats = {
-        (r["device"], r["model"], r["dtype"], r["batch"]): r["step_ms"]
+        (r["device"], r["model"], r["dtype"], r["batch"], r.get("scan", 0)): r["step_ms"]
         for r in rows
         if r["library"] == "qresnet" and r["setting"] == "float" and "step_ms" in r
     }
     for r in rows:
-        base = floats.get((r["device"], r["model"], r["dtype"], r["batch"]))
+        base = floats.get((r["device"], r["model"], r["dtype"], r["batch"], r.get("scan", 0)))
         ratio = r["step_ms"] / base if base and "step_ms" in r else None
         lines.append(
-            f"| {r['device']} | {r['model']} | {r['dtype']} | {r['batch']} | {r['library']} | {r['setting']} | "
+            f"| {r['device']} | {r['model']} | {r['dtype']} | {r['batch']} | {r.get('scan') or 1} | "
+            f"{r['library']} | {r['setting']} | "
             f"{r['path']} | {_fmt(r.get('step_ms'))} | {_fmt(r.get('images_per_s'), 0)} | "
             f"{_fmt(r.get('stem_grad_norm'), 4)} | {_times(ratio)} | {_times(r.get('vs_float'), 3)} | "
             f"{r.get('error', '')[:160]} |"
@@ -360,6 +381,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", help="comma-separated LIBRARY:SETTING:PATH rows, in order (default: all)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--scan", type=int, default=0, help="time the trainer's epoch program of N steps per call")
     p.add_argument("--out", help="JSON-lines file (resumed)")
     p.add_argument("--report", help="print the markdown table of a JSON-lines file and exit")
     args = p.parse_args(argv)
@@ -367,8 +389,10 @@ def main(argv=None) -> int:
         if args.report:
             print(report(read_rows(Path(args.report))), end="")
             return 0
-        if args.steps < 1 or args.warmup < 1:
-            raise ValueError(f"--steps ({args.steps}) and --warmup ({args.warmup}) must be >= 1")
+        if args.steps < 1 or args.warmup < 1 or args.scan < 0:
+            raise ValueError(
+                f"--steps ({args.steps}) and --warmup ({args.warmup}) must be >= 1, --scan ({args.scan}) >= 0"
+            )
         cases = [parse_case(c) for c in (args.case or DEFAULT_CASES)]
         rows = DEFAULT_ROWS
         if args.rows:
@@ -376,7 +400,15 @@ def main(argv=None) -> int:
             bad = [r for r in rows if len(r) != 3]
             if bad:
                 raise ValueError(f"--rows entries must be LIBRARY:SETTING:PATH, got {bad}")
-        run(cases, rows, libraries=args.libraries.split(","), steps=args.steps, warmup=args.warmup, out=args.out)
+        run(
+            cases,
+            rows,
+            libraries=args.libraries.split(","),
+            steps=args.steps,
+            warmup=args.warmup,
+            out=args.out,
+            scan=args.scan,
+        )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -259,14 +259,14 @@ def act_quant_phase(run: RunSpec, first_step: int, num_steps: int) -> bool | Non
     return None
 
 
-def train_epoch(run: RunSpec, mesh, state: TrainState, images, labels, idx, key, act_quant=None):
-    """Scans `train_step` over idx (steps, batch) of on-device data; `act_quant` as in `gradients`."""
+def train_epoch(run: RunSpec, mesh, state: TrainState, images, labels, idx, key, act_quant=None, model=None):
+    """Scans `train_step` over idx (steps, batch) of on-device data; `act_quant`, `model` as in `train_step`."""
     batch_sharding = NamedSharding(mesh, P("data"))
 
     def body(state, xs):
         i, k = xs
         imgs = jax.lax.with_sharding_constraint(images[i], batch_sharding)
-        return train_step(run, state, imgs, labels[i], k, act_quant=act_quant)
+        return train_step(run, state, imgs, labels[i], k, model=model, act_quant=act_quant)
 
     keys = jax.random.split(key, idx.shape[0])
     return jax.lax.scan(body, state, (idx, keys))

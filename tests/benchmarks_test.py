@@ -185,3 +185,16 @@ def test_synthetic_jpegs_decode_to_imagenet_sized_images(tmp_path):
     import pickle
 
     assert len(pickle.dumps(source)) < 1000  # workers get the path, not the images
+
+
+def test_scan_rows_time_the_trainers_epoch_program(rows, tmp_path):
+    out, by_key = rows
+    scan_rows = (("qresnet", "float", "qresnet"), ("qresnet", "w4a4_ends8", "qresnet"))
+    done = train_step.run([CASE], scan_rows, steps=2, warmup=1, out=out, scan=3)
+    scanned = {(r["library"], r["setting"], r["path"]): r for r in done if r.get("scan") == 3}
+    assert set(scanned) == set(scan_rows)  # recorded beside, not instead of, the single-step rows
+    assert len([r for r in done if not r.get("scan")]) == len(ROWS)
+    for r in scanned.values():
+        assert r["step_ms"] > 0 and r["vs_float"] == pytest.approx(r["step_ms"] / r["float_step_ms"], rel=1e-2)
+        assert r["stem_grad_norm"] > 0 and "error" not in r
+    assert "| 3 | qresnet | w4a4_ends8 |" in train_step.report(train_step.read_rows(out))
