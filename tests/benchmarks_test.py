@@ -198,3 +198,38 @@ def test_scan_rows_time_the_trainers_epoch_program(rows, tmp_path):
         assert r["step_ms"] > 0 and r["vs_float"] == pytest.approx(r["step_ms"] / r["float_step_ms"], rel=1e-2)
         assert r["stem_grad_norm"] > 0 and "error" not in r
     assert "| 3 | qresnet | w4a4_ends8 |" in train_step.report(train_step.read_rows(out))
+
+
+def test_vmapped_models_train_each_as_alone():
+    """The vmapped multi-model epoch gives every model the state it gets trained alone (float:
+    to float rounding; quantized: the same losses, and a rare weight code may round the other way)."""
+    import jax
+
+    from benchmarks import multi_model
+
+    case = train_step.Case("resnet8", 8, 2, "float32")
+    for setting in ("float", "w4a4_ends8"):
+        run, states, images, labels, idx, keys = multi_model._setup(case, setting, 2, 2)
+        epoch = multi_model._epoch_fn(run)
+        vmapped = jax.jit(jax.vmap(epoch, in_axes=(0, None, None, 0, 0)))
+        together, (losses, _) = vmapped(states, images, labels, idx, keys)
+        for m in range(2):
+            alone, (loss_m, _) = jax.jit(epoch)(
+                jax.tree.map(lambda a, m=m: a[m], states), images, labels, idx[m], keys[m]
+            )
+            np.testing.assert_allclose(losses[m], loss_m, rtol=1e-5)
+            close = np.isclose(together.params["stem"]["kernel"][m], alone.params["stem"]["kernel"], atol=1e-5)
+            assert close.all() if setting == "float" else close.mean() > 0.99, setting
+        assert not np.allclose(losses[0], losses[1])  # different seeds, different models
+
+
+def test_multi_model_benchmark_times_vmap_and_processes(tmp_path, capsys):
+    from benchmarks import multi_model
+
+    out = tmp_path / "mm.jsonl"
+    args = ["--case", "resnet8:8:2:float32", "--models", "2", "--steps", "1", "--calls", "1"]
+    assert multi_model.main([*args, "--modes", "vmap,processes", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["mode"] for r in rows] == ["vmap", "processes"] and all(r["images_per_s"] > 0 for r in rows)
+    assert multi_model.main([*args, "--modes", "threads"]) == 2
+    assert "unknown modes ['threads']" in capsys.readouterr().err
