@@ -1,7 +1,7 @@
 """Where does a train step's time go? A device profile of `benchmarks.train_step` rows.
 
     python -m benchmarks.profile_step --case resnet50:224:256:bfloat16 \
-        --rows qresnet:float:qresnet,qresnet:w8a8:qresnet,qresnet:w8a8:static --out DIR
+        --rows qresnet:float:qresnet,qresnet:w8a8:qresnet,qresnet:w8a8:switch --out DIR
 
 For each row: the step is built, compiled and warmed up exactly as the
 benchmark builds it, a few steps run under `jax.profiler.trace`, and every

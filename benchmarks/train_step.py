@@ -59,6 +59,7 @@ from qresnet.quant import specs as specs_lib
 
 DEFAULT_CASES = ("resnet20:32:512:float32", "resnet20:32:512:bfloat16", "resnet50:224:256:bfloat16")
 QRESNET_SETTINGS = ("float", "w8a8", "w4a4", "w4a4_ends8")
+QRESNET_PATHS = ("qresnet", "switch")  # the trainer's quantized-phase program; one program with a traced switch
 # (library, setting, path). AQT's own conv path is run once per case, to record that it passes no gradient.
 DEFAULT_ROWS = (
     ("plain_flax", "float", "flax"),
@@ -136,6 +137,8 @@ def build_model(library: str, setting: str, path: str, case: Case, run: train.Ru
     dtype = resnet.DTYPES[case.dtype]
     classes = case.info.num_classes
     if library == "qresnet":
+        if path not in QRESNET_PATHS:
+            raise ValueError(f"qresnet path {path!r}: choose one of {list(QRESNET_PATHS)}")
         return train.create_model(run)
     if library == "plain_flax":
         return PlainResNet(case.model, classes, dtype=dtype)
@@ -400,6 +403,9 @@ def main(argv=None) -> int:
             bad = [r for r in rows if len(r) != 3]
             if bad:
                 raise ValueError(f"--rows entries must be LIBRARY:SETTING:PATH, got {bad}")
+            bad = [":".join(r) for r in rows if r[0] == "qresnet" and r[2] not in QRESNET_PATHS]
+            if bad:
+                raise ValueError(f"--rows {bad}: a qresnet row's path is one of {list(QRESNET_PATHS)}")
         run(
             cases,
             rows,

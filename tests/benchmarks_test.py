@@ -75,6 +75,8 @@ def test_bad_arguments_are_named(capsys):
     assert "MODEL:IMAGE_SIZE:BATCH:DTYPE" in capsys.readouterr().err
     assert train_step.main(["--case", "resnet8:16:8:int3"]) == 2
     assert "dtype must be one of" in capsys.readouterr().err
+    assert train_step.main(["--case", "resnet8:16:8:float32", "--rows", "qresnet:w8a8:static"]) == 2
+    assert "qresnet row's path is one of ['qresnet', 'switch']" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown libraries"):
         train_step.run([CASE], libraries=["tensorrt"])
     with pytest.raises(ValueError, match="AQT setting"):
