@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import record
 from qresnet import imagenet_input, results
 
 
@@ -138,10 +138,7 @@ def main(argv=None) -> int:
             row |= {"cpus": os.cpu_count(), "examples": len(source), "date": time.strftime("%Y-%m-%d")}
             if args.target:
                 row |= {"target_images_per_s": args.target, "feeds_target": row["images_per_s"] >= args.target}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            if args.out:
-                results.atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+            record(rows, row, args.out)
     return 0
 
 

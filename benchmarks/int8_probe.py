@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import re
 import sys
 import time
@@ -27,7 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qresnet import inference_bench, resnet, results
+from benchmarks import record
+from qresnet import inference_bench, resnet
 from qresnet.quant import QConv
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -120,17 +120,10 @@ def main(argv=None) -> int:
     dev = jax.local_devices()[0]
     env = {"device": f"{dev.device_kind} ({dev.platform})", "date": time.strftime("%Y-%m-%d")}
     rows = []
-
-    def record(row: dict) -> None:  # written as it comes, so a run cut short keeps what it measured
-        rows.append({**row, **env})
-        print(json.dumps(rows[-1]), flush=True)
-        if args.out:
-            results.atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
-
     for r in model_programs(args.model, args.image_size, args.batch):
-        record(r)
+        record(rows, {**r, **env}, args.out)
     for s in conv_shapes(args.model, args.image_size):
-        record(time_conv(s, args.batch, args.iters))
+        record(rows, {**time_conv(s, args.batch, args.iters), **env}, args.out)
     return 0
 
 

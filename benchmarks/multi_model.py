@@ -22,7 +22,6 @@ This is the measurement behind choosing how `qresnet sweep` packs runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -33,8 +32,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from benchmarks import record
 from benchmarks import train_step as bench
-from qresnet import results, train
+from qresnet import train
 
 MODES = ("sequential", "vmap", "processes", "processes_mps")
 
@@ -217,10 +217,7 @@ def main(argv=None) -> int:
         }
         if rows and rows[0]["mode"] == "sequential":
             row["vs_sequential"] = row["images_per_s"] / rows[0]["images_per_s"]
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        if args.out:
-            results.atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+        record(rows, row, args.out)
     return 0
 
 

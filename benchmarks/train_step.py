@@ -340,7 +340,7 @@ def run(
             print(json.dumps(row), flush=True)
             done.append(row)
             if out:
-                results.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in done))
+                results.atomic_write_jsonl(out, done)
     return done
 
 

@@ -110,5 +110,5 @@ def run(cases=DEFAULT_CASES, *, iters: int = 20, warmup: int = 3, out: str | Non
         print(json.dumps(row), flush=True)
         rows.append(row)
     if out:
-        results.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+        results.atomic_write_jsonl(out, rows)
     return rows

@@ -109,6 +109,11 @@ def append_jsonl(path: str | Path, obj: Mapping[str, Any]) -> None:
         f.flush()
 
 
+def atomic_write_jsonl(path: str | Path, rows) -> None:
+    """Rewrites a JSON-lines file with `rows`, atomically (a file of results that grows row by row)."""
+    atomic_write_text(path, "".join(to_json_line(r) for r in rows))
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Reads a JSON-lines file, skipping a final line cut short by a kill."""
     path = Path(path)
