@@ -3,7 +3,13 @@
 The whole (small) dataset lives on the accelerator; an epoch is one jitted
 `lax.scan` over `train_step`, with cropping and flipping done on device. The
 batch is sharded over every local device (`jax.sharding`); BN and bound
-statistics are computed over the global batch.
+statistics are computed over the global batch. ImageNet-sized datasets stream
+from TFDS instead (`imagenet_input`), one jitted step per batch.
+
+Activation quantization starts at `act_start_step`: the steps before it (bounds
+calibrating) and after it (bounds frozen, inputs quantized) are separate
+compiled programs (`act_quant_phase`), so quantized steps carry no bound
+bookkeeping; the next phase's program compiles in the background.
 
 The workdir is the record: config.json (resolved config and per-layer specs),
 metrics.jsonl (one line per epoch), tb/ (TensorBoard events), ckpt/ (Orbax),
