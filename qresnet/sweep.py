@@ -108,7 +108,11 @@ def mps_daemon():
     for d in env.values():
         Path(d).mkdir()
     full = {**os.environ, **env}
-    subprocess.run([binary, "-d"], env=full, check=True, timeout=60)
+    try:
+        subprocess.run([binary, "-d"], env=full, check=True, timeout=60, capture_output=True, text=True)
+    except (subprocess.SubprocessError, OSError) as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise SweepError(f"could not start the CUDA MPS daemon ({e}); run without --mps") from e
     try:
         yield env
     finally:

@@ -58,6 +58,9 @@ def test_mps_daemon_starts_a_private_daemon_and_stops_it(tmp_path, monkeypatch):
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert calls == [[["-d"], "", pipe], [[], "quit\n", pipe]]
     assert not Path(pipe).exists()
+    fake.write_text("#!/bin/sh\nexit 3\n")  # a daemon that will not start
+    with pytest.raises(sweep.SweepError, match="could not start the CUDA MPS daemon"), sweep.mps_daemon():
+        pass
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(sweep.SweepError, match="nvidia-cuda-mps-control"), sweep.mps_daemon():
         pass
