@@ -22,6 +22,7 @@ This is the measurement behind choosing how `qresnet sweep` packs runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -97,7 +98,8 @@ def time_processes(case, setting, models, steps, calls, *, mps: bool) -> float:
     """Seconds from releasing `models` compiled and warmed-up processes to the last one's end."""
     from qresnet import sweep
 
-    with tempfile.TemporaryDirectory() as tmp, _maybe_mps(mps, sweep) as extra_env:
+    mps_env = sweep.mps_daemon() if mps else contextlib.nullcontext({})
+    with tempfile.TemporaryDirectory() as tmp, mps_env as extra_env:
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", **extra_env)
         spec = f"{case.model}:{case.image_size}:{case.batch}:{case.dtype}"
         procs = [
@@ -134,18 +136,6 @@ def time_processes(case, setting, models, steps, calls, *, mps: bool) -> float:
         if any(codes):
             raise RuntimeError(f"benchmark child processes exited with {codes}")
     return dt
-
-
-class _NoMps:
-    def __enter__(self):
-        return {}
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _maybe_mps(mps: bool, sweep):
-    return sweep.mps_daemon() if mps else _NoMps()
 
 
 def child(index: int, barrier: str, case, setting, steps, calls) -> int:

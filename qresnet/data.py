@@ -91,6 +91,34 @@ class Arrays:
     test_labels: np.ndarray
 
 
+def subset(arrays: Arrays, n_train: int, n_test: int) -> Arrays:
+    """n_train / n_test examples (0 = all) drawn at random with a fixed seed, in their stored order.
+
+    Random rather than the first n: a dataset stored by class (cifar10_jpeg is) would
+    otherwise give a subset of one class. The draw does not depend on the run's seed,
+    so every run of a sweep, and `qresnet eval --compare`, sees the same examples.
+
+    Args:
+      arrays: the whole dataset.
+      n_train: training examples to keep (0 = all).
+      n_test: test examples to keep (0 = all).
+
+    Returns:
+      The subset, as Arrays.
+    """
+
+    def pick(images, labels, n):
+        if not n or n >= len(labels):
+            return images, labels
+        idx = np.sort(np.random.default_rng(0).permutation(len(labels))[:n])
+        return images[idx], labels[idx]
+
+    return Arrays(
+        *pick(arrays.train_images, arrays.train_labels, n_train),
+        *pick(arrays.test_images, arrays.test_labels, n_test),
+    )
+
+
 def _search_dirs(data_dir: str) -> list[Path]:
     dirs = [Path(data_dir)] if data_dir else []
     if os.environ.get("QRESNET_DATA"):

@@ -287,7 +287,7 @@ def test_batches(
       data_dir: the raw files (in-memory datasets) or the TFDS data dir (streaming ones).
       tfds_name: streaming only: the TFDS dataset to read ("" = `dataset`).
       image_size: streaming only: the eval crop size (0 = the dataset's).
-      limit: in-memory only: the first N examples (0 = all).
+      limit: in-memory only: N examples, the draw training evaluated on (`data.subset`; 0 = all).
       synthetic: train/test sizes of the "synthetic" dataset.
       batch: examples per batch.
     """
@@ -300,8 +300,8 @@ def test_batches(
             n = int(b["mask"].sum())
             yield b["image"][:n], b["label"][:n]
         return
-    arrays = data.load(dataset, data_dir, synthetic)
-    images, labels = arrays.test_images[: limit or None], arrays.test_labels[: limit or None]
+    arrays = data.subset(data.load(dataset, data_dir, synthetic), 0, limit)
+    images, labels = arrays.test_images, arrays.test_labels
     for i in range(0, len(labels), batch):
         yield images[i : i + batch], labels[i : i + batch]
 

@@ -365,26 +365,6 @@ def git_commit() -> str:
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def _subset(arrays: data.Arrays, n_train: int, n_test: int) -> data.Arrays:
-    """n_train / n_test examples (0 = all) drawn at random with a fixed seed, in their stored order.
-
-    Random rather than the first n: a dataset stored by class (cifar10_jpeg is) would
-    otherwise give a subset of one class. The draw does not depend on the run's seed,
-    so every run of a sweep sees the same examples.
-    """
-
-    def pick(images, labels, n):
-        if not n or n >= len(labels):
-            return images, labels
-        idx = np.sort(np.random.default_rng(0).permutation(len(labels))[:n])
-        return images[idx], labels[idx]
-
-    return data.Arrays(
-        *pick(arrays.train_images, arrays.train_labels, n_train),
-        *pick(arrays.test_images, arrays.test_labels, n_test),
-    )
-
-
 def _eval_batches(images, labels, batch):
     n = len(labels)
     batches = math.ceil(n / batch)
@@ -467,7 +447,7 @@ def train_and_evaluate(
             via_tfds=config.dataset.via_tfds,
             tfds_dir=config.dataset.tfds_dir,
         )
-        arrays = _subset(arrays, config.dataset.train_subset, config.dataset.test_subset)
+        arrays = data.subset(arrays, config.dataset.train_subset, config.dataset.test_subset)
         n_train, n_test = len(arrays.train_labels), len(arrays.test_labels)
         run = make_run_spec(config, n_train, specs)
         feed = _in_memory_feed(config, run, mesh, key, arrays)

@@ -73,3 +73,19 @@ def test_augment_crops_and_flips_on_device():
     np.testing.assert_array_equal(same, images)
     x = data.normalize(images, data.dataset_info("fashion_mnist"))
     assert x.dtype == jnp.float32
+
+
+def test_subsets_of_a_class_sorted_dataset_hold_every_class():
+    """cifar10_jpeg is stored by class: a subset is a fixed random draw, not the first n."""
+    import numpy as np
+
+    labels = np.repeat(np.arange(10, dtype=np.int32), 100)  # sorted by class, like cifar10_jpeg
+    images = np.arange(1000, dtype=np.uint8).reshape(1000, 1, 1, 1)
+    arrays = data.Arrays(images, labels, images[:500], labels[::2])
+    sub = data.subset(arrays, 200, 50)
+    assert len(sub.train_labels) == 200 and len(sub.test_labels) == 50
+    assert set(sub.train_labels) == set(range(10)) and set(sub.test_labels) == set(range(10))
+    assert np.all(np.diff(sub.train_labels) >= 0)  # stored order kept
+    again = data.subset(arrays, 200, 50)
+    np.testing.assert_array_equal(sub.train_images, again.train_images)  # the same draw every time
+    assert data.subset(arrays, 0, 0).train_labels is labels

@@ -165,3 +165,15 @@ def test_bench_int_reports_both_paths(tmp_path, capsys):
     assert row["speedup"] == pytest.approx(row["int8_images_per_s"] / row["bf16_images_per_s"])
     assert cli.main(["bench-int", "--case", "resnet20-32"]) == 1
     assert "must look like MODEL:IMAGE_SIZE:BATCH" in capsys.readouterr().err
+
+
+def test_test_batches_limit_is_the_subset_training_evaluated():
+    """`eval --compare` on a run with dataset.test_subset sees the examples the run evaluated."""
+    import numpy as np
+
+    from qresnet import data
+
+    got = np.concatenate([y for _, y in export.test_batches("synthetic", limit=50, batch=16)])
+    want = data.subset(data.load("synthetic", "", (512, 256)), 0, 50).test_labels
+    np.testing.assert_array_equal(got, want)
+    assert len(got) == 50

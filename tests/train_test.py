@@ -159,19 +159,3 @@ def test_phase_programs_train_as_the_traced_switch_does():
     for x, y in zip(jax.tree.leaves(a.quant_stats), jax.tree.leaves(b.quant_stats)):
         np.testing.assert_allclose(x, y, rtol=1e-6)
     assert any(float(np.max(x)) > 0 for x in jax.tree.leaves(b.quant_stats))  # the bounds calibrated
-
-
-def test_subsets_of_a_class_sorted_dataset_hold_every_class():
-    """cifar10_jpeg is stored by class: a subset is a fixed random draw, not the first n."""
-    import numpy as np
-
-    labels = np.repeat(np.arange(10, dtype=np.int32), 100)  # sorted by class, like cifar10_jpeg
-    images = np.arange(1000, dtype=np.uint8).reshape(1000, 1, 1, 1)
-    arrays = train.data.Arrays(images, labels, images[:500], labels[::2])
-    sub = train._subset(arrays, 200, 50)
-    assert len(sub.train_labels) == 200 and len(sub.test_labels) == 50
-    assert set(sub.train_labels) == set(range(10)) and set(sub.test_labels) == set(range(10))
-    assert np.all(np.diff(sub.train_labels) >= 0)  # stored order kept
-    again = train._subset(arrays, 200, 50)
-    np.testing.assert_array_equal(sub.train_images, again.train_images)  # the same draw every time
-    assert train._subset(arrays, 0, 0).train_labels is labels

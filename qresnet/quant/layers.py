@@ -6,9 +6,11 @@ float spec the layers are exactly `nn.Conv` / `nn.Dense` (same parameters,
 same outputs).
 
 `act_quant` switches input quantization on: a Python bool decides statically;
-a traced bool (what the trainer passes, `step >= start`) selects inside one
-compiled program. While it is off and `train` is on, the `ema_max` bound
-tracks the EMA of the batch max; once it is on, the bound is frozen.
+a traced bool (e.g. `step >= start`) selects inside one compiled program. While
+it is off and `train` is on, the `ema_max` bound tracks the EMA of the batch
+max; once it is on, the bound is frozen. The trainer compiles each phase with
+a Python bool (`train.act_quant_phase`), so quantized steps compute no batch max
+and no select; a traced switch costs both on every step.
 
 Where the activation scale is one per tensor (`code_domain`), a layer multiplies
 the integer codes (exact in bf16 up to 256) and divides the product by s_x * s_w,
