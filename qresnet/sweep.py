@@ -77,6 +77,14 @@ def expand(config_path: str, overrides: Sequence[str] = ()) -> list[tuple[str, l
     return runs
 
 
+def work(cfg) -> float:
+    """A run's training work in MACs (float MACs per image x epochs x train images), for ordering."""
+    from qresnet import data, train
+
+    macs = train.config_cost(cfg)["total"]["macs"]
+    return float(macs) * cfg.optim.num_epochs * data.dataset_info(cfg.dataset.name).num_train
+
+
 def _devices() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -156,7 +164,7 @@ def run_sweep(
             print(f"{name:28s} {ratio['linear']:8.4f} {ratio['quadratic']:9.4f} {ratio['memory']:8.4f}  {status}")
         return 0
     todo = []
-    for name, args, _ in runs:
+    for name, args, cfg in runs:
         try:
             finished = results.read_result(root_path / name) is not None
         except results.RecordError as e:
@@ -164,7 +172,9 @@ def run_sweep(
             (root_path / name / "result.json").unlink()
             finished = False
         if not finished:
-            todo.append((name, args))
+            todo.append((work(cfg), name, args))
+    # Longest first: the widest runs do not start last and leave the GPU to one process at the end.
+    todo = [(name, args) for _, name, args in sorted(todo, key=lambda t: -t[0])]
     print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run", flush=True)
     devices = _devices()
     slots = [(d, j) for d in (devices or [None]) for j in range(jobs or (3 if devices else 1))]

@@ -21,6 +21,15 @@ def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_work_orders_wide_and_long_runs_first():
+    runs = {name: cfg for name, _, cfg in sweep.expand(str(ROOT / "configs/cifar10/sweep_paper.py"))}
+    w = {name: sweep.work(cfg) for name, cfg in runs.items()}
+    assert w["bf16_width2"] > w["bf16_width1"] > w["bf16_width0.5"]
+    assert w["bf16_width1"] == w["w4a4_width1"]  # fake quantization trains at float cost
+    longer = sweep.expand(str(ROOT / "configs/cifar10/sweep_paper.py"), ["--config.optim.num_epochs=120"])[0][2]
+    assert sweep.work(longer) == 2 * w["bf16_width0.5"]
+
+
 def test_sweep_runs_then_skips_finished_runs(tmp_path, capsys):
     root = tmp_path / "sw"
     assert sweep.run_sweep(SMOKE_SWEEP, str(root), jobs=2) == 0
