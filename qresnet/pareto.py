@@ -180,12 +180,16 @@ def report_markdown(points: Sequence[Point], cost_key: str) -> str:
     front = frontier(points)
     lines = [f"# Pareto report ({cost_key} cost)", "", f"{len(points)} points, {len(front)} on the frontier.", ""]
     floats = [p for p in points if is_float(p)]
+    quantized = [p for p in points if not is_float(p)]
     dominated = {p.name: cheapest_dominator(p, points) for p in floats}
+    by_quantized = {p.name: cheapest_dominator(p, quantized) for p in floats}
     if floats:
         n_dom = sum(d is not None for d in dominated.values())
+        n_q = sum(d is not None for d in by_quantized.values())
         lines.append(
             f"**Float points dominated: {n_dom} of {len(floats)}**"
-            + (" (every float point is dominated)." if n_dom == len(floats) else ".")
+            + (" (every float point is dominated)" if n_dom == len(floats) else "")
+            + f"; **by a quantized point: {n_q} of {len(floats)}**."
         )
     shares = {}
     for p in front:
@@ -202,15 +206,18 @@ def report_markdown(points: Sequence[Point], cost_key: str) -> str:
     if floats:
         lines += [
             "",
-            "## Float points and their cheapest dominator",
+            "## Float points and their cheapest dominators (any point; quantized points only)",
             "",
-            "| float point | cost | accuracy | cheapest dominator | its cost | its accuracy |",
-            "|---|---|---|---|---|---|",
+            "| float point | cost | accuracy | cheapest dominator | its cost | its accuracy "
+            "| cheapest quantized dominator | its cost | its accuracy |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for p in sorted(floats, key=lambda p: p.cost):
-            d = dominated[p.name]
-            tail = f"{d.name} | {d.cost:.4f} | {d.accuracy:.4f}" if d else "none | | "
-            lines.append(f"| {p.name} | {p.cost:.4f} | {p.accuracy:.4f} | {tail} |")
+        for p in sorted(floats, key=lambda p: (p.cost, p.name)):
+            cells = [
+                f"{d.name} | {d.cost:.4f} | {d.accuracy:.4f}" if d else "none | | "
+                for d in (dominated[p.name], by_quantized[p.name])
+            ]
+            lines.append(f"| {p.name} | {p.cost:.4f} | {p.accuracy:.4f} | {cells[0]} | {cells[1]} |")
     lines += seed_table(points)
     gaps = [p for p in points if p.gap is not None]
     if gaps:
@@ -229,9 +236,11 @@ def seed_table(points: Sequence[Point]) -> list[str]:
     """Markdown lines: mean, sample std and range of accuracy per (setting, width) with several runs
     (seeds), and each mean's difference to the float mean at that width; [] if no group repeats."""
     groups: dict[tuple[str, float], list[float]] = {}
+    cost: dict[tuple[str, float], float] = {}
     for p in points:
         if p.width is not None:
             groups.setdefault((p.setting, p.width), []).append(p.accuracy)
+            cost.setdefault((p.setting, p.width), p.cost)
     if not any(len(v) > 1 for v in groups.values()):
         return []
     float_mean = {w: statistics.mean(v) for (s, w), v in groups.items() if bit_class(s) == "float"}
@@ -250,6 +259,23 @@ def seed_table(points: Sequence[Point]) -> list[str]:
             f"| {setting} | {width:g} | {len(accs)} | {mean:.4f} | {std:.4f} | {min(accs):.4f} | {max(accs):.4f} | "
             f"{delta} |"
         )
+    means = [
+        Point(f"{s}_width{w:g}", s, cost[(s, w)], statistics.mean(v), width=w) for (s, w), v in sorted(groups.items())
+    ]
+    mean_floats = [p for p in means if is_float(p)]
+    if mean_floats:
+        lines += [
+            "",
+            "On the means: frontier "
+            + ", ".join(p.name for p in frontier(means))
+            + "; float means dominated by a quantized mean: "
+            + "; ".join(
+                f"{p.name} by {d.name}" if d else f"{p.name} by none"
+                for p in mean_floats
+                for d in [cheapest_dominator(p, [q for q in means if not is_float(q)])]
+            )
+            + ".",
+        ]
     return lines
 
 

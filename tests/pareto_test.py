@@ -72,6 +72,7 @@ def test_report_files(tmp_path):
     assert files == ["frontier.csv", "gap.png", "gap.svg", "pareto_linear.png", "pareto_linear.svg", "report.md"]
     report = (tmp_path / "report.md").read_text()
     assert "Float points dominated: 9 of 9" in report and "4-bit 13/16" in report
+    assert "by a quantized point: 9 of 9" in report
     lines = (tmp_path / "frontier.csv").read_text().splitlines()
     assert lines[0] == "name,setting,cost,accuracy" and len(lines) == 1 + len(front)
 
@@ -105,4 +106,12 @@ def test_repeated_runs_are_summarised_per_setting_and_width():
     assert "| bf16 | 1 | 2 | 0.8820 | 0.0028 | 0.8800 | 0.8840 |  |" in lines
     assert "| w8a8 | 1 | 2 | 0.8830 | 0.0028 | 0.8810 | 0.8850 | +0.0010 |" in lines
     assert "Repeated runs" in pareto.report_markdown(pts, "linear")
+    # f1 beats every w8a8 run, but the w8a8 mean (0.882 at cost 0.5) dominates the bf16 mean
+    # (0.882 at 1); f0 is dominated by its own seed f1 too, which is not the paper's question.
+    pts = pts[:3] + [pareto.Point("q1", "w8a8", 0.5, 0.883, width=1.0)]
+    report = pareto.report_markdown(pts, "linear")
+    assert "Float points dominated: 1 of 2**; **by a quantized point: 1 of 2**" in report
+    assert "| f0 | 1.0000 | 0.8800 | q1 | 0.5000 | 0.8830 | q1 | 0.5000 | 0.8830 |" in report
+    assert "| f1 | 1.0000 | 0.8840 | none | |  | none | |  |" in report
+    assert "float means dominated by a quantized mean: bf16_width1 by w8a8_width1." in report
     assert pareto.seed_table(pts[:1] + pts[2:3]) == []  # no repeated (setting, width): no table
