@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 USAGE = """qresnet <command> [options]
@@ -86,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             from qresnet import train
 
             errors += (train.TrainError,)
-            result = train.train_and_evaluate(config_lib.load_config(ns.config, overrides), ns.workdir)
+            try:
+                result = train.train_and_evaluate(config_lib.load_config(ns.config, overrides), ns.workdir)
+            except train.Interrupted as e:
+                print(f"qresnet train: {e}", file=sys.stderr)
+                return 128 + signal.SIGTERM
             print(json.dumps({k: result[k] for k in ("top1", "top1_last", "train_top1_at_best", "images_per_s")}))
             return 0
         if command == "sweep":

@@ -8,7 +8,8 @@ share a GPU; the first epochs' compilation of one overlaps the training of
 another). With `mps`, the runs' processes share each GPU through the CUDA
 Multi-Process Service, so their kernels can run at the same time instead of
 taking turns (11% less wall time for a 6-run slice of the CIFAR sweep on an
-H200, docs/RESULTS.md).
+H200, docs/RESULTS.md). SIGTERM to the sweep launches nothing more and stops
+the running runs at their next epoch's end with a checkpoint (exit code 143).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from qresnet import config_lib, results
+
+# Exit code of a run or sweep stopped by SIGTERM (128 + 15, as a shell reports it).
+INTERRUPTED = 128 + signal.SIGTERM
 
 
 class SweepError(ValueError):
@@ -184,8 +189,16 @@ def run_sweep(
             env = stack.enter_context(mps_daemon())
         elif mps:
             print("sweep: --mps ignored: no GPU found" if not devices else "sweep: nothing to run", flush=True)
-        failed = _run_all(config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env)
+        with train.stop_requests() as stop:
+            failed, stopped = _run_all(config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop)
     index.write_index(root_path)
+    if stop:
+        print(
+            f"sweep: stopped by {signal.Signals(stop[0]).name}; {len(stopped)} running run(s) saved a checkpoint "
+            f"({', '.join(stopped) or 'none'}); re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
     if failed:
         print(
             f"sweep: {len(failed)} run(s) failed: {', '.join(failed)}; see their log.txt; "
@@ -202,28 +215,31 @@ def run_sweep(
     return 0
 
 
-def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env=None) -> list[str]:
-    queue, running, failed = list(todo), {}, []
-    t0 = time.time()
+def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, stop) -> tuple[list[str], list[str]]:
+    """Runs `todo` on `slots`; once `stop` is non-empty, launches nothing more and passes SIGTERM
+    on to the running runs, which checkpoint and exit. Returns (failed, stopped) run names."""
+    queue, running, failed, stopped = list(todo), {}, [], []
+    t0, signalled = time.time(), False
     while queue or running:
+        if stop and not signalled:
+            queue, signalled = [], True
+            for _, proc in running.values():
+                proc.send_signal(signal.SIGTERM)
         for slot in slots:
             if slot not in running and queue:
                 name, args = queue.pop(0)
-                running[slot] = (name, _launch(config_path, root / name, args, slot[0], env or {}))
+                running[slot] = (name, _launch(config_path, root / name, args, slot[0], env))
         time.sleep(0.5)
         for slot, (name, proc) in list(running.items()):
             if proc.poll() is None:
                 continue
             del running[slot]
-            done += proc.returncode == 0
-            if proc.returncode:
-                failed.append(name)
-            print(
-                f"[{done}/{total} done, {len(failed)} failed, {time.time() - t0:.0f}s] {name} "
-                f"{'ok' if proc.returncode == 0 else 'FAILED'}",
-                flush=True,
-            )
-    return failed
+            code = proc.returncode
+            done += code == 0
+            status = "ok" if code == 0 else "stopped" if code == INTERRUPTED else "FAILED"
+            (stopped if code == INTERRUPTED else failed if code else []).append(name)
+            print(f"[{done}/{total} done, {len(failed)} failed, {time.time() - t0:.0f}s] {name} {status}", flush=True)
+    return failed, stopped
 
 
 def _launch(config_path, workdir: Path, args, device, extra_env):

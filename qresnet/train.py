@@ -14,19 +14,23 @@ bookkeeping; the next phase's program compiles in the background.
 The workdir is the record: config.json (resolved config and per-layer specs),
 metrics.jsonl (one line per epoch), tb/ (TensorBoard events), ckpt/ (Orbax),
 result.json. Re-running the
-same command resumes from the last checkpoint.
+same command resumes from the last checkpoint. SIGTERM stops a run at the end of
+the epoch in flight, after saving a checkpoint (`Interrupted`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +52,29 @@ from qresnet.quant import specs as specs_lib
 
 class TrainError(RuntimeError):
     """A run that cannot start or go on; the message says why and what to do."""
+
+
+class Interrupted(TrainError):
+    """SIGTERM stopped the run at an epoch's end, after saving a checkpoint; re-running resumes it."""
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Yields a list that gets the signal number once SIGTERM arrives, instead of dying at once.
+
+    The training loop checks it after each epoch, saves a checkpoint and stops, so a
+    preempted or timed-out run loses at most the epoch in flight. Only the main thread can
+    take signals; elsewhere the list stays empty and SIGTERM keeps its usual effect.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @flax.struct.dataclass
@@ -472,35 +499,39 @@ def train_and_evaluate(
     timed_images, timed_s, first_epoch_s = 0, 0.0, None
     t_run = time.perf_counter()
     setup_s = t_run - t_enter
-    for epoch in range(start_epoch, run.num_epochs):
-        t0 = time.perf_counter()
-        state, losses, correct = _oom_advice(run, feed.train_epoch, state, epoch)
-        dt = time.perf_counter() - t0
-        _check_finite(losses, epoch, run)
-        if epoch > start_epoch:  # The first epoch of a process includes compilation.
-            timed_images += images_per_epoch
-            timed_s += dt
-        else:
-            first_epoch_s = dt
-        loss_sum, eval_correct = feed.evaluate(state)
-        row = {
-            "epoch": epoch + 1,
-            "step": (epoch + 1) * run.steps_per_epoch,
-            "lr": float(learning_rate(run, (epoch + 1) * run.steps_per_epoch - 1)),
-            "train_loss": float(losses.mean()),
-            "train_top1": float(np.sum(correct)) / images_per_epoch,
-            "eval_loss": float(loss_sum) / n_test,
-            "eval_top1": float(eval_correct) / n_test,
-            "images_per_s": images_per_epoch / dt,
-            "epoch_s": dt,
-        }
-        history.append(row)
-        results.append_jsonl(workdir / "metrics.jsonl", row)
-        writer.scalars(row["step"], {k: v for k, v in row.items() if k not in ("epoch", "step")})
-        if not quiet:
-            _progress(row, run)
-        if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == run.num_epochs:
-            manager.save(epoch + 1, args=ocp.args.StandardSave(_to_tree(state)))
+    with stop_requests() as stop:
+        for epoch in range(start_epoch, run.num_epochs):
+            t0 = time.perf_counter()
+            state, losses, correct = _oom_advice(run, feed.train_epoch, state, epoch)
+            dt = time.perf_counter() - t0
+            _check_finite(losses, epoch, run)
+            if epoch > start_epoch:  # The first epoch of a process includes compilation.
+                timed_images += images_per_epoch
+                timed_s += dt
+            else:
+                first_epoch_s = dt
+            loss_sum, eval_correct = feed.evaluate(state)
+            row = {
+                "epoch": epoch + 1,
+                "step": (epoch + 1) * run.steps_per_epoch,
+                "lr": float(learning_rate(run, (epoch + 1) * run.steps_per_epoch - 1)),
+                "train_loss": float(losses.mean()),
+                "train_top1": float(np.sum(correct)) / images_per_epoch,
+                "eval_loss": float(loss_sum) / n_test,
+                "eval_top1": float(eval_correct) / n_test,
+                "images_per_s": images_per_epoch / dt,
+                "epoch_s": dt,
+            }
+            history.append(row)
+            results.append_jsonl(workdir / "metrics.jsonl", row)
+            writer.scalars(row["step"], {k: v for k, v in row.items() if k not in ("epoch", "step")})
+            if not quiet:
+                _progress(row, run)
+            saved = (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == run.num_epochs
+            if saved:
+                manager.save(epoch + 1, args=ocp.args.StandardSave(_to_tree(state)))
+            if stop and epoch + 1 < run.num_epochs:  # After the last epoch, finishing is quicker.
+                _stop(manager, state, epoch + 1, run, workdir, stop[0], saved)
     manager.wait_until_finished()
 
     summary = report(history, run.act_start_step, config.smoothing_window)
@@ -685,6 +716,19 @@ def _streaming_feed(config, run: RunSpec, mesh, key, stream: imagenet_input.Stre
 
     sample = next(imagenet_input.eval_batches(dataclasses.replace(stream, workers=0), eval_src))["image"]
     return _Feed(sample[: run.batch_size], one_epoch, evaluate)
+
+
+def _stop(manager, state, epoch: int, run: RunSpec, workdir: Path, signum: int, saved: bool) -> None:
+    """Saves a checkpoint at `epoch` (unless just saved) and raises Interrupted."""
+    import orbax.checkpoint as ocp
+
+    if not saved:
+        manager.save(epoch, args=ocp.args.StandardSave(_to_tree(state)))
+    manager.wait_until_finished()
+    raise Interrupted(
+        f"stopped by {signal.Signals(signum).name} after epoch {epoch} of {run.num_epochs}; "
+        f"checkpoint saved in {workdir / 'ckpt'}; re-run the same command to resume"
+    )
 
 
 def _check_finite(losses: np.ndarray, epoch: int, run: RunSpec) -> None:

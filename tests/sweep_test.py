@@ -73,3 +73,29 @@ def test_mps_daemon_starts_a_private_daemon_and_stops_it(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(sweep.SweepError, match="nvidia-cuda-mps-control"), sweep.mps_daemon():
         pass
+
+
+def test_sigterm_stops_the_sweep_and_its_runs_at_a_checkpoint(tmp_path):
+    """A sweep killed the way `timeout` or a scheduler kills it launches nothing more, and its
+    running run saves a checkpoint and stops; the exit code says it was stopped, not failed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "qresnet.cli", "sweep", "--config", SMOKE_SWEEP, "--root", str(root), "--jobs", "1"]
+    cmd += ["--config.optim.num_epochs=500", "--config.checkpoint_every_epochs=1000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = root / "bf16_width0.25" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == sweep.INTERRUPTED, err
+    assert "bf16_width0.25 stopped" in out
+    assert "stopped by SIGTERM; 1 running run(s) saved a checkpoint (bf16_width0.25)" in err
+    epochs = [int(p.name) for p in (root / "bf16_width0.25" / "ckpt").iterdir()]
+    assert len(epochs) == 1 and 1 <= epochs[0] < 500
+    assert not list(root.glob("*/result.json")) and not (root / "w4a4-ends8_width0.25").exists()

@@ -75,6 +75,34 @@ def test_interrupted_run_resumes_from_its_checkpoint(smoke_run, tmp_path):
     assert len((copy / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_sigterm_stops_after_the_epoch_with_a_checkpoint_and_resumes(smoke_run, tmp_path, monkeypatch):
+    """A preempted run (SIGTERM during epoch 1, no checkpoint due until epoch 5) saves epoch 1,
+    stops with a message, and its re-run ends where the uninterrupted run ended."""
+    import os
+    import signal
+
+    _, result = smoke_run
+    cfg = config_lib.load_config(SMOKE, ["--config.checkpoint_every_epochs=5"])
+    check = train._check_finite
+
+    def check_and_signal(losses, epoch, run):
+        if epoch == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return check(losses, epoch, run)
+
+    monkeypatch.setattr(train, "_check_finite", check_and_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(train.Interrupted, match=r"stopped by SIGTERM after epoch 1 of 2; checkpoint saved"):
+        train.train_and_evaluate(cfg, tmp_path / "run", quiet=True)
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert sorted(p.name for p in (tmp_path / "run" / "ckpt").iterdir()) == ["1"]
+    assert not (tmp_path / "run" / "result.json").exists()
+    monkeypatch.setattr(train, "_check_finite", check)
+    resumed = train.train_and_evaluate(cfg, tmp_path / "run", quiet=True)
+    assert resumed["resumed_from_epoch"] == 1
+    assert resumed["top1"] == pytest.approx(result["top1"], abs=1e-6)
+
+
 def test_workdir_of_another_config_is_refused(smoke_run):
     workdir, _ = smoke_run
     other = config_lib.load_config(SMOKE, ["--config.seed=1"])
