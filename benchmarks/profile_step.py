@@ -90,20 +90,19 @@ def device_times(xplane_path: str) -> tuple[dict[str, float], dict[str, float], 
     return dict(by_op), dict(by_kernel), lines_read
 
 
-def profile_row(library: str, setting: str, path: str, case: bench.Case, *, steps: int, warmup: int, out: Path):
-    """Profiles one row; writes its HLO; returns its summary."""
-    row = bench.prepare(library, setting, path, case, warmup=warmup)
-    compiled = row.step.lower(row.state, *row.args, row.keys[0]).compile()
-    hlo = compiled.as_text()
-    tag = f"{case.model}_{library}_{setting}_{path}"
+def profile_call(tag: str, lowered, run_once, *, steps: int, out: Path) -> dict:
+    """Profiles `steps` calls of `run_once` (each run to completion) and writes `lowered`'s
+    optimized HLO to `out/<tag>.hlo.txt.gz`; returns the summary (device ms by instruction,
+    kind and kernel)."""
+    hlo = lowered.compile().as_text()
     with gzip.open(out / f"{tag}.hlo.txt.gz", "wt") as f:
         f.write(hlo)
     kinds = instruction_kinds(hlo)
-    wall = [row.time_one() for _ in range(steps)]
+    wall = [run_once() for _ in range(steps)]
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d):
             for _ in range(steps):
-                row.time_one()
+                run_once()
         found = sorted(Path(d).rglob("*.xplane.pb"))
         if not found:
             raise RuntimeError(f"the profiler wrote no .xplane.pb under {d}")
@@ -126,27 +125,77 @@ def profile_row(library: str, setting: str, path: str, case: bench.Case, *, step
     }
 
 
+def profile_row(library: str, setting: str, path: str, case: bench.Case, *, steps: int, warmup: int, out: Path):
+    """Profiles one train-step row of `benchmarks.train_step`; returns its summary."""
+    row = bench.prepare(library, setting, path, case, warmup=warmup)
+    lowered = row.step.lower(row.state, *row.args, row.keys[0])
+    return profile_call(f"{case.model}_{library}_{setting}_{path}", lowered, row.time_one, steps=steps, out=out)
+
+
+INFERENCE_ROWS = ("bf16", "int8", "int8_conv")
+
+
+def profile_inference(case: str, rows, *, steps: int, warmup: int, out: Path):
+    """Profiles `qresnet bench-int`'s forward passes of one MODEL:IMAGE_SIZE:BATCH case (rows of
+    INFERENCE_ROWS: bf16, the integer model, the integer model with 1x1 convs as convs); yields
+    each row's summary as it is done."""
+    import time
+
+    from qresnet import inference_bench
+
+    name, size, batch = inference_bench.parse_case(case)
+    fns = inference_bench.forward_functions(name, size, batch)
+    for r in rows:
+        fn, args = fns[r]
+        for _ in range(warmup):
+            jax.block_until_ready(fn(*args))
+
+        def run_once(fn=fn, args=args):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            return time.perf_counter() - t0
+
+        yield profile_call(f"{name}_{size}_{batch}_{r}_forward", fn.lower(*args), run_once, steps=steps, out=out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--case", required=True, help="MODEL:IMAGE_SIZE:BATCH:DTYPE")
-    p.add_argument("--rows", required=True, help="comma-separated LIBRARY:SETTING:PATH")
+    p.add_argument("--case", help="MODEL:IMAGE_SIZE:BATCH:DTYPE (train steps)")
+    p.add_argument("--rows", help="comma-separated LIBRARY:SETTING:PATH (with --inference: of bf16,int8,int8_conv)")
+    p.add_argument("--inference", help="MODEL:IMAGE_SIZE:BATCH: profile bench-int's forward passes instead")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args(argv)
     try:
-        case = bench.parse_case(args.case)
-        rows = [tuple(r.split(":")) for r in args.rows.split(",")]
-        if any(len(r) != 3 for r in rows):
-            raise ValueError(f"--rows {args.rows!r}: each row must be LIBRARY:SETTING:PATH")
+        if args.inference:
+            rows = args.rows.split(",") if args.rows else list(INFERENCE_ROWS)
+            if bad := [r for r in rows if r not in INFERENCE_ROWS]:
+                raise ValueError(f"--rows {bad} with --inference: choose from {','.join(INFERENCE_ROWS)}")
+            from qresnet import inference_bench
+
+            inference_bench.parse_case(args.inference)
+        else:
+            if not (args.case and args.rows):
+                raise ValueError("give --case and --rows (train steps) or --inference MODEL:IMAGE_SIZE:BATCH")
+            case = bench.parse_case(args.case)
+            rows = [tuple(r.split(":")) for r in args.rows.split(",")]
+            if any(len(r) != 3 for r in rows):
+                raise ValueError(f"--rows {args.rows!r}: each row must be LIBRARY:SETTING:PATH")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.inference:
+        summaries_iter = profile_inference(args.inference, rows, steps=args.steps, warmup=args.warmup, out=out)
+    else:
+        summaries_iter = (
+            profile_row(library, setting, path, case, steps=args.steps, warmup=args.warmup, out=out)
+            for library, setting, path in rows
+        )
     summaries = []
-    for library, setting, path in rows:
-        summary = profile_row(library, setting, path, case, steps=args.steps, warmup=args.warmup, out=out)
+    for summary in summaries_iter:
         print(json.dumps({k: v for k, v in summary.items() if k not in ("ops_ms", "kernels_ms", "lines")}), flush=True)
         summaries.append(summary)
         results.atomic_write_text(out / "profile.json", json.dumps(summaries, indent=1))

@@ -162,6 +162,23 @@ def test_profile_sums_device_time_per_instruction(tmp_path):
     assert sum(v for k, v in row["by_kind_ms"].items() if k.startswith("convolution")) > 0
 
 
+def test_profile_of_the_integer_forward_passes(tmp_path, capsys):
+    from benchmarks import profile_step
+
+    args = ["--inference", "resnet20:32:4", "--steps", "2", "--warmup", "1", "--out", str(tmp_path)]
+    assert profile_step.main([*args, "--rows", "bf16,int8"]) == 0
+    rows = json.loads((tmp_path / "profile.json").read_text())
+    assert [r["row"] for r in rows] == ["resnet20_32_4_bf16_forward", "resnet20_32_4_int8_forward"]
+    assert all(r["device_ms"] > 0 and (tmp_path / f"{r['row']}.hlo.txt.gz").exists() for r in rows)
+    # The integer program multiplies int8 codes: its HLO has s8 operands, the bf16 one none.
+    import gzip
+
+    texts = [gzip.open(tmp_path / f"{r['row']}.hlo.txt.gz", "rt").read() for r in rows]
+    assert "s8[" not in texts[0] and "s8[" in texts[1]
+    assert profile_step.main([*args, "--rows", "int4"]) == 2
+    assert "--rows ['int4'] with --inference" in capsys.readouterr().err
+
+
 def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, capsys):
     from benchmarks import input_pipeline
 
