@@ -173,7 +173,10 @@ def test_profile_of_the_integer_forward_passes(tmp_path, capsys):
     # The integer program multiplies int8 codes: its HLO has s8 operands, the bf16 one none.
     import gzip
 
-    texts = [gzip.open(tmp_path / f"{r['row']}.hlo.txt.gz", "rt").read() for r in rows]
+    texts = []
+    for r in rows:
+        with gzip.open(tmp_path / f"{r['row']}.hlo.txt.gz", "rt") as f:
+            texts.append(f.read())
     assert "s8[" not in texts[0] and "s8[" in texts[1]
     assert profile_step.main([*args, "--rows", "int4"]) == 2
     assert "--rows ['int4'] with --inference" in capsys.readouterr().err
