@@ -2,8 +2,8 @@
 
 Each run is a `qresnet train` subprocess with the sweep entry as overrides, in
 `root/<name>`; its name is derived from the entry, so re-running the same
-command finds finished runs (those with a result.json) and skips them. Runs are
-spread over every local GPU, `jobs` at a time on each (several small runs
+command finds finished runs (those with a result.json) and skips them. Runs
+start longest first (`work`) and are spread over every local GPU, `jobs` at a time on each (several small runs
 share a GPU; the first epochs' compilation of one overlaps the training of
 another). With `mps`, the runs' processes share each GPU through the CUDA
 Multi-Process Service, so their kernels can run at the same time instead of
