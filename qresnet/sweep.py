@@ -236,9 +236,11 @@ def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, s
                 continue
             del running[slot]
             code = proc.returncode
+            # A run signalled before its first epoch dies of the signal itself (-15): stopped too.
+            was_stopped = code == INTERRUPTED or (bool(stop) and code == -signal.SIGTERM)
             done += code == 0
-            status = "ok" if code == 0 else "stopped" if code == INTERRUPTED else "FAILED"
-            (stopped if code == INTERRUPTED else failed if code else []).append(name)
+            status = "ok" if code == 0 else "stopped" if was_stopped else "FAILED"
+            (stopped if was_stopped else failed if code else []).append(name)
             print(f"[{done}/{total} done, {len(failed)} failed, {time.time() - t0:.0f}s] {name} {status}", flush=True)
     return failed, stopped
 
