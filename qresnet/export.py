@@ -223,8 +223,10 @@ def size_check(path: str | Path, memory_bits: float) -> dict[str, Any]:
     return {"file_bytes": size, "expected_bytes": int(round(expected)), "ratio": size / expected}
 
 
-def int_model(header: Mapping[str, Any], *, pointwise_as_dot: bool = True) -> resnet.ResNet:
-    """The integer inference model an export describes (`pointwise_as_dot`: see `IntConv`)."""
+def int_model(
+    header: Mapping[str, Any], *, pointwise_as_dot: bool = True, narrow_as_bf16: bool = True
+) -> resnet.ResNet:
+    """The integer inference model an export describes (`pointwise_as_dot`, `narrow_as_bf16`: see `IntConv`)."""
     specs = specs_lib.specs_from_json(header["specs"])
     return resnet.ResNet(
         arch=resnet.get_arch(header["model"]),
@@ -232,7 +234,9 @@ def int_model(header: Mapping[str, Any], *, pointwise_as_dot: bool = True) -> re
         width=header["width"],
         specs=specs,
         dtype=jnp.float32,
-        conv_cls=functools.partial(int_layers.IntConv, pointwise_as_dot=pointwise_as_dot),
+        conv_cls=functools.partial(
+            int_layers.IntConv, pointwise_as_dot=pointwise_as_dot, narrow_as_bf16=narrow_as_bf16
+        ),
         dense_cls=int_layers.IntDense,
     )
 
@@ -317,6 +321,7 @@ def evaluate(header: Mapping[str, Any], variables: Mapping[str, Any], data_dir: 
       {model, setting, dataset, n, top1_int}.
     """
     fn = _apply_fn(int_model(header), data.dataset_info(header["dataset"]))
+    variables = jax.device_put(variables)  # once: numpy arguments would be copied to the GPU every batch
     correct = n = 0
     batches = test_batches(
         header["dataset"],
@@ -348,6 +353,7 @@ def equivalence(workdir: str | Path, export_path: str | Path, data_dir: str = ""
     from qresnet import train
 
     header, variables = read(export_path)
+    variables = jax.device_put(variables)  # once, not with every batch
     record = results.read_json(Path(workdir) / "config.json")
     config = ml_collections.ConfigDict(record["config"])
     state, specs = train.restore_final(config, workdir)

@@ -38,8 +38,10 @@ def median_seconds(fn, *args, iters: int, warmup: int) -> float:
 
 def forward_functions(name: str, image_size: int, batch: int) -> dict[str, tuple[Any, tuple]]:
     """The jitted bf16 and integer (w8a8, per-tensor activations) forward passes of a model and their
-    arguments, on the same random weights and input: {"bf16": (fn, args), "int8": (fn, args),
-    "int8_conv": (fn, args)}; "int8_conv" runs 1x1 convs as integer convs instead of int8 dots."""
+    arguments, on the same random weights and input, all already on the device:
+    {"bf16": (fn, args), "int8": (fn, args), "int8_conv": ..., "int8_narrow_int": ...}.
+    "int8" is the default integer model; "int8_conv" runs its 1x1 convs as integer convs instead
+    of int8 dots, "int8_narrow_int" its RGB stem as an int8 conv instead of exact bf16 products."""
     arch = resnet.get_arch(name)
     classes = 10 if arch.cifar else 1000
     shape = (image_size, image_size, 3)
@@ -53,15 +55,19 @@ def forward_functions(name: str, image_size: int, batch: int) -> dict[str, tuple
 
     bf16 = resnet.create_model(name, num_classes=classes, dtype="bfloat16")
     bf16_vars = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-    int_vars = export.integer_variables(variables, specs)
+    # On the device once: numpy arguments would be copied from the host at every call, and
+    # the copy timed with the model (it was, for the integer model, up to commit fbcc8a9).
+    int_vars = jax.device_put(export.integer_variables(variables, specs))
     header = {"model": name, "num_classes": classes, "width": 1.0, "specs": {n: s.to_dict() for n, s in specs.items()}}
-    int_model = export.int_model(header)
-    conv_only = export.int_model(header, pointwise_as_dot=False)
-    return {
-        "bf16": (jax.jit(lambda v, x: bf16.apply(v, x)), (bf16_vars, x)),
-        "int8": (jax.jit(lambda v, x: int_model.apply(v, x)), (int_vars, x)),
-        "int8_conv": (jax.jit(lambda v, x: conv_only.apply(v, x)), (int_vars, x)),
+    models = {
+        "int8": export.int_model(header),
+        "int8_conv": export.int_model(header, pointwise_as_dot=False),
+        "int8_narrow_int": export.int_model(header, narrow_as_bf16=False),
     }
+    fns = {"bf16": (jax.jit(lambda v, x: bf16.apply(v, x)), (bf16_vars, x))}
+    for key, model in models.items():
+        fns[key] = (jax.jit(lambda v, x, model=model: model.apply(v, x)), (int_vars, x))
+    return fns
 
 
 def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmup: int = 3) -> dict[str, Any]:
@@ -70,6 +76,7 @@ def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmu
     t_bf16 = median_seconds(fns["bf16"][0], *fns["bf16"][1], iters=iters, warmup=warmup)
     t_int = median_seconds(fns["int8"][0], *fns["int8"][1], iters=iters, warmup=warmup)
     t_conv = median_seconds(fns["int8_conv"][0], *fns["int8_conv"][1], iters=iters, warmup=warmup)
+    t_narrow = median_seconds(fns["int8_narrow_int"][0], *fns["int8_narrow_int"][1], iters=iters, warmup=warmup)
     devs = jax.local_devices()
     return {
         "model": name,
@@ -82,6 +89,7 @@ def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmu
         "bf16_ms": 1e3 * t_bf16,
         "int8_ms": 1e3 * t_int,
         "int8_conv_ms": 1e3 * t_conv,  # 1x1 convs as integer convs (the path before int8 dots)
+        "int8_narrow_int_ms": 1e3 * t_narrow,  # the RGB stem as an int8 conv (the path before bf16 products)
         "iters": iters,
         "device": f"{devs[0].device_kind} ({devs[0].platform})",
         "date": time.strftime("%Y-%m-%d"),

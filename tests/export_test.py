@@ -161,10 +161,51 @@ def test_bench_int_reports_both_paths(tmp_path, capsys):
     assert cli.main(["bench-int", "--case", "resnet20:32:4", "--iters", "1", "--warmup", "1", "--out", str(out)]) == 0
     row = json.loads(out.read_text())
     assert row["model"] == "resnet20" and row["batch"] == 4
-    assert row["bf16_images_per_s"] > 0 and row["int8_images_per_s"] > 0 and row["int8_conv_ms"] > 0
+    assert row["bf16_images_per_s"] > 0 and row["int8_images_per_s"] > 0
+    assert row["int8_conv_ms"] > 0 and row["int8_narrow_int_ms"] > 0
     assert row["speedup"] == pytest.approx(row["int8_images_per_s"] / row["bf16_images_per_s"])
     assert cli.main(["bench-int", "--case", "resnet20-32"]) == 1
     assert "must look like MODEL:IMAGE_SIZE:BATCH" in capsys.readouterr().err
+
+
+def test_bench_int_keeps_every_argument_on_the_device():
+    """Numpy weights would be copied from the host at every timed call."""
+    from qresnet import inference_bench
+
+    fns = inference_bench.forward_functions("resnet20", 32, 2)
+    assert set(fns) == {"bf16", "int8", "int8_conv", "int8_narrow_int"}
+    for key, (_, args) in fns.items():
+        leaves = jax.tree.leaves(args)
+        assert leaves and all(isinstance(leaf, jax.Array) for leaf in leaves), key
+
+
+@pytest.mark.parametrize("a_signed", [True, False])
+def test_narrow_stem_as_bf16_products_equals_the_int8_conv(a_signed):
+    from qresnet.quant import QuantSpec, int_layers
+
+    spec = QuantSpec(w_bits=8, a_bits=8, a_signed=a_signed, a_granularity="per_tensor")
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3)) * 2.0
+    k = jax.random.normal(jax.random.key(1), (7, 7, 3, 6))
+    q, s = int_layers.kernel_codes(k, spec)
+    v = {"params": {"kernel_int": q, "w_scale": s}, "quant_stats": {"act_bound": jnp.float32(3.0)}}
+
+    def run(narrow):
+        conv = int_layers.IntConv(6, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), spec=spec, narrow_as_bf16=narrow)
+        return conv.apply(v, x), str(jax.make_jaxpr(lambda v, x: conv.apply(v, x))(v, x))
+
+    (y_bf16, jaxpr_bf16), (y_int, jaxpr_int) = run(True), run(False)
+    assert "bf16" in jaxpr_bf16 and "i8" not in jaxpr_bf16.split("conv_general_dilated")[1][:200]
+    assert "bf16" not in jaxpr_int
+    np.testing.assert_array_equal(y_bf16, y_int)  # exact integer sums either way
+
+
+def test_narrow_as_bf16_only_where_float32_sums_stay_exact():
+    from qresnet.quant import QuantSpec, int_layers
+
+    unsigned8 = QuantSpec(w_bits=8, a_bits=8, a_signed=False)
+    assert int_layers.exact_in_bf16(unsigned8, 7 * 7 * 3)  # 147 * 255 * 127 < 2^24
+    assert not int_layers.exact_in_bf16(unsigned8, 9 * 9 * 7)  # 567 * 255 * 127 > 2^24
+    assert int_layers.exact_in_bf16(QuantSpec(w_bits=4, a_bits=4, a_signed=False), 9 * 9 * 7)
 
 
 def test_test_batches_limit_is_the_subset_training_evaluated():

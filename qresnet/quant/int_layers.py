@@ -15,6 +15,13 @@ A 1x1 convolution is a matrix multiply over the (strided) pixels, so by default
 (`pointwise_as_dot`) it runs as an int8 x int8 -> int32 dot, which GPUs run on
 integer GEMM kernels, rather than as an integer convolution.
 
+A conv with fewer than 8 input channels (an RGB stem) gets no integer tensor-core
+kernel on GPUs (cuDNN falls back to a slow generic one), so by default
+(`narrow_as_bf16`) it multiplies its codes as bfloat16 with float32 accumulation:
+still exact integer arithmetic, since codes up to 256 in magnitude are exact in
+bfloat16 and every partial sum of their products is an integer below 2^24, which
+float32 holds exactly (checked per layer; otherwise the layer stays int8).
+
 Unsigned 8-bit codes (0..255) do not fit int8: they are shifted by -128 and the
 conv gets 128 * sum(W) back per output channel; the padding is applied in the
 code domain (the code of 0), so the correction is the same at every position.
@@ -36,6 +43,16 @@ from qresnet.quant import ops
 from qresnet.quant.specs import FLOAT, QuantSpec
 
 _DN = ("NHWC", "HWIO", "NHWC")
+
+
+NARROW_CHANNELS = 8  # below this many input channels, `narrow_as_bf16` applies
+
+
+def exact_in_bf16(spec: QuantSpec, terms: int) -> bool:
+    """Whether a sum of `terms` products of this spec's codes is exact as bf16 x bf16 -> float32."""
+    a_max = 2**spec.a_bits - 1 if not spec.a_signed else 2 ** (spec.a_bits - 1) - 1
+    w_max = 2 ** (spec.w_bits - 1) - 1
+    return a_max <= 256 and w_max <= 256 and terms * a_max * w_max < 2**24
 
 
 def _act_codes(module, x, spec: QuantSpec, integer: bool):
@@ -70,7 +87,8 @@ def _float_input(module, x, spec):
 
 class IntConv(nn.Module):
     """Conv over integer codes (see module doc); same constructor as QConv, plus
-    `pointwise_as_dot`: run an unpadded 1x1 conv as an int8 dot with int32 accumulation."""
+    `pointwise_as_dot`: run an unpadded 1x1 conv as an int8 dot with int32 accumulation, and
+    `narrow_as_bf16`: run a conv over fewer than 8 input channels on exact bf16 products."""
 
     features: int
     kernel_size: Sequence[int]
@@ -83,6 +101,7 @@ class IntConv(nn.Module):
     kernel_init: Any = None
     bias_init: Any = None
     pointwise_as_dot: bool = True
+    narrow_as_bf16: bool = True
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, act_quant=True):
@@ -100,6 +119,18 @@ class IntConv(nn.Module):
             return lax.conv_general_dilated(xf, k, tuple(self.strides), pads, dimension_numbers=_DN)
         q_x, s_x = _act_codes(self, x, spec, integer=True)
         q_w, s_w = _int_kernel(self, kshape)
+        terms = kshape[0] * kshape[1] * kshape[2]
+        if self.narrow_as_bf16 and kshape[2] < NARROW_CHANNELS and exact_in_bf16(spec, terms):
+            # Codes, unshifted, are the integers themselves; padding with 0 is the code of 0.
+            acc = lax.conv_general_dilated(
+                q_x.astype(jnp.bfloat16),
+                q_w.astype(jnp.bfloat16),
+                tuple(self.strides),
+                pads,
+                dimension_numbers=_DN,
+                preferred_element_type=jnp.float32,
+            )
+            return acc / (s_x * s_w)
         shift = 128.0 if (not spec.a_signed and spec.a_bits == 8) else 0.0
         if self.pointwise_as_dot and kshape[:2] == (1, 1) and all(p == (0, 0) for p in pads):
             sh, sw = self.strides
