@@ -11,6 +11,9 @@ same time instead of taking turns (4 ResNet-20s: 1.18x the images/s of training
 them one after another, against 0.88x without MPS and 0.53x for one vmapped
 program; docs/RESULTS.md). SIGTERM to the sweep launches nothing more and stops
 the running runs at their next epoch's end with a checkpoint (exit code 143).
+Each invocation that runs anything appends its wall time and each run's time to
+`root/sweep_log.jsonl`, so a sweep finished over several invocations (preempted,
+time-limited jobs) still reports its whole wall time.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from qresnet import config_lib, results
 
 # Exit code of a run or sweep stopped by SIGTERM (128 + 15, as a shell reports it).
 INTERRUPTED = 128 + signal.SIGTERM
+SWEEP_LOG = "sweep_log.jsonl"
 
 
 class SweepError(ValueError):
@@ -183,7 +187,9 @@ def run_sweep(
     todo = [(name, args) for _, name, args in sorted(todo, key=lambda t: -t[0])]
     print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run", flush=True)
     devices = _devices()
-    slots = [(d, j) for d in (devices or [None]) for j in range(jobs or (3 if devices else 1))]
+    per_device = jobs or (3 if devices else 1)
+    slots = [(d, j) for d in (devices or [None]) for j in range(per_device)]
+    started = time.time()
     with contextlib.ExitStack() as stack:
         env = {}
         if mps and devices and todo:
@@ -191,7 +197,11 @@ def run_sweep(
         elif mps:
             print("sweep: --mps ignored: no GPU found" if not devices else "sweep: nothing to run", flush=True)
         with train.stop_requests() as stop:
-            failed, stopped = _run_all(config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop)
+            failed, stopped, timings = _run_all(
+                config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop
+            )
+    if todo:
+        _log_invocation(root_path, started, per_device, bool(env), devices, timings)
     index.write_index(root_path)
     if stop:
         print(
@@ -216,22 +226,44 @@ def run_sweep(
     return 0
 
 
-def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, stop) -> tuple[list[str], list[str]]:
+def _log_invocation(root: Path, started: float, jobs: int, mps: bool, devices, timings) -> None:
+    """Appends this invocation to root/sweep_log.jsonl and prints the sweep's wall time so far."""
+    from qresnet import train
+
+    wall = time.time() - started
+    entry = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_s": round(wall, 1),
+        "jobs_per_gpu": jobs,
+        "mps": mps,
+        "gpus": list(devices),
+        "runs": timings,
+        "commit": train.git_commit(),
+    }
+    log = root / SWEEP_LOG
+    results.append_jsonl(log, entry)
+    entries = results.read_jsonl(log)
+    total = sum(e.get("wall_s", 0.0) for e in entries)
+    print(f"sweep: {wall:.0f} s this time; {total:.0f} s over {len(entries)} invocation(s) of {root} ({log})")
+
+
+def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, stop):
     """Runs `todo` on `slots`; once `stop` is non-empty, launches nothing more and passes SIGTERM
-    on to the running runs, which checkpoint and exit. Returns (failed, stopped) run names."""
-    queue, running, failed, stopped = list(todo), {}, [], []
+    on to the running runs, which checkpoint and exit. Returns (failed, stopped) run names and
+    [{name, status, s}], each run's time from launch to exit."""
+    queue, running, failed, stopped, timings = list(todo), {}, [], [], []
     t0, signalled = time.time(), False
     while queue or running:
         if stop and not signalled:
             queue, signalled = [], True
-            for _, proc in running.values():
+            for _, proc, _ in running.values():
                 proc.send_signal(signal.SIGTERM)
         for slot in slots:
             if slot not in running and queue:
                 name, args = queue.pop(0)
-                running[slot] = (name, _launch(config_path, root / name, args, slot[0], env))
+                running[slot] = (name, _launch(config_path, root / name, args, slot[0], env), time.time())
         time.sleep(0.5)
-        for slot, (name, proc) in list(running.items()):
+        for slot, (name, proc, launched) in list(running.items()):
             if proc.poll() is None:
                 continue
             del running[slot]
@@ -241,8 +273,9 @@ def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, s
             done += code == 0
             status = "ok" if code == 0 else "stopped" if was_stopped else "FAILED"
             (stopped if was_stopped else failed if code else []).append(name)
+            timings.append({"name": name, "status": status, "s": round(time.time() - launched, 1)})
             print(f"[{done}/{total} done, {len(failed)} failed, {time.time() - t0:.0f}s] {name} {status}", flush=True)
-    return failed, stopped
+    return failed, stopped, timings
 
 
 def _launch(config_path, workdir: Path, args, device, extra_env):

@@ -1,5 +1,6 @@
 """Sweep names, dry runs, and a real two-run sweep that a re-run skips."""
 
+import json
 from pathlib import Path
 
 from qresnet import sweep
@@ -38,9 +39,14 @@ def test_sweep_runs_then_skips_finished_runs(tmp_path, capsys):
     mtimes = [p.stat().st_mtime_ns for p in results]
     assert (root / "index.csv").read_text().count("\n") == 3
     assert (root / "pareto" / "pareto_linear.png").exists() and (root / "pareto" / "report.md").exists()
-    capsys.readouterr()
+    log = [json.loads(line) for line in (root / sweep.SWEEP_LOG).read_text().splitlines()]
+    assert len(log) == 1 and log[0]["jobs_per_gpu"] == 2 and log[0]["wall_s"] > 0
+    assert sorted(r["name"] for r in log[0]["runs"]) == ["bf16_width0.25", "w4a4-ends8_width0.25"]
+    assert all(r["status"] == "ok" and 0 < r["s"] <= log[0]["wall_s"] for r in log[0]["runs"])
+    assert "over 1 invocation(s)" in capsys.readouterr().out
     assert sweep.run_sweep(SMOKE_SWEEP, str(root)) == 0
     assert "2 done, 0 to run" in capsys.readouterr().out
+    assert len((root / sweep.SWEEP_LOG).read_text().splitlines()) == 1  # nothing ran, nothing logged
     assert [p.stat().st_mtime_ns for p in results] == mtimes
     assert not list(root.rglob("*.tmp"))
 
@@ -99,3 +105,5 @@ def test_sigterm_stops_the_sweep_and_its_runs_at_a_checkpoint(tmp_path):
     epochs = [int(p.name) for p in (root / "bf16_width0.25" / "ckpt").iterdir()]
     assert len(epochs) == 1 and 1 <= epochs[0] < 500
     assert not list(root.glob("*/result.json")) and not (root / "w4a4-ends8_width0.25").exists()
+    (entry,) = [json.loads(line) for line in (root / sweep.SWEEP_LOG).read_text().splitlines()]
+    assert entry["runs"] == [{"name": "bf16_width0.25", "status": "stopped", "s": entry["runs"][0]["s"]}]

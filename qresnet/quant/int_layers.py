@@ -17,7 +17,8 @@ integer GEMM kernels, rather than as an integer convolution.
 
 A conv with fewer than 8 input channels (an RGB stem) gets no integer tensor-core
 kernel on GPUs (cuDNN falls back to a slow generic one), so by default
-(`narrow_as_bf16`) it multiplies its codes as bfloat16 with float32 accumulation:
+(`narrow_as_bf16`, for any such conv but a 1x1 one run as a dot) it multiplies
+its codes as bfloat16 with float32 accumulation:
 still exact integer arithmetic, since codes up to 256 in magnitude are exact in
 bfloat16 and every partial sum of their products is an integer below 2^24, which
 float32 holds exactly (checked per layer; otherwise the layer stays int8).
@@ -119,8 +120,9 @@ class IntConv(nn.Module):
             return lax.conv_general_dilated(xf, k, tuple(self.strides), pads, dimension_numbers=_DN)
         q_x, s_x = _act_codes(self, x, spec, integer=True)
         q_w, s_w = _int_kernel(self, kshape)
+        pointwise = self.pointwise_as_dot and kshape[:2] == (1, 1) and all(p == (0, 0) for p in pads)
         terms = kshape[0] * kshape[1] * kshape[2]
-        if self.narrow_as_bf16 and kshape[2] < NARROW_CHANNELS and exact_in_bf16(spec, terms):
+        if self.narrow_as_bf16 and not pointwise and kshape[2] < NARROW_CHANNELS and exact_in_bf16(spec, terms):
             # Codes, unshifted, are the integers themselves; padding with 0 is the code of 0.
             acc = lax.conv_general_dilated(
                 q_x.astype(jnp.bfloat16),
@@ -132,7 +134,7 @@ class IntConv(nn.Module):
             )
             return acc / (s_x * s_w)
         shift = 128.0 if (not spec.a_signed and spec.a_bits == 8) else 0.0
-        if self.pointwise_as_dot and kshape[:2] == (1, 1) and all(p == (0, 0) for p in pads):
+        if pointwise:
             sh, sw = self.strides
             q_x = (q_x[:, ::sh, ::sw, :] - shift).astype(jnp.int8)
             acc = lax.dot_general(q_x, q_w[0, 0], (((3,), (0,)), ((), ())), preferred_element_type=jnp.int32)
