@@ -224,9 +224,9 @@ def size_check(path: str | Path, memory_bits: float) -> dict[str, Any]:
 
 
 def int_model(
-    header: Mapping[str, Any], *, pointwise_as_dot: bool = True, narrow_as_bf16: bool = True
+    header: Mapping[str, Any], *, pointwise_as_dot: bool = True, narrow_as_float: bool = True
 ) -> resnet.ResNet:
-    """The integer inference model an export describes (`pointwise_as_dot`, `narrow_as_bf16`: see `IntConv`)."""
+    """The integer inference model an export describes (`pointwise_as_dot`, `narrow_as_float`: see `IntConv`)."""
     specs = specs_lib.specs_from_json(header["specs"])
     return resnet.ResNet(
         arch=resnet.get_arch(header["model"]),
@@ -235,7 +235,7 @@ def int_model(
         specs=specs,
         dtype=jnp.float32,
         conv_cls=functools.partial(
-            int_layers.IntConv, pointwise_as_dot=pointwise_as_dot, narrow_as_bf16=narrow_as_bf16
+            int_layers.IntConv, pointwise_as_dot=pointwise_as_dot, narrow_as_float=narrow_as_float
         ),
         dense_cls=int_layers.IntDense,
     )

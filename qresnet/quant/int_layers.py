@@ -17,11 +17,13 @@ integer GEMM kernels, rather than as an integer convolution.
 
 A conv with fewer than 8 input channels (an RGB stem) gets no integer tensor-core
 kernel on GPUs (cuDNN falls back to a slow generic one), so by default
-(`narrow_as_bf16`, for any such conv but a 1x1 one run as a dot) it multiplies
-its codes as bfloat16 with float32 accumulation:
-still exact integer arithmetic, since codes up to 256 in magnitude are exact in
-bfloat16 and every partial sum of their products is an integer below 2^24, which
-float32 holds exactly (checked per layer; otherwise the layer stays int8).
+(`narrow_as_float`, for any such conv but a 1x1 one run as a dot) it multiplies its
+codes as float32: still exact integer arithmetic, since codes up to 2048 in
+magnitude are exact even in the TF32 inputs of GPU tensor cores and every partial
+sum of their products is an integer below 2^24, which float32 holds exactly
+(checked per layer; otherwise the layer stays int8). Float32 operands rather than
+bf16 ones with a float32 result: that mixed-precision conv may be lowered as a bf16
+conv followed by a conversion, which would round the sums.
 
 Unsigned 8-bit codes (0..255) do not fit int8: they are shifted by -128 and the
 conv gets 128 * sum(W) back per output channel; the padding is applied in the
@@ -46,14 +48,15 @@ from qresnet.quant.specs import FLOAT, QuantSpec
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
-NARROW_CHANNELS = 8  # below this many input channels, `narrow_as_bf16` applies
+NARROW_CHANNELS = 8  # below this many input channels, `narrow_as_float` applies
+_EXACT_CODE = 2**11  # integers up to this are exact in TF32 (10 stored mantissa bits) and float32
 
 
-def exact_in_bf16(spec: QuantSpec, terms: int) -> bool:
-    """Whether a sum of `terms` products of this spec's codes is exact as bf16 x bf16 -> float32."""
+def exact_in_float(spec: QuantSpec, terms: int) -> bool:
+    """Whether a sum of `terms` products of this spec's codes is exact as a float32 (or TF32) conv."""
     a_max = 2**spec.a_bits - 1 if not spec.a_signed else 2 ** (spec.a_bits - 1) - 1
     w_max = 2 ** (spec.w_bits - 1) - 1
-    return a_max <= 256 and w_max <= 256 and terms * a_max * w_max < 2**24
+    return a_max <= _EXACT_CODE and w_max <= _EXACT_CODE and terms * a_max * w_max < 2**24
 
 
 def _act_codes(module, x, spec: QuantSpec, integer: bool):
@@ -89,7 +92,7 @@ def _float_input(module, x, spec):
 class IntConv(nn.Module):
     """Conv over integer codes (see module doc); same constructor as QConv, plus
     `pointwise_as_dot`: run an unpadded 1x1 conv as an int8 dot with int32 accumulation, and
-    `narrow_as_bf16`: run a conv over fewer than 8 input channels on exact bf16 products."""
+    `narrow_as_float`: run a conv over fewer than 8 input channels on exact float32 products."""
 
     features: int
     kernel_size: Sequence[int]
@@ -102,7 +105,7 @@ class IntConv(nn.Module):
     kernel_init: Any = None
     bias_init: Any = None
     pointwise_as_dot: bool = True
-    narrow_as_bf16: bool = True
+    narrow_as_float: bool = True
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, act_quant=True):
@@ -122,16 +125,10 @@ class IntConv(nn.Module):
         q_w, s_w = _int_kernel(self, kshape)
         pointwise = self.pointwise_as_dot and kshape[:2] == (1, 1) and all(p == (0, 0) for p in pads)
         terms = kshape[0] * kshape[1] * kshape[2]
-        if self.narrow_as_bf16 and not pointwise and kshape[2] < NARROW_CHANNELS and exact_in_bf16(spec, terms):
+        if self.narrow_as_float and not pointwise and kshape[2] < NARROW_CHANNELS and exact_in_float(spec, terms):
             # Codes, unshifted, are the integers themselves; padding with 0 is the code of 0.
-            acc = lax.conv_general_dilated(
-                q_x.astype(jnp.bfloat16),
-                q_w.astype(jnp.bfloat16),
-                tuple(self.strides),
-                pads,
-                dimension_numbers=_DN,
-                preferred_element_type=jnp.float32,
-            )
+            q_xf, q_wf = q_x.astype(jnp.float32), q_w.astype(jnp.float32)
+            acc = lax.conv_general_dilated(q_xf, q_wf, tuple(self.strides), pads, dimension_numbers=_DN)
             return acc / (s_x * s_w)
         shift = 128.0 if (not spec.a_signed and spec.a_bits == 8) else 0.0
         if pointwise:
