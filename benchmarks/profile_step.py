@@ -138,8 +138,7 @@ INFERENCE_ROWS = ("bf16", "int8", "int8_conv", "int8_narrow_int")
 def profile_inference(case: str, rows, *, steps: int, warmup: int, out: Path):
     """Profiles `qresnet bench-int`'s forward passes of one MODEL:IMAGE_SIZE:BATCH case (rows of
     INFERENCE_ROWS: bf16, the integer model, and the integer model with its 1x1 convs as convs or
-    its stem as an int8 conv); yields
-    each row's summary as it is done."""
+    its stem as an int8 conv); yields each row's summary as it is done."""
     import time
 
     from qresnet import inference_bench
@@ -162,7 +161,9 @@ def profile_inference(case: str, rows, *, steps: int, warmup: int, out: Path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", help="MODEL:IMAGE_SIZE:BATCH:DTYPE (train steps)")
-    p.add_argument("--rows", help="comma-separated LIBRARY:SETTING:PATH (with --inference: of bf16,int8,int8_conv)")
+    p.add_argument(
+        "--rows", help=f"comma-separated LIBRARY:SETTING:PATH (with --inference: of {','.join(INFERENCE_ROWS)})"
+    )
     p.add_argument("--inference", help="MODEL:IMAGE_SIZE:BATCH: profile bench-int's forward passes instead")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 
 USAGE = """qresnet <command> [options]
@@ -90,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = train.train_and_evaluate(config_lib.load_config(ns.config, overrides), ns.workdir)
             except train.Interrupted as e:
+                from qresnet.sweep import INTERRUPTED
+
                 print(f"qresnet train: {e}", file=sys.stderr)
-                return 128 + signal.SIGTERM
+                return INTERRUPTED
             print(json.dumps({k: result[k] for k in ("top1", "top1_last", "train_top1_at_best", "images_per_s")}))
             return 0
         if command == "sweep":

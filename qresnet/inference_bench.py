@@ -73,10 +73,8 @@ def forward_functions(name: str, image_size: int, batch: int) -> dict[str, tuple
 def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmup: int = 3) -> dict[str, Any]:
     """Times bf16 and integer inference of one model; returns the result row."""
     fns = forward_functions(name, image_size, batch)
-    t_bf16 = median_seconds(fns["bf16"][0], *fns["bf16"][1], iters=iters, warmup=warmup)
-    t_int = median_seconds(fns["int8"][0], *fns["int8"][1], iters=iters, warmup=warmup)
-    t_conv = median_seconds(fns["int8_conv"][0], *fns["int8_conv"][1], iters=iters, warmup=warmup)
-    t_narrow = median_seconds(fns["int8_narrow_int"][0], *fns["int8_narrow_int"][1], iters=iters, warmup=warmup)
+    t = {key: median_seconds(fn, *args, iters=iters, warmup=warmup) for key, (fn, args) in fns.items()}
+    t_bf16, t_int = t["bf16"], t["int8"]
     devs = jax.local_devices()
     return {
         "model": name,
@@ -88,8 +86,9 @@ def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmu
         "speedup": t_bf16 / t_int,
         "bf16_ms": 1e3 * t_bf16,
         "int8_ms": 1e3 * t_int,
-        "int8_conv_ms": 1e3 * t_conv,  # 1x1 convs as integer convs (the path before int8 dots)
-        "int8_narrow_int_ms": 1e3 * t_narrow,  # the RGB stem as an int8 conv (the path before float32 products)
+        "int8_conv_ms": 1e3 * t["int8_conv"],  # 1x1 convs as integer convs (the path before int8 dots)
+        "int8_narrow_int_ms": 1e3
+        * t["int8_narrow_int"],  # the RGB stem as an int8 conv (the path before float32 products)
         "iters": iters,
         "device": f"{devs[0].device_kind} ({devs[0].platform})",
         "date": time.strftime("%Y-%m-%d"),

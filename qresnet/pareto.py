@@ -263,6 +263,7 @@ def seed_table(points: Sequence[Point]) -> list[str]:
         Point(f"{s}_width{w:g}", s, cost[(s, w)], statistics.mean(v), width=w) for (s, w), v in sorted(groups.items())
     ]
     mean_floats = [p for p in means if is_float(p)]
+    mean_quantized = [p for p in means if not is_float(p)]
     if mean_floats:
         lines += [
             "",
@@ -270,9 +271,7 @@ def seed_table(points: Sequence[Point]) -> list[str]:
             + ", ".join(p.name for p in frontier(means))
             + "; float means dominated by a quantized mean: "
             + "; ".join(
-                f"{p.name} by {d.name}" if d else f"{p.name} by none"
-                for p in mean_floats
-                for d in [cheapest_dominator(p, [q for q in means if not is_float(q)])]
+                f"{p.name} by {getattr(cheapest_dominator(p, mean_quantized), 'name', 'none')}" for p in mean_floats
             )
             + ".",
         ]

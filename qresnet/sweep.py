@@ -197,9 +197,9 @@ def run_sweep(
         elif mps:
             print("sweep: --mps ignored: no GPU found" if not devices else "sweep: nothing to run", flush=True)
         with train.stop_requests() as stop:
-            failed, stopped, timings = _run_all(
-                config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop
-            )
+            timings = _run_all(config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop)
+    failed = [t["name"] for t in timings if t["status"] == "FAILED"]
+    stopped = [t["name"] for t in timings if t["status"] == "stopped"]
     if todo:
         _log_invocation(root_path, started, per_device, bool(env), devices, timings)
     index.write_index(root_path)
@@ -249,9 +249,9 @@ def _log_invocation(root: Path, started: float, jobs: int, mps: bool, devices, t
 
 def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, stop):
     """Runs `todo` on `slots`; once `stop` is non-empty, launches nothing more and passes SIGTERM
-    on to the running runs, which checkpoint and exit. Returns (failed, stopped) run names and
-    [{name, status, s}], each run's time from launch to exit."""
-    queue, running, failed, stopped, timings = list(todo), {}, [], [], []
+    on to the running runs, which checkpoint and exit. Returns [{name, status, s}] of the runs
+    that ended, status ok, stopped or FAILED, s the time from launch to exit."""
+    queue, running, timings, failed = list(todo), {}, [], 0
     t0, signalled = time.time(), False
     while queue or running:
         if stop and not signalled:
@@ -272,10 +272,10 @@ def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, s
             was_stopped = code == INTERRUPTED or (bool(stop) and code == -signal.SIGTERM)
             done += code == 0
             status = "ok" if code == 0 else "stopped" if was_stopped else "FAILED"
-            (stopped if was_stopped else failed if code else []).append(name)
+            failed += status == "FAILED"
             timings.append({"name": name, "status": status, "s": round(time.time() - launched, 1)})
-            print(f"[{done}/{total} done, {len(failed)} failed, {time.time() - t0:.0f}s] {name} {status}", flush=True)
-    return failed, stopped, timings
+            print(f"[{done}/{total} done, {failed} failed, {time.time() - t0:.0f}s] {name} {status}", flush=True)
+    return timings
 
 
 def _launch(config_path, workdir: Path, args, device, extra_env):
