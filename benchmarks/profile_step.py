@@ -132,13 +132,13 @@ def profile_row(library: str, setting: str, path: str, case: bench.Case, *, step
     return profile_call(f"{case.model}_{library}_{setting}_{path}", lowered, row.time_one, steps=steps, out=out)
 
 
-INFERENCE_ROWS = ("bf16", "int8", "int8_conv", "int8_narrow_int")
+INFERENCE_ROWS = ("bf16", "int8", "int8_conv", "int8_narrow_int", "int8_bf16")
 
 
 def profile_inference(case: str, rows, *, steps: int, warmup: int, out: Path):
     """Profiles `qresnet bench-int`'s forward passes of one MODEL:IMAGE_SIZE:BATCH case (rows of
     INFERENCE_ROWS: bf16, the integer model, and the integer model with its 1x1 convs as convs or
-    its stem as an int8 conv); yields each row's summary as it is done."""
+    its stem as an int8 conv, or its float parts in bf16); yields each row's summary as it is done."""
     import time
 
     from qresnet import inference_bench

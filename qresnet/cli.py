@@ -41,6 +41,12 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--export", required=True, help="a file written by qresnet export")
         p.add_argument("--compare", help="the run's workdir: also report agreement with its fake-quant model")
         p.add_argument(
+            "--dtype",
+            default="float32",
+            choices=("float32", "bfloat16"),
+            help="dtype of the integer model between its integer products (BN, residuals); bfloat16 is faster",
+        )
+        p.add_argument(
             "--data-dir", default="", help="where the dataset's files are (the TFDS data dir for imagenet2012)"
         )
     if command == "bench-int":
@@ -133,10 +139,10 @@ def _eval(ns) -> int:
     from qresnet import export
 
     if ns.compare:
-        print(json.dumps(export.equivalence(ns.compare, ns.export, ns.data_dir)))
+        print(json.dumps(export.equivalence(ns.compare, ns.export, ns.data_dir, dtype=ns.dtype)))
         return 0
     header, variables = export.read(ns.export)
-    print(json.dumps(export.evaluate(header, variables, ns.data_dir)))
+    print(json.dumps(export.evaluate(header, variables, ns.data_dir, dtype=ns.dtype)))
     return 0
 
 

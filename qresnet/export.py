@@ -224,16 +224,23 @@ def size_check(path: str | Path, memory_bits: float) -> dict[str, Any]:
 
 
 def int_model(
-    header: Mapping[str, Any], *, pointwise_as_dot: bool = True, narrow_as_float: bool = True
+    header: Mapping[str, Any], *, pointwise_as_dot: bool = True, narrow_as_float: bool = True, dtype: str = "float32"
 ) -> resnet.ResNet:
-    """The integer inference model an export describes (`pointwise_as_dot`, `narrow_as_float`: see `IntConv`)."""
+    """The integer inference model an export describes (`pointwise_as_dot`, `narrow_as_float`: see `IntConv`).
+
+    `dtype` is that of everything between the integer products (rescaled outputs, BN, ReLU,
+    residual adds, pooling): "bfloat16" halves their memory traffic; the codes and the integer
+    products are the same, the values that get quantized are rounded to bf16 first.
+    """
+    if dtype not in resnet.DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(resnet.DTYPES)}")
     specs = specs_lib.specs_from_json(header["specs"])
     return resnet.ResNet(
         arch=resnet.get_arch(header["model"]),
         num_classes=header["num_classes"],
         width=header["width"],
         specs=specs,
-        dtype=jnp.float32,
+        dtype=resnet.DTYPES[dtype],
         conv_cls=functools.partial(
             int_layers.IntConv, pointwise_as_dot=pointwise_as_dot, narrow_as_float=narrow_as_float
         ),
@@ -314,13 +321,15 @@ def _apply_fn(model, info, **kw):
     return jax.jit(lambda v, x: model.apply(v, data.normalize(x, info), train=False, **kw))
 
 
-def evaluate(header: Mapping[str, Any], variables: Mapping[str, Any], data_dir: str = "") -> dict[str, Any]:
-    """Top-1 of the integer model on the export's dataset's test split.
+def evaluate(
+    header: Mapping[str, Any], variables: Mapping[str, Any], data_dir: str = "", *, dtype: str = "float32"
+) -> dict[str, Any]:
+    """Top-1 of the integer model (`int_model(header, dtype=dtype)`) on the export's dataset's test split.
 
     Returns:
-      {model, setting, dataset, n, top1_int}.
+      {model, setting, dataset, dtype, n, top1_int}.
     """
-    fn = _apply_fn(int_model(header), data.dataset_info(header["dataset"]))
+    fn = _apply_fn(int_model(header, dtype=dtype), data.dataset_info(header["dataset"]))
     variables = jax.device_put(variables)  # once: numpy arguments would be copied to the GPU every batch
     correct = n = 0
     batches = test_batches(
@@ -336,16 +345,20 @@ def evaluate(header: Mapping[str, Any], variables: Mapping[str, Any], data_dir: 
         "model": header["model"],
         "setting": header["setting"],
         "dataset": header["dataset"],
+        "dtype": dtype,
         "n": n,
         "top1_int": correct / max(n, 1),
     }
 
 
-def equivalence(workdir: str | Path, export_path: str | Path, data_dir: str = "") -> dict[str, Any]:
-    """Integer model against the run's fake-quant model (float32) on the test split.
+def equivalence(
+    workdir: str | Path, export_path: str | Path, data_dir: str = "", *, dtype: str = "float32"
+) -> dict[str, Any]:
+    """Integer model (`int_model(header, dtype=dtype)`) against the run's fake-quant model (always
+    float32, the reference) on the test split.
 
     Returns:
-      {model, setting, dataset, n, prediction_agreement, top1_fake, top1_int,
+      {model, setting, dataset, dtype, n, prediction_agreement, top1_fake, top1_int,
       max_rel_logit_err and median_rel_logit_err (of the per-image ||l_int - l_fake|| /
       ||l_fake||), rel_logit_err (the same over the whole test set),
       file_bytes, expected_bytes, size_ratio (see `size_check`)}.
@@ -361,7 +374,7 @@ def equivalence(workdir: str | Path, export_path: str | Path, data_dir: str = ""
     fake = resnet.create_model(
         config.model.name, num_classes=info.num_classes, width=float(config.model.width), specs=specs, dtype="float32"
     )
-    fake_fn, int_fn = _apply_fn(fake, info, act_quant=True), _apply_fn(int_model(header), info)
+    fake_fn, int_fn = _apply_fn(fake, info, act_quant=True), _apply_fn(int_model(header, dtype=dtype), info)
     batches = test_batches(
         config.dataset.name,
         data_dir=data_dir or (config.dataset.tfds_dir if info.streaming else config.dataset.data_dir),
@@ -385,6 +398,7 @@ def equivalence(workdir: str | Path, export_path: str | Path, data_dir: str = ""
         "model": header["model"],
         "setting": header["setting"],
         "dataset": header["dataset"],
+        "dtype": dtype,
         "n": len(labels),
         "prediction_agreement": float(np.mean(l_int.argmax(1) == l_fake.argmax(1))),
         "top1_fake": float(np.mean(l_fake.argmax(1) == labels)),

@@ -41,7 +41,8 @@ def forward_functions(name: str, image_size: int, batch: int) -> dict[str, tuple
     arguments, on the same random weights and input, all already on the device:
     {"bf16": (fn, args), "int8": (fn, args), "int8_conv": ..., "int8_narrow_int": ...}.
     "int8" is the default integer model; "int8_conv" runs its 1x1 convs as integer convs instead
-    of int8 dots, "int8_narrow_int" its RGB stem as an int8 conv instead of exact float32 products."""
+    of int8 dots, "int8_narrow_int" its RGB stem as an int8 conv instead of exact float32 products,
+    "int8_bf16" keeps everything between the integer products in bf16 instead of float32."""
     arch = resnet.get_arch(name)
     classes = 10 if arch.cifar else 1000
     shape = (image_size, image_size, 3)
@@ -63,6 +64,7 @@ def forward_functions(name: str, image_size: int, batch: int) -> dict[str, tuple
         "int8": export.int_model(header),
         "int8_conv": export.int_model(header, pointwise_as_dot=False),
         "int8_narrow_int": export.int_model(header, narrow_as_float=False),
+        "int8_bf16": export.int_model(header, dtype="bfloat16"),
     }
     fns = {"bf16": (jax.jit(lambda v, x: bf16.apply(v, x)), (bf16_vars, x))}
     for key, model in models.items():
@@ -89,6 +91,8 @@ def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmu
         "int8_conv_ms": 1e3 * t["int8_conv"],  # 1x1 convs as integer convs (the path before int8 dots)
         "int8_narrow_int_ms": 1e3
         * t["int8_narrow_int"],  # the RGB stem as an int8 conv (the path before float32 products)
+        "int8_bf16_ms": 1e3 * t["int8_bf16"],  # BN, ReLU, residuals in bf16 (`qresnet eval --dtype bfloat16`)
+        "int8_bf16_speedup": t_bf16 / t["int8_bf16"],
         "iters": iters,
         "device": f"{devs[0].device_kind} ({devs[0].platform})",
         "date": time.strftime("%Y-%m-%d"),

@@ -128,12 +128,15 @@ def test_per_tensor_layer_multiplies_codes_as_the_fake_quant_values(a_bound, act
         np.testing.assert_allclose(g_ours[0]["act_bound"], g_ref[0]["act_bound"], rtol=1e-4, atol=1e-6)
 
 
-def test_per_tensor_layer_equals_the_integer_layer_bit_for_bit():
+@pytest.mark.parametrize("channels", [5, 9])  # 5: the narrow (float32 products) path; 9: the int8 conv
+def test_per_tensor_layer_equals_the_integer_layer_bit_for_bit(channels):
+    """Padded 3x3 convs: the unsigned 8-bit codes pad with their shifted zero, the others with
+    the conv's own zeros; both agree with the fake-quant layer to the bit."""
     from qresnet.quant import int_layers
 
-    for signed, bits in ((False, 8), (False, 4), (True, 8)):
+    for signed, bits in ((False, 8), (False, 4), (True, 8), (True, 4)):
         spec = QuantSpec(w_bits=bits, a_bits=bits, a_granularity="per_tensor", a_signed=signed)
-        x = jax.random.normal(jax.random.key(bits), (2, 7, 7, 5)) * 2 + (0 if signed else 2)
+        x = jax.random.normal(jax.random.key(bits), (2, 7, 7, channels)) * 2 + (0 if signed else 2)
         layer = QConv(6, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), spec=spec)
         v = {**layer.init(jax.random.key(1), x), "quant_stats": {"act_bound": jnp.float32(3.0)}}
         q, s = int_layers.kernel_codes(v["params"]["kernel"], spec)

@@ -92,7 +92,8 @@ def _float_input(module, x, spec):
 class IntConv(nn.Module):
     """Conv over integer codes (see module doc); same constructor as QConv, plus
     `pointwise_as_dot`: run an unpadded 1x1 conv as an int8 dot with int32 accumulation, and
-    `narrow_as_float`: run a conv over fewer than 8 input channels on exact float32 products."""
+    `narrow_as_float`: run a conv over fewer than 8 input channels on exact float32 products.
+    The rescaled output is cast to `dtype` (float32 if None)."""
 
     features: int
     kernel_size: Sequence[int]
@@ -118,9 +119,10 @@ class IntConv(nn.Module):
             if isinstance(self.padding, str)
             else [tuple(p) for p in self.padding]
         )
+        out_dtype = self.dtype or jnp.float32
         if spec.w_bits is None or spec.a_bits is None:
             xf, k = _float_input(self, x, spec), _float_kernel(self, spec, kshape)
-            return lax.conv_general_dilated(xf, k, tuple(self.strides), pads, dimension_numbers=_DN)
+            return lax.conv_general_dilated(xf, k, tuple(self.strides), pads, dimension_numbers=_DN).astype(out_dtype)
         q_x, s_x = _act_codes(self, x, spec, integer=True)
         q_w, s_w = _int_kernel(self, kshape)
         pointwise = self.pointwise_as_dot and kshape[:2] == (1, 1) and all(p == (0, 0) for p in pads)
@@ -129,7 +131,7 @@ class IntConv(nn.Module):
             # Codes, unshifted, are the integers themselves; padding with 0 is the code of 0.
             q_xf, q_wf = q_x.astype(jnp.float32), q_w.astype(jnp.float32)
             acc = lax.conv_general_dilated(q_xf, q_wf, tuple(self.strides), pads, dimension_numbers=_DN)
-            return acc / (s_x * s_w)
+            return (acc / (s_x * s_w)).astype(out_dtype)
         shift = 128.0 if (not spec.a_signed and spec.a_bits == 8) else 0.0
         if pointwise:
             sh, sw = self.strides
@@ -137,13 +139,19 @@ class IntConv(nn.Module):
             acc = lax.dot_general(q_x, q_w[0, 0], (((3,), (0,)), ((), ())), preferred_element_type=jnp.int32)
             acc = acc.astype(jnp.float32)
         else:
-            q_x = jnp.pad(q_x - shift, [(0, 0), *pads, (0, 0)], constant_values=-shift).astype(jnp.int8)
+            if shift:  # pad with the shifted code of 0, so the correction below holds at the borders too
+                q_x, pads = jnp.pad(q_x - shift, [(0, 0), *pads, (0, 0)], constant_values=-shift), "VALID"
             acc = lax.conv_general_dilated(
-                q_x, q_w, tuple(self.strides), "VALID", dimension_numbers=_DN, preferred_element_type=jnp.float32
+                q_x.astype(jnp.int8),
+                q_w,
+                tuple(self.strides),
+                pads,
+                dimension_numbers=_DN,
+                preferred_element_type=jnp.float32,
             )
         if shift:
             acc = acc + shift * jnp.sum(q_w.astype(jnp.float32), axis=(0, 1, 2))
-        return acc / (s_x * s_w)
+        return (acc / (s_x * s_w)).astype(out_dtype)
 
 
 class IntDense(nn.Module):
