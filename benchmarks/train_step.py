@@ -114,6 +114,7 @@ def run_spec(case: Case, setting: str, act_start_step: int) -> train.RunSpec:
         model_name=case.model,
         width=1.0,
         dtype=case.dtype,
+        channel_multiple=0,
         info=info,
         specs=specs_lib.resolve_specs(rules, names, resnet.signed_layers(names)),
         batch_size=case.batch,

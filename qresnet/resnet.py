@@ -122,6 +122,7 @@ class ResNet(nn.Module):
       width: filter multiplier of the residual stages (not the stem).
       specs: {layer name: QuantSpec}; missing layers are float.
       dtype: compute dtype; parameters stay float32.
+      channel_multiple: QConv's: convs pad channels to multiples of this (0 = no padding).
     """
 
     arch: Arch
@@ -131,6 +132,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     conv_cls: Any = QConv  # IntConv/IntDense give the integer inference model.
     dense_cls: Any = QDense
+    channel_multiple: int = 0
 
     @nn.compact
     def __call__(self, x, train: bool = False, act_quant=True):
@@ -140,6 +142,8 @@ class ResNet(nn.Module):
         conv = functools.partial(
             self.conv_cls, dtype=self.dtype, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal")
         )
+        if self.channel_multiple:
+            conv = functools.partial(conv, channel_multiple=self.channel_multiple)
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
         )
@@ -177,6 +181,7 @@ def create_model(
     width: float = 1.0,
     specs: Mapping[str, QuantSpec] | None = None,
     dtype: str = "float32",
+    channel_multiple: int = 0,
 ) -> ResNet:
     """Builds a ResNet by name ("resnet20", "resnet50", ...).
 
@@ -186,6 +191,8 @@ def create_model(
       width: residual-stage filter multiplier (> 0).
       specs: {layer: QuantSpec}, usually from `quant.resolve_specs`.
       dtype: "float32", "bfloat16" or "float16".
+      channel_multiple: convs pad their channels to multiples of this inside the layer (same
+        model and result, faster GPU kernels; 0 = no padding).
 
     Returns:
       The Flax module.
@@ -196,7 +203,16 @@ def create_model(
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     arch = get_arch(name)
     stage_filters(arch, width)
-    return ResNet(arch=arch, num_classes=num_classes, width=width, specs=specs, dtype=DTYPES[dtype])
+    if not isinstance(channel_multiple, int) or channel_multiple < 0:
+        raise ValueError(f"channel_multiple must be an int >= 0 (e.g. 8), got {channel_multiple!r}")
+    return ResNet(
+        arch=arch,
+        num_classes=num_classes,
+        width=width,
+        specs=specs,
+        dtype=DTYPES[dtype],
+        channel_multiple=channel_multiple,
+    )
 
 
 def _path_to_name(path: Sequence[str]) -> str:

@@ -96,6 +96,7 @@ class RunSpec:
     model_name: str
     width: float
     dtype: str
+    channel_multiple: int
     info: data.DatasetInfo
     specs: Mapping[str, specs_lib.QuantSpec]
     batch_size: int
@@ -162,6 +163,7 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
         model_name=config.model.name,
         width=float(config.model.width),
         dtype=config.model.dtype,
+        channel_multiple=int(config.model.get("channel_multiple", 0)),  # absent in older records
         info=data.dataset_info(config.dataset.name),
         specs=resolve_specs(config) if specs is None else specs,
         batch_size=o.batch_size,
@@ -193,7 +195,12 @@ def learning_rate(run: RunSpec, step: jax.Array) -> jax.Array:
 
 def create_model(run: RunSpec) -> resnet.ResNet:
     return resnet.create_model(
-        run.model_name, num_classes=run.info.num_classes, width=run.width, specs=run.specs, dtype=run.dtype
+        run.model_name,
+        num_classes=run.info.num_classes,
+        width=run.width,
+        specs=run.specs,
+        dtype=run.dtype,
+        channel_multiple=run.channel_multiple,
     )
 
 

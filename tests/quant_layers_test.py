@@ -166,3 +166,22 @@ def test_pointwise_integer_conv_as_a_dot_is_the_conv():
         np.testing.assert_array_equal(outs[0], layer.apply(v, x))
         text = jax.jit(int_layers.IntConv(7, (1, 1), spec=spec).apply).lower(iv, x).as_text()
         assert "dot_general" in text and "convolution" not in text  # the dot path, not a conv
+
+
+@pytest.mark.parametrize("spec", [None, QuantSpec(w_bits=4, a_bits=4)], ids=["float", "w4a4"])
+def test_channel_padding_changes_nothing_but_the_kernel_shapes(spec):
+    """10 -> 14 channels padded to 16 inside the conv: same outputs, same gradients, same params."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 10)) + 1.0
+    plain = QConv(14, (3, 3), spec=spec)
+    padded = QConv(14, (3, 3), spec=spec, channel_multiple=8)
+    v = plain.init(jax.random.key(1), x, train=True)
+    assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, padded.init(jax.random.key(1), x, train=True))
+    v = {**v, "quant_stats": jax.tree.map(lambda b: jnp.full_like(b, 2.5), v.get("quant_stats", {}))}
+
+    def loss(model, params, x):
+        return jnp.sum(jnp.sin(model.apply({**v, "params": params}, x)))
+
+    np.testing.assert_allclose(padded.apply(v, x), plain.apply(v, x), rtol=1e-6, atol=1e-6)
+    g_plain = jax.grad(lambda p, x: loss(plain, p, x), argnums=(0, 1))(v["params"], x)
+    g_padded = jax.grad(lambda p, x: loss(padded, p, x), argnums=(0, 1))(v["params"], x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g_padded, g_plain)

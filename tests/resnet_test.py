@@ -88,3 +88,14 @@ def test_bad_width(width):
 def test_unknown_model():
     with pytest.raises(ValueError, match="unknown model 'resnet21'"):
         resnet.create_model("resnet21", num_classes=10)
+
+
+def test_channel_multiple_gives_the_same_model():
+    """Width 0.62 (10, 20, 40 channels) padded to multiples of 8 inside each conv: same variables, same logits."""
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    plain = resnet.create_model("resnet20", num_classes=10, width=0.62)
+    padded = resnet.create_model("resnet20", num_classes=10, width=0.62, channel_multiple=8)
+    v = plain.init(jax.random.key(1), x)
+    np.testing.assert_allclose(padded.apply(v, x), plain.apply(v, x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="channel_multiple must be an int >= 0"):
+        resnet.create_model("resnet20", num_classes=10, channel_multiple=-8)

@@ -139,6 +139,19 @@ def _rescale(y: Array, scale) -> Array:
     return y if scale is None else (y.astype(jnp.float32) / scale).astype(y.dtype)
 
 
+def pad_channels(x: Array, kernel: Array, multiple: int) -> tuple[Array, Array]:
+    """Zero-pads x's channels and the kernel's input and output channels (HWIO) to multiples of
+    `multiple` (<= 1: unchanged). Zero channels add nothing, so the conv's first outputs are exact."""
+    if multiple <= 1:
+        return x, kernel
+    pad_in, pad_out = -kernel.shape[2] % multiple, -kernel.shape[3] % multiple
+    if pad_in:
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad_in)])
+    if pad_in or pad_out:
+        kernel = jnp.pad(kernel, [(0, 0), (0, 0), (0, pad_in), (0, pad_out)])
+    return x, kernel
+
+
 class QConv(nn.Module):
     """2-D convolution (NHWC, HWIO) with fake-quantized kernel and input.
 
@@ -152,6 +165,9 @@ class QConv(nn.Module):
       dtype: compute dtype (e.g. bfloat16); None keeps the input's.
       param_dtype: parameter dtype.
       kernel_init, bias_init: initializers, as nn.Conv.
+      channel_multiple: if > 1, the (quantized) input and kernel are padded with zero channels
+        to multiples of this and the extra outputs dropped: the same result, but GPU conv kernels
+        are much faster on multiples of 8 than on counts like 10 or 14 (0 = no padding).
     """
 
     features: int
@@ -164,16 +180,18 @@ class QConv(nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Callable = default_kernel_init
     bias_init: Callable = nn.initializers.zeros_init()
+    channel_multiple: int = 0
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
         """Args: x (N, H, W, C); train: update bound statistics; act_quant: see module doc."""
         x, kernel, bias, scale = _quantized_operands(self, x, tuple(self.kernel_size), train, act_quant)
         padding = self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
+        x, kernel = pad_channels(x, kernel, self.channel_multiple)
         y = lax.conv_general_dilated(
             x, kernel, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
-        y = _rescale(y, scale)
+        y = _rescale(y[..., : self.features], scale)
         if bias is not None:
             y = y + bias
         return y
