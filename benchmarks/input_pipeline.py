@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import itertools
 import os
 import sys
 import time
@@ -52,14 +51,17 @@ class JpegSource:
     """Random access to the file's examples, decoded when read (as `tfds.data_source` does).
 
     Holds only the path, so it pickles cheaply to grain's worker processes; each
-    process maps the file on first use.
+    process maps the file on first use. `length` (default: the file's count) makes a longer
+    source that cycles through the file's JPEGs: decoding costs the same whether or not an
+    image was seen before, and making photo-sized JPEGs is slow.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, length: int = 0):
         self.path = str(path)
         self._z = None
         with np.load(self.path) as z:
-            self._n = len(z["labels"])
+            self._distinct = len(z["labels"])
+        self._n = length or self._distinct
 
     def _arrays(self):
         if self._z is None:
@@ -73,22 +75,24 @@ class JpegSource:
         from PIL import Image
 
         z = self._arrays()
-        i = int(i)
+        i = int(i) % self._distinct
         data = z["jpeg"][z["offsets"][i] : z["offsets"][i + 1]].tobytes()
         return {"image": np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), "label": z["labels"][i]}
 
     def __getstate__(self):
-        return {"path": self.path, "_n": self._n, "_z": None}
+        return {"path": self.path, "_n": self._n, "_distinct": self._distinct, "_z": None}
 
 
 def time_pipeline(source, *, workers: int, batch: int, size: int, batches: int, warmup: int = 24) -> dict:
-    """Steady-state images/s of `train_batches` (epoch after epoch) over `batches` batches after
-    `warmup`. The warm-up must outlast the head start of the batches prepared in parallel while
-    the first ones were awaited (grain's 16 threads with 0 workers, the worker processes otherwise),
-    or the timed batches come from that backlog."""
+    """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
+    (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
+    The warm-up must outlast the head start of the batches prepared in parallel while the first
+    ones were awaited (grain's threads with 0 workers, the worker processes otherwise), or the
+    timed batches come from that backlog."""
+    if len(source) < (warmup + batches) * batch:
+        raise ValueError(f"source has {len(source)} examples, fewer than {(warmup + batches) * batch}")
     spec = imagenet_input.StreamSpec("synthetic", "", size, batch, batch, workers=workers)
-    epochs = (imagenet_input.train_batches(spec, source, seed=0, epoch=e) for e in itertools.count())
-    it = itertools.chain.from_iterable(epochs)
+    it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
         next(it)
     t0 = time.perf_counter()
@@ -109,10 +113,10 @@ def time_pipeline(source, *, workers: int, batch: int, size: int, batches: int, 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", default="0,8,16", help="comma-separated worker counts to time")
-    p.add_argument("--examples", type=int, default=4096, help="synthetic JPEGs to make")
+    p.add_argument("--examples", type=int, default=1024, help="distinct synthetic JPEGs to make (then cycled)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batches", type=int, default=48, help="timed batches per worker count (epochs repeat)")
+    p.add_argument("--batches", type=int, default=48, help="timed batches per worker count")
     p.add_argument("--warmup", type=int, default=24, help="untimed batches first (see time_pipeline)")
     p.add_argument("--target", type=float, default=0.0, help="training images/s to compare with")
     p.add_argument("--data", default="", help="where to keep the synthetic JPEGs (default: a temporary file)")
@@ -125,8 +129,8 @@ def main(argv=None) -> int:
     except ValueError:
         print(f"error: --workers {args.workers!r} must be comma-separated counts >= 0, e.g. 0,8,16", file=sys.stderr)
         return 2
-    if args.batch > args.examples:
-        print(f"error: --batch {args.batch} exceeds --examples {args.examples}; raise --examples", file=sys.stderr)
+    if min(args.examples, args.batch, args.batches) < 1 or args.warmup < 0:
+        print("error: --examples, --batch and --batches must be >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
     import tempfile
 
@@ -134,13 +138,13 @@ def main(argv=None) -> int:
         path = Path(args.data or Path(tmp) / "jpegs.npz")
         if not path.exists():
             write_jpegs(path, args.examples)
-        source = JpegSource(path)
+        source = JpegSource(path, length=(args.warmup + args.batches) * args.batch)
         rows = []
         for w in workers:
             row = time_pipeline(
                 source, workers=w, batch=args.batch, size=args.image_size, batches=args.batches, warmup=args.warmup
             )
-            row |= {"cpus": os.cpu_count(), "examples": len(source), "date": time.strftime("%Y-%m-%d")}
+            row |= {"cpus": os.cpu_count(), "distinct_jpegs": args.examples, "date": time.strftime("%Y-%m-%d")}
             if args.target:
                 row |= {"target_images_per_s": args.target, "feeds_target": row["images_per_s"] >= args.target}
             record(rows, row, args.out)

@@ -186,7 +186,7 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
     from benchmarks import input_pipeline
 
     out = tmp_path / "pipe.jsonl"
-    # 6 batches an epoch; 8 warm-up + 3 timed batches run into the second epoch.
+    # 8 warm-up + 3 timed batches of 4 in one epoch: 44 examples, cycling through 24 JPEGs.
     args = [
         "--workers",
         "0",
@@ -204,11 +204,11 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
     assert input_pipeline.main([*args, "--target", "1", "--out", str(out)]) == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["workers"] == 0 and row["images_per_s"] > 0 and row["feeds_target"] is True
-    assert row["warmup_batches"] == 8
+    assert row["warmup_batches"] == 8 and row["distinct_jpegs"] == 24
     assert input_pipeline.main(["--workers", "x"]) == 2
     assert "--workers 'x'" in capsys.readouterr().err
-    assert input_pipeline.main(["--examples", "10", "--batch", "40"]) == 2
-    assert "raise --examples" in capsys.readouterr().err
+    assert input_pipeline.main(["--examples", "0"]) == 2
+    assert "--examples, --batch and --batches must be >= 1" in capsys.readouterr().err
 
 
 def test_synthetic_jpegs_decode_to_imagenet_sized_images(tmp_path):
