@@ -15,7 +15,7 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.model.name = "resnet20"  # Any key of qresnet.resnet.ARCHS.
     c.model.width = 1.0  # Filter multiplier of the residual stages (not the stem).
     c.model.dtype = "bfloat16"  # Compute dtype; quantizers run in float32.
-    c.model.channel_multiple = 8  # Convs pad channels to multiples of this inside the layer (same model; GPU speed).
+    c.model.channel_multiple = 8  # Convs pad channel counts above this to multiples of it (same model; GPU speed).
 
     # Data
     c.dataset = ml_collections.ConfigDict()

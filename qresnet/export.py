@@ -23,6 +23,7 @@ import json
 import math
 import re
 import struct
+import time
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -317,6 +318,17 @@ def test_batches(
         yield images[i : i + batch], labels[i : i + batch]
 
 
+def _provenance() -> dict[str, str]:
+    from qresnet import train
+
+    dev = jax.local_devices()[0]
+    return {
+        "device": f"{dev.device_kind} ({dev.platform})",
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": train.git_commit(),
+    }
+
+
 def _apply_fn(model, info, **kw):
     return jax.jit(lambda v, x: model.apply(v, data.normalize(x, info), train=False, **kw))
 
@@ -327,7 +339,7 @@ def evaluate(
     """Top-1 of the integer model (`int_model(header, dtype=dtype)`) on the export's dataset's test split.
 
     Returns:
-      {model, setting, dataset, dtype, n, top1_int}.
+      {model, setting, dataset, dtype, n, top1_int, device, date, commit}.
     """
     fn = _apply_fn(int_model(header, dtype=dtype), data.dataset_info(header["dataset"]))
     variables = jax.device_put(variables)  # once: numpy arguments would be copied to the GPU every batch
@@ -348,6 +360,7 @@ def evaluate(
         "dtype": dtype,
         "n": n,
         "top1_int": correct / max(n, 1),
+        **_provenance(),
     }
 
 
@@ -361,7 +374,7 @@ def equivalence(
       {model, setting, dataset, dtype, n, prediction_agreement, top1_fake, top1_int,
       max_rel_logit_err and median_rel_logit_err (of the per-image ||l_int - l_fake|| /
       ||l_fake||), rel_logit_err (the same over the whole test set),
-      file_bytes, expected_bytes, size_ratio (see `size_check`)}.
+      file_bytes, expected_bytes, size_ratio (see `size_check`), device, date, commit}.
     """
     from qresnet import train
 
@@ -409,4 +422,5 @@ def equivalence(
         "file_bytes": size["file_bytes"],
         "expected_bytes": size["expected_bytes"],
         "size_ratio": size["ratio"],
+        **_provenance(),
     }

@@ -53,6 +53,7 @@ def test_bf16_integer_model_is_close_to_the_float32_one(exported, capsys):
     assert cli.main(["eval", "--export", str(path), "--dtype", "bfloat16"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["dtype"] == "bfloat16" and 0.0 <= row["top1_int"] <= 1.0
+    assert {"device", "date", "commit"} <= set(row) and {"device", "date", "commit"} <= set(eq)
     with pytest.raises(ValueError, match="unknown dtype 'int4'"):
         export.int_model(export.read(path)[0], dtype="int4")
 

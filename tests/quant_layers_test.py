@@ -185,3 +185,15 @@ def test_channel_padding_changes_nothing_but_the_kernel_shapes(spec):
     g_plain = jax.grad(lambda p, x: loss(plain, p, x), argnums=(0, 1))(v["params"], x)
     g_padded = jax.grad(lambda p, x: loss(padded, p, x), argnums=(0, 1))(v["params"], x)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g_padded, g_plain)
+
+
+def test_pad_channels_pads_counts_above_the_multiple_only():
+    from qresnet.quant.layers import pad_channels
+
+    x, k = jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3, 10))
+    px, pk = pad_channels(x, k, 8)
+    assert px.shape == (1, 4, 4, 3) and pk.shape == (3, 3, 3, 16)  # the stem's 3 inputs stay
+    px, pk = pad_channels(jnp.ones((1, 4, 4, 20)), jnp.ones((1, 1, 20, 16)), 8)
+    assert px.shape == (1, 4, 4, 24) and pk.shape == (1, 1, 24, 16)
+    assert float(jnp.sum(px)) == 16 * 20 and float(jnp.sum(pk)) == 20 * 16  # the padding is zeros
+    assert pad_channels(x, k, 0)[1].shape == k.shape
