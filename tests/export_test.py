@@ -58,6 +58,18 @@ def test_bf16_integer_model_is_close_to_the_float32_one(exported, capsys):
         export.int_model(export.read(path)[0], dtype="int4")
 
 
+def test_learned_lsq_bounds_export_and_match_to_the_bit(tmp_path):
+    """LSQ bounds are parameters, not EMA statistics: export finds them and the integer model agrees."""
+    rules = settings.SETTINGS["w4a4_ends8_lsq_deploy"]
+    cfg = config_lib.load_config(SMOKE, [f"--config.quant.rules={rules!r}", "--config.setting=w4a4_ends8_lsq_deploy"])
+    train.train_and_evaluate(cfg, tmp_path / "run", quiet=True)
+    path = export.export_run(tmp_path / "run", tmp_path / "model.qrx")
+    _, variables = export.read(path)
+    assert variables["quant_stats"]["stage0_block0"]["conv1"]["act_bound"].shape == ()
+    eq = export.equivalence(tmp_path / "run", path)
+    assert eq["prediction_agreement"] == 1.0 and eq["max_rel_logit_err"] == 0.0
+
+
 def test_export_stores_integers_at_their_bit_width(exported):
     workdir, path = exported
     header, variables = export.read(path)
