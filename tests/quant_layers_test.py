@@ -168,7 +168,11 @@ def test_pointwise_integer_conv_as_a_dot_is_the_conv():
         assert "dot_general" in text and "convolution" not in text  # the dot path, not a conv
 
 
-@pytest.mark.parametrize("spec", [None, QuantSpec(w_bits=4, a_bits=4)], ids=["float", "w4a4"])
+@pytest.mark.parametrize(
+    "spec",
+    [None, QuantSpec(w_bits=4, a_bits=4), QuantSpec(w_bits=8, a_bits=8, a_granularity="per_tensor")],
+    ids=["float", "w4a4", "w8a8_per_tensor_codes"],
+)
 def test_channel_padding_changes_nothing_but_the_kernel_shapes(spec):
     """10 -> 14 channels padded to 16 inside the conv: same outputs, same gradients, same params."""
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 10)) + 1.0
