@@ -321,9 +321,8 @@ def test_batches(
 def _provenance() -> dict[str, str]:
     from qresnet import train
 
-    dev = jax.local_devices()[0]
     return {
-        "device": f"{dev.device_kind} ({dev.platform})",
+        "device": train.device_description(),
         "date": time.strftime("%Y-%m-%d"),
         "commit": train.git_commit(),
     }

@@ -86,12 +86,7 @@ def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmu
         "bf16_images_per_s": batch / t_bf16,
         "int8_images_per_s": batch / t_int,
         "speedup": t_bf16 / t_int,
-        "bf16_ms": 1e3 * t_bf16,
-        "int8_ms": 1e3 * t_int,
-        "int8_conv_ms": 1e3 * t["int8_conv"],  # 1x1 convs as integer convs (the path before int8 dots)
-        "int8_narrow_int_ms": 1e3
-        * t["int8_narrow_int"],  # the RGB stem as an int8 conv (the path before float32 products)
-        "int8_bf16_ms": 1e3 * t["int8_bf16"],  # BN, ReLU, residuals in bf16 (`qresnet eval --dtype bfloat16`)
+        **{f"{key}_ms": 1e3 * seconds for key, seconds in t.items()},  # every variant of `forward_functions`
         "int8_bf16_speedup": t_bf16 / t["int8_bf16"],
         "iters": iters,
         "device": f"{devs[0].device_kind} ({devs[0].platform})",

@@ -54,8 +54,8 @@ _EXACT_CODE = 2**11  # integers up to this are exact in TF32 (10 stored mantissa
 
 def exact_in_float(spec: QuantSpec, terms: int) -> bool:
     """Whether a sum of `terms` products of this spec's codes is exact as a float32 (or TF32) conv."""
-    a_max = 2**spec.a_bits - 1 if not spec.a_signed else 2 ** (spec.a_bits - 1) - 1
-    w_max = 2 ** (spec.w_bits - 1) - 1
+    a_max = ops.int_range(spec.a_bits, bool(spec.a_signed))[1]
+    w_max = ops.int_range(spec.w_bits, True)[1]
     return a_max <= _EXACT_CODE and w_max <= _EXACT_CODE and terms * a_max * w_max < 2**24
 
 
