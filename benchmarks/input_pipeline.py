@@ -1,12 +1,13 @@
 """Can the ImageNet input pipeline keep a GPU fed? Images/s of `imagenet_input.train_batches`.
 
-    python -m benchmarks.input_pipeline --workers 0,8,16 --out F.jsonl [--target 6258]
+    python -m benchmarks.input_pipeline --workers 0,8,16 [--decode full,draft] --out F.jsonl [--target 6258]
 
 Times qresnet's streaming train pipeline (grain worker processes; JPEG decode,
 Inception crop, bicubic resize to 224, flip, batching) on synthetic JPEGs of
 ImageNet's typical sizes (300-500 x 350-600 pixels, quality 90, photo-like
-content), read from a memory-mapped file and decoded on access, as
-`tfds.data_source` decodes when an example is read. Nothing here needs
+content), handed to the workers as bytes as `open_source` hands them over, for
+each worker count with full-size decoding and with `jpeg_draft` (reduced-scale
+decoding where the crop allows), side by side. Nothing here needs
 TensorFlow or TFDS, so it runs where only grain is installed. `--target` is the
 training step's images/s to compare with (e.g. 6258: qresnet's ResNet-50 bf16
 batch 256 float step on an H200, docs/BENCHMARKS.md).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import os
 import sys
 import time
@@ -48,7 +50,7 @@ def write_jpegs(path: Path, n: int, seed: int = 0, sizes=((300, 500), (350, 600)
 
 
 class JpegSource:
-    """Random access to the file's examples, decoded when read (as `tfds.data_source` does).
+    """Random access to the file's examples as JPEG bytes (as `imagenet_input.open_source` reads them).
 
     Holds only the path, so it pickles cheaply to grain's worker processes; each
     process maps the file on first use. `length` (default: the file's count) makes a longer
@@ -72,18 +74,17 @@ class JpegSource:
         return self._n
 
     def __getitem__(self, i):
-        from PIL import Image
-
         z = self._arrays()
         i = int(i) % self._distinct
-        data = z["jpeg"][z["offsets"][i] : z["offsets"][i + 1]].tobytes()
-        return {"image": np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), "label": z["labels"][i]}
+        return {"image": z["jpeg"][z["offsets"][i] : z["offsets"][i + 1]].tobytes(), "label": z["labels"][i]}
 
     def __getstate__(self):
         return {"path": self.path, "_n": self._n, "_distinct": self._distinct, "_z": None}
 
 
-def time_pipeline(source, *, workers: int, batch: int, size: int, batches: int, warmup: int = 24) -> dict:
+def time_pipeline(
+    source, *, workers: int, batch: int, size: int, batches: int, warmup: int = 24, draft: bool = True
+) -> dict:
     """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
     (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
     The warm-up must outlast the head start of the batches prepared in parallel while the first
@@ -91,7 +92,7 @@ def time_pipeline(source, *, workers: int, batch: int, size: int, batches: int, 
     timed batches come from that backlog."""
     if len(source) < (warmup + batches) * batch:
         raise ValueError(f"source has {len(source)} examples, fewer than {(warmup + batches) * batch}")
-    spec = imagenet_input.StreamSpec("synthetic", "", size, batch, batch, workers=workers)
+    spec = imagenet_input.StreamSpec("synthetic", "", size, batch, batch, workers=workers, jpeg_draft=draft)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
         next(it)
@@ -102,6 +103,7 @@ def time_pipeline(source, *, workers: int, batch: int, size: int, batches: int, 
     assert b["image"].shape == (batch, size, size, 3)
     return {
         "workers": workers,
+        "decode": "draft" if draft else "full",
         "batch": batch,
         "image_size": size,
         "batches": batches,
@@ -113,6 +115,7 @@ def time_pipeline(source, *, workers: int, batch: int, size: int, batches: int, 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", default="0,8,16", help="comma-separated worker counts to time")
+    p.add_argument("--decode", default="full,draft", help="train-crop decoding to time: full, draft or both")
     p.add_argument("--examples", type=int, default=1024, help="distinct synthetic JPEGs to make (then cycled)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--image-size", type=int, default=224)
@@ -129,6 +132,10 @@ def main(argv=None) -> int:
     except ValueError:
         print(f"error: --workers {args.workers!r} must be comma-separated counts >= 0, e.g. 0,8,16", file=sys.stderr)
         return 2
+    decodes = args.decode.split(",")
+    if not decodes or set(decodes) - {"full", "draft"}:
+        print(f"error: --decode {args.decode!r} must be full, draft or full,draft", file=sys.stderr)
+        return 2
     if min(args.examples, args.batch, args.batches) < 1 or args.warmup < 0:
         print("error: --examples, --batch and --batches must be >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
@@ -140,9 +147,15 @@ def main(argv=None) -> int:
             write_jpegs(path, args.examples)
         source = JpegSource(path, length=(args.warmup + args.batches) * args.batch)
         rows = []
-        for w in workers:
+        for w, decode in itertools.product(workers, decodes):
             row = time_pipeline(
-                source, workers=w, batch=args.batch, size=args.image_size, batches=args.batches, warmup=args.warmup
+                source,
+                workers=w,
+                batch=args.batch,
+                size=args.image_size,
+                batches=args.batches,
+                warmup=args.warmup,
+                draft=decode == "draft",
             )
             row |= {"cpus": os.cpu_count(), "distinct_jpegs": args.examples, "date": time.strftime("%Y-%m-%d")}
             if args.target:

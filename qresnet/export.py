@@ -88,10 +88,10 @@ def integer_variables(variables: Mapping[str, Any], specs: Mapping[str, specs_li
         if spec.a_bits is not None:
             if spec.a_bound == "fixed":
                 bound = np.float32(spec.a_fixed_bound)
-            elif spec.a_bound == "lsq":
-                bound = layer.pop("act_bound")
             else:
-                bound = _get(stats, path)["act_bound"]
+                bound = np.asarray(_get(stats, path)["act_bound"], np.float32)
+            if spec.a_bound == "lsq":  # the float32 sum the layer computes
+                bound = bound + np.asarray(layer.pop("act_bound_offset"), np.float32)
             if spec.w_bits is not None and np.ndim(bound):
                 raise ExportError(
                     f"layer {name!r} has per-input-channel activation scales, which an integer conv cannot apply "

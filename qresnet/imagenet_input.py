@@ -11,6 +11,14 @@ needed to read it) and a grain pipeline whose worker processes decode and crop:
 - eval: the central square of side size/(size+32) of the shorter side, bicubic
   resize.
 
+The source hands over the JPEG bytes (TFDS `SkipDecoding`) and the workers decode
+them with Pillow. For train crops, `jpeg_draft` lets libjpeg decode at 1/2, 1/4 or
+1/8 scale (DCT scaling) whenever the crop still spans at least `image_size`
+pixels each way at that scale: most Inception crops of ImageNet photos qualify,
+and decoding is most of a worker's time. It changes the pixels slightly (the
+reduction is a block average before the bicubic resize); off, train crops decode
+at full size as eval crops always do.
+
 Batches leave as uint8 (N, S, S, 3) with int32 labels; mean/std normalisation
 happens on the device (`data.normalize`). Every random choice is a function of
 (seed, epoch, example), so an epoch is reproducible and a run resumed at an epoch
@@ -22,6 +30,7 @@ default; for streaming prepare it as array_record:
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -37,7 +46,8 @@ class InputError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class StreamSpec:
-    """Where and how to stream: TFDS name and data dir, output size, batch, workers."""
+    """Where and how to stream: TFDS name and data dir, output size, batch, workers, and whether
+    train crops decode JPEGs at reduced scale where they can (`jpeg_draft`)."""
 
     tfds_name: str
     data_dir: str
@@ -45,6 +55,7 @@ class StreamSpec:
     batch_size: int
     eval_batch_size: int
     workers: int = 0
+    jpeg_draft: bool = True
     train_split: str = "train"
     eval_split: str = "validation"
 
@@ -109,31 +120,79 @@ def crop_and_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int
     return np.asarray(pil.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h)), np.uint8)
 
 
-def train_example(example: dict[str, Any], rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
-    """Inception crop, resize and random flip of one decoded example."""
-    image = _rgb(np.asarray(example["image"]))
-    box = inception_crop_box(rng, image.shape[0], image.shape[1], size)
-    out = crop_and_resize(image, box, size)
+def draft_reduction(h: int, w: int, size: int) -> int:
+    """The largest JPEG DCT scale-down (8, 4, 2, else 1) leaving an h x w crop >= size each way."""
+    for r in (8, 4, 2):
+        if min(h, w) >= size * r:
+            return r
+    return 1
+
+
+def decode_crop_resize(data: bytes, box_of, size: int, draft: bool) -> np.ndarray:
+    """Decodes a JPEG, crops it and bicubic-resizes the crop to size x size, uint8 RGB.
+
+    Args:
+      data: the JPEG file's bytes.
+      box_of: (height, width) -> (top, left, h, w), the crop in full-size pixels.
+      size: output side.
+      draft: decode at 1/`draft_reduction` scale (output pixel i covers full-size pixels
+        [i*r, (i+1)*r)), the crop mapped onto that grid.
+
+    Returns:
+      (size, size, 3) uint8.
+    """
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    top, left, h, w = box_of(height, width)
+    r = draft_reduction(h, w, size) if draft else 1
+    if r > 1:
+        img.draft(None, (width // r, height // r))  # libjpeg picks the largest scale giving >= that size
+        r = round(width / img.size[0])
+    box = (left / r, top / r, (left + w) / r, (top + h) / r)
+    return np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC, box=box), np.uint8)
+
+
+def _crop(example: dict[str, Any], box_of, size: int, draft: bool) -> np.ndarray:
+    """The example's image (JPEG bytes or a decoded array) cropped and resized."""
+    image = example["image"]
+    if isinstance(image, bytes | np.bytes_):
+        return decode_crop_resize(bytes(image), box_of, size, draft)
+    image = _rgb(np.asarray(image))
+    return crop_and_resize(image, box_of(image.shape[0], image.shape[1]), size)
+
+
+def train_example(
+    example: dict[str, Any], rng: np.random.Generator, size: int, draft: bool = True
+) -> dict[str, np.ndarray]:
+    """Inception crop, resize and random flip of one example (JPEG bytes or decoded)."""
+    out = _crop(example, lambda h, w: inception_crop_box(rng, h, w, size), size, draft)
     if rng.random() < 0.5:
         out = out[:, ::-1]
     return {"image": np.ascontiguousarray(out), "label": np.int32(example["label"])}
 
 
 def eval_example(example: dict[str, Any], size: int) -> dict[str, np.ndarray]:
-    """Center crop and resize of one decoded example."""
-    image = _rgb(np.asarray(example["image"]))
-    out = crop_and_resize(image, center_crop_box(image.shape[0], image.shape[1], size), size)
+    """Center crop and resize of one example (JPEG bytes or decoded; always decoded at full size)."""
+    out = _crop(example, lambda h, w: center_crop_box(h, w, size), size, draft=False)
     return {"image": out, "label": np.int32(example["label"])}
 
 
 def open_source(spec: StreamSpec, split: str):
-    """The split as a random-access `tfds.data_source`; errors name what to prepare."""
+    """The split as a random-access `tfds.data_source` of JPEG bytes; errors name what to prepare."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise InputError("streaming datasets need tensorflow-datasets: pip install tensorflow-datasets") from e
     try:
-        return tfds.data_source(spec.tfds_name, split=split, data_dir=spec.data_dir or None, download=False)
+        return tfds.data_source(
+            spec.tfds_name,
+            split=split,
+            data_dir=spec.data_dir or None,
+            download=False,
+            decoders={"image": tfds.decode.SkipDecoding()},  # the workers decode (`decode_crop_resize`)
+        )
     except Exception as e:  # noqa: BLE001 - TFDS raises many types for a missing or unprepared dataset
         raise InputError(
             f"cannot open TFDS dataset {spec.tfds_name!r} split {split!r} in "
@@ -169,11 +228,11 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
     """
     grain = _grain()
     epoch_seed = _epoch_seed(seed, epoch)
-    size = spec.image_size
+    size, draft = spec.image_size, spec.jpeg_draft
     ds = (
         grain.MapDataset.source(source)
         .shuffle(seed=epoch_seed)
-        .random_map(lambda ex, rng: train_example(ex, rng, size), seed=epoch_seed)
+        .random_map(lambda ex, rng: train_example(ex, rng, size, draft), seed=epoch_seed)
         .batch(spec.batch_size, drop_remainder=True)
     )
     return iter(_parallel(grain, ds, spec.workers))

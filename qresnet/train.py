@@ -688,6 +688,7 @@ def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
         batch_size=config.optim.batch_size,
         eval_batch_size=config.eval_batch_size,
         workers=config.dataset.workers,
+        jpeg_draft=bool(config.dataset.get("jpeg_draft", True)),  # absent in older records
     )
 
 

@@ -1,5 +1,6 @@
 """The training-step benchmark harness, on a tiny model on the CPU."""
 
+import io
 import json
 
 import numpy as np
@@ -202,13 +203,17 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
         "32",
     ]
     assert input_pipeline.main([*args, "--target", "1", "--out", str(out)]) == 0
-    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["workers"] == 0 and row["images_per_s"] > 0 and row["feeds_target"] is True
-    assert row["warmup_batches"] == 8 and row["distinct_jpegs"] == 24
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["decode"] for r in rows] == ["full", "draft"]  # side by side, one row each
+    for row in rows:
+        assert row["workers"] == 0 and row["images_per_s"] > 0 and row["feeds_target"] is True
+        assert row["warmup_batches"] == 8 and row["distinct_jpegs"] == 24
     assert input_pipeline.main(["--workers", "x"]) == 2
     assert "--workers 'x'" in capsys.readouterr().err
     assert input_pipeline.main(["--examples", "0"]) == 2
     assert "--examples, --batch and --batches must be >= 1" in capsys.readouterr().err
+    assert input_pipeline.main(["--decode", "fast"]) == 2
+    assert "--decode 'fast'" in capsys.readouterr().err
 
 
 def test_synthetic_jpegs_decode_to_imagenet_sized_images(tmp_path):
@@ -216,9 +221,12 @@ def test_synthetic_jpegs_decode_to_imagenet_sized_images(tmp_path):
 
     input_pipeline.write_jpegs(tmp_path / "j.npz", 3)
     source = input_pipeline.JpegSource(tmp_path / "j.npz")
+    from PIL import Image
+
     ex = source[2]
-    assert len(source) == 3 and ex["image"].dtype == np.uint8 and ex["image"].shape[2] == 3
-    assert 300 <= ex["image"].shape[0] <= 500 and 350 <= ex["image"].shape[1] <= 600
+    image = np.asarray(Image.open(io.BytesIO(ex["image"])))  # bytes, as the streaming source hands them over
+    assert len(source) == 3 and image.dtype == np.uint8 and image.shape[2] == 3
+    assert 300 <= image.shape[0] <= 500 and 350 <= image.shape[1] <= 600
     import pickle
 
     assert len(pickle.dumps(source)) < 1000  # workers get the path, not the images

@@ -59,7 +59,8 @@ def test_bf16_integer_model_is_close_to_the_float32_one(exported, capsys):
 
 
 def test_learned_lsq_bounds_export_and_match_to_the_bit(tmp_path):
-    """LSQ bounds are parameters, not EMA statistics: export finds them and the integer model agrees."""
+    """LSQ bounds are a start (quant_stats) plus a learned offset (params): export adds them as the
+    layer does and the integer model agrees to the bit."""
     rules = settings.SETTINGS["w4a4_ends8_lsq_deploy"]
     cfg = config_lib.load_config(SMOKE, [f"--config.quant.rules={rules!r}", "--config.setting=w4a4_ends8_lsq_deploy"])
     train.train_and_evaluate(cfg, tmp_path / "run", quiet=True)

@@ -74,6 +74,56 @@ def test_a_crop_the_image_cannot_hold_falls_back_to_the_center_crop():
     assert box == imagenet_input.center_crop_box(10, 200, 224)
 
 
+def _photo_jpeg(h, w, grey=False):
+    """Smooth colour fields plus a little noise, as JPEG bytes (photo-like, unlike pure noise)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([np.sin(x / (9 + 5 * c) + c) * 60 + np.cos(y / (13 + 3 * c)) * 60 + 128 for c in range(3)], -1)
+    img = (img + np.random.default_rng(0).normal(0, 4, img.shape)).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img[..., 0] if grey else img).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_draft_reduction_keeps_the_crop_at_least_the_output_size():
+    assert imagenet_input.draft_reduction(224, 300, 224) == 1
+    assert imagenet_input.draft_reduction(447, 900, 224) == 1
+    assert imagenet_input.draft_reduction(448, 900, 224) == 2
+    assert imagenet_input.draft_reduction(900, 1000, 224) == 4
+    assert imagenet_input.draft_reduction(1792, 2000, 224) == 8
+
+
+def test_jpeg_bytes_at_full_size_give_the_decoded_arrays_crops():
+    data = _photo_jpeg(300, 400)
+    decoded = {"image": np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), "label": 7}
+    raw = {"image": data, "label": 7}
+    for seed in range(5):
+        a = imagenet_input.train_example(decoded, np.random.default_rng(seed), 64)
+        b = imagenet_input.train_example(raw, np.random.default_rng(seed), 64, draft=False)
+        np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(
+        imagenet_input.eval_example(decoded, 64)["image"], imagenet_input.eval_example(raw, 64)["image"]
+    )
+
+
+def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch):
+    """A crop 4x the output decodes at 1/4 scale; the result is within a few grey levels of the
+    full-size decode, for colour and greyscale JPEGs; a crop that cannot shrink decodes at full size."""
+    from PIL import JpegImagePlugin
+
+    asked = []
+    real = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda self, *a: asked.append(a[1]) or real(self, *a))
+    for grey in (False, True):
+        data = _photo_jpeg(480, 640, grey)
+        full = imagenet_input.decode_crop_resize(data, lambda h, w: (10, 20, 460, 600), 96, draft=False)
+        assert not asked
+        small = imagenet_input.decode_crop_resize(data, lambda h, w: (10, 20, 460, 600), 96, draft=True)
+        assert asked.pop() == (640 // 4, 480 // 4) and small.shape == full.shape == (96, 96, 3)
+        assert np.abs(small.astype(int) - full).mean() < 2.0
+    imagenet_input.decode_crop_resize(_photo_jpeg(480, 640), lambda h, w: (0, 0, 150, 150), 96, draft=True)
+    assert not asked
+
+
 def test_train_batches_are_uint8_full_and_a_function_of_seed_and_epoch(tfds_dir):
     s = spec(tfds_dir)
     src = imagenet_input.open_source(s, "train")

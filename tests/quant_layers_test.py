@@ -59,15 +59,31 @@ def test_per_tensor_activation_bound_is_scalar():
     assert v["quant_stats"]["act_bound"].shape == ()
 
 
-def test_lsq_bound_is_a_learned_parameter_from_data():
+def test_lsq_bound_is_a_start_from_data_plus_a_learned_offset():
     spec = QuantSpec(a_bits=4, a_bound="lsq", a_signed=False)
     x = jnp.full((4, 3), 2.0)
     layer = QDense(2, spec=spec)
     v = layer.init(jax.random.key(0), x)
-    assert v["params"]["act_bound"].shape == (3,)
-    np.testing.assert_allclose(v["params"]["act_bound"], ops.lsq_init_bound(x, 4, False, (0,)))
-    g = jax.grad(lambda p: layer.apply({"params": p}, x * 1.3).sum())(v["params"])
-    assert float(jnp.abs(g["act_bound"]).sum()) > 0
+    np.testing.assert_allclose(v["quant_stats"]["act_bound"], ops.lsq_init_bound(x, 4, False, (0,)))
+    np.testing.assert_array_equal(v["params"]["act_bound_offset"], np.zeros(3))
+    g = jax.grad(lambda p: layer.apply({**v, "params": p}, x * 1.3).sum())(v["params"])
+    assert float(jnp.abs(g["act_bound_offset"]).sum()) > 0
+
+
+def test_lsq_start_follows_the_activations_until_quantization_starts():
+    """Trained without activation quantization on inputs 10x those at init, the start moves to
+    LSQ's init for the new inputs; with quantization on it stays where it is."""
+    spec = QuantSpec(a_bits=4, a_bound="lsq", a_signed=False, a_ema_coeff=0.5)
+    x = jax.random.uniform(jax.random.key(0), (8, 3))
+    layer = QDense(2, spec=spec)
+    v = layer.init(jax.random.key(1), x)
+    for _ in range(30):
+        _, new = layer.apply(v, 10 * x, train=True, act_quant=False, mutable=["quant_stats"])
+        v = {**v, **new}
+    np.testing.assert_allclose(v["quant_stats"]["act_bound"], ops.lsq_init_bound(10 * x, 4, False, (0,)), rtol=1e-5)
+    for flag in (True, jnp.bool_(True)):
+        _, frozen = layer.apply(v, x, train=True, act_quant=flag, mutable=["quant_stats"])
+        np.testing.assert_array_equal(frozen["quant_stats"]["act_bound"], v["quant_stats"]["act_bound"])
 
 
 @pytest.mark.parametrize("act_quant", [True, jnp.bool_(True)])
@@ -85,7 +101,7 @@ def test_variables_made_with_quantization_off_apply_with_it_on(bound):
     x = jax.random.uniform(jax.random.key(0), (3, 5))
     layer = QDense(2, spec=spec)
     v = layer.init(jax.random.key(1), x, act_quant=False)
-    assert "act_bound" in {**v["params"], **v.get("quant_stats", {})}
+    assert "act_bound" in v["quant_stats"]
     assert layer.apply(v, x, act_quant=True).shape == (3, 2)
 
 
@@ -101,14 +117,15 @@ def test_per_tensor_layer_multiplies_codes_as_the_fake_quant_values(a_bound, act
     if a_bound == "ema_max":
         v = {**v, "quant_stats": {"act_bound": jnp.float32(2.0)}}
         bound = 2.0
-    else:
-        bound = v["params"]["act_bound"]
+    else:  # a learned offset away from its start of 0
+        v = {**v, "params": {**v["params"], "act_bound_offset": jnp.float32(0.25)}}
+        bound = v["quant_stats"]["act_bound"] + 0.25
     on = flag is True or (not isinstance(flag, bool) and bool(flag))
 
     def reference(params, x):
         if on and a_bound == "lsq":
             grad_scale = 1.0 / (x.size * ops.int_range(4, False)[1]) ** 0.5
-            xq = ops.lsq_fake_quant(x, 4, params["act_bound"], False, grad_scale)
+            xq = ops.lsq_fake_quant(x, 4, v["quant_stats"]["act_bound"] + params["act_bound_offset"], False, grad_scale)
         else:
             xq = ops.fake_quant_unsigned(x, 4, bound) if on else x
         kq = ops.fake_quant_weight(params["kernel"], 4)
@@ -125,7 +142,7 @@ def test_per_tensor_layer_multiplies_codes_as_the_fake_quant_values(a_bound, act
     np.testing.assert_allclose(g_ours[0]["kernel"], g_ref[0]["kernel"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(g_ours[1], g_ref[1], rtol=1e-4, atol=1e-4)
     if a_bound == "lsq" and on:  # the learned bound gets the same (LSQ) gradient
-        np.testing.assert_allclose(g_ours[0]["act_bound"], g_ref[0]["act_bound"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(g_ours[0]["act_bound_offset"], g_ref[0]["act_bound_offset"], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("channels", [5, 9])  # 5: the narrow (float32 products) path; 9: the int8 conv

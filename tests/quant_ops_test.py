@@ -145,6 +145,17 @@ def test_lsq_gradient_matches_esser():
     np.testing.assert_array_equal(gx, inside.astype(np.float32))
 
 
+def test_lsq_forward_is_the_fake_quantizer_to_the_bit():
+    """The gradient scaling leaves the bound's value exact, so the integer model (which gets
+    the bound itself) agrees with the trained layer to the bit."""
+    x = jax.random.normal(jax.random.key(0), (4096,)) * 3
+    for bound in np.random.default_rng(0).uniform(0.1, 9.0, 20).astype(np.float32):
+        for scale in (0.37, 1e-3, 0.0123):
+            np.testing.assert_array_equal(
+                ops.lsq_fake_quant(x, 4, bound, False, scale), ops.fake_quant(x, 4, bound, False)
+            )
+
+
 def test_lsq_init_from_data():
     x = jnp.full((10, 3), 2.0)
     b = ops.lsq_init_bound(x, 4, True, (0,))

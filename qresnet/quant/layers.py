@@ -1,7 +1,8 @@
 """QConv and QDense: Flax linen layers that fake-quantize kernel and input.
 
 Each layer takes a `QuantSpec`. Quantizer state (the activation bound) lives in
-the `quant_stats` collection; a learned (LSQ) bound is a parameter. With a
+the `quant_stats` collection; a learned (LSQ) bound is that start plus a learned
+offset parameter. With a
 float spec the layers are exactly `nn.Conv` / `nn.Dense` (same parameters,
 same outputs).
 
@@ -49,11 +50,29 @@ def _input_bound(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_
     still apply with it on.
     """
     if spec.a_bound == "lsq":
-        axes = ops.reduction_axes(x.ndim, spec.a_granularity)
-        return module.param("act_bound", lambda _: ops.lsq_init_bound(x, spec.a_bits, bool(spec.a_signed), axes))
+        return _lsq_bound(module, x, spec, train, act_quant)
     if spec.a_bound == "ema_max":
         return _ema_bound(module, x, spec, train, act_quant)
     return spec.a_fixed_bound
+
+
+def _lsq_bound(module, x, spec, train, act_quant):
+    """A learned bound: its start (`quant_stats`) plus a learned offset (`params`, from 0).
+
+    The start is LSQ's data-driven init, from the first batch and then tracked as an EMA
+    while activation quantization is off, frozen once it is on: learning begins from the
+    activations of the network being quantized, not of the untrained one (which left the
+    bounds far off when quantization started late in training).
+    """
+    axes = ops.reduction_axes(x.ndim, spec.a_granularity)
+    bits, signed = spec.a_bits, bool(spec.a_signed)
+    start = module.variable("quant_stats", "act_bound", lambda: ops.lsq_init_bound(x, bits, signed, axes))
+    offset = module.param("act_bound_offset", nn.initializers.zeros, start.value.shape, jnp.float32)
+    if train and not module.is_initializing() and act_quant is not True:
+        batch = lax.stop_gradient(ops.lsq_init_bound(x, bits, signed, axes))
+        updated = ops.ema_max_update(start.value, batch, batch > ops.LSQ_MIN_BOUND, spec.a_ema_coeff)
+        start.value = _select(act_quant, start.value, updated)
+    return start.value + offset
 
 
 def _lsq_grad_scale(x: Array, bound: Array, spec: QuantSpec) -> float:

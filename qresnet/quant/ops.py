@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from jax import lax
 
 GRANULARITIES = ("per_channel", "per_tensor")
+# Smallest LSQ start bound: channels whose activations are all zero (dead ReLUs) get it.
+LSQ_MIN_BOUND = 1e-8
 
 
 def _check_bits(bits: int) -> None:
@@ -120,8 +122,9 @@ def lsq_ste_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad_
 
 def _lsq_bound(bound, grad_scale):
     bound = jnp.asarray(bound, jnp.float32)
-    # Forward value of `bound`, gradient scaled by grad_scale.
-    return bound * grad_scale + lax.stop_gradient(bound - bound * grad_scale)
+    scaled = bound * grad_scale
+    # Forward value exactly `bound` (y - y is 0), gradient scaled by grad_scale.
+    return lax.stop_gradient(bound) + (scaled - lax.stop_gradient(scaled))
 
 
 def int_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool) -> tuple[jax.Array, jax.Array]:
@@ -210,7 +213,7 @@ def lsq_init_bound(x: jax.Array, bits: int, signed: bool, axes) -> jax.Array:
     _, qmax = int_range(bits, signed)
     mean_abs = jnp.mean(jnp.abs(x.astype(jnp.float32)), axis=axes)
     step = 2.0 * mean_abs / jnp.sqrt(float(qmax))
-    return jnp.maximum(step * scale_numerator(bits, signed), 1e-8)
+    return jnp.maximum(step * scale_numerator(bits, signed), LSQ_MIN_BOUND)
 
 
 def reduction_axes(ndim: int, granularity: str, keep: int = -1) -> tuple[int, ...]:
