@@ -1,13 +1,15 @@
 """Can the ImageNet input pipeline keep a GPU fed? Images/s of `imagenet_input.train_batches`.
 
     python -m benchmarks.input_pipeline --workers 0,8,16 [--decode full,draft] --out F.jsonl [--target 6258]
+    python -m benchmarks.input_pipeline --per-image 400 [--image-size 224] --out F.jsonl
 
 Times qresnet's streaming train pipeline (grain worker processes; JPEG decode,
 Inception crop, bicubic resize to 224, flip, batching) on synthetic JPEGs of
 ImageNet's typical sizes (300-500 x 350-600 pixels, quality 90, photo-like
 content), handed to the workers as bytes as `open_source` hands them over, for
 each worker count with full-size decoding and with `jpeg_draft` (reduced-scale
-decoding where the crop allows), side by side. Nothing here needs
+decoding where the crop allows), side by side; or (`--per-image`) the cost of one
+image's preprocessing in one thread, full against draft decoding. Nothing here needs
 TensorFlow or TFDS, so it runs where only grain is installed. `--target` is the
 training step's images/s to compare with (e.g. 6258: qresnet's ResNet-50 bf16
 batch 256 float step on an H200, docs/BENCHMARKS.md).
@@ -112,6 +114,35 @@ def time_pipeline(
     }
 
 
+def time_per_image(source, *, size: int, images: int) -> dict:
+    """One thread, no grain: ms per image of `train_example` (decode, Inception crop, resize,
+    flip) with full-size and with draft decoding, interleaved image by image (same crops), and
+    the share of crops that draft decoding can shrink."""
+    from PIL import Image
+
+    ms = {"full": 0.0, "draft": 0.0}
+    shrunk = 0
+    for i in range(images):
+        example = source[i]
+        for mode in ms:
+            rng = np.random.default_rng(i)
+            t0 = time.perf_counter()
+            imagenet_input.train_example(example, rng, size, draft=mode == "draft")
+            ms[mode] += (time.perf_counter() - t0) * 1000 / images
+        width, height = Image.open(io.BytesIO(example["image"])).size
+        _, _, h, w = imagenet_input.inception_crop_box(np.random.default_rng(i), height, width, size)
+        shrunk += imagenet_input.draft_reduction(h, w, size) > 1
+    return {
+        "mode": "per_image",
+        "image_size": size,
+        "images": images,
+        "full_ms_per_image": ms["full"],
+        "draft_ms_per_image": ms["draft"],
+        "draft_speedup": ms["full"] / ms["draft"],
+        "share_of_crops_drafted": shrunk / images,
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", default="0,8,16", help="comma-separated worker counts to time")
@@ -123,6 +154,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=24, help="untimed batches first (see time_pipeline)")
     p.add_argument("--target", type=float, default=0.0, help="training images/s to compare with")
     p.add_argument("--data", default="", help="where to keep the synthetic JPEGs (default: a temporary file)")
+    p.add_argument("--per-image", type=int, default=0, help="instead: ms per image of N images, one thread")
     p.add_argument("--out", help="also write the rows as JSON lines here")
     args = p.parse_args(argv)
     try:
@@ -147,6 +179,14 @@ def main(argv=None) -> int:
             write_jpegs(path, args.examples)
         source = JpegSource(path, length=(args.warmup + args.batches) * args.batch)
         rows = []
+        if args.per_image:
+            row = time_per_image(source, size=args.image_size, images=args.per_image)
+            record(
+                rows,
+                row | {"cpus": os.cpu_count(), "distinct_jpegs": args.examples, "date": time.strftime("%Y-%m-%d")},
+                args.out,
+            )
+            return 0
         for w, decode in itertools.product(workers, decodes):
             row = time_pipeline(
                 source,

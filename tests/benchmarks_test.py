@@ -216,6 +216,18 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
     assert "--decode 'fast'" in capsys.readouterr().err
 
 
+def test_input_benchmark_per_image_compares_full_and_draft_decoding(tmp_path):
+    from benchmarks import input_pipeline
+
+    out = tmp_path / "per_image.jsonl"
+    args = ["--examples", "6", "--per-image", "6", "--image-size", "64", "--out", str(out)]
+    assert input_pipeline.main(args) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["images"] == 6 and row["full_ms_per_image"] > 0 and row["draft_ms_per_image"] > 0
+    # 64-pixel crops of 300-600-pixel images: draft decoding applies to some of them
+    assert 0 < row["share_of_crops_drafted"] <= 1
+
+
 def test_synthetic_jpegs_decode_to_imagenet_sized_images(tmp_path):
     from benchmarks import input_pipeline
 

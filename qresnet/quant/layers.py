@@ -1,10 +1,9 @@
 """QConv and QDense: Flax linen layers that fake-quantize kernel and input.
 
 Each layer takes a `QuantSpec`. Quantizer state (the activation bound) lives in
-the `quant_stats` collection; a learned (LSQ) bound is that start plus a learned
-offset parameter. With a
-float spec the layers are exactly `nn.Conv` / `nn.Dense` (same parameters,
-same outputs).
+the `quant_stats` collection; a learned (LSQ) bound is a start kept there plus a
+learned offset parameter. With a float spec the layers are exactly `nn.Conv` /
+`nn.Dense` (same parameters, same outputs).
 
 `act_quant` switches input quantization on: a Python bool decides statically;
 a traced bool (e.g. `step >= start`) selects inside one compiled program. While
