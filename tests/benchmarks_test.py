@@ -290,3 +290,22 @@ def test_multi_model_benchmark_times_vmap_and_processes(tmp_path, capsys):
     assert [r["mode"] for r in rows] == ["vmap", "processes"] and all(r["images_per_s"] > 0 for r in rows)
     assert multi_model.main([*args, "--modes", "threads"]) == 2
     assert "unknown modes ['threads']" in capsys.readouterr().err
+
+
+def test_fused_int8_epilogue_kernel_gives_xlas_codes_in_interpret_mode():
+    """The Pallas prototype (int8 GEMM with re-quantization in its epilogue) computes the same
+    codes as XLA's int8 dot plus the epilogue, over several K blocks, with and without ReLU."""
+    from benchmarks import int8_epilogue
+
+    x, w, mul, add = int8_epilogue.operands(64, 96, 48, seed=1)
+    for relu, (qmin, qmax) in ((True, (0, 15)), (False, (-127, 127))):
+        kw = {"out_mul": 3.75, "relu": relu, "qmin": qmin, "qmax": qmax}
+        ref = int8_epilogue.xla_int8(x, w, mul, add, **kw)
+        fused = int8_epilogue.fused_int8(x, w, mul, add, **kw, bm=32, bn=16, bk=32, interpret=True)
+        assert fused.dtype == np.int8 and fused.shape == (64, 48)
+        np.testing.assert_array_equal(fused, ref)
+        assert len(np.unique(np.asarray(ref))) > 3  # the codes span the grid, not one clipped value
+    with pytest.raises(ValueError, match="not a multiple of the blocks"):
+        int8_epilogue.fused_int8(x, w, mul, add, **kw, bm=48, interpret=True)
+    assert int8_epilogue.main(["--shapes", "64:96"]) == 2
+    assert int8_epilogue.main(["--shapes", "64:96:48"]) == 2  # no GPU here: refused, not timed on the CPU

@@ -1,0 +1,205 @@
+"""Prototype for issue #5: an int8 GEMM with re-quantization fused into its epilogue (Pallas).
+
+    python -m benchmarks.int8_epilogue [--shapes M:K:N,...] [--iters 50] --out F.jsonl
+
+The integer ResNet-50 loses to bf16 in the memory traffic around its integer products
+(docs/BENCHMARKS.md): each 1x1 conv writes float32 sums, then separate passes apply
+the scales and BN, ReLU and the next layer's quantizer, and write int8 codes. This
+kernel does it in one pass: int8 x int8 tiles accumulate in int32 (exact), and the
+epilogue computes codes = clip(floor((acc * mul + add) [ReLU] * out_mul + 0.5)),
+written as int8. `mul`/`add` are per output channel (weight scale over activation
+scale, BN folded). Per 1x1-conv shape of ResNet-50 at batch 256 it times, in one
+process: XLA's int8 dot plus the same epilogue (what `qresnet` runs today), this
+kernel, and bf16's conv+BN+ReLU as a GEMM with a bf16 output (what the bf16 model
+runs). Not wired into the integer model: that would need BN and the next layer's
+quantizer folded into each conv, i.e. a restructured integer ResNet; this measures
+first whether it would pay. On CPU it runs only in Pallas's interpret mode (tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+
+from benchmarks import record
+
+# ResNet-50's 1x1 convs at batch 256 as GEMMs (M = 256 * H * W, K = in channels, N = out channels).
+RESNET50_SHAPES = (
+    (256 * 56 * 56, 256, 64),
+    (256 * 56 * 56, 64, 256),
+    (256 * 28 * 28, 512, 128),
+    (256 * 28 * 28, 128, 512),
+    (256 * 14 * 14, 1024, 256),
+    (256 * 14 * 14, 256, 1024),
+    (256 * 7 * 7, 2048, 512),
+    (256 * 7 * 7, 512, 2048),
+)
+
+
+def epilogue(acc, mul, add, *, out_mul: float, relu: bool, qmin: int, qmax: int):
+    """int32 sums -> int8 codes of the next layer's input (the fused and the XLA path share it)."""
+    y = acc.astype(jnp.float32) * mul + add
+    if relu:
+        y = jnp.maximum(y, 0.0)
+    return jnp.clip(jnp.floor(y * out_mul + 0.5), qmin, qmax).astype(jnp.int8)
+
+
+def xla_int8(x, w, mul, add, **kw):
+    """XLA's int8 dot (int32 sums) followed by the epilogue as XLA fuses it."""
+    return epilogue(lax.dot(x, w, preferred_element_type=jnp.int32), mul[None, :], add[None, :], **kw)
+
+
+def bf16_layer(x, w, mul, add, *, relu: bool):
+    """The bf16 model's 1x1 conv + BN (+ ReLU) as a GEMM: bf16 in, float32 sums, bf16 out."""
+    y = lax.dot(x, w, preferred_element_type=jnp.float32) * mul[None, :] + add[None, :]
+    return (jnp.maximum(y, 0.0) if relu else y).astype(jnp.bfloat16)
+
+
+def _kernel(x_ref, w_ref, mul_ref, add_ref, o_ref, *, bk: int, ksteps: int, kw):
+    bm, bn = o_ref.shape
+
+    def body(k, acc):
+        x = x_ref[:, pl.ds(k * bk, bk)]
+        w = w_ref[pl.ds(k * bk, bk), :]
+        return acc + lax.dot(x, w, preferred_element_type=jnp.int32)
+
+    acc = lax.fori_loop(0, ksteps, body, jnp.zeros((bm, bn), jnp.int32))
+    o_ref[...] = epilogue(acc, mul_ref[...][None, :], add_ref[...][None, :], **kw)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("out_mul", "relu", "qmin", "qmax", "bm", "bn", "bk", "warps", "stages", "interpret")
+)
+def fused_int8(
+    x,
+    w,
+    mul,
+    add,
+    *,
+    out_mul: float,
+    relu: bool,
+    qmin: int,
+    qmax: int,
+    bm: int = 128,
+    bn: int = 128,
+    bk: int = 64,
+    warps: int = 4,
+    stages: int = 3,
+    interpret: bool = False,
+):
+    """codes = epilogue(x @ w) in one Pallas kernel; x (M, K) int8, w (K, N) int8, mul/add (N,) float32.
+
+    M, N and K must be multiples of bm, bn and bk (ResNet-50's shapes at batch 256 are).
+    """
+    (m, k), n = x.shape, w.shape[1]
+    bn, bk = min(bn, n), min(bk, k)
+    if m % bm or n % bn or k % bk:
+        raise ValueError(f"shape M={m} K={k} N={n} is not a multiple of the blocks bm={bm} bk={bk} bn={bn}")
+    kw = {"out_mul": out_mul, "relu": relu, "qmin": qmin, "qmax": qmax}
+    params = {}
+    if not interpret:
+        from jax.experimental.pallas import triton as pltriton
+
+        params["compiler_params"] = pltriton.CompilerParams(num_warps=warps, num_stages=stages)
+    return pl.pallas_call(
+        functools.partial(_kernel, bk=bk, ksteps=k // bk, kw=kw),
+        out_shape=jax.ShapeDtypeStruct((m, n), jnp.int8),
+        grid=(m // bm, n // bn),
+        in_specs=[
+            pl.BlockSpec((bm, k), lambda i, j: (i, 0)),
+            pl.BlockSpec((k, bn), lambda i, j: (0, j)),
+            pl.BlockSpec((bn,), lambda i, j: (j,)),
+            pl.BlockSpec((bn,), lambda i, j: (j,)),
+        ],
+        out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
+        interpret=interpret,
+        **params,
+    )(x, w, mul, add)
+
+
+def operands(m: int, k: int, n: int, seed: int = 0):
+    """Random 4-bit-range codes and weights with scales that keep the outputs inside the grid."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.integers(0, 16, (m, k)), jnp.int8)
+    w = jnp.asarray(rng.integers(-7, 8, (k, n)), jnp.int8)
+    mul = jnp.asarray(rng.uniform(0.5, 1.5, n) / (16 * k**0.5), jnp.float32)
+    add = jnp.asarray(rng.normal(0, 0.5, n), jnp.float32)
+    return x, w, mul, add
+
+
+def _time(fn, args, iters: int) -> float:
+    out = fn(*args)
+    jax.block_until_ready(out)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / iters * 1000
+
+
+def time_shape(m: int, k: int, n: int, iters: int, **blocks) -> dict:
+    """ms of the three paths for one GEMM shape, and how often the fused codes equal XLA's."""
+    x, w, mul, add = operands(m, k, n)
+    kw = {"out_mul": 15.0 / 4.0, "relu": True, "qmin": 0, "qmax": 15}
+    ref = jax.jit(functools.partial(xla_int8, **kw))
+    fused = functools.partial(fused_int8, **kw, **blocks)
+    bf16 = jax.jit(functools.partial(bf16_layer, relu=True))
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    same = float(jnp.mean(fused(x, w, mul, add) == ref(x, w, mul, add)))
+    ms = {
+        "xla_int8_ms": _time(ref, (x, w, mul, add), iters),
+        "fused_int8_ms": _time(fused, (x, w, mul, add), iters),
+        "bf16_ms": _time(bf16, (xb, wb, mul, add), iters),
+    }
+    return {
+        "m": m,
+        "k": k,
+        "n": n,
+        **ms,
+        "fused_vs_xla_int8": ms["xla_int8_ms"] / ms["fused_int8_ms"],
+        "fused_vs_bf16": ms["bf16_ms"] / ms["fused_int8_ms"],
+        "codes_equal_share": same,
+        "blocks": blocks,
+        "device": jax.devices()[0].device_kind,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="", help="comma-separated M:K:N (default: ResNet-50's 1x1 convs, batch 256)")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--blocks", default="128:128:64:4:3", help="bm:bn:bk:warps:stages of the kernel")
+    p.add_argument("--out", help="also write the rows as JSON lines here")
+    args = p.parse_args(argv)
+    try:
+        shapes = (
+            [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")] if args.shapes else RESNET50_SHAPES
+        )
+        bm, bn, bk, warps, stages = (int(v) for v in args.blocks.split(":"))
+        if any(len(s) != 3 or min(s) < 1 for s in shapes):
+            raise ValueError
+    except ValueError:
+        print(
+            f"error: --shapes {args.shapes!r} / --blocks {args.blocks!r}: use M:K:N,... and bm:bn:bk:warps:stages",
+            file=sys.stderr,
+        )
+        return 2
+    if jax.default_backend() != "gpu":
+        print("error: the kernel is timed on an NVIDIA GPU only (tests run it in interpret mode)", file=sys.stderr)
+        return 2
+    rows = []
+    for m, k, n in shapes:
+        record(rows, time_shape(m, k, n, args.iters, bm=bm, bn=bn, bk=bk, warps=warps, stages=stages), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
