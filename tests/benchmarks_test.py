@@ -223,7 +223,7 @@ def test_input_benchmark_per_image_compares_full_and_draft_decoding(tmp_path):
     args = ["--examples", "6", "--per-image", "6", "--image-size", "64", "--out", str(out)]
     assert input_pipeline.main(args) == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["images"] == 6 and row["full_ms_per_image"] > 0 and row["draft_ms_per_image"] > 0
+    assert row["images"] == 6 and min(row[f"{m}_ms_per_image"] for m in ("array", "full", "draft")) > 0
     # 64-pixel crops of 300-600-pixel images: draft decoding applies to some of them
     assert 0 < row["share_of_crops_drafted"] <= 1
 
