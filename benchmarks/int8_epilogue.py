@@ -1,6 +1,6 @@
 """Prototype for issue #5: an int8 GEMM with re-quantization fused into its epilogue (Pallas).
 
-    python -m benchmarks.int8_epilogue [--shapes M:K:N,...] [--iters 50] --out F.jsonl
+    python -m benchmarks.int8_epilogue [--shapes M:K:N[:count],...] [--iters 50] --out F.jsonl
 
 The integer ResNet-50 loses to bf16 in the memory traffic around its integer products
 (docs/BENCHMARKS.md): each 1x1 conv writes float32 sums, then separate passes apply
@@ -8,12 +8,14 @@ the scales and BN, ReLU and the next layer's quantizer, and write int8 codes. Th
 kernel does it in one pass: int8 x int8 tiles accumulate in int32 (exact), and the
 epilogue computes codes = clip(floor((acc * mul + add) [ReLU] * out_mul + 0.5)),
 written as int8. `mul`/`add` are per output channel (weight scale over activation
-scale, BN folded). Per 1x1-conv shape of ResNet-50 at batch 256 it times, in one
+scale, BN folded). For each 1x1-conv shape of ResNet-50 at batch 256, and in total
+over its 36 1x1 convs (conv3's residual add is not modelled), it times in one
 process: XLA's int8 dot plus the same epilogue (what `qresnet` runs today), this
-kernel, and bf16's conv+BN+ReLU as a GEMM with a bf16 output (what the bf16 model
-runs). Not wired into the integer model: that would need BN and the next layer's
-quantizer folded into each conv, i.e. a restructured integer ResNet; this measures
-first whether it would pay. On CPU it runs only in Pallas's interpret mode (tests).
+kernel, and bf16's conv + BN + ReLU as a GEMM with a bf16 output (what the bf16
+model runs). Not wired into the integer model: that would need BN and the next
+layer's quantizer folded into each conv, i.e. a restructured integer ResNet; this
+measures first whether it would pay. On CPU it runs only in Pallas's interpret mode
+(tests).
 """
 
 from __future__ import annotations
@@ -31,16 +33,23 @@ from jax.experimental import pallas as pl
 
 from benchmarks import record
 
-# ResNet-50's 1x1 convs at batch 256 as GEMMs (M = 256 * H * W, K = in channels, N = out channels).
+# ResNet-50 v1.5's 36 1x1 convs at batch 256 as GEMMs: (M = 256 * H * W, K in, N out channels, count).
 RESNET50_SHAPES = (
-    (256 * 56 * 56, 256, 64),
-    (256 * 56 * 56, 64, 256),
-    (256 * 28 * 28, 512, 128),
-    (256 * 28 * 28, 128, 512),
-    (256 * 14 * 14, 1024, 256),
-    (256 * 14 * 14, 256, 1024),
-    (256 * 7 * 7, 2048, 512),
-    (256 * 7 * 7, 512, 2048),
+    (256 * 56 * 56, 64, 64, 1),  # stage 1: block 0's conv1
+    (256 * 56 * 56, 256, 64, 2),  # conv1 of blocks 1-2
+    (256 * 56 * 56, 64, 256, 4),  # conv3 x 3, projection
+    (256 * 56 * 56, 256, 128, 1),  # stage 2: block 0's conv1 (its 3x3 strides)
+    (256 * 28 * 28, 512, 128, 3),
+    (256 * 28 * 28, 128, 512, 4),
+    (256 * 28 * 28, 256, 512, 1),  # strided projection
+    (256 * 28 * 28, 512, 256, 1),  # stage 3
+    (256 * 14 * 14, 1024, 256, 5),
+    (256 * 14 * 14, 256, 1024, 6),
+    (256 * 14 * 14, 512, 1024, 1),
+    (256 * 14 * 14, 1024, 512, 1),  # stage 4
+    (256 * 7 * 7, 2048, 512, 2),
+    (256 * 7 * 7, 512, 2048, 3),
+    (256 * 7 * 7, 1024, 2048, 1),
 )
 
 
@@ -145,7 +154,7 @@ def _time(fn, args, iters: int) -> float:
     return (time.perf_counter() - t0) / iters * 1000
 
 
-def time_shape(m: int, k: int, n: int, iters: int, **blocks) -> dict:
+def time_shape(m: int, k: int, n: int, iters: int, count: int = 1, **blocks) -> dict:
     """ms of the three paths for one GEMM shape, and how often the fused codes equal XLA's."""
     x, w, mul, add = operands(m, k, n)
     kw = {"out_mul": 15.0 / 4.0, "relu": True, "qmin": 0, "qmax": 15}
@@ -163,6 +172,7 @@ def time_shape(m: int, k: int, n: int, iters: int, **blocks) -> dict:
         "m": m,
         "k": k,
         "n": n,
+        "count": count,
         **ms,
         "fused_vs_xla_int8": ms["xla_int8_ms"] / ms["fused_int8_ms"],
         "fused_vs_bf16": ms["bf16_ms"] / ms["fused_int8_ms"],
@@ -174,7 +184,7 @@ def time_shape(m: int, k: int, n: int, iters: int, **blocks) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default="", help="comma-separated M:K:N (default: ResNet-50's 1x1 convs, batch 256)")
+    p.add_argument("--shapes", default="", help="comma-separated M:K:N[:count] (default: ResNet-50's 1x1 convs)")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--blocks", default="128:128:64:4:3", help="bm:bn:bk:warps:stages of the kernel")
     p.add_argument("--out", help="also write the rows as JSON lines here")
@@ -183,8 +193,9 @@ def main(argv=None) -> int:
         shapes = (
             [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")] if args.shapes else RESNET50_SHAPES
         )
+        shapes = [(*s, 1) if len(s) == 3 else s for s in shapes]
         bm, bn, bk, warps, stages = (int(v) for v in args.blocks.split(":"))
-        if any(len(s) != 3 or min(s) < 1 for s in shapes):
+        if any(len(s) != 4 or min(s) < 1 for s in shapes):
             raise ValueError
     except ValueError:
         print(
@@ -196,8 +207,12 @@ def main(argv=None) -> int:
         print("error: the kernel is timed on an NVIDIA GPU only (tests run it in interpret mode)", file=sys.stderr)
         return 2
     rows = []
-    for m, k, n in shapes:
-        record(rows, time_shape(m, k, n, args.iters, bm=bm, bn=bn, bk=bk, warps=warps, stages=stages), args.out)
+    for m, k, n, count in shapes:
+        record(rows, time_shape(m, k, n, args.iters, count, bm=bm, bn=bn, bk=bk, warps=warps, stages=stages), args.out)
+    total = {key: sum(r[key] * r["count"] for r in rows) for key in ("xla_int8_ms", "fused_int8_ms", "bf16_ms")}
+    total["fused_vs_xla_int8"] = total["xla_int8_ms"] / total["fused_int8_ms"]
+    total["fused_vs_bf16"] = total["bf16_ms"] / total["fused_int8_ms"]
+    record(rows, {"total_over_shapes_times_count": True, **total, "device": rows[0]["device"]}, args.out)
     return 0
 
 
