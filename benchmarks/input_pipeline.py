@@ -9,7 +9,8 @@ ImageNet's typical sizes (300-500 x 350-600 pixels, quality 90, photo-like
 content), handed to the workers as bytes as `open_source` hands them over, for
 each worker count with full-size decoding and with `jpeg_draft` (reduced-scale
 decoding where the crop allows), side by side; or (`--per-image`) the cost of one
-image's preprocessing in one thread, full against draft decoding. Nothing here needs
+image's preprocessing in one thread: from a decoded array (what the source handed over
+before it passed bytes), and from the bytes with full-size and with draft decoding. Nothing here needs
 TensorFlow or TFDS, so it runs where only grain is installed. `--target` is the
 training step's images/s to compare with (e.g. 6258: qresnet's ResNet-50 bf16
 batch 256 float step on an H200, docs/BENCHMARKS.md).

@@ -14,10 +14,11 @@ needed to read it) and a grain pipeline whose worker processes decode and crop:
 The source hands over the JPEG bytes (TFDS `SkipDecoding`) and the workers decode
 them with Pillow. For train crops, `jpeg_draft` lets libjpeg decode at 1/2, 1/4 or
 1/8 scale (DCT scaling) whenever the crop still spans at least `image_size`
-pixels each way at that scale: most Inception crops of ImageNet photos qualify,
-and decoding is most of a worker's time. It changes the pixels slightly (the
-reduction is a block average before the bicubic resize); off, train crops decode
-at full size as eval crops always do.
+pixels each way at that scale. That needs large images or a small output size: at
+224, few crops of ImageNet-sized photos qualify (docs/BENCHMARKS.md); at 128 most
+do. It changes those crops' pixels slightly (the reduction is a block average
+before the bicubic resize); off, train crops decode at full size as eval crops
+always do.
 
 Batches leave as uint8 (N, S, S, 3) with int32 labels; mean/std normalisation
 happens on the device (`data.normalize`). Every random choice is a function of

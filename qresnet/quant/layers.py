@@ -49,13 +49,13 @@ def _input_bound(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_
     still apply with it on.
     """
     if spec.a_bound == "lsq":
-        return _lsq_bound(module, x, spec, train, act_quant)
+        return _lsq_learned_bound(module, x, spec, train, act_quant)
     if spec.a_bound == "ema_max":
         return _ema_bound(module, x, spec, train, act_quant)
     return spec.a_fixed_bound
 
 
-def _lsq_bound(module, x, spec, train, act_quant):
+def _lsq_learned_bound(module, x, spec, train, act_quant):
     """A learned bound: its start (`quant_stats`) plus a learned offset (`params`, from 0).
 
     The start is LSQ's data-driven init, from the first batch and then tracked as an EMA
