@@ -158,7 +158,7 @@ def decode_crop_resize(data: bytes, box_of, size: int, draft: bool) -> np.ndarra
 def _crop(example: dict[str, Any], box_of, size: int, draft: bool) -> np.ndarray:
     """The example's image (JPEG bytes or a decoded array) cropped and resized."""
     image = example["image"]
-    if isinstance(image, bytes | np.bytes_):
+    if isinstance(image, bytes):  # np.bytes_ is a subclass
         return decode_crop_resize(bytes(image), box_of, size, draft)
     image = _rgb(np.asarray(image))
     return crop_and_resize(image, box_of(image.shape[0], image.shape[1]), size)
