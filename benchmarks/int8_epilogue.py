@@ -206,14 +206,25 @@ def main(argv=None) -> int:
     if jax.default_backend() != "gpu":
         print("error: the kernel is timed on an NVIDIA GPU only (tests run it in interpret mode)", file=sys.stderr)
         return 2
-    rows = []
+    rows, failed = [], []
     for m, k, n, count in shapes:
-        record(rows, time_shape(m, k, n, args.iters, count, bm=bm, bn=bn, bk=bk, warps=warps, stages=stages), args.out)
-    total = {key: sum(r[key] * r["count"] for r in rows) for key in ("xla_int8_ms", "fused_int8_ms", "bf16_ms")}
+        try:
+            row = time_shape(m, k, n, args.iters, count, bm=bm, bn=bn, bk=bk, warps=warps, stages=stages)
+        except Exception as e:  # noqa: BLE001 - a shape the kernel cannot compile is a result, not a crash
+            row = {"m": m, "k": k, "n": n, "count": count, "error": f"{type(e).__name__}: {str(e)[:400]}"}
+            failed.append(f"{m}:{k}:{n}")
+        record(rows, row, args.out)
+    timed = [r for r in rows if "error" not in r]
+    if not timed:
+        print("error: the kernel failed on every shape (see the rows' errors)", file=sys.stderr)
+        return 1
+    total = {key: sum(r[key] * r["count"] for r in timed) for key in ("xla_int8_ms", "fused_int8_ms", "bf16_ms")}
     total["fused_vs_xla_int8"] = total["xla_int8_ms"] / total["fused_int8_ms"]
     total["fused_vs_bf16"] = total["bf16_ms"] / total["fused_int8_ms"]
-    record(rows, {"total_over_shapes_times_count": True, **total, "device": rows[0]["device"]}, args.out)
-    return 0
+    total["shapes_failed"] = failed  # a total over fewer shapes than asked says so
+    total |= {"blocks": timed[0]["blocks"], "device": timed[0]["device"]}
+    record(rows, {"total_over_shapes_times_count": True, **total}, args.out)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

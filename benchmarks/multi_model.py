@@ -101,7 +101,7 @@ def time_processes(case, setting, models, steps, calls, *, mps: bool) -> float:
     mps_env = sweep.mps_daemon() if mps else contextlib.nullcontext({})
     with tempfile.TemporaryDirectory() as tmp, mps_env as extra_env:
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", **extra_env)
-        spec = f"{case.model}:{case.image_size}:{case.batch}:{case.dtype}"
+        spec = f"{case.model}:{case.image_size}:{case.batch}:{case.dtype}:{case.width}"
         procs = [
             subprocess.Popen(
                 [
@@ -195,6 +195,7 @@ def main(argv=None) -> int:
             "model": case.model,
             "batch": case.batch,
             "dtype": case.dtype,
+            "width": case.width,
             "setting": args.setting,
             "models": args.models,
             "steps_per_call": args.steps,
@@ -204,6 +205,7 @@ def main(argv=None) -> int:
             "device": f"{dev.device_kind} ({dev.platform})",
             "commit": train.git_commit(),
             "date": time.strftime("%Y-%m-%d"),
+            **({"xla_flags": os.environ["XLA_FLAGS"]} if os.environ.get("XLA_FLAGS") else {}),
         }
         if rows and rows[0]["mode"] == "sequential":
             row["vs_sequential"] = row["images_per_s"] / rows[0]["images_per_s"]

@@ -41,6 +41,7 @@ import functools
 import importlib.metadata
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -80,6 +81,7 @@ class Case:
     image_size: int
     batch: int
     dtype: str
+    width: float = 1.0  # ResNet width multiplier; other widths pad channels as the sweep configs do
 
     @property
     def info(self) -> data.DatasetInfo:
@@ -88,11 +90,19 @@ class Case:
 
 
 def parse_case(text: str) -> Case:
-    """ "resnet20:32:512:float32" -> Case."""
+    """ "resnet20:32:512:float32" -> Case; an optional fifth field is the width ("...:float32:0.5")."""
     parts = text.split(":")
-    if len(parts) != 4 or not parts[1].isdigit() or not parts[2].isdigit():
-        raise ValueError(f"case {text!r} must look like MODEL:IMAGE_SIZE:BATCH:DTYPE, e.g. resnet20:32:512:float32")
-    case = Case(parts[0], int(parts[1]), int(parts[2]), parts[3])
+    if len(parts) not in (4, 5) or not parts[1].isdigit() or not parts[2].isdigit():
+        raise ValueError(
+            f"case {text!r} must look like MODEL:IMAGE_SIZE:BATCH:DTYPE[:WIDTH], e.g. resnet20:32:512:float32"
+        )
+    try:
+        width = float(parts[4]) if len(parts) == 5 else 1.0
+    except ValueError:
+        width = -1.0
+    if width <= 0:
+        raise ValueError(f"case {text!r}: WIDTH must be a positive number, e.g. resnet20:32:256:bfloat16:0.5")
+    case = Case(parts[0], int(parts[1]), int(parts[2]), parts[3], width)
     resnet.get_arch(case.model)
     if case.dtype not in resnet.DTYPES:
         raise ValueError(f"case {text!r}: dtype must be one of {sorted(resnet.DTYPES)}")
@@ -109,12 +119,12 @@ def run_spec(case: Case, setting: str, act_start_step: int) -> train.RunSpec:
     info = case.info
     cifar = resnet.get_arch(case.model).cifar
     rules = settings.SETTINGS["bf16" if setting == "float" else setting]
-    names = resnet.layer_names(case.model, 1.0, info.num_classes, info.image_shape)
+    names = resnet.layer_names(case.model, case.width, info.num_classes, info.image_shape)
     return train.RunSpec(
         model_name=case.model,
-        width=1.0,
+        width=case.width,
         dtype=case.dtype,
-        channel_multiple=0,
+        channel_multiple=0 if case.width == 1.0 else 8,  # as configs/common.py, for the sweep's widths
         info=info,
         specs=specs_lib.resolve_specs(rules, names, resnet.signed_layers(names)),
         batch_size=case.batch,
@@ -257,12 +267,15 @@ def _version(package: str) -> str | None:
 def environment() -> dict[str, Any]:
     dev = jax.local_devices()[0]
     versions = {p: _version(p) for p in ("jax", "jaxlib", "flax", "optax", "aqtp", "qwix")}
-    return {"device": f"{dev.device_kind} ({dev.platform})", "versions": versions, "commit": train.git_commit()}
+    env = {"device": f"{dev.device_kind} ({dev.platform})", "versions": versions, "commit": train.git_commit()}
+    if os.environ.get("XLA_FLAGS"):  # they change the program XLA runs
+        env["xla_flags"] = os.environ["XLA_FLAGS"]
+    return env
 
 
 def row_key(row: dict[str, Any]) -> tuple:
     keys = ("library", "model", "setting", "path", "dtype", "batch", "device")
-    return (*(row[k] for k in keys), row.get("scan", 0))
+    return (*(row[k] for k in keys), row.get("scan", 0), row.get("width", 1.0), row.get("xla_flags"))
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -320,6 +333,7 @@ def run(
                 "dtype": case.dtype,
                 "batch": case.batch,
                 "image_size": case.image_size,
+                "width": case.width,
                 "scan": scan,
                 **env,
                 "date": time.strftime("%Y-%m-%d"),

@@ -280,14 +280,26 @@ def test_vmapped_models_train_each_as_alone():
         assert not np.allclose(losses[0], losses[1])  # different seeds, different models
 
 
+def test_benchmark_case_width():
+    assert train_step.parse_case("resnet20:32:256:bfloat16").width == 1.0
+    case = train_step.parse_case("resnet20:32:256:bfloat16:0.5")
+    assert case.width == 0.5
+    run = train_step.run_spec(case, "w4a4_ends8", act_start_step=0)
+    assert (run.width, run.channel_multiple) == (0.5, 8)  # padded as the sweep configs pad
+    for bad in ("resnet20:32:256:bfloat16:0", "resnet20:32:256:bfloat16:x", "resnet20:32:256"):
+        with pytest.raises(ValueError, match="resnet20:32:256"):
+            train_step.parse_case(bad)
+
+
 def test_multi_model_benchmark_times_vmap_and_processes(tmp_path, capsys):
     from benchmarks import multi_model
 
     out = tmp_path / "mm.jsonl"
-    args = ["--case", "resnet8:8:2:float32", "--models", "2", "--steps", "1", "--calls", "1"]
+    args = ["--case", "resnet8:8:2:float32:0.5", "--models", "2", "--steps", "1", "--calls", "1"]
     assert multi_model.main([*args, "--modes", "vmap,processes", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["mode"] for r in rows] == ["vmap", "processes"] and all(r["images_per_s"] > 0 for r in rows)
+    assert all(r["width"] == 0.5 for r in rows)
     assert multi_model.main([*args, "--modes", "threads"]) == 2
     assert "unknown modes ['threads']" in capsys.readouterr().err
 
