@@ -1,6 +1,7 @@
 def record(rows: list, row: dict, out) -> None:
-    """Prints a result row as a JSON line, appends it to `rows`, and rewrites `out` (if given)
-    with all rows, so a benchmark cut short keeps what it measured."""
+    """Prints a result row as a JSON line, appends it to `rows` and to the file `out` (if given),
+    so a benchmark cut short keeps what it measured and a second run into the same file keeps
+    the first run's rows."""
     import json
 
     from qresnet import results
@@ -8,4 +9,4 @@ def record(rows: list, row: dict, out) -> None:
     print(json.dumps(row), flush=True)
     rows.append(row)
     if out:
-        results.atomic_write_jsonl(out, rows)
+        results.append_jsonl(out, row)

@@ -321,3 +321,14 @@ def test_fused_int8_epilogue_kernel_gives_xlas_codes_in_interpret_mode():
         int8_epilogue.fused_int8(x, w, mul, add, **kw, bm=48, interpret=True)
     assert int8_epilogue.main(["--shapes", "64:96"]) == 2
     assert int8_epilogue.main(["--shapes", "64:96:48"]) == 2  # no GPU here: refused, not timed on the CPU
+
+
+def test_record_appends_so_a_second_run_keeps_the_first(tmp_path, capsys):
+    from benchmarks import record
+
+    out = tmp_path / "rows.jsonl"
+    first, second = [], []
+    record(first, {"run": 1}, out)
+    record(second, {"run": 2}, out)  # a later invocation into the same file
+    assert [json.loads(line)["run"] for line in out.read_text().splitlines()] == [1, 2]
+    assert second == [{"run": 2}] and '{"run": 2}' in capsys.readouterr().out
