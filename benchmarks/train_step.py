@@ -275,7 +275,8 @@ def environment() -> dict[str, Any]:
 
 def row_key(row: dict[str, Any]) -> tuple:
     keys = ("library", "model", "setting", "path", "dtype", "batch", "device")
-    return (*(row[k] for k in keys), row.get("scan", 0), row.get("width", 1.0), row.get("xla_flags"))
+    extra = (row.get("scan", 0), row.get("width", 1.0), row.get("xla_flags"), row.get("alone", False))
+    return (*(row[k] for k in keys), *extra)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -335,6 +336,7 @@ def run(
                 "image_size": case.image_size,
                 "width": case.width,
                 "scan": scan,
+                **({} if interleave else {"alone": True}),  # no float program compiled or timed beside it
                 **env,
                 "date": time.strftime("%Y-%m-%d"),
             }
@@ -400,6 +402,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--scan", type=int, default=0, help="time the trainer's epoch program of N steps per call")
+    p.add_argument(
+        "--alone",
+        action="store_true",
+        help="no float step timed beside each row (and none compiled before it in the process)",
+    )
     p.add_argument("--out", help="JSON-lines file (resumed)")
     p.add_argument("--report", help="print the markdown table of a JSON-lines file and exit")
     args = p.parse_args(argv)
@@ -429,6 +436,7 @@ def main(argv=None) -> int:
             warmup=args.warmup,
             out=args.out,
             scan=args.scan,
+            interleave=not args.alone,
         )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -332,3 +332,14 @@ def test_record_appends_so_a_second_run_keeps_the_first(tmp_path, capsys):
     record(second, {"run": 2}, out)  # a later invocation into the same file
     assert [json.loads(line)["run"] for line in out.read_text().splitlines()] == [1, 2]
     assert second == [{"run": 2}] and '{"run": 2}' in capsys.readouterr().out
+
+
+def test_alone_rows_time_no_float_step_and_are_kept_apart(tmp_path, capsys):
+    out = tmp_path / "alone.jsonl"
+    args = ["--case", "resnet8:8:2:float32", "--libraries", "qresnet", "--rows", "qresnet:w4a4_ends8:qresnet"]
+    assert train_step.main([*args, "--steps", "1", "--warmup", "1", "--alone", "--out", str(out)]) == 0
+    (alone,) = train_step.read_rows(out)
+    assert alone["alone"] is True and "float_step_ms" not in alone and alone["step_ms"] > 0
+    assert train_step.main([*args, "--steps", "1", "--warmup", "1", "--out", str(out)]) == 0
+    rows = train_step.read_rows(out)
+    assert len(rows) == 2 and "float_step_ms" in rows[1]  # the interleaved row is not skipped as a duplicate
