@@ -1,6 +1,6 @@
 """Can the ImageNet input pipeline keep a GPU fed? Images/s of `imagenet_input.train_batches`.
 
-    python -m benchmarks.input_pipeline --workers 0,8,16 [--decode full,draft] [--canvas] --out F.jsonl [--target 6258]
+    python -m benchmarks.input_pipeline --workers 0,8,16 [--decode full,draft] --out F.jsonl [--target 6258]
     python -m benchmarks.input_pipeline --per-image 400 [--image-size 224] --out F.jsonl
 
 Times qresnet's streaming train pipeline (grain worker processes; JPEG decode,
@@ -10,10 +10,7 @@ content), handed to the workers as bytes as `open_source` hands them over, for
 each worker count with full-size decoding and with `jpeg_draft` (reduced-scale
 decoding where the crop allows), side by side; or (`--per-image`) the cost of one
 image's preprocessing in one thread: from a decoded array (what the source handed over
-before it passed bytes), from the bytes with full-size and with draft decoding, and with
-draft decoding but the resize left to the device (`--canvas` times that in the pipeline too:
-`dataset.device_resize`, the crops leave in canvases; the device's resize is not in these
-times). Nothing here needs
+before it passed bytes), and from the bytes with full-size and with draft decoding. Nothing here needs
 TensorFlow or TFDS, so it runs where only grain is installed. `--target` is the
 training step's images/s to compare with (e.g. 6258: qresnet's ResNet-50 bf16
 batch 256 float step on an H200, docs/BENCHMARKS.md).
@@ -89,7 +86,7 @@ class JpegSource:
 
 
 def time_pipeline(
-    source, *, workers: int, batch: int, size: int, batches: int, warmup: int = 24, draft: bool = True, canvas: int = 0
+    source, *, workers: int, batch: int, size: int, batches: int, warmup: int = 24, draft: bool = True
 ) -> dict:
     """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
     (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
@@ -98,9 +95,7 @@ def time_pipeline(
     timed batches come from that backlog."""
     if len(source) < (warmup + batches) * batch:
         raise ValueError(f"source has {len(source)} examples, fewer than {(warmup + batches) * batch}")
-    spec = imagenet_input.StreamSpec(
-        "synthetic", "", size, batch, batch, workers=workers, jpeg_draft=draft, canvas=canvas
-    )
+    spec = imagenet_input.StreamSpec("synthetic", "", size, batch, batch, workers=workers, jpeg_draft=draft)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
         next(it)
@@ -108,39 +103,16 @@ def time_pipeline(
     for _ in range(batches):
         b = next(it)
     dt = time.perf_counter() - t0
-    assert b["image"].shape == (batch, canvas or size, canvas or size, 3)
-    extra = {"device_resize_ms_per_batch": time_device_resize(b, size), "device": _device()} if canvas else {}
+    assert b["image"].shape == (batch, size, size, 3)
     return {
-        **extra,
         "workers": workers,
         "decode": "draft" if draft else "full",
-        "canvas": canvas,  # > 0: crops left unresized for the device (not timed here)
         "batch": batch,
         "image_size": size,
         "batches": batches,
         "warmup_batches": warmup,
         "images_per_s": batch * batches / dt,
     }
-
-
-def _device() -> str:
-    import jax
-
-    return jax.devices()[0].device_kind
-
-
-def time_device_resize(b: dict, size: int, iters: int = 10) -> float:
-    """ms per batch of `imagenet_input.resize_on_device` on the default device (after a warm-up)."""
-    import jax
-
-    fn = jax.jit(lambda im, hw: imagenet_input.resize_on_device(im, hw, size))
-    images, hw = jax.device_put(b["image"]), jax.device_put(b["hw"])
-    fn(images, hw).block_until_ready()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        out = fn(images, hw)
-    out.block_until_ready()
-    return (time.perf_counter() - t0) / iters * 1000
 
 
 def time_per_image(source, *, size: int, images: int) -> dict:
@@ -150,9 +122,8 @@ def time_per_image(source, *, size: int, images: int) -> dict:
     the share of crops that draft decoding can shrink."""
     from PIL import Image
 
-    ms = {"array": 0.0, "full": 0.0, "draft": 0.0, "canvas": 0.0}
+    ms = {"array": 0.0, "full": 0.0, "draft": 0.0}
     shrunk = 0
-    canvas = imagenet_input.canvas_side(size)
     for i in range(images):
         example = source[i]
         for mode in ms:
@@ -162,9 +133,7 @@ def time_per_image(source, *, size: int, images: int) -> dict:
                 image = np.asarray(Image.open(io.BytesIO(example["image"])).convert("RGB"))
                 imagenet_input.train_example({**example, "image": image}, rng, size)
             else:
-                imagenet_input.train_example(
-                    example, rng, size, draft=mode != "full", canvas=canvas if mode == "canvas" else 0
-                )
+                imagenet_input.train_example(example, rng, size, draft=mode == "draft")
             ms[mode] += (time.perf_counter() - t0) * 1000 / images
         width, height = Image.open(io.BytesIO(example["image"])).size
         _, _, h, w = imagenet_input.inception_crop_box(np.random.default_rng(i), height, width, size)
@@ -178,10 +147,6 @@ def time_per_image(source, *, size: int, images: int) -> dict:
         "draft_ms_per_image": ms["draft"],
         "bytes_vs_array_speedup": ms["array"] / ms["full"],
         "draft_speedup": ms["full"] / ms["draft"],
-        # draft decoding, no resize: the crop goes into a canvas for the device to resize
-        "canvas_ms_per_image": ms["canvas"],
-        "canvas": canvas,
-        "canvas_vs_draft_speedup": ms["draft"] / ms["canvas"],
         "share_of_crops_drafted": shrunk / images,
     }
 
@@ -198,11 +163,6 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=float, default=0.0, help="training images/s to compare with")
     p.add_argument("--data", default="", help="where to keep the synthetic JPEGs (default: a temporary file)")
     p.add_argument("--per-image", type=int, default=0, help="instead: ms per image of N images, one thread")
-    p.add_argument(
-        "--canvas",
-        action="store_true",
-        help="also time the pipeline with the resize left to the device (dataset.device_resize)",
-    )
     p.add_argument("--out", help="also write the rows as JSON lines here")
     args = p.parse_args(argv)
     try:
@@ -235,8 +195,7 @@ def main(argv=None) -> int:
                 args.out,
             )
             return 0
-        canvases = (0, imagenet_input.canvas_side(args.image_size)) if args.canvas else (0,)
-        for w, decode, canvas in itertools.product(workers, decodes, canvases):
+        for w, decode in itertools.product(workers, decodes):
             row = time_pipeline(
                 source,
                 workers=w,
@@ -245,7 +204,6 @@ def main(argv=None) -> int:
                 batches=args.batches,
                 warmup=args.warmup,
                 draft=decode == "draft",
-                canvas=canvas,
             )
             row |= {"cpus": os.cpu_count(), "distinct_jpegs": args.examples, "date": time.strftime("%Y-%m-%d")}
             if args.target:

@@ -34,9 +34,6 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.dataset.image_size = 0  # Crop size (0 = the dataset's, 224).
     c.dataset.workers = 8  # Decoding processes (0 = in the training process).
     c.dataset.jpeg_draft = True  # Train crops decode JPEGs at 1/2-1/8 scale where the crop stays >= image_size.
-    # The workers send crops unresized (in canvas x canvas images; 0 = 2.25 x image_size) and the device resizes.
-    c.dataset.device_resize = False
-    c.dataset.canvas = 0
 
     # Quantization
     c.quant = ml_collections.ConfigDict()

@@ -21,14 +21,7 @@ before the bicubic resize); off, train crops decode at full size as eval crops
 always do.
 
 Batches leave as uint8 (N, S, S, 3) with int32 labels; mean/std normalisation
-happens on the device (`data.normalize`). With `canvas` > 0 the workers skip the
-resize (a third of their time per image, docs/BENCHMARKS.md): each crop (flipped, at
-its decoded resolution, its box rounded to that grid's pixels) goes top-left into a
-zero canvas x canvas image with its (h, w), and the device resizes the batch
-(`resize_on_device`: bicubic with antialiasing like Pillow's, a fraction of a grey
-level from it on average). A crop larger than the canvas that DCT scaling cannot
-shrink is bicubic-resized on the host to fit. Export and integer evaluation always
-resize on the host. Every random choice is a function of
+happens on the device (`data.normalize`). Every random choice is a function of
 (seed, epoch, example), so an epoch is reproducible and a run resumed at an epoch
 boundary sees the same data. TFDS prepares `imagenet2012` as TFRecord by
 default; for streaming prepare it as array_record:
@@ -64,7 +57,6 @@ class StreamSpec:
     eval_batch_size: int
     workers: int = 0
     jpeg_draft: bool = True
-    canvas: int = 0  # > 0: crops leave unresized in canvas x canvas images; the device resizes them
     train_split: str = "train"
     eval_split: str = "validation"
 
@@ -163,116 +155,29 @@ def decode_crop_resize(data: bytes, box_of, size: int, draft: bool) -> np.ndarra
     return np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC, box=box), np.uint8)
 
 
-def canvas_side(size: int) -> int:
-    """The default canvas for `size` outputs: 2.25 x size rounded up to 32 (512 for 224), so the
-    crops of photos up to about 500 pixels a side fit without a host resize."""
-    return math.ceil(size * 2.25 / 32) * 32
-
-
-def decode_crop(data: bytes, box_of, size: int, draft: bool) -> np.ndarray:
-    """Decodes a JPEG and crops it, unresized: (h', w', 3) uint8 RGB, h' x w' the crop at the
-    decoded scale (1/`draft_reduction` of the full-size crop if `draft`, else full size)."""
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(data))
-    width, height = img.size
-    top, left, h, w = box_of(height, width)
-    r = draft_reduction(h, w, size) if draft else 1
-    if r > 1:
-        img.draft(None, (width // r, height // r))
-        r = round(width / img.size[0])
-    image = _rgb(np.asarray(img.convert("RGB")))
-    t, lf = min(round(top / r), image.shape[0] - 1), min(round(left / r), image.shape[1] - 1)
-    return image[t : t + max(1, round(h / r)), lf : lf + max(1, round(w / r))]
-
-
-def in_canvas(crop: np.ndarray, canvas: int) -> tuple[np.ndarray, np.ndarray]:
-    """(canvas, canvas, 3) uint8 with `crop` top-left (bicubic-shrunk first if a side exceeds the
-    canvas) and zeros elsewhere, and the crop's (h, w) in it as int32."""
-    h, w = crop.shape[:2]
-    if max(h, w) > canvas:
-        from PIL import Image
-
-        scale = canvas / max(h, w)
-        h, w = max(1, min(canvas, round(h * scale))), max(1, min(canvas, round(w * scale)))
-        crop = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((w, h), Image.BICUBIC), np.uint8)
-    out = np.zeros((canvas, canvas, 3), np.uint8)
-    out[:h, :w] = crop
-    return out, np.array([h, w], np.int32)
-
-
-def _crop(example: dict[str, Any], box_of, size: int, draft: bool, canvas: int) -> dict[str, np.ndarray]:
-    """{"image"} resized to size x size, or with `canvas`, {"image", "hw"} (`in_canvas`), of the
-    example's image (JPEG bytes or a decoded array)."""
+def _crop(example: dict[str, Any], box_of, size: int, draft: bool) -> np.ndarray:
+    """The example's image (JPEG bytes or a decoded array) cropped and resized."""
     image = example["image"]
     if isinstance(image, bytes):  # np.bytes_ is a subclass
-        if not canvas:
-            return {"image": decode_crop_resize(bytes(image), box_of, size, draft)}
-        crop = decode_crop(bytes(image), box_of, size, draft)
-    else:
-        image = _rgb(np.asarray(image))
-        box = box_of(image.shape[0], image.shape[1])
-        if not canvas:
-            return {"image": crop_and_resize(image, box, size)}
-        top, left, h, w = box
-        crop = image[top : top + h, left : left + w]
-    out, hw = in_canvas(crop, canvas)
-    return {"image": out, "hw": hw}
+        return decode_crop_resize(bytes(image), box_of, size, draft)
+    image = _rgb(np.asarray(image))
+    return crop_and_resize(image, box_of(image.shape[0], image.shape[1]), size)
 
 
 def train_example(
-    example: dict[str, Any], rng: np.random.Generator, size: int, draft: bool = True, canvas: int = 0
+    example: dict[str, Any], rng: np.random.Generator, size: int, draft: bool = True
 ) -> dict[str, np.ndarray]:
-    """Inception crop, resize and random flip of one example (JPEG bytes or decoded); with
-    `canvas`, the flipped crop unresized in a canvas, plus its "hw" (see `in_canvas`). Both draw
-    the same crop and flip from `rng`."""
-    out = _crop(example, lambda h, w: inception_crop_box(rng, h, w, size), size, draft, canvas)
-    image = out["image"]
+    """Inception crop, resize and random flip of one example (JPEG bytes or decoded)."""
+    out = _crop(example, lambda h, w: inception_crop_box(rng, h, w, size), size, draft)
     if rng.random() < 0.5:
-        if canvas:
-            h, w = out["hw"]
-            image[:h, :w] = image[:h, :w][:, ::-1].copy()
-        else:
-            image = image[:, ::-1]
-    return {**out, "image": np.ascontiguousarray(image), "label": np.int32(example["label"])}
+        out = out[:, ::-1]
+    return {"image": np.ascontiguousarray(out), "label": np.int32(example["label"])}
 
 
-def eval_example(example: dict[str, Any], size: int, canvas: int = 0) -> dict[str, np.ndarray]:
-    """Center crop and resize of one example (JPEG bytes or decoded; always decoded at full
-    size); with `canvas`, the crop unresized in a canvas, plus its "hw"."""
-    out = _crop(example, lambda h, w: center_crop_box(h, w, size), size, False, canvas)
-    return {**out, "label": np.int32(example["label"])}
-
-
-def resize_on_device(images, hw, size: int):
-    """Bicubic resize (antialiased, as Pillow's) of each image's top-left hw crop to size x size.
-
-    Args:
-      images: uint8 (N, C, C, 3) canvases from workers run with `canvas` = C.
-      hw: int32 (N, 2), each crop's height and width in its canvas.
-      size: output side.
-
-    Returns:
-      uint8 (N, size, size, 3). Pixels past the crop are replaced by its edge rows and
-      columns first, so the filter sees the crop's border as Pillow does, not the zeros.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    side = images.shape[1]
-
-    def one(image, hw):
-        h, w = hw[0], hw[1]
-        rows = jnp.minimum(jnp.arange(side), h - 1)
-        cols = jnp.minimum(jnp.arange(side), w - 1)
-        x = image[rows][:, cols].astype(jnp.float32)
-        scale = jnp.stack([size / h, size / w]).astype(jnp.float32)
-        y = jax.image.scale_and_translate(
-            x, (size, size, 3), (0, 1), scale, jnp.zeros(2, jnp.float32), method="cubic", antialias=True
-        )
-        return jnp.clip(jnp.round(y), 0, 255).astype(jnp.uint8)
-
-    return jax.vmap(one)(images, hw)
+def eval_example(example: dict[str, Any], size: int) -> dict[str, np.ndarray]:
+    """Center crop and resize of one example (JPEG bytes or decoded; always decoded at full size)."""
+    out = _crop(example, lambda h, w: center_crop_box(h, w, size), size, draft=False)
+    return {"image": out, "label": np.int32(example["label"])}
 
 
 def open_source(spec: StreamSpec, split: str):
@@ -320,16 +225,15 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
       epoch: the epoch, 0-based; order and crops are a function of (seed, epoch).
 
     Returns:
-      An iterator of {"image": uint8 (B, S, S, 3), "label": int32 (B,)}; with `spec.canvas`,
-      "image" is uint8 (B, canvas, canvas, 3) plus "hw" int32 (B, 2) (`resize_on_device`).
+      An iterator of {"image": uint8 (B, S, S, 3), "label": int32 (B,)}.
     """
     grain = _grain()
     epoch_seed = _epoch_seed(seed, epoch)
-    size, draft, canvas = spec.image_size, spec.jpeg_draft, spec.canvas
+    size, draft = spec.image_size, spec.jpeg_draft
     ds = (
         grain.MapDataset.source(source)
         .shuffle(seed=epoch_seed)
-        .random_map(lambda ex, rng: train_example(ex, rng, size, draft, canvas), seed=epoch_seed)
+        .random_map(lambda ex, rng: train_example(ex, rng, size, draft), seed=epoch_seed)
         .batch(spec.batch_size, drop_remainder=True)
     )
     return iter(_parallel(grain, ds, spec.workers))
@@ -339,23 +243,19 @@ def eval_batches(spec: StreamSpec, source) -> Iterator[dict[str, np.ndarray]]:
     """The eval split in order, in batches of eval_batch_size, the last one padded.
 
     Returns:
-      An iterator of {"image", "label", "mask"} (and "hw" with `spec.canvas`, as in
-      `train_batches`); mask is 1.0 for real examples.
+      An iterator of {"image", "label", "mask"}; mask is 1.0 for real examples.
     """
     grain = _grain()
-    size, batch, canvas = spec.image_size, spec.eval_batch_size, spec.canvas
-    ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size, canvas))
-    for b in _parallel(grain, ds.batch(batch, drop_remainder=False), spec.workers):
+    size, batch = spec.image_size, spec.eval_batch_size
+    ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size)).batch(batch, drop_remainder=False)
+    for b in _parallel(grain, ds, spec.workers):
         n = len(b["label"])
         pad = batch - n
-        out = {
+        yield {
             "image": np.concatenate([b["image"], np.zeros((pad, *b["image"].shape[1:]), np.uint8)]),
             "label": np.concatenate([b["label"], np.zeros(pad, np.int32)]),
             "mask": np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]),
         }
-        if canvas:  # padding examples: a 1 x 1 crop of zeros
-            out["hw"] = np.concatenate([b["hw"], np.ones((pad, 2), np.int32)])
-        yield out
 
 
 def _parallel(grain, ds, workers: int):

@@ -681,24 +681,14 @@ def _in_memory_feed(config, run: RunSpec, mesh, key, arrays: data.Arrays) -> _Fe
 def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
     """The streaming input's settings from a config."""
     info = data.dataset_info(config.dataset.name)
-    size = config.dataset.image_size or info.image_shape[0]
-    canvas = 0
-    if config.dataset.get("device_resize", False):  # absent in older records
-        canvas = config.dataset.get("canvas", 0) or imagenet_input.canvas_side(size)
-        if canvas < size:
-            raise TrainError(
-                f"dataset.canvas={canvas} is smaller than the {size}-pixel crops it must hold; "
-                f"use 0 (auto: {imagenet_input.canvas_side(size)}) or at least {size}"
-            )
     return imagenet_input.StreamSpec(
         tfds_name=config.dataset.tfds_name or info.name,
         data_dir=config.dataset.tfds_dir,
-        image_size=size,
+        image_size=config.dataset.image_size or info.image_shape[0],
         batch_size=config.optim.batch_size,
         eval_batch_size=config.eval_batch_size,
         workers=config.dataset.workers,
         jpeg_draft=bool(config.dataset.get("jpeg_draft", True)),  # absent in older records
-        canvas=canvas,
     )
 
 
@@ -711,19 +701,13 @@ def _streaming_feed(config, run: RunSpec, mesh, key, stream: imagenet_input.Stre
     )
     eval_fn = jax.jit(functools.partial(eval_step, run))
     train_src, eval_src = sources[stream.train_split], sources[stream.eval_split]
-    resize = jax.jit(functools.partial(imagenet_input.resize_on_device, size=stream.image_size))
-
-    def images_of(b, sharding):
-        """The batch's images on the device, resized there if the workers sent canvases."""
-        images = jax.device_put(b["image"], sharding)
-        return resize(images, jax.device_put(b["hw"], sharding)) if stream.canvas else images
 
     def one_epoch(state, epoch):
         k = jax.random.fold_in(key, epoch + 1)
         losses, correct = [], []
         batches = imagenet_input.train_batches(stream, train_src, seed=config.seed, epoch=epoch)
         for i, b in zip(range(run.steps_per_epoch), batches):
-            images, labels = images_of(b, batch), jax.device_put(b["label"], batch)
+            images, labels = jax.device_put(b["image"], batch), jax.device_put(b["label"], batch)
             step = epoch * run.steps_per_epoch + i
             step_fn = programs.get(act_quant_phase(run, step, 1))
             state, (loss, right) = step_fn(state, images, labels, jax.random.fold_in(k, i))
@@ -734,13 +718,11 @@ def _streaming_feed(config, run: RunSpec, mesh, key, stream: imagenet_input.Stre
     def evaluate(state):
         loss_sum, correct = jnp.zeros(()), jnp.zeros(())
         for b in imagenet_input.eval_batches(stream, eval_src):
-            labels, mask = (jax.device_put(b[k], eval_sharding) for k in ("label", "mask"))
-            loss, right = eval_fn(state, images_of(b, eval_sharding), labels, mask)
+            loss, right = eval_fn(state, *(jax.device_put(b[k], eval_sharding) for k in ("image", "label", "mask")))
             loss_sum, correct = loss_sum + loss, correct + right
         return loss_sum, correct
 
-    first = next(imagenet_input.eval_batches(dataclasses.replace(stream, workers=0), eval_src))
-    sample = np.asarray(images_of(first, NamedSharding(mesh, P())))
+    sample = next(imagenet_input.eval_batches(dataclasses.replace(stream, workers=0), eval_src))["image"]
     return _Feed(sample[: run.batch_size], one_epoch, evaluate)
 
 

@@ -124,40 +124,6 @@ def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch):
     assert not asked
 
 
-def test_in_canvas_places_the_crop_top_left_and_shrinks_one_too_large():
-    crop = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
-    out, hw = imagenet_input.in_canvas(crop, 64)
-    assert out.shape == (64, 64, 3) and hw.tolist() == [30, 50] and hw.dtype == np.int32
-    np.testing.assert_array_equal(out[:30, :50], crop)
-    assert not out[30:].any() and not out[:, 50:].any()
-    out, hw = imagenet_input.in_canvas(crop, 40)  # 50 > 40: shrunk to 40 wide, aspect kept
-    assert hw.tolist() == [24, 40] and not out[24:].any()
-    assert imagenet_input.canvas_side(224) == 512 and imagenet_input.canvas_side(32) == 96
-
-
-def test_canvas_crops_resized_on_device_match_host_resized_crops():
-    """The same crop and flip draws; the device's bicubic resize of the canvas crop is within a
-    fraction of a grey level of Pillow's on average (bytes and decoded input, train and eval)."""
-    import jax
-
-    data = _photo_jpeg(300, 400)
-    decoded = {"image": np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), "label": 7}
-    resize = jax.jit(lambda im, hw: imagenet_input.resize_on_device(im, hw, 64))
-    for example in ({"image": data, "label": 7}, decoded):
-        host, dev = [], []
-        for seed in range(6):
-            host.append(imagenet_input.train_example(example, np.random.default_rng(seed), 64, draft=False)["image"])
-            c = imagenet_input.train_example(example, np.random.default_rng(seed), 64, draft=False, canvas=160)
-            assert c["image"].shape == (160, 160, 3) and c["label"] == 7
-            dev.append(np.asarray(resize(c["image"][None], c["hw"][None]))[0])
-        c = imagenet_input.eval_example(example, 64, canvas=400)
-        host.append(imagenet_input.eval_example(example, 64)["image"])
-        dev.append(np.asarray(resize(c["image"][None], c["hw"][None]))[0])
-        for h, d in zip(host, dev):
-            diff = np.abs(h.astype(int) - d)
-            assert diff.mean() < 0.5 and diff.max() <= 4
-
-
 def test_train_batches_are_uint8_full_and_a_function_of_seed_and_epoch(tfds_dir):
     s = spec(tfds_dir)
     src = imagenet_input.open_source(s, "train")
@@ -189,15 +155,6 @@ def test_eval_batches_cover_the_split_once_with_a_mask(tfds_dir):
     assert all(b["image"].shape == (4, 32, 32, 3) for b in batches)
     first = imagenet_input.eval_example(src[0], 32)["image"]
     np.testing.assert_array_equal(batches[0]["image"][0], first)
-
-
-def test_canvas_batches_carry_the_crops_sizes(tfds_dir):
-    s = imagenet_input.StreamSpec(NAME, tfds_dir, 32, 8, 4, canvas=96)
-    train = next(imagenet_input.train_batches(s, imagenet_input.open_source(s, "train"), seed=0, epoch=0))
-    assert train["image"].shape == (8, 96, 96, 3) and train["hw"].shape == (8, 2)
-    assert (train["hw"] >= 1).all() and (train["hw"] <= 72).all()  # the images are 24-71 pixels a side
-    batches = list(imagenet_input.eval_batches(s, imagenet_input.open_source(s, "validation")))
-    assert batches[-1]["hw"][2:].tolist() == [[1, 1], [1, 1]]  # the padding examples
 
 
 def test_missing_dataset_names_what_to_prepare(tmp_path):
@@ -240,22 +197,6 @@ def test_train_streams_an_imagenet_shaped_dataset(tfds_dir, tmp_path):
     assert data.dataset_info("imagenet2012").streaming and not data.dataset_info("cifar10").streaming
     # Re-running resumes: the finished run is returned, not retrained.
     assert train.train_and_evaluate(config, tmp_path / "run", quiet=True)["wall_s"] == result["wall_s"]
-
-
-def test_train_resizes_on_the_device_when_asked(tfds_dir, tmp_path):
-    overrides = stream_overrides(
-        tfds_dir,
-        "--config.optim.num_epochs=1",
-        "--config.quant.act_start_step=2",
-        "--config.dataset.device_resize=True",
-    )
-    config = config_lib.load_config(ROOT / "configs/imagenet/resnet50_w4a4_ends8.py", overrides)
-    assert train.stream_spec(config).canvas == 96  # auto: 2.25 x 32, rounded up to 32
-    result = train.train_and_evaluate(config, tmp_path / "run", quiet=True)
-    assert result["epochs"] == 1 and 0 <= result["top1"] <= 1
-    small = config_lib.load_config(ROOT / "configs/imagenet/base.py", [*overrides, "--config.dataset.canvas=16"])
-    with pytest.raises(train.TrainError, match="dataset.canvas=16 is smaller than the 32-pixel crops"):
-        train.stream_spec(small)
 
 
 def test_export_and_integer_eval_stream_the_test_split(tfds_dir, tmp_path):
