@@ -34,6 +34,7 @@ COLUMNS = (
     "wall_s",
     "setup_s",
     "first_epoch_s",
+    "background_compile_s",
     "device",
     "commit",
 )
@@ -69,6 +70,8 @@ def row(result: dict[str, Any]) -> dict[str, Any]:
         "wall_s": result["wall_s"],
         "setup_s": result.get("setup_s", ""),  # absent in older records
         "first_epoch_s": result.get("first_epoch_s", ""),
+        # Later phases' programs compiled beside training (absent in older records).
+        "background_compile_s": sum(result["compile_s"].values()) if "compile_s" in result else "",
         "device": result["device"],
         "commit": result["commit"],
     }

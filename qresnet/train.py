@@ -559,6 +559,8 @@ def train_and_evaluate(
         # and that epoch (which includes compiling the train and eval programs).
         "setup_s": setup_s,
         "first_epoch_s": first_epoch_s,
+        # Background compilations of later phases' programs in this process, seconds by phase.
+        "compile_s": dict(feed.programs.compile_s) if feed.programs else {},
         "resumed_from_epoch": start_epoch,
         "batch_size": run.batch_size,
         "seed": config.seed,
@@ -614,6 +616,7 @@ class _Feed:
     sample: Any  # uint8 batch for initialisation
     train_epoch: Any  # (state, epoch) -> (state, losses (steps,), correct (steps,))
     evaluate: Any  # state -> (loss sum, correct count)
+    programs: Any = None  # the run's _PhasePrograms (their background compile times)
 
 
 class _PhasePrograms:
@@ -624,11 +627,22 @@ class _PhasePrograms:
     training for a compilation.
     """
 
+    PHASE_NAMES = {False: "calibrate", None: "switch", True: "quantized"}
+
     def __init__(self, make):
         self._make = make
         self._fns: dict[bool | None, Any] = {}
         self._pending: dict[bool | None, concurrent.futures.Future] = {}
         self._pool = None
+        # Seconds each background compilation took, by phase name: a run's record of how long
+        # XLA (mostly its GPU autotuner) took, hidden behind training as it is.
+        self.compile_s: dict[str, float] = {}
+
+    def _compile(self, phase, shapes):
+        t0 = time.perf_counter()
+        compiled = self._make(phase).lower(*shapes).compile()
+        self.compile_s[self.PHASE_NAMES[phase]] = round(time.perf_counter() - t0, 3)
+        return compiled
 
     def prepare(self, phases, args) -> None:
         """Starts compiling each phase in `phases` not yet compiled, for arguments shaped like `args`."""
@@ -639,7 +653,7 @@ class _PhasePrograms:
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile")
         for phase in todo:
-            self._pending[phase] = self._pool.submit(lambda p=phase: self._make(p).lower(*shapes).compile())
+            self._pending[phase] = self._pool.submit(self._compile, phase, shapes)
 
     def get(self, phase: bool | None):
         """The program for `phase`: compiled in the background, or jitted now."""
@@ -675,7 +689,7 @@ def _in_memory_feed(config, run: RunSpec, mesh, key, arrays: data.Arrays) -> _Fe
         state, (losses, correct) = programs.get(act_quant_phase(run, epoch * spe, spe))(*args)
         return state, np.asarray(losses), np.asarray(correct)
 
-    return _Feed(arrays.train_images[: run.batch_size], one_epoch, lambda state: eval_fn(state, *ev))
+    return _Feed(arrays.train_images[: run.batch_size], one_epoch, lambda state: eval_fn(state, *ev), programs)
 
 
 def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
@@ -723,7 +737,7 @@ def _streaming_feed(config, run: RunSpec, mesh, key, stream: imagenet_input.Stre
         return loss_sum, correct
 
     sample = next(imagenet_input.eval_batches(dataclasses.replace(stream, workers=0), eval_src))["image"]
-    return _Feed(sample[: run.batch_size], one_epoch, evaluate)
+    return _Feed(sample[: run.batch_size], one_epoch, evaluate, programs)
 
 
 def _stop(manager, state, epoch: int, run: RunSpec, workdir: Path, signum: int, saved: bool) -> None:

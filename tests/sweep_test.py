@@ -38,6 +38,11 @@ def test_sweep_runs_then_skips_finished_runs(tmp_path, capsys):
     assert [p.parent.name for p in results] == ["bf16_width0.25", "w4a4-ends8_width0.25"]
     mtimes = [p.stat().st_mtime_ns for p in results]
     assert (root / "index.csv").read_text().count("\n") == 3
+    import csv
+
+    rows = {r["name"]: r for r in csv.DictReader((root / "index.csv").open())}
+    # one-epoch runs compile one program each, none in the background (train_test has one that does)
+    assert [rows[n]["background_compile_s"] for n in sorted(rows)] == ["0", "0"]
     assert (root / "pareto" / "pareto_linear.png").exists() and (root / "pareto" / "report.md").exists()
     log = [json.loads(line) for line in (root / sweep.SWEEP_LOG).read_text().splitlines()]
     assert len(log) == 1 and log[0]["jobs_per_gpu"] == 2 and log[0]["wall_s"] > 0

@@ -43,6 +43,8 @@ def test_smoke_run_writes_a_complete_workdir(smoke_run):
     assert on_disk["setting"] == "w4a4_ends8" and on_disk["dataset"] == "synthetic"
     assert 0 <= on_disk["top1"] <= 1 and on_disk["images_per_s"] > 0
     assert on_disk["setup_s"] > 0 and on_disk["first_epoch_s"] > 0
+    # epoch 1 calibrates; the quantized phase's program compiled in the background meanwhile
+    assert list(on_disk["compile_s"]) == ["quantized"] and on_disk["compile_s"]["quantized"] > 0
     assert set(on_disk["cost"]) == {"total", "ratio"} and on_disk["cost"]["ratio"]["linear"] < 1
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
