@@ -34,6 +34,11 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help="list the runs and their costs, train nothing")
         p.add_argument("--jobs", type=int, default=0, help="concurrent runs per device (0 = automatic)")
         p.add_argument("--mps", action="store_true", help="share each GPU through a CUDA MPS daemon")
+        p.add_argument(
+            "--command-buffers",
+            action="store_true",
+            help="run each training epoch as CUDA graphs (XLA command buffers, loops included)",
+        )
     if command == "export":
         p.add_argument("--workdir", required=True, help="a finished qresnet train workdir")
         p.add_argument("--out", required=True, help="the export file to write")
@@ -105,7 +110,15 @@ def main(argv: list[str] | None = None) -> int:
             from qresnet import sweep
 
             errors += (sweep.SweepError,)
-            return sweep.run_sweep(ns.config, ns.root, overrides, dry_run=ns.dry_run, jobs=ns.jobs, mps=ns.mps)
+            return sweep.run_sweep(
+                ns.config,
+                ns.root,
+                overrides,
+                dry_run=ns.dry_run,
+                jobs=ns.jobs,
+                mps=ns.mps,
+                command_buffers=ns.command_buffers,
+            )
         if command == "bench-int":
             from qresnet import inference_bench
 

@@ -565,6 +565,7 @@ def train_and_evaluate(
         "batch_size": run.batch_size,
         "seed": config.seed,
         "device": device_description(),
+        **({"xla_flags": os.environ["XLA_FLAGS"]} if os.environ.get("XLA_FLAGS") else {}),  # they change programs
         "versions": versions(),
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),

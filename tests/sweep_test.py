@@ -56,6 +56,17 @@ def test_sweep_runs_then_skips_finished_runs(tmp_path, capsys):
     assert not list(root.rglob("*.tmp"))
 
 
+def test_command_buffers_reach_every_run_and_the_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_hlo_as_text=false")  # a user's own flags are kept
+    root = tmp_path / "cb"
+    assert sweep.run_sweep(SMOKE_SWEEP, str(root), jobs=2, command_buffers=True) == 0
+    flags = f"--xla_dump_hlo_as_text=false {sweep.COMMAND_BUFFER_FLAG}"
+    (entry,) = [json.loads(line) for line in (root / sweep.SWEEP_LOG).read_text().splitlines()]
+    assert entry["xla_flags"] == flags and entry["mps"] is False
+    for path in root.glob("*/result.json"):
+        assert json.loads(path.read_text())["xla_flags"] == flags
+
+
 def test_mps_daemon_starts_a_private_daemon_and_stops_it(tmp_path, monkeypatch):
     import json
     import os
