@@ -246,7 +246,7 @@ def _log_invocation(root: Path, started: float, jobs: int, mps: bool, devices, t
         "jobs_per_gpu": jobs,
         "mps": mps,
         "gpus": list(devices),
-        **({"xla_flags": env["XLA_FLAGS"]} if env.get("XLA_FLAGS") else {}),
+        **({"xla_flags": flags} if (flags := env.get("XLA_FLAGS") or os.environ.get("XLA_FLAGS")) else {}),
         "runs": timings,
         "commit": train.git_commit(),
     }
