@@ -56,6 +56,9 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     # Evaluation, checkpoints, reporting
     c.eval_batch_size = 1000
     c.checkpoint_every_epochs = 10
+    # Compile the float program of the model before a quantized run's own (a workaround under test
+    # for slow GPU autotuning of quantized programs, docs/RESULTS.md); costs one compilation.
+    c.compile_float_first = False
     c.smoothing_window = 5  # Triangular smoothing of eval accuracy (evals).
 
     c.cost = ml_collections.ConfigDict()

@@ -561,6 +561,11 @@ def train_and_evaluate(
         "first_epoch_s": first_epoch_s,
         # Background compilations of later phases' programs in this process, seconds by phase.
         "compile_s": dict(feed.programs.compile_s) if feed.programs else {},
+        **(
+            {"float_first_compile_s": feed.programs.float_first_s}
+            if feed.programs and feed.programs.float_first_s is not None
+            else {}
+        ),
         "resumed_from_epoch": start_epoch,
         "batch_size": run.batch_size,
         "seed": config.seed,
@@ -638,6 +643,7 @@ class _PhasePrograms:
         # Seconds each background compilation took, by phase name: a run's record of how long
         # XLA (mostly its GPU autotuner) took, hidden behind training as it is.
         self.compile_s: dict[str, float] = {}
+        self.float_first_s: float | None = None  # `config.compile_float_first`'s compilation, if any
 
     def _compile(self, phase, shapes):
         t0 = time.perf_counter()
@@ -680,17 +686,42 @@ def _in_memory_feed(config, run: RunSpec, mesh, key, arrays: data.Arrays) -> _Fe
     eval_fn = jax.jit(functools.partial(evaluate_all, run))
     n_train = len(arrays.train_labels)
     spe = run.steps_per_epoch
+    float_first = bool(config.get("compile_float_first", False))  # absent in older records
 
     def one_epoch(state, epoch):
+        nonlocal float_first
         idx = jax.device_put(_epoch_indices(config.seed, epoch, n_train, run), NamedSharding(mesh, P(None, "data")))
         epoch_key = jax.device_put(jax.random.fold_in(key, epoch + 1), replicated)
         args = (state, train_images, train_labels, idx, epoch_key)
+        if float_first:
+            float_first = False
+            programs.float_first_s = _compile_float_program(run, mesh, args, arrays.train_images[:8])
         # The other phases' programs compile in the background while this one trains.
         programs.prepare({act_quant_phase(run, e * spe, spe) for e in range(epoch + 1, run.num_epochs)}, args)
         state, (losses, correct) = programs.get(act_quant_phase(run, epoch * spe, spe))(*args)
         return state, np.asarray(losses), np.asarray(correct)
 
     return _Feed(arrays.train_images[: run.batch_size], one_epoch, lambda state: eval_fn(state, *ev), programs)
+
+
+def _compile_float_program(run: RunSpec, mesh, args, sample) -> float:
+    """Compiles, and drops, the float epoch program of the run's model for arguments like
+    `args`; returns the seconds it took. A workaround under test for slow GPU autotuning of
+    quantized programs compiled with no float program before them (docs/RESULTS.md): the
+    float program's convolutions, autotuned first, are in XLA's cache when they are met again."""
+    if all(s == specs_lib.FLOAT for s in run.specs.values()):
+        return 0.0
+    float_run = dataclasses.replace(run, specs={name: specs_lib.FLOAT for name in run.specs})
+    x = data.normalize(jnp.asarray(sample), run.info)
+    state = jax.eval_shape(lambda k: create_train_state(float_run, k, x), jax.random.key(0))
+    replicated = NamedSharding(mesh, P())
+    shapes = [jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state)]
+    shapes += [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding) for a in args[1:]]
+    t0 = time.perf_counter()
+    jax.jit(functools.partial(train_epoch, float_run, mesh, act_quant=True), donate_argnums=(0,)).lower(
+        *shapes
+    ).compile()
+    return round(time.perf_counter() - t0, 3)
 
 
 def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:

@@ -77,6 +77,15 @@ def test_interrupted_run_resumes_from_its_checkpoint(smoke_run, tmp_path):
     assert len((copy / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_compiling_the_float_program_first_changes_nothing_trained(smoke_run, tmp_path):
+    workdir, result = smoke_run
+    config = config_lib.load_config(SMOKE, ["--config.compile_float_first=True"])
+    other = train.train_and_evaluate(config, tmp_path / "run", quiet=True)
+    assert other["float_first_compile_s"] > 0 and "float_first_compile_s" not in result
+    losses = lambda d: [r["train_loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    assert losses(tmp_path / "run") == losses(workdir)
+
+
 def test_sigterm_stops_after_the_epoch_with_a_checkpoint_and_resumes(smoke_run, tmp_path, monkeypatch):
     """A preempted run (SIGTERM during epoch 1, no checkpoint due until epoch 5) saves epoch 1,
     stops with a message, and its re-run ends where the uninterrupted run ended."""
