@@ -740,6 +740,11 @@ def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
 
 def _streaming_feed(config, run: RunSpec, mesh, key, stream: imagenet_input.StreamSpec, sources) -> _Feed:
     """Batches from the input pipeline, one jitted step each (the host prepares the next meanwhile)."""
+    if config.get("compile_float_first", False):
+        raise TrainError(
+            "compile_float_first applies to in-memory datasets (CIFAR, Fashion-MNIST), not to streaming "
+            f"{config.dataset.name}; leave --config.compile_float_first=False"
+        )
     batch = NamedSharding(mesh, P("data"))
     eval_sharding = batch if stream.eval_batch_size % mesh.size == 0 else NamedSharding(mesh, P())
     programs = _PhasePrograms(

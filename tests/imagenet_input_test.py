@@ -199,6 +199,13 @@ def test_train_streams_an_imagenet_shaped_dataset(tfds_dir, tmp_path):
     assert train.train_and_evaluate(config, tmp_path / "run", quiet=True)["wall_s"] == result["wall_s"]
 
 
+def test_compile_float_first_is_refused_for_streaming_data(tfds_dir, tmp_path):
+    overrides = stream_overrides(tfds_dir, "--config.compile_float_first=True")
+    config = config_lib.load_config(ROOT / "configs/imagenet/base.py", overrides)
+    with pytest.raises(train.TrainError, match="compile_float_first applies to in-memory datasets"):
+        train.train_and_evaluate(config, tmp_path / "run", quiet=True)
+
+
 def test_export_and_integer_eval_stream_the_test_split(tfds_dir, tmp_path):
     from configs import settings
     from qresnet import cli, export
