@@ -205,7 +205,7 @@ def main(argv=None) -> int:
             "device": f"{dev.device_kind} ({dev.platform})",
             "commit": train.git_commit(),
             "date": time.strftime("%Y-%m-%d"),
-            **({"xla_flags": os.environ["XLA_FLAGS"]} if os.environ.get("XLA_FLAGS") else {}),
+            **train.xla_flags_field(),
         }
         if rows and rows[0]["mode"] == "sequential":
             row["vs_sequential"] = row["images_per_s"] / rows[0]["images_per_s"]

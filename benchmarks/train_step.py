@@ -41,7 +41,6 @@ import functools
 import importlib.metadata
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -267,10 +266,8 @@ def _version(package: str) -> str | None:
 def environment() -> dict[str, Any]:
     dev = jax.local_devices()[0]
     versions = {p: _version(p) for p in ("jax", "jaxlib", "flax", "optax", "aqtp", "qwix")}
-    env = {"device": f"{dev.device_kind} ({dev.platform})", "versions": versions, "commit": train.git_commit()}
-    if os.environ.get("XLA_FLAGS"):  # they change the program XLA runs
-        env["xla_flags"] = os.environ["XLA_FLAGS"]
-    return env
+    device = f"{dev.device_kind} ({dev.platform})"
+    return {"device": device, "versions": versions, "commit": train.git_commit(), **train.xla_flags_field()}
 
 
 def row_key(row: dict[str, Any]) -> tuple:

@@ -210,7 +210,8 @@ def run_sweep(
     failed = [t["name"] for t in timings if t["status"] == "FAILED"]
     stopped = [t["name"] for t in timings if t["status"] == "stopped"]
     if todo:
-        _log_invocation(root_path, started, per_device, using_mps, devices, timings, env)
+        xla_flags = env.get("XLA_FLAGS", os.environ.get("XLA_FLAGS"))  # what the runs ran under
+        _log_invocation(root_path, started, per_device, using_mps, devices, timings, xla_flags)
     index.write_index(root_path)
     if stop:
         print(
@@ -235,7 +236,7 @@ def run_sweep(
     return 0
 
 
-def _log_invocation(root: Path, started: float, jobs: int, mps: bool, devices, timings, env) -> None:
+def _log_invocation(root: Path, started: float, jobs: int, mps: bool, devices, timings, xla_flags) -> None:
     """Appends this invocation to root/sweep_log.jsonl and prints the sweep's wall time so far."""
     from qresnet import train
 
@@ -246,7 +247,7 @@ def _log_invocation(root: Path, started: float, jobs: int, mps: bool, devices, t
         "jobs_per_gpu": jobs,
         "mps": mps,
         "gpus": list(devices),
-        **({"xla_flags": flags} if (flags := env.get("XLA_FLAGS") or os.environ.get("XLA_FLAGS")) else {}),
+        **({"xla_flags": xla_flags} if xla_flags else {}),
         "runs": timings,
         "commit": train.git_commit(),
     }

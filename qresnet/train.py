@@ -367,6 +367,11 @@ def device_description() -> str:
     return f"{len(devs)}x {devs[0].device_kind} ({devs[0].platform})"
 
 
+def xla_flags_field() -> dict[str, str]:
+    """{"xla_flags": $XLA_FLAGS} if set (they change the programs XLA builds), else {}: for records."""
+    return {"xla_flags": os.environ["XLA_FLAGS"]} if os.environ.get("XLA_FLAGS") else {}
+
+
 def versions() -> dict[str, str]:
     return {
         "python": platform.python_version(),
@@ -570,7 +575,7 @@ def train_and_evaluate(
         "batch_size": run.batch_size,
         "seed": config.seed,
         "device": device_description(),
-        **({"xla_flags": os.environ["XLA_FLAGS"]} if os.environ.get("XLA_FLAGS") else {}),  # they change programs
+        **xla_flags_field(),
         "versions": versions(),
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
@@ -646,9 +651,7 @@ class _PhasePrograms:
         self.float_first_s: float | None = None  # `config.compile_float_first`'s compilation, if any
 
     def _compile(self, phase, shapes):
-        t0 = time.perf_counter()
-        compiled = self._make(phase).lower(*shapes).compile()
-        self.compile_s[self.PHASE_NAMES[phase]] = round(time.perf_counter() - t0, 3)
+        compiled, self.compile_s[self.PHASE_NAMES[phase]] = _timed_compile(self._make(phase), shapes)
         return compiled
 
     def prepare(self, phases, args) -> None:
@@ -717,11 +720,15 @@ def _compile_float_program(run: RunSpec, mesh, args, sample) -> float:
     replicated = NamedSharding(mesh, P())
     shapes = [jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state)]
     shapes += [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding) for a in args[1:]]
+    program = jax.jit(functools.partial(train_epoch, float_run, mesh, act_quant=True), donate_argnums=(0,))
+    return _timed_compile(program, shapes)[1]
+
+
+def _timed_compile(jitted, shapes) -> tuple[Any, float]:
+    """(the compiled program, seconds it took) of a jitted function for argument shapes."""
     t0 = time.perf_counter()
-    jax.jit(functools.partial(train_epoch, float_run, mesh, act_quant=True), donate_argnums=(0,)).lower(
-        *shapes
-    ).compile()
-    return round(time.perf_counter() - t0, 3)
+    compiled = jitted.lower(*shapes).compile()
+    return compiled, round(time.perf_counter() - t0, 3)
 
 
 def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
