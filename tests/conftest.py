@@ -2,6 +2,12 @@
 
 import gzip
 
+# Imported now, before any test: pytest imports it on the first unraisable exception (e.g. an
+# object of a worker pool collected late), and if that happens while TFDS's lazy imports (etils)
+# have patched `import` in another thread, it gets a lazy stand-in whose import then fails and
+# turns the warning into a test error (seen once in CI).
+import tracemalloc  # noqa: F401
+
 import numpy as np
 import pytest
 
