@@ -10,3 +10,29 @@ def record(rows: list, row: dict, out) -> None:
     rows.append(row)
     if out:
         results.append_jsonl(out, row)
+
+
+def warm_up(fn, call, *, max_calls: int = 3) -> int:
+    """Makes `call()` (one call of the jitted `fn`, run to completion) until a call compiles nothing.
+
+    A program whose output carries a mesh's sharding where its input had none compiles a second
+    time on its second call (the trainer's epoch program does, fed a state made outside the mesh),
+    so timing from the second call would time that compilation too. Returns the calls made.
+    """
+    for n in range(1, max_calls + 1):
+        before = compiled_count(fn)
+        call()
+        if compiled_count(fn) == before:
+            return n
+    raise RuntimeError(f"{fn} compiled on each of {max_calls} calls: its inputs' types or shardings keep changing")
+
+
+def compiled_count(fn) -> int:
+    """How many programs the jitted `fn` has compiled (jax keeps no public count; `_cache_size` is it)."""
+    return fn._cache_size()
+
+
+def check_compiled(fn, expected: int, what: str) -> None:
+    """Raises if `fn` compiled anything since it had `expected` programs: `what` (a timing) is void."""
+    if compiled_count(fn) != expected:
+        raise RuntimeError(f"{what} included a compilation ({compiled_count(fn)} programs, {expected} before)")

@@ -7,7 +7,8 @@ Each mode trains `--models` ResNets of one setting that differ only in their
 seed (initialisation and data order), with the trainer's epoch program
 (`train.train_epoch`: `--steps` steps in one `lax.scan` over on-device data,
 activation quantization on), and reports the total training images/s over
-`--calls` timed calls after one warm-up call:
+`--calls` timed calls after the warm-up calls (until a call compiles nothing;
+a timed call that compiles is an error):
 
 - `sequential`: one model's program, the models one after another;
 - `vmap`: one program that trains all models at once (`jax.vmap` over the
@@ -33,7 +34,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from benchmarks import record
+from benchmarks import check_compiled, compiled_count, record, warm_up
 from benchmarks import train_step as bench
 from qresnet import train
 
@@ -64,14 +65,27 @@ def _epoch_fn(run):
     return epoch
 
 
+def _warm(fn, state, args):
+    """Warm-up calls (compilation) until one compiles nothing; returns (state, programs compiled)."""
+    box = [state]
+
+    def call():
+        box[0], out = fn(box[0], *args)
+        jax.block_until_ready(out)
+
+    warm_up(fn, call)
+    return box[0], compiled_count(fn)
+
+
 def _timed(fn, state, args, calls: int) -> tuple[float, object]:
-    state, out = fn(state, *args)  # warm-up (compilation)
-    jax.block_until_ready(out)
+    state, programs = _warm(fn, state, args)
     t0 = time.perf_counter()
     for _ in range(calls):
         state, out = fn(state, *args)
     jax.block_until_ready(out)
-    return time.perf_counter() - t0, out
+    dt = time.perf_counter() - t0
+    check_compiled(fn, programs, "a timed call")
+    return dt, out
 
 
 def time_sequential(case, setting, models, steps, calls) -> float:
@@ -144,14 +158,14 @@ def child(index: int, barrier: str, case, setting, steps, calls) -> int:
     fn = jax.jit(_epoch_fn(run), donate_argnums=(0,))
     state = jax.tree.map(lambda a: a[0], states)
     args = (images, labels, idx[0], keys[0])
-    state, out = fn(state, *args)
-    jax.block_until_ready(out)
+    state, programs = _warm(fn, state, args)
     (Path(barrier) / f"ready_{index}").touch()
     while not (Path(barrier) / "go").exists():
         time.sleep(0.01)
     for _ in range(calls):
         state, out = fn(state, *args)
     jax.block_until_ready(out)
+    check_compiled(fn, programs, "a timed call")
     return 0
 
 

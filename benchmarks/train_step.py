@@ -24,7 +24,8 @@ on-device data), as `qresnet train` runs it for in-memory datasets, and
 step times are the call's time / N.
 
 A row reports the median of `--steps` timed steps after `--warmup` steps
-(compilation included in warm-up), each ended by `block_until_ready` and
+(compilation included in warm-up; more warm-up calls where a call still compiles, and a
+timed call that compiles is an error), each ended by `block_until_ready` and
 followed by one step of the case's qresnet float model, whose median is recorded
 beside it (`float_step_ms`, `vs_float`: ratios from the same stretch of time),
 and the norm of the cross-entropy gradient at the stem kernel (0 means the step does not
@@ -51,7 +52,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from benchmarks import baselines
+from benchmarks import baselines, check_compiled, compiled_count, warm_up
 from benchmarks.plain_resnet import PlainResNet
 from configs import settings
 from qresnet import data, resnet, results, train
@@ -178,6 +179,7 @@ class Prepared:
     stem_grad_norm: float
     warmup_s: float
     steps_per_call: int = 1
+    programs: int = 0  # the step's compiled programs after the warm-up; a timed call must add none
     i: int = 0
     loss: float = float("nan")
 
@@ -220,9 +222,11 @@ def prepare(library: str, setting: str, path: str, case: Case, *, warmup: int, s
         args = (images, labels)
     row = Prepared(step, state, args, jax.random.split(key, 64), 0.0, 0.0, steps_per_call=max(scan, 1))
     t0 = time.perf_counter()
-    for _ in range(warmup):
+    calls = warm_up(step, row.time_one)  # compilations, the second one included where there is one
+    for _ in range(warmup - calls):
         row.time_one()
     row.warmup_s = time.perf_counter() - t0
+    row.programs = compiled_count(step)
 
     # Cross-entropy only (no L2), so a conv that passes no gradient shows 0.
     no_l2 = dataclasses.replace(run, weight_decay=0.0)
@@ -240,6 +244,9 @@ def time_row(row: Prepared, reference: Prepared | None, case: Case, *, steps: in
         times.append(row.time_one())
         if reference is not None:
             ref_times.append(reference.time_one())
+    check_compiled(row.step, row.programs, "a timed step")
+    if reference is not None:
+        check_compiled(reference.step, reference.programs, "a timed float step")
     median = statistics.median(times)
     out = {
         "step_ms": round(1e3 * median, 3),

@@ -343,3 +343,32 @@ def test_alone_rows_time_no_float_step_and_are_kept_apart(tmp_path, capsys):
     assert train_step.main([*args, "--steps", "1", "--warmup", "1", "--out", str(out)]) == 0
     rows = train_step.read_rows(out)
     assert len(rows) == 2 and "float_step_ms" in rows[1]  # the interleaved row is not skipped as a duplicate
+
+
+def test_warm_up_calls_until_a_call_compiles_nothing():
+    """The trainer's epoch program compiles twice when fed a state made outside its mesh (its
+    output carries the mesh's sharding); timing from its second call timed a compilation."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import benchmarks
+
+    mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+    for fn, calls in (
+        (jax.jit(lambda x: jax.lax.with_sharding_constraint(x + 1, NamedSharding(mesh, P()))), 3),
+        (jax.jit(lambda x: x + 1), 2),
+    ):
+        box = [jnp.ones(3)]
+
+        def call(fn=fn, box=box):
+            box[0] = fn(box[0])
+
+        assert benchmarks.warm_up(fn, call) == calls  # the last of them compiled nothing
+        programs = benchmarks.compiled_count(fn)
+        call()
+        benchmarks.check_compiled(fn, programs, "a timed call")
+        fn(jnp.ones(4))  # a new shape compiles: the check must see it
+        with pytest.raises(RuntimeError, match="a timed call included a compilation"):
+            benchmarks.check_compiled(fn, programs, "a timed call")
