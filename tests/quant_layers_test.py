@@ -72,13 +72,14 @@ def test_lsq_bound_is_a_start_from_data_plus_a_learned_offset():
 
 def test_lsq_bound_learns_its_step_as_lsq_does():
     """SGD on the bound offset moves the step (bound / N) as LSQ moves its step: by lr * g * dL/ds,
-    g = 1/sqrt(numel * qmax); not N^2 times less (N = 16 at 4 bits unsigned)."""
+    g = 1/sqrt(features per example * qmax); not N^2 times less (N = 16 at 4 bits unsigned), and
+    not with the batch counted as features."""
     spec = QuantSpec(a_bits=4, a_bound="lsq", a_signed=False, a_granularity="per_tensor")
     x = jax.random.uniform(jax.random.key(0), (8, 3), maxval=4.0)
     layer = QDense(2, spec=spec, use_bias=False)
     v = layer.init(jax.random.key(1), x)
     v = {**v, "quant_stats": {"act_bound": jnp.float32(3.0)}}
-    kernel, lr, g = v["params"]["kernel"], 0.1, 1.0 / (x.size * 15) ** 0.5
+    kernel, lr, g = v["params"]["kernel"], 0.1, 1.0 / (3 * 15) ** 0.5  # 3 features per example
 
     def lsq_loss(step):  # LSQ's own parameter, the step, whose gradient g scales
         return jnp.sum(jnp.sin(ops.lsq_fake_quant(x, 4, step * 16, False, g) @ kernel))
@@ -147,7 +148,7 @@ def test_per_tensor_layer_multiplies_codes_as_the_fake_quant_values(a_bound, act
 
     def reference(params, x):
         if on and a_bound == "lsq":
-            grad_scale = 16**2 / (x.size * ops.int_range(4, False)[1]) ** 0.5
+            grad_scale = 16**2 / (x.size // x.shape[0] * ops.int_range(4, False)[1]) ** 0.5  # features per example
             xq = ops.lsq_fake_quant(x, 4, v["quant_stats"]["act_bound"] + params["act_bound_offset"], False, grad_scale)
         else:
             xq = ops.fake_quant_unsigned(x, 4, bound) if on else x

@@ -75,8 +75,11 @@ def _lsq_learned_bound(module, x, spec, train, act_quant):
 
 
 def _lsq_grad_scale(x: Array, bound: Array, spec: QuantSpec) -> float:
-    """LSQ's step-size gradient scale g = 1/sqrt(numel * qmax), times N^2 for a bound parameter.
+    """LSQ's step-size gradient scale g = 1/sqrt(N_F * qmax), times N^2 for a bound parameter.
 
+    N_F is the number of features one example gives the step (LSQ's "features in the layer"):
+    the loss is a mean over the batch, so the step's gradient grows with the features per
+    example, not with the batch; counting the batch too made g sqrt(batch) times too small.
     LSQ learns the step s = bound / N. Our parameter is the bound (so the forward value is the
     exact float32 sum that the export uses); dL/dbound = dL/ds / N, and a bound update moves the
     step 1/N as much, so with g alone the step learned N^2 times slower than LSQ's (256x at
@@ -84,9 +87,9 @@ def _lsq_grad_scale(x: Array, bound: Array, spec: QuantSpec) -> float:
     N^2 g, SGD moves the step exactly as LSQ's does.
     """
     bits, signed = spec.a_bits, bool(spec.a_signed)
-    per_bound = x.size // max(bound.size, 1)
+    features = x.size // x.shape[0] // max(bound.size, 1)
     n = ops.scale_numerator(bits, signed)
-    return n * n / (per_bound * ops.int_range(bits, signed)[1]) ** 0.5
+    return n * n / (features * ops.int_range(bits, signed)[1]) ** 0.5
 
 
 def quantize_input(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_quant) -> Array:
