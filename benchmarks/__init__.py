@@ -13,7 +13,7 @@ def record(rows: list, row: dict, out) -> None:
 
 
 def warm_up(fn, call, *, max_calls: int = 3) -> int:
-    """Makes `call()` (one call of the jitted `fn`, run to completion) until a call compiles nothing.
+    """Runs `call()` (one call of the jitted `fn`, to completion) until a call compiles nothing.
 
     A program whose output carries a mesh's sharding where its input had none compiles a second
     time on its second call (the trainer's epoch program does, fed a state made outside the mesh),
