@@ -56,8 +56,12 @@ def _setup(case: bench.Case, setting: str, models: int, steps: int, seed0: int =
     return run, states, images, labels, idx.astype(jnp.int32), keys
 
 
+def _mesh():
+    return jax.sharding.Mesh(jax.devices()[:1], ("data",))
+
+
 def _epoch_fn(run):
-    mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+    mesh = _mesh()
 
     def epoch(state, images, labels, idx, key):
         return train.train_epoch(run, mesh, state, images, labels, idx, key, act_quant=True)
@@ -67,7 +71,8 @@ def _epoch_fn(run):
 
 def _warm(fn, state, args):
     """Warm-up calls (compilation) until one compiles nothing; returns (state, programs compiled)."""
-    box = [state]
+    # On the mesh, as the program returns it: a state from outside would compile the program twice.
+    box = [jax.device_put(state, jax.sharding.NamedSharding(_mesh(), jax.sharding.PartitionSpec()))]
 
     def call():
         box[0], out = fn(box[0], *args)

@@ -213,6 +213,8 @@ def prepare(library: str, setting: str, path: str, case: Case, *, warmup: int, s
         state = state.replace(quant_stats=jax.tree.map(jnp.ones_like, state.quant_stats))
     if scan:
         mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+        # On the mesh, as the program returns it: a state from outside would compile the program twice.
+        state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
         epoch = functools.partial(train.train_epoch, run, mesh, model=model, act_quant=act_quant)
         step = jax.jit(epoch, donate_argnums=(0,))
         idx = jnp.arange(scan * case.batch, dtype=jnp.int32).reshape(scan, case.batch)

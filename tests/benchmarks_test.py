@@ -372,22 +372,3 @@ def test_warm_up_calls_until_a_call_compiles_nothing():
         fn(jnp.ones(4))  # a new shape compiles: the check must see it
         with pytest.raises(RuntimeError, match="a timed call included a compilation"):
             benchmarks.check_compiled(fn, programs, "a timed call")
-
-
-def test_lsq_bounds_reports_how_far_each_learned_bound_moved(tmp_path, capsys):
-    from benchmarks import lsq_bounds
-    from configs import settings
-    from qresnet import config_lib, resnet, train
-
-    smoke = "configs/smoke.py"
-    rules = settings.SETTINGS["w4a4_ends8_lsq_deploy"]
-    cfg = config_lib.load_config(smoke, [f"--config.quant.rules={rules!r}", "--config.setting=w4a4_ends8_lsq_deploy"])
-    train.train_and_evaluate(cfg, tmp_path / "lsq", quiet=True)
-    rows = lsq_bounds.movement(tmp_path / "lsq")
-    assert [r["layer"] for r in rows] == list(resnet.layer_names("resnet20", 0.25))  # every layer, in order
-    assert all(0 <= r["mean_rel"] <= r["max_rel"] for r in rows)
-    assert max(r["mean_rel"] for r in rows) > 0  # quantized steps moved the learned bounds
-
-    train.train_and_evaluate(config_lib.load_config(smoke, []), tmp_path / "ema", quiet=True)
-    assert lsq_bounds.main(["--workdir", str(tmp_path / "ema")]) == 2
-    assert "no layer with a learned (LSQ) bound" in capsys.readouterr().err

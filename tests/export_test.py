@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import lsq_bounds
 from configs import settings
 from qresnet import cli, config_lib, cost, export, resnet, train
 from qresnet.quant import resolve_specs
@@ -69,6 +70,17 @@ def test_learned_lsq_bounds_export_and_match_to_the_bit(tmp_path):
     assert variables["quant_stats"]["stage0_block0"]["conv1"]["act_bound"].shape == ()
     eq = export.equivalence(tmp_path / "run", path)
     assert eq["prediction_agreement"] == 1.0 and eq["max_rel_logit_err"] == 0.0
+    # benchmarks.lsq_bounds, on the same run: how far every learned bound moved from its start.
+    rows = lsq_bounds.movement(tmp_path / "run")
+    assert [r["layer"] for r in rows] == list(resnet.layer_names("resnet20", 0.25))  # every layer, in order
+    assert all(0 <= r["mean_rel"] <= r["max_rel"] for r in rows)
+    assert max(r["mean_rel"] for r in rows) > 0  # the quantized steps moved the learned bounds
+
+
+def test_lsq_bounds_refuses_a_run_without_learned_bounds(exported, capsys):
+    workdir, _ = exported
+    assert lsq_bounds.main(["--workdir", str(workdir)]) == 2
+    assert "no layer with a learned (LSQ) bound" in capsys.readouterr().err
 
 
 def test_export_stores_integers_at_their_bit_width(exported):
