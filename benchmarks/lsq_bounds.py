@@ -14,17 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 
 from benchmarks import record
-from qresnet import resnet, results, train
+from qresnet import resnet, train
 
 
 def movement(workdir: str | Path) -> list[dict]:
     """Per LSQ layer of the run: {"layer", "mean_rel", "max_rel"} of |offset| / |start|."""
-    config = ml_collections.ConfigDict(results.read_json(Path(workdir) / "config.json")["config"])
-    state, specs = train.restore_final(config, workdir)
+    state, specs = train.restore_final(train.run_config(workdir), workdir)
     rows = []
     for name, path in resnet.kernel_paths(state.params).items():
         spec = specs[name]

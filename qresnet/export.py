@@ -32,7 +32,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from qresnet import data, imagenet_input, resnet, results
@@ -264,8 +263,7 @@ def export_run(workdir: str | Path, out: str | Path) -> Path:
     workdir = Path(workdir)
     if results.read_result(workdir) is None:
         raise ExportError(f"{workdir} has no result.json: finish the run (re-run qresnet train) before exporting")
-    record = results.read_json(workdir / "config.json")
-    config = ml_collections.ConfigDict(record["config"])
+    config = train.run_config(workdir)
     state, specs = train.restore_final(config, workdir)
     info = data.dataset_info(config.dataset.name)
     header = {
@@ -379,8 +377,7 @@ def equivalence(
 
     header, variables = read(export_path)
     variables = jax.device_put(variables)  # once, not with every batch
-    record = results.read_json(Path(workdir) / "config.json")
-    config = ml_collections.ConfigDict(record["config"])
+    config = train.run_config(workdir)
     state, specs = train.restore_final(config, workdir)
     info = data.dataset_info(config.dataset.name)
     fake = resnet.create_model(

@@ -585,6 +585,11 @@ def train_and_evaluate(
     return result
 
 
+def run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The resolved config a workdir's run trained with (its `config.json`)."""
+    return ml_collections.ConfigDict(results.read_json(Path(workdir) / "config.json")["config"])
+
+
 def restore_final(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[TrainState, Mapping]:
     """The newest readable checkpoint of a workdir, and the run's specs (for export)."""
     import orbax.checkpoint as ocp
