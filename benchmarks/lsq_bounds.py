@@ -4,7 +4,8 @@
 
 Reads the run's newest checkpoint and prints, per layer with an LSQ bound, the mean and largest
 |learned offset| / start (0 means the bound never left the start that LSQ's init rule set
-before activation quantization began), then the mean over layers. A diagnostic for issue #3's
+before activation quantization began), the median learned bound / start (its direction) and the
+number of bounds at or below 0, then the mean over layers. A diagnostic for issue #3's
 learned bounds, which learned 256x too slowly until 2026-12-01.
 """
 
@@ -21,7 +22,9 @@ from qresnet import resnet, train
 
 
 def movement(workdir: str | Path) -> list[dict]:
-    """Per LSQ layer of the run: {"layer", "mean_rel", "max_rel"} of |offset| / |start|."""
+    """Per LSQ layer of the run: {"layer", "mean_rel", "max_rel"} of |offset| / |start|, the median
+    learned bound / start ("median_ratio": above 1 the bounds grew, below shrank) and how many of
+    its bounds are <= 0 ("nonpositive": such a channel quantizes to 0)."""
     state, specs = train.restore_final(train.run_config(workdir), workdir)
     rows = []
     for name, path in resnet.kernel_paths(state.params).items():
@@ -31,8 +34,18 @@ def movement(workdir: str | Path) -> list[dict]:
         offset, start = state.params, state.quant_stats
         for p in path:
             offset, start = offset[p], start[p]
-        rel = np.abs(np.asarray(offset["act_bound_offset"])) / np.maximum(np.abs(np.asarray(start["act_bound"])), 1e-8)
-        rows.append({"layer": name, "mean_rel": float(rel.mean()), "max_rel": float(rel.max())})
+        offset, start = np.asarray(offset["act_bound_offset"]), np.asarray(start["act_bound"])
+        rel = np.abs(offset) / np.maximum(np.abs(start), 1e-8)
+        ratio = (start + offset) / np.where(start == 0, 1e-8, start)
+        rows.append(
+            {
+                "layer": name,
+                "mean_rel": float(rel.mean()),
+                "max_rel": float(rel.max()),
+                "median_ratio": float(np.median(ratio)),
+                "nonpositive": int(np.sum(start + offset <= 0)),
+            }
+        )
     return rows
 
 

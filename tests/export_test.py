@@ -75,6 +75,11 @@ def test_learned_lsq_bounds_export_and_match_to_the_bit(tmp_path):
     assert [r["layer"] for r in rows] == list(resnet.layer_names("resnet20", 0.25))  # every layer, in order
     assert all(0 <= r["mean_rel"] <= r["max_rel"] for r in rows)
     assert max(r["mean_rel"] for r in rows) > 0  # the quantized steps moved the learned bounds
+    for r in rows:  # one offset per layer (per tensor): the bound / start is 1 + or - the relative move
+        assert r["median_ratio"] == pytest.approx(1 + r["mean_rel"], abs=1e-5) or r["median_ratio"] == pytest.approx(
+            1 - r["mean_rel"], abs=1e-5
+        )
+        assert r["nonpositive"] == (r["median_ratio"] <= 0)
 
 
 def test_lsq_bounds_refuses_a_run_without_learned_bounds(exported, capsys):
