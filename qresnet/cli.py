@@ -61,7 +61,12 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--out", help="write the rows as JSON lines here")
     if command == "pareto":
         src = p.add_mutually_exclusive_group(required=True)
-        src.add_argument("--root", help="a sweep root (reads every result.json under it)")
+        src.add_argument(
+            "--root",
+            action="append",
+            help="a sweep root (reads every result.json under it); repeat it for replicates of one sweep "
+            "(each run's mean over the roots)",
+        )
         src.add_argument("--points", help="CSV with columns name,setting,cost,accuracy[,train_accuracy]")
         p.add_argument("--cost", choices=("linear", "quadratic", "memory"), default="linear")
         p.add_argument("--out", required=True)

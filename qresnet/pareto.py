@@ -3,7 +3,7 @@
 A point dominates another when it costs no more and is at least as accurate,
 and is strictly better in one of the two. The frontier is every point no other
 point dominates; exact duplicates (same cost and accuracy) keep the first by
-name.
+name. Several roots of one sweep (replicates) give each run's mean over them.
 """
 
 from __future__ import annotations
@@ -124,6 +124,61 @@ def points_from_root(root: str | Path, cost_key: str) -> list[Point]:
     ]
 
 
+def points_from_roots(roots: Sequence[str | Path], cost_key: str) -> tuple[list[Point], dict[str, list[float]]]:
+    """Points from one sweep root, or each run's mean over replicate roots of the same sweep.
+
+    Args:
+      roots: sweep roots; with several, every root must hold the same run names at the same costs.
+      cost_key: "linear", "quadratic" or "memory".
+
+    Returns:
+      (points, {name: [top-1 in each root]}); a point's accuracy and train accuracy are the means
+      over the roots (train accuracy None if any root lacks it).
+    """
+    per_root = [points_from_root(r, cost_key) for r in roots]
+    if len(per_root) == 1:
+        return per_root[0], {p.name: [p.accuracy] for p in per_root[0]}
+    first = {p.name: p for p in per_root[0]}
+    for root, pts in zip(roots[1:], per_root[1:], strict=True):
+        names = {p.name for p in pts}
+        if names != set(first):
+            lacks, extra = sorted(set(first) - names), sorted(names - set(first))
+            raise PointsError(
+                f"replicate root {str(root)!r} does not hold the runs of {str(roots[0])!r}"
+                + (f"; it lacks {lacks}" if lacks else "")
+                + (f"; it has {extra} besides" if extra else "")
+                + ": pass roots of the same sweep, each finished"
+            )
+        for p in pts:
+            if not math.isclose(p.cost, first[p.name].cost, rel_tol=1e-9):
+                raise PointsError(
+                    f"run {p.name!r} costs {p.cost:g} in {str(root)!r} but {first[p.name].cost:g} in "
+                    f"{str(roots[0])!r}: replicate roots must be the same sweep"
+                )
+    accs = {name: [next(p for p in pts if p.name == name).accuracy for pts in per_root] for name in first}
+    means = []
+    for name, p in first.items():
+        trains = [next(q for q in pts if q.name == name).train_accuracy for pts in per_root]
+        train = None if any(t is None for t in trains) else statistics.mean(trains)
+        means.append(dataclasses.replace(p, accuracy=statistics.mean(accs[name]), train_accuracy=train))
+    return means, accs
+
+
+def replicate_lines(accs: dict[str, list[float]]) -> list[str]:
+    """Markdown lines on how much each run's top-1 varies across replicate roots; [] for one root."""
+    n = max((len(v) for v in accs.values()), default=0)
+    if n < 2:
+        return []
+    spans = sorted((max(v) - min(v), name) for name, v in accs.items())
+    return [
+        "",
+        f"## Replicates: each point is a run's mean over {n} sweep roots",
+        "",
+        f"The same run's top-1 spans {statistics.median(s for s, _ in spans):.4f} across the roots (median "
+        f"over the {len(spans)} runs), at most {spans[-1][0]:.4f} ({spans[-1][1]}).",
+    ]
+
+
 def _axes():
     import matplotlib
 
@@ -175,8 +230,9 @@ def _plot_gap(points, out: Path) -> None:
     _save(fig, ax, out, "gap")
 
 
-def report_markdown(points: Sequence[Point], cost_key: str) -> str:
-    """report.md: frontier table, dominance of every float point, share per bit width, gap."""
+def report_markdown(points: Sequence[Point], cost_key: str, replicates: dict[str, list[float]] | None = None) -> str:
+    """report.md: frontier table, dominance of every float point, share per bit width, gap, and
+    with `replicates` ({name: top-1 in each replicate root}) how much each run varied."""
     front = frontier(points)
     lines = [f"# Pareto report ({cost_key} cost)", "", f"{len(points)} points, {len(front)} on the frontier.", ""]
     floats = [p for p in points if is_float(p)]
@@ -219,6 +275,7 @@ def report_markdown(points: Sequence[Point], cost_key: str) -> str:
             ]
             lines.append(f"| {p.name} | {p.cost:.4f} | {p.accuracy:.4f} | {cells[0]} | {cells[1]} |")
     lines += seed_table(points)
+    lines += replicate_lines(replicates or {})
     gaps = [p for p in points if p.gap is not None]
     if gaps:
         lines += [
@@ -278,11 +335,12 @@ def seed_table(points: Sequence[Point]) -> list[str]:
     return lines
 
 
-def write_report(*, root: str | None, points: str | None, cost_key: str, out: str) -> list[Point]:
+def write_report(*, root: str | Sequence[str] | None, points: str | None, cost_key: str, out: str) -> list[Point]:
     """Writes pareto_<cost>.png/.svg, gap.png/.svg, report.md and frontier.csv to `out`.
 
     Args:
-      root: a sweep root (reads result.json files) or None.
+      root: a sweep root (reads result.json files), several replicate roots of one sweep (each
+        run's mean over them; also writes points.csv, the mean points), or None.
       points: a CSV of points or None (exactly one of root and points).
       cost_key: "linear", "quadratic" or "memory" (only used with root).
       out: output folder.
@@ -290,20 +348,34 @@ def write_report(*, root: str | None, points: str | None, cost_key: str, out: st
     Returns:
       The frontier.
     """
-    pts = points_from_root(root, cost_key) if root else read_points_csv(points)
+    roots = [root] if isinstance(root, (str, Path)) else list(root or [])
+    accs: dict[str, list[float]] = {}
+    if roots:
+        pts, accs = points_from_roots(roots, cost_key)
+    else:
+        pts = read_points_csv(points)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     front = frontier(pts)
     _plot(pts, front, cost_key, out_dir)
     _plot_gap(pts, out_dir)
-    results.atomic_write_text(out_dir / "report.md", report_markdown(pts, cost_key))
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["name", "setting", "cost", "accuracy"])
-    for p in front:
-        writer.writerow([p.name, p.setting, p.cost, p.accuracy])
-    results.atomic_write_text(out_dir / "frontier.csv", buf.getvalue())
-    if root:
-        index.write_index(root)
+    results.atomic_write_text(out_dir / "report.md", report_markdown(pts, cost_key, accs))
+    results.atomic_write_text(out_dir / "frontier.csv", _csv(["name", "setting", "cost", "accuracy"], front))
+    if len(roots) > 1:
+        cols = ["name", "setting", "cost", "accuracy", "train_accuracy", "replicates"]
+        rows = [[p.name, p.setting, p.cost, p.accuracy, p.train_accuracy, len(accs[p.name])] for p in pts]
+        results.atomic_write_text(out_dir / "points.csv", _csv(cols, rows))
+    for r in roots:
+        index.write_index(r)
     print(f"pareto: {len(front)} of {len(pts)} points on the frontier; wrote {out_dir}/report.md")
     return front
+
+
+def _csv(columns: Sequence[str], rows) -> str:
+    """CSV text: a header, then each row (a Point gives its first len(columns) fields)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([getattr(r, c) for c in columns] if isinstance(r, Point) else r)
+    return buf.getvalue()

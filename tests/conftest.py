@@ -37,3 +37,48 @@ def write_fashion(write_idx):
             write_idx(folder / lbl, rng.integers(0, 10, (n,)))
 
     return write
+
+
+@pytest.fixture
+def result_record():
+    """Builds a result.json object as `qresnet train` writes it (the fields the index and the Pareto
+    analysis read); keyword arguments add or replace fields."""
+
+    def make(name, setting, top1, train, **extra):
+        return {
+            "name": name,
+            "model": "resnet20",
+            "dataset": "cifar10_jpeg",
+            "setting": setting,
+            "width": 1.0,
+            "epochs": 60,
+            "top1": top1,
+            "top1_last": top1 - 0.001,
+            "train_top1_at_best": train,
+            "cost": {
+                "total": {"linear": 10, "quadratic": 100, "memory": 5},
+                "ratio": {"linear": 0.25, "quadratic": 0.06, "memory": 0.27},
+            },
+            "w_bits": {
+                "stem": 8,
+                "stage1/block0/conv1": 4,
+                "stage1/block0/conv2": 4,
+                "stage1/block1/conv1": 4,
+                "head": 8,
+            },
+            "a_bits": {
+                "stem": 8,
+                "stage1/block0/conv1": 4,
+                "stage1/block0/conv2": 4,
+                "stage1/block1/conv1": 4,
+                "head": 8,
+            },
+            "images_per_s": 1000.0,
+            "wall_s": 60.0,
+            "device": "cpu",
+            "versions": {},
+            "commit": "abc",
+            **extra,
+        }
+
+    return make

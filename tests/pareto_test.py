@@ -115,3 +115,62 @@ def test_repeated_runs_are_summarised_per_setting_and_width():
     assert "| f1 | 1.0000 | 0.8840 | none | |  | none | |  |" in report
     assert "float means dominated by a quantized mean: bf16_width1 by w8a8_width1." in report
     assert pareto.seed_table(pts[:1] + pts[2:3]) == []  # no repeated (setting, width): no table
+
+
+@pytest.fixture
+def write_run(result_record):
+    """Writes root/name/result.json for a run of the given setting, cost (every kind) and accuracies."""
+    from qresnet import results
+
+    def write(root, name, setting, cost, top1, train):
+        costs = dict.fromkeys(("linear", "quadratic", "memory"), cost)
+        results.atomic_write_json(
+            root / name / "result.json",
+            result_record(name, setting, top1, train, cost={"total": costs, "ratio": costs}),
+        )
+
+    return write
+
+
+def test_replicate_roots_give_each_runs_mean(tmp_path, write_run):
+    """Two sweeps of the same runs: each point is the run's mean; a float point that one replicate
+    calls undominated is dominated on the means."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, f, q in ((a, 0.880, 0.875), (b, 0.870, 0.885)):
+        write_run(root, "bf16", "bf16", 1.0, f, 0.99)
+        write_run(root, "w4", "w4a4", 0.25, q, 0.95)
+    front = pareto.write_report(root=[str(a), str(b)], points=None, cost_key="linear", out=str(tmp_path / "out"))
+    assert _names(front) == ["w4"]  # means: bf16 0.875 at 1.0, w4 0.880 at 0.25
+    points = (tmp_path / "out" / "points.csv").read_text().splitlines()
+    assert points[0] == "name,setting,cost,accuracy,train_accuracy,replicates"
+    assert [r.split(",")[0] for r in points[1:]] == ["bf16", "w4"] and points[1].endswith(",2")
+    assert float(points[1].split(",")[3]) == pytest.approx(0.875) and float(points[2].split(",")[4]) == pytest.approx(
+        0.95
+    )
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "each point is a run's mean over 2 sweep roots" in report
+    assert "spans 0.0100" in report and "at most 0.0100" in report
+    assert (a / "index.csv").exists() and (b / "index.csv").exists()
+    # A single root is read as before: no points.csv, no replicates section.
+    pareto.write_report(root=str(a), points=None, cost_key="linear", out=str(tmp_path / "one"))
+    assert not (tmp_path / "one" / "points.csv").exists()
+    assert "Replicates" not in (tmp_path / "one" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda write, b: write(b, "w8", "w8a8", 0.5, 0.88, 0.97), r"has \['w8'\] besides"),
+        (lambda write, b: (b / "w4" / "result.json").unlink(), r"lacks \['w4'\]"),
+        (lambda write, b: write(b, "w4", "w4a4", 0.5, 0.88, 0.95), "run 'w4' costs 0.5 in .* but 0.25"),
+    ],
+)
+def test_replicate_roots_must_be_the_same_sweep(tmp_path, write_run, change, message):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        write_run(root, "bf16", "bf16", 1.0, 0.88, 0.99)
+        write_run(root, "w4", "w4a4", 0.25, 0.87, 0.95)
+    change(write_run, b)
+    with pytest.raises(pareto.PointsError, match=message):
+        pareto.write_report(root=[str(a), str(b)], points=None, cost_key="linear", out=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # nothing written for a bad set of roots
