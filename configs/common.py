@@ -52,6 +52,8 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.optim.warmup_epochs = 2.0  # Linear warm-up.
     c.optim.cosine_alpha = 0.0  # Floor of the cosine decay, relative to the peak.
     c.optim.cooldown_epochs = 0.0  # Final linear cool-down (multiplies the cosine).
+    # A finished run's workdir to start from (its weights and BN statistics; fine-tuning); "" = random init.
+    c.init_from = ""
 
     # Evaluation, checkpoints, reporting
     c.eval_batch_size = 1000

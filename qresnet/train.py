@@ -503,6 +503,8 @@ def train_and_evaluate(
     )
     manager = ocp.CheckpointManager(workdir / "ckpt", options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
     state, start_epoch = _restore(manager, state)
+    if start_epoch == 0 and config.get("init_from"):  # absent in older records
+        state = jax.device_put(warm_start(state, config.init_from, run), replicated)
     history = [h for h in results.read_jsonl(workdir / "metrics.jsonl") if h["epoch"] <= start_epoch]
     results.atomic_write_text(workdir / "metrics.jsonl", "".join(results.to_json_line(h) for h in history))
 
@@ -604,6 +606,63 @@ def restore_final(config: ml_collections.ConfigDict, workdir: str | Path) -> tup
     if epoch == 0:
         raise TrainError(f"{workdir} has no readable checkpoint")
     return state, specs
+
+
+def warm_start(state: TrainState, source: str | Path, run: RunSpec) -> TrainState:
+    """`state` with the weights and BN statistics of another run's newest checkpoint (fine-tuning).
+
+    Every `params` and `batch_stats` leaf that the source run has is copied (cast to this run's
+    dtype); leaves it lacks, such as learned (LSQ) bound offsets, keep their initial values. The
+    step, the optimizer and the quantizers' state (`quant_stats`) start fresh: activation bounds
+    are calibrated again on the new weights before activation quantization starts.
+
+    Args:
+      state: a freshly initialised state of this run.
+      source: the source run's workdir (config.json and a checkpoint), same model and width.
+      run: this run's RunSpec.
+
+    Returns:
+      The new state.
+    """
+    source = Path(source)
+    if not (source / "config.json").is_file():
+        raise TrainError(
+            f"config.init_from={str(source)!r} is not a run's workdir (no config.json there); "
+            "train that run first, or give the path of one"
+        )
+    src = run_config(source)
+    mine = {"model.name": run.model_name, "model.width": run.width, "dataset.name": run.info.name}
+    theirs = {"model.name": src.model.name, "model.width": float(src.model.width), "dataset.name": src.dataset.name}
+    if mine != theirs:
+        key = next(k for k in mine if mine[k] != theirs[k])
+        raise TrainError(
+            f"config.init_from={str(source)!r} is a run of {key}={theirs[key]!r}, this run has {mine[key]!r}; "
+            "start from a run of the same model, width and dataset"
+        )
+    src_state, _ = restore_final(src, source)
+    copied = []
+
+    def merge(mine, theirs, path):
+        if isinstance(mine, Mapping):
+            return {
+                k: merge(v, theirs.get(k) if isinstance(theirs, Mapping) else None, f"{path}/{k}")
+                for k, v in mine.items()
+            }
+        if theirs is None:
+            return mine
+        if tuple(theirs.shape) != tuple(mine.shape):
+            raise TrainError(
+                f"config.init_from={str(source)!r}: {path} has shape {tuple(theirs.shape)} there and "
+                f"{tuple(mine.shape)} here (is model.channel_multiple the same?)"
+            )
+        copied.append(path)
+        return jnp.asarray(theirs, mine.dtype)
+
+    params = merge(state.params, src_state.params, "params")
+    batch_stats = merge(state.batch_stats, src_state.batch_stats, "batch_stats")
+    if not copied:
+        raise TrainError(f"config.init_from={str(source)!r} shares no weights with this run")
+    return state.replace(params=params, batch_stats=batch_stats)
 
 
 def _epoch_indices(seed: int, epoch: int, n_train: int, run: RunSpec) -> np.ndarray:

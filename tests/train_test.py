@@ -114,6 +114,45 @@ def test_sigterm_stops_after_the_epoch_with_a_checkpoint_and_resumes(smoke_run, 
     assert resumed["top1"] == pytest.approx(result["top1"], abs=1e-6)
 
 
+def test_init_from_starts_from_another_runs_weights(smoke_run, tmp_path):
+    """Fine-tuning: a run with init_from starts from the source's final weights and BN statistics;
+    what the source lacks (learned LSQ offsets) and the quantizers' state start fresh; a source of
+    another width, or a path that is not a run, is refused."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from configs import settings
+
+    source, _ = smoke_run
+    lsq = settings.SETTINGS["w4a4_ends8_lsq"]
+    cfg = config_lib.load_config(
+        SMOKE, [f"--config.init_from={source}", f"--config.quant.rules={lsq!r}", "--config.optim.num_epochs=1"]
+    )
+    run = train.make_run_spec(cfg, cfg.dataset.synthetic_train)
+    fresh = train.create_train_state(run, jax.random.key(1), jnp.ones((run.batch_size, *run.info.image_shape)))
+    started = train.warm_start(fresh, source, run)
+    trained, _ = train.restore_final(train.run_config(source), source)
+    leaves = lambda tree: dict(jax.tree_util.tree_leaves_with_path(tree))  # noqa: E731
+    theirs, mine, before = leaves(trained.params), leaves(started.params), leaves(fresh.params)
+    offsets = [k for k in mine if "act_bound_offset" in jax.tree_util.keystr(k)]
+    assert offsets and all(k not in theirs for k in offsets)  # LSQ offsets: only in the new run
+    for k, v in mine.items():
+        np.testing.assert_array_equal(v, theirs[k] if k in theirs else before[k])
+    assert any(not np.array_equal(before[k], theirs[k]) for k in theirs)  # the copy changed the weights
+    for a, b in zip(jax.tree.leaves(started.batch_stats), jax.tree.leaves(trained.batch_stats), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(started.quant_stats), jax.tree.leaves(fresh.quant_stats), strict=True):
+        np.testing.assert_array_equal(a, b)
+    wide = config_lib.load_config(SMOKE, [f"--config.init_from={source}", "--config.model.width=0.5"])
+    with pytest.raises(train.TrainError, match=r"model.width=0.25, this run has 0.5"):
+        train.warm_start(fresh, source, train.make_run_spec(wide, wide.dataset.synthetic_train))
+    # The trainer calls it for a fresh run (this fails before the first epoch compiles).
+    nowhere = config_lib.load_config(SMOKE, [f"--config.init_from={tmp_path / 'none'}"])
+    with pytest.raises(train.TrainError, match="is not a run's workdir"):
+        train.train_and_evaluate(nowhere, tmp_path / "nowhere", quiet=True)
+
+
 def test_workdir_of_another_config_is_refused(smoke_run):
     workdir, _ = smoke_run
     other = config_lib.load_config(SMOKE, ["--config.seed=1"])
