@@ -1,6 +1,9 @@
 """Shared test helpers."""
 
 import gzip
+import os
+import shutil
+import tempfile
 
 # Imported now, before any test: pytest imports it on the first unraisable exception (e.g. an
 # object of a worker pool collected late), and if that happens while TFDS's lazy imports (etils)
@@ -10,6 +13,14 @@ import tracemalloc  # noqa: F401
 
 import numpy as np
 import pytest
+
+# One persistent XLA compilation cache for the whole test session and the `qresnet train`
+# processes its sweep and reliability tests start (they inherit the variable): many tests compile
+# the same small programs again, and on CI's two cores compiling is most of the test time. Set
+# before anything imports JAX, which reads it once.
+_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="qresnet-tests-xla-cache-")
 
 
 @pytest.fixture
@@ -82,3 +93,8 @@ def result_record():
         }
 
     return make
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _CACHE:
+        shutil.rmtree(_CACHE, ignore_errors=True)
