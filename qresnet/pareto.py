@@ -372,7 +372,7 @@ def write_report(*, root: str | Sequence[str] | None, points: str | None, cost_k
 
 
 def _csv(columns: Sequence[str], rows) -> str:
-    """CSV text: a header, then each row (a Point gives its first len(columns) fields)."""
+    """CSV text: a header, then each row (a list, or a Point, which gives the fields named in `columns`)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
