@@ -36,3 +36,18 @@ def check_compiled(fn, expected: int, what: str) -> None:
     """Raises if `fn` compiled anything since it had `expected` programs: `what` (a timing) is void."""
     if compiled_count(fn) != expected:
         raise RuntimeError(f"{what} included a compilation ({compiled_count(fn)} programs, {expected} before)")
+
+
+def epoch_mesh():
+    """The trainer's mesh on the first device only: the benchmarks time one accelerator."""
+    import jax
+
+    return jax.sharding.Mesh(jax.devices()[:1], ("data",))
+
+
+def on_mesh(tree, mesh):
+    """`tree` replicated on `mesh`, as the trainer's epoch program returns its state: fed a state
+    made outside the mesh, that program would compile a second time (see `warm_up`)."""
+    import jax
+
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))

@@ -34,7 +34,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from benchmarks import check_compiled, compiled_count, record, warm_up
+from benchmarks import check_compiled, compiled_count, epoch_mesh, on_mesh, record, warm_up
 from benchmarks import train_step as bench
 from qresnet import train
 
@@ -56,12 +56,8 @@ def _setup(case: bench.Case, setting: str, models: int, steps: int, seed0: int =
     return run, states, images, labels, idx.astype(jnp.int32), keys
 
 
-def _mesh():
-    return jax.sharding.Mesh(jax.devices()[:1], ("data",))
-
-
 def _epoch_fn(run):
-    mesh = _mesh()
+    mesh = epoch_mesh()
 
     def epoch(state, images, labels, idx, key):
         return train.train_epoch(run, mesh, state, images, labels, idx, key, act_quant=True)
@@ -71,8 +67,7 @@ def _epoch_fn(run):
 
 def _warm(fn, state, args):
     """Warm-up calls (compilation) until one compiles nothing; returns (state, programs compiled)."""
-    # On the mesh, as the program returns it: a state from outside would compile the program twice.
-    box = [jax.device_put(state, jax.sharding.NamedSharding(_mesh(), jax.sharding.PartitionSpec()))]
+    box = [on_mesh(state, epoch_mesh())]
 
     def call():
         box[0], out = fn(box[0], *args)

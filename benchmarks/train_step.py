@@ -52,7 +52,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from benchmarks import baselines, check_compiled, compiled_count, warm_up
+from benchmarks import baselines, check_compiled, compiled_count, epoch_mesh, on_mesh, warm_up
 from benchmarks.plain_resnet import PlainResNet
 from configs import settings
 from qresnet import data, resnet, results, train
@@ -212,9 +212,8 @@ def prepare(library: str, setting: str, path: str, case: Case, *, warmup: int, s
     if act_quant:  # no calibration steps: start the EMA bounds at 1 (their values do not change the time)
         state = state.replace(quant_stats=jax.tree.map(jnp.ones_like, state.quant_stats))
     if scan:
-        mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
-        # On the mesh, as the program returns it: a state from outside would compile the program twice.
-        state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        mesh = epoch_mesh()
+        state = on_mesh(state, mesh)
         epoch = functools.partial(train.train_epoch, run, mesh, model=model, act_quant=act_quant)
         step = jax.jit(epoch, donate_argnums=(0,))
         idx = jnp.arange(scan * case.batch, dtype=jnp.int32).reshape(scan, case.batch)

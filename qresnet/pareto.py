@@ -155,11 +155,12 @@ def points_from_roots(roots: Sequence[str | Path], cost_key: str) -> tuple[list[
                     f"run {p.name!r} costs {p.cost:g} in {str(root)!r} but {first[p.name].cost:g} in "
                     f"{str(roots[0])!r}: replicate roots must be the same sweep"
                 )
-    accs = {name: [next(p for p in pts if p.name == name).accuracy for pts in per_root] for name in first}
-    means = []
+    by_name = [{p.name: p for p in pts} for pts in per_root]
+    accs, means = {}, []
     for name, p in first.items():
-        trains = [next(q for q in pts if q.name == name).train_accuracy for pts in per_root]
-        train = None if any(t is None for t in trains) else statistics.mean(trains)
+        accs[name] = [b[name].accuracy for b in by_name]
+        trains = [b[name].train_accuracy for b in by_name]
+        train = None if None in trains else statistics.mean(trains)
         means.append(dataclasses.replace(p, accuracy=statistics.mean(accs[name]), train_accuracy=train))
     return means, accs
 
