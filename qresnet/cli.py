@@ -34,6 +34,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help="list the runs and their costs, train nothing")
         p.add_argument("--jobs", type=int, default=0, help="concurrent runs per device (0 = automatic)")
         p.add_argument("--mps", action="store_true", help="share each GPU through a CUDA MPS daemon")
+        p.add_argument("--only", metavar="REGEX", help="run only the runs whose name matches REGEX")
         p.add_argument(
             "--command-buffers",
             action="store_true",
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 jobs=ns.jobs,
                 mps=ns.mps,
                 command_buffers=ns.command_buffers,
+                only=ns.only,
             )
         if command == "bench-int":
             from qresnet import inference_bench

@@ -66,9 +66,16 @@ def override_args(entry: Mapping[str, Any]) -> list[str]:
     return [f"--config.{k}={v if isinstance(v, str) else repr(v)}" for k, v in entry.items()]
 
 
-def expand(config_path: str, overrides: Sequence[str] = ()) -> list[tuple[str, list[str], Any]]:
-    """[(name, override args, resolved ConfigDict)] for every run of the sweep."""
+def expand(
+    config_path: str, overrides: Sequence[str] = (), only: str | None = None
+) -> list[tuple[str, list[str], Any]]:
+    """[(name, override args, resolved ConfigDict)] for every run of the sweep (those whose name
+    `only`, a regex, matches anywhere, if given)."""
     module = config_lib.load_module(config_path)
+    try:
+        pattern = re.compile(only) if only is not None else None
+    except re.error as e:
+        raise SweepError(f"--only {only!r} is not a regular expression ({e}); e.g. --only 'seed0$'") from e
     if not hasattr(module, "get_sweep"):
         raise SweepError(f"{config_path} has no get_sweep(); `qresnet train` runs a single config")
     runs, seen = [], {}
@@ -80,10 +87,14 @@ def expand(config_path: str, overrides: Sequence[str] = ()) -> list[tuple[str, l
                 "give them distinct settings or keys"
             )
         seen[name] = entry
+        if pattern is not None and not pattern.search(name):
+            continue
         args = list(overrides) + override_args(entry)
         runs.append((name, args, config_lib.load_config(config_path, args)))
-    if not runs:
+    if not seen:
         raise SweepError(f"{config_path}: get_sweep() returned no runs")
+    if not runs:
+        raise SweepError(f"--only {only!r} matches none of the sweep's runs: {', '.join(seen)}")
     return runs
 
 
@@ -150,6 +161,7 @@ def run_sweep(
     jobs: int = 0,
     mps: bool = False,
     command_buffers: bool = False,
+    only: str | None = None,
 ) -> int:
     """Trains every run of the sweep that has no result.json yet; returns an exit code.
 
@@ -164,13 +176,14 @@ def run_sweep(
         (ignored, with a note, where there is no GPU).
       command_buffers: run each whole training epoch (its scan loop included) as
         CUDA graphs (`COMMAND_BUFFER_FLAG` added to the runs' XLA_FLAGS).
+      only: a regex; run only the runs whose name it matches (anywhere in the name).
 
     Returns:
       0 if every run finished, 1 if any failed.
     """
     from qresnet import index, train
 
-    runs = expand(config_path, overrides)
+    runs = expand(config_path, overrides, only)
     root_path = Path(root)
     if dry_run:
         print(f"{'run':28s} {'linear':>8s} {'quadratic':>9s} {'memory':>8s}  status")
@@ -191,7 +204,8 @@ def run_sweep(
             todo.append((work(cfg), name, args))
     # Longest first: the widest runs do not start last and leave the GPU to one process at the end.
     todo = [(name, args) for _, name, args in sorted(todo, key=lambda t: -t[0])]
-    print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run", flush=True)
+    selected = f" matching --only {only!r}" if only is not None else ""
+    print(f"sweep: {len(runs)} runs{selected}, {len(runs) - len(todo)} done, {len(todo)} to run", flush=True)
     devices = _devices()
     per_device = jobs or (3 if devices else 1)
     slots = [(d, j) for d in (devices or [None]) for j in range(per_device)]

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from qresnet import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +22,19 @@ def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 + 36 and out[1].startswith("bf16_width0.5") and out[1].endswith("to run")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_selects_runs_by_name_and_rejects_a_regex_that_matches_none(tmp_path, capsys):
+    paper = str(ROOT / "configs/cifar10/sweep_paper.py")
+    names = [name for name, _, _ in sweep.expand(paper, only="^w4a4_width1")]
+    assert names == ["w4a4_width1", "w4a4_width1.25", "w4a4_width1.5", "w4a4_width1.75"]
+    assert sweep.run_sweep(paper, str(tmp_path), dry_run=True, only="width2$") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[1:]] == ["bf16_width2", "w8a8_width2", "w4a4_width2", "w4a4-ends8_width2"]
+    with pytest.raises(sweep.SweepError, match=r"--only 'width3' matches none of the sweep's runs: bf16_width0.5, "):
+        sweep.expand(paper, only="width3")
+    with pytest.raises(sweep.SweepError, match=r"--only 'seed\[' is not a regular expression"):
+        sweep.expand(paper, only="seed[")
 
 
 def test_work_orders_wide_and_long_runs_first():
