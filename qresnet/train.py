@@ -84,6 +84,9 @@ class TrainState:
     batch_stats: Any
     quant_stats: Any
     opt_state: Any
+    # The distillation teacher's {"params", "batch_stats"} (None without distillation); constant,
+    # not checkpointed: loaded from its run at every start.
+    teacher: Any = None
 
     def variables(self) -> dict[str, Any]:
         return {"params": self.params, "batch_stats": self.batch_stats, "quant_stats": self.quant_stats}
@@ -112,6 +115,8 @@ class RunSpec:
     warmup_steps: int
     cosine_alpha: float
     cooldown_steps: int
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
 
     @property
     def total_steps(self) -> int:
@@ -156,6 +161,16 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
             f"optim.batch_size={o.batch_size} exceeds the {num_train} training examples; use a smaller batch"
         )
     total = o.num_epochs * steps_per_epoch
+    distill = config.get("distill") or {"weight": 0.0, "temperature": 1.0}  # absent in older records
+    if not 0.0 <= distill["weight"] <= 1.0:
+        raise TrainError(f"distill.weight={distill['weight']} must be in [0, 1] (0 = no distillation)")
+    if distill["temperature"] <= 0:
+        raise TrainError(f"distill.temperature={distill['temperature']} must be > 0")
+    if distill["weight"] > 0 and not config.get("init_from"):
+        raise TrainError(
+            f"distill.weight={distill['weight']} needs a teacher: name a finished float run with "
+            "--config.init_from=RUN (the student starts from it and learns from its outputs)"
+        )
     start = config.quant.act_start_step
     if start < 0:
         start = int(round(config.quant.act_start_frac * total))
@@ -179,6 +194,8 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
         warmup_steps=int(o.warmup_epochs * steps_per_epoch),
         cosine_alpha=o.cosine_alpha,
         cooldown_steps=int(o.cooldown_epochs * steps_per_epoch),
+        distill_weight=float(distill["weight"]),
+        distill_temperature=float(distill["temperature"]),
     )
 
 
@@ -222,24 +239,58 @@ def create_train_state(run: RunSpec, key: jax.Array, sample: jax.Array, model: n
     )
 
 
+def teacher_model(run: RunSpec) -> resnet.ResNet:
+    """The run's architecture with every layer float: the distillation teacher."""
+    return create_model(dataclasses.replace(run, specs={name: specs_lib.FLOAT for name in run.specs}))
+
+
+def distill_loss(logits, teacher_logits, labels, weight: float, temperature: float) -> jax.Array:
+    """Mean of (1 - weight) * cross-entropy + weight * T^2 * KL(teacher || student) at temperature T.
+
+    Args:
+      logits: the student's (batch, classes).
+      teacher_logits: the teacher's, same shape (no gradient flows into them).
+      labels: (batch,) integer labels.
+      weight: share of the distillation term, in [0, 1].
+      temperature: softens both distributions; T^2 keeps the term's gradients at the scale of T = 1.
+
+    Returns:
+      The scalar loss.
+    """
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature
+    s = logits.astype(jnp.float32) / temperature
+    kl = jnp.sum(jax.nn.softmax(t) * (jax.nn.log_softmax(t) - jax.nn.log_softmax(s)), axis=-1)
+    return jnp.mean((1.0 - weight) * ce + weight * temperature**2 * kl)
+
+
 def _l2(params) -> jax.Array:
     return sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params) if p.ndim > 1)
 
 
 def gradients(run: RunSpec, model: nn.Module, state: TrainState, x: jax.Array, labels: jax.Array, act_quant=None):
-    """Gradient of cross-entropy + L2 (run.weight_decay) on a normalised batch; returns (grads, (new, logits, ce)).
+    """Gradient of cross-entropy (or `distill_loss` with a teacher) + L2 (run.weight_decay) on a
+    normalised batch; returns (grads, (new, logits, ce)), ce the plain cross-entropy.
 
     `act_quant` None switches activation quantization on at run.act_start_step
     inside the program (traced); True/False fix it when compiling.
     """
     if act_quant is None:
         act_quant = state.step >= run.act_start_step
+    teacher_logits = None
+    if run.distill_weight > 0:
+        if state.teacher is None:
+            raise TrainError("distill.weight > 0 but the state carries no teacher (see load_teacher)")
+        teacher_logits = teacher_model(run).apply(state.teacher, x, train=False, act_quant=True)
 
     def loss_fn(params):
         variables = {**state.variables(), "params": params}
         logits, new = model.apply(variables, x, train=True, act_quant=act_quant, mutable=["batch_stats", "quant_stats"])
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return ce + 0.5 * run.weight_decay * _l2(params), (new, logits, ce)
+        loss = ce
+        if teacher_logits is not None:
+            loss = distill_loss(logits, teacher_logits, labels, run.distill_weight, run.distill_temperature)
+        return loss + 0.5 * run.weight_decay * _l2(params), (new, logits, ce)
 
     return jax.grad(loss_fn, has_aux=True)(state.params)
 
@@ -505,6 +556,8 @@ def train_and_evaluate(
     state, start_epoch = _restore(manager, state)
     if start_epoch == 0 and config.get("init_from"):  # absent in older records
         state = jax.device_put(warm_start(state, config.init_from, run), replicated)
+    if run.distill_weight > 0:  # before the first epoch: the programs compile for a state with it
+        state = state.replace(teacher=jax.device_put(load_teacher(config.init_from, run), replicated))
     history = [h for h in results.read_jsonl(workdir / "metrics.jsonl") if h["epoch"] <= start_epoch]
     results.atomic_write_text(workdir / "metrics.jsonl", "".join(results.to_json_line(h) for h in history))
 
@@ -624,22 +677,7 @@ def warm_start(state: TrainState, source: str | Path, run: RunSpec) -> TrainStat
     Returns:
       The new state.
     """
-    source = Path(source)
-    if not (source / "config.json").is_file():
-        raise TrainError(
-            f"config.init_from={str(source)!r} is not a run's workdir (no config.json there); "
-            "train that run first, or give the path of one"
-        )
-    src = run_config(source)
-    mine = {"model.name": run.model_name, "model.width": run.width, "dataset.name": run.info.name}
-    theirs = {"model.name": src.model.name, "model.width": float(src.model.width), "dataset.name": src.dataset.name}
-    if mine != theirs:
-        key = next(k for k in mine if mine[k] != theirs[k])
-        raise TrainError(
-            f"config.init_from={str(source)!r} is a run of {key}={theirs[key]!r}, this run has {mine[key]!r}; "
-            "start from a run of the same model, width and dataset"
-        )
-    src_state, _ = restore_final(src, source)
+    src_state, _ = _source_state(source, run)
     copied = []
 
     def merge(mine, theirs, path):
@@ -663,6 +701,59 @@ def warm_start(state: TrainState, source: str | Path, run: RunSpec) -> TrainStat
     if not copied:
         raise TrainError(f"config.init_from={str(source)!r} shares no weights with this run")
     return state.replace(params=params, batch_stats=batch_stats)
+
+
+def _source_state(source: str | Path, run: RunSpec) -> tuple[TrainState, Mapping]:
+    """(final state, specs) of the run at `source` (config.init_from), checked to be of `run`'s
+    model, width and dataset."""
+    source = Path(source)
+    if not (source / "config.json").is_file():
+        raise TrainError(
+            f"config.init_from={str(source)!r} is not a run's workdir (no config.json there); "
+            "train that run first, or give the path of one"
+        )
+    src = run_config(source)
+    mine = {"model.name": run.model_name, "model.width": run.width, "dataset.name": run.info.name}
+    theirs = {"model.name": src.model.name, "model.width": float(src.model.width), "dataset.name": src.dataset.name}
+    if mine != theirs:
+        key = next(k for k in mine if mine[k] != theirs[k])
+        raise TrainError(
+            f"config.init_from={str(source)!r} is a run of {key}={theirs[key]!r}, this run has {mine[key]!r}; "
+            "start from a run of the same model, width and dataset"
+        )
+    return restore_final(src, source)
+
+
+def load_teacher(source: str | Path, run: RunSpec) -> dict[str, Any]:
+    """The distillation teacher's variables: the final weights and BN statistics of a float run.
+
+    Args:
+      source: the teacher run's workdir (config.init_from): same model, width and dataset, every
+        layer float.
+      run: the student's RunSpec.
+
+    Returns:
+      {"params", "batch_stats"} for `teacher_model(run)`.
+    """
+    src_state, specs = _source_state(source, run)
+    quantized = sorted(name for name, spec in specs.items() if not spec.is_float)
+    if quantized:
+        more = " ..." if len(quantized) > 3 else ""
+        raise TrainError(
+            f"config.init_from={str(source)!r} quantizes {', '.join(quantized[:3])}{more}; "
+            "distillation needs a float teacher: start from a bf16 run"
+        )
+    teacher = {"params": src_state.params, "batch_stats": src_state.batch_stats}
+    sample = jnp.zeros((1, *run.info.image_shape), jnp.float32)
+    want = jax.eval_shape(lambda: teacher_model(run).init(jax.random.key(0), sample, train=False, act_quant=True))
+    want = {k: want.get(k, {}) for k in teacher}
+    shapes = [jax.tree.map(lambda a: tuple(a.shape), t) for t in (teacher, want)]
+    if shapes[0] != shapes[1]:
+        raise TrainError(
+            f"config.init_from={str(source)!r}: its weights do not fit this run's float model "
+            "(is model.channel_multiple the same?)"
+        )
+    return teacher
 
 
 def _epoch_indices(seed: int, epoch: int, n_train: int, run: RunSpec) -> np.ndarray:
