@@ -17,6 +17,8 @@ COLUMNS = (
     "setting",
     "width",
     "seed",
+    "init_from",
+    "distill_weight",
     "epochs",
     "w_bits",
     "a_bits",
@@ -57,6 +59,8 @@ def row(result: dict[str, Any]) -> dict[str, Any]:
         "setting": result["setting"],
         "width": result["width"],
         "seed": result.get("seed", ""),
+        "init_from": result.get("init_from", ""),  # absent in older records
+        "distill_weight": result.get("distill_weight", ""),
         "epochs": result["epochs"],
         "w_bits": bits_summary(result.get("w_bits", {})) if result.get("w_bits") else "",
         "a_bits": bits_summary(result.get("a_bits", {})) if result.get("a_bits") else "",

@@ -629,6 +629,8 @@ def train_and_evaluate(
         "resumed_from_epoch": start_epoch,
         "batch_size": run.batch_size,
         "seed": config.seed,
+        "init_from": config.get("init_from", ""),  # the run it was fine-tuned from ("" = from scratch)
+        "distill_weight": run.distill_weight,
         "device": device_description(),
         **xla_flags_field(),
         "versions": versions(),

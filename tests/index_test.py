@@ -14,12 +14,14 @@ def test_bits_summary_names_the_common_width_then_the_exceptions():
 
 
 def test_row_flattens_costs_and_computes_the_gap(result_record):
-    r = index.row(result_record("w4_new", "w4a4_ends8", 0.88, 0.95, setup_s=3.0, compile_s={"quantized": 2.5}))
+    fields = {"setup_s": 3.0, "compile_s": {"quantized": 2.5}, "init_from": "R/f", "distill_weight": 1.0}
+    r = index.row(result_record("w4_new", "w4a4_ends8", 0.88, 0.95, **fields))
     assert list(r) == list(index.COLUMNS)
+    assert r["init_from"] == "R/f" and r["distill_weight"] == 1.0
     assert r["gap"] == pytest.approx(0.07) and r["linear"] == 0.25 and r["quadratic_total"] == 100
     assert r["w_bits"] == "4 (stem 8, head 8)" and r["background_compile_s"] == 2.5
     old = index.row(result_record("w4_old", "w4a4_ends8", 0.88, 0.95))  # a record from before these fields
-    assert old["setup_s"] == old["first_epoch_s"] == old["background_compile_s"] == ""
+    assert old["setup_s"] == old["first_epoch_s"] == old["background_compile_s"] == old["init_from"] == ""
 
 
 def test_write_index_lists_finished_runs_only_and_names_a_corrupt_record(tmp_path, result_record):

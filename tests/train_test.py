@@ -237,6 +237,7 @@ def test_distillation_from_a_float_teacher(smoke_run, tmp_path):
     assert result["epochs"] == 2 and 0 <= result["top1"] <= 1
     recorded = json.loads((tmp_path / "student" / "config.json").read_text())["config"]
     assert recorded["distill"] == {"weight": 1.0, "temperature": 2.0}
+    assert result["init_from"] == str(teacher_dir) and result["distill_weight"] == 1.0
 
 
 def test_workdir_of_another_config_is_refused(smoke_run):
