@@ -195,9 +195,13 @@ def test_distill_settings_are_checked(overrides, message):
         train.make_run_spec(cfg, cfg.dataset.synthetic_train)
 
 
-def test_distillation_from_a_float_teacher(smoke_run, tmp_path):
+def test_distillation_from_a_float_teacher(smoke_run, tmp_path, monkeypatch):
     """A quantized run learns from a float run's outputs: the teacher changes its gradients, the
-    run trains to the end with the teacher loaded, and a quantized teacher is refused."""
+    run stops, resumes and trains to the end with the teacher loaded, and a quantized teacher is
+    refused."""
+    import os
+    import signal
+
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -233,8 +237,20 @@ def test_distillation_from_a_float_teacher(smoke_run, tmp_path):
     assert all(differ)
     with pytest.raises(train.TrainError, match="carries no teacher"):
         train.gradients(run, model, state, x, labels, False)
+    # Stopped after epoch 1 and resumed: the teacher, not checkpointed, is loaded again.
+    check = train._check_finite
+
+    def check_and_signal(losses, epoch, r):
+        if epoch == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return check(losses, epoch, r)
+
+    monkeypatch.setattr(train, "_check_finite", check_and_signal)
+    with pytest.raises(train.Interrupted, match="after epoch 1 of 2"):
+        train.train_and_evaluate(cfg, tmp_path / "student", quiet=True)
+    monkeypatch.setattr(train, "_check_finite", check)
     result = train.train_and_evaluate(cfg, tmp_path / "student", quiet=True)
-    assert result["epochs"] == 2 and 0 <= result["top1"] <= 1
+    assert result["resumed_from_epoch"] == 1 and result["epochs"] == 2 and 0 <= result["top1"] <= 1
     recorded = json.loads((tmp_path / "student" / "config.json").read_text())["config"]
     assert recorded["distill"] == {"weight": 1.0, "temperature": 2.0}
     assert result["init_from"] == str(teacher_dir) and result["distill_weight"] == 1.0
