@@ -541,6 +541,9 @@ def train_and_evaluate(
         n_train, n_test = len(arrays.train_labels), len(arrays.test_labels)
         run = make_run_spec(config, n_train, specs)
         feed = _in_memory_feed(config, run, mesh, key, arrays)
+    if config.get("init_from") and (run.distill_weight > 0 or not (workdir / "ckpt").exists()):
+        # A bad source fails here, before anything is written (the checkpoint loads later).
+        _source_config(config.init_from, run, teacher=run.distill_weight > 0)
     workdir.mkdir(parents=True, exist_ok=True)
     results.atomic_write_json(
         workdir / "config.json",
@@ -679,7 +682,7 @@ def warm_start(state: TrainState, source: str | Path, run: RunSpec) -> TrainStat
     Returns:
       The new state.
     """
-    src_state, _ = _source_state(source, run)
+    src_state, _ = restore_final(_source_config(source, run), source)
     copied = []
 
     def merge(mine, theirs, path):
@@ -705,9 +708,9 @@ def warm_start(state: TrainState, source: str | Path, run: RunSpec) -> TrainStat
     return state.replace(params=params, batch_stats=batch_stats)
 
 
-def _source_state(source: str | Path, run: RunSpec) -> tuple[TrainState, Mapping]:
-    """(final state, specs) of the run at `source` (config.init_from), checked to be of `run`'s
-    model, width and dataset."""
+def _source_config(source: str | Path, run: RunSpec, *, teacher: bool = False) -> ml_collections.ConfigDict:
+    """The config of the run at `source` (config.init_from), checked to be a run of `run`'s model,
+    width and dataset and, for a distillation `teacher`, float in every layer."""
     source = Path(source)
     if not (source / "config.json").is_file():
         raise TrainError(
@@ -723,7 +726,14 @@ def _source_state(source: str | Path, run: RunSpec) -> tuple[TrainState, Mapping
             f"config.init_from={str(source)!r} is a run of {key}={theirs[key]!r}, this run has {mine[key]!r}; "
             "start from a run of the same model, width and dataset"
         )
-    return restore_final(src, source)
+    quantized = sorted(name for name, spec in resolve_specs(src).items() if not spec.is_float) if teacher else []
+    if quantized:
+        more = " ..." if len(quantized) > 3 else ""
+        raise TrainError(
+            f"config.init_from={str(source)!r} quantizes {', '.join(quantized[:3])}{more}; "
+            "distillation needs a float teacher: start from a bf16 run"
+        )
+    return src
 
 
 def load_teacher(source: str | Path, run: RunSpec) -> dict[str, Any]:
@@ -737,14 +747,7 @@ def load_teacher(source: str | Path, run: RunSpec) -> dict[str, Any]:
     Returns:
       {"params", "batch_stats"} for `teacher_model(run)`.
     """
-    src_state, specs = _source_state(source, run)
-    quantized = sorted(name for name, spec in specs.items() if not spec.is_float)
-    if quantized:
-        more = " ..." if len(quantized) > 3 else ""
-        raise TrainError(
-            f"config.init_from={str(source)!r} quantizes {', '.join(quantized[:3])}{more}; "
-            "distillation needs a float teacher: start from a bf16 run"
-        )
+    src_state, _ = restore_final(_source_config(source, run, teacher=True), source)
     teacher = {"params": src_state.params, "batch_stats": src_state.batch_stats}
     sample = jnp.zeros((1, *run.info.image_shape), jnp.float32)
     want = jax.eval_shape(lambda: teacher_model(run).init(jax.random.key(0), sample, train=False, act_quant=True))

@@ -152,6 +152,7 @@ def test_init_from_starts_from_another_runs_weights(smoke_run, tmp_path):
     nowhere = config_lib.load_config(SMOKE, [f"--config.init_from={tmp_path / 'none'}"])
     with pytest.raises(train.TrainError, match="is not a run's workdir"):
         train.train_and_evaluate(nowhere, tmp_path / "nowhere", quiet=True)
+    assert not (tmp_path / "nowhere").exists()  # refused before anything is written
 
 
 def test_distill_loss_named_cases():
@@ -222,6 +223,10 @@ def test_distillation_from_a_float_teacher(smoke_run, tmp_path, monkeypatch):
     assert (run.distill_weight, run.distill_temperature) == (1.0, 2.0)
     with pytest.raises(train.TrainError, match=r"quantizes .*distillation needs a float teacher"):
         train.load_teacher(smoke_run[0], run)
+    from_quantized = [f"--config.init_from={smoke_run[0]}", "--config.distill.weight=1.0"]
+    with pytest.raises(train.TrainError, match=r"distillation needs a float teacher"):
+        train.train_and_evaluate(config_lib.load_config(SMOKE, from_quantized), tmp_path / "refused", quiet=True)
+    assert not (tmp_path / "refused").exists()
     teacher = train.load_teacher(teacher_dir, run)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *run.info.image_shape)), jnp.float32)
     labels = jnp.arange(8) % 10
