@@ -87,14 +87,12 @@ def test_compiling_the_float_program_first_changes_nothing_trained(smoke_run, tm
     assert losses(tmp_path / "run") == losses(workdir)
 
 
-def test_sigterm_stops_after_the_epoch_with_a_checkpoint_and_resumes(smoke_run, tmp_path, monkeypatch):
-    """A preempted run (SIGTERM during epoch 1, no checkpoint due until epoch 5) saves epoch 1,
-    stops with a message, and its re-run ends where the uninterrupted run ended."""
+def _sigterm_after_first_epoch(monkeypatch):
+    """Makes the next run send itself SIGTERM at the end of its first epoch (as a preemption
+    would); returns the original `_check_finite`, to put back before the re-run."""
     import os
     import signal
 
-    _, result = smoke_run
-    cfg = config_lib.load_config(SMOKE, ["--config.checkpoint_every_epochs=5"])
     check = train._check_finite
 
     def check_and_signal(losses, epoch, run):
@@ -103,6 +101,17 @@ def test_sigterm_stops_after_the_epoch_with_a_checkpoint_and_resumes(smoke_run, 
         return check(losses, epoch, run)
 
     monkeypatch.setattr(train, "_check_finite", check_and_signal)
+    return check
+
+
+def test_sigterm_stops_after_the_epoch_with_a_checkpoint_and_resumes(smoke_run, tmp_path, monkeypatch):
+    """A preempted run (SIGTERM during epoch 1, no checkpoint due until epoch 5) saves epoch 1,
+    stops with a message, and its re-run ends where the uninterrupted run ended."""
+    import signal
+
+    _, result = smoke_run
+    cfg = config_lib.load_config(SMOKE, ["--config.checkpoint_every_epochs=5"])
+    check = _sigterm_after_first_epoch(monkeypatch)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(train.Interrupted, match=r"stopped by SIGTERM after epoch 1 of 2; checkpoint saved"):
         train.train_and_evaluate(cfg, tmp_path / "run", quiet=True)
@@ -200,9 +209,6 @@ def test_distillation_from_a_float_teacher(smoke_run, tmp_path, monkeypatch):
     """A quantized run learns from a float run's outputs: the teacher changes its gradients, the
     run stops, resumes and trains to the end with the teacher loaded, and a quantized teacher is
     refused."""
-    import os
-    import signal
-
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -243,14 +249,7 @@ def test_distillation_from_a_float_teacher(smoke_run, tmp_path, monkeypatch):
     with pytest.raises(train.TrainError, match="carries no teacher"):
         train.gradients(run, model, state, x, labels, False)
     # Stopped after epoch 1 and resumed: the teacher, not checkpointed, is loaded again.
-    check = train._check_finite
-
-    def check_and_signal(losses, epoch, r):
-        if epoch == 0:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return check(losses, epoch, r)
-
-    monkeypatch.setattr(train, "_check_finite", check_and_signal)
+    check = _sigterm_after_first_epoch(monkeypatch)
     with pytest.raises(train.Interrupted, match="after epoch 1 of 2"):
         train.train_and_evaluate(cfg, tmp_path / "student", quiet=True)
     monkeypatch.setattr(train, "_check_finite", check)
