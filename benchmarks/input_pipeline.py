@@ -1,16 +1,18 @@
 """Can the ImageNet input pipeline keep a GPU fed? Images/s of `imagenet_input.train_batches`.
 
-    python -m benchmarks.input_pipeline --workers 0,8,16 [--decode full,draft] --out F.jsonl [--target 6258]
-    python -m benchmarks.input_pipeline --per-image 400 [--image-size 224] --out F.jsonl
+    python -m benchmarks.input_pipeline --workers 0,8,16 [--decode full,draft] [--backend opencv,pillow]
+        --out F.jsonl [--target 6258]
+    python -m benchmarks.input_pipeline --per-image 400 [--image-size 224] [--backend opencv,pillow] --out F.jsonl
 
 Times qresnet's streaming train pipeline (grain worker processes; JPEG decode,
 Inception crop, bicubic resize to 224, flip, batching) on synthetic JPEGs of
 ImageNet's typical sizes (300-500 x 350-600 pixels, quality 90, photo-like
 content), handed to the workers as bytes as `open_source` hands them over, for
-each worker count with full-size decoding and with `jpeg_draft` (reduced-scale
-decoding where the crop allows), side by side; or (`--per-image`) the cost of one
-image's preprocessing in one thread: from a decoded array (what the source handed over
-before it passed bytes), and from the bytes with full-size and with draft decoding. Nothing here needs
+each worker count, decoding (full size, or `jpeg_draft`: reduced-scale decoding where
+the crop allows) and image library (`image_backend`: OpenCV or Pillow), side by side;
+or (`--per-image`) the cost of one image's preprocessing in one thread, per library:
+from the bytes with full-size and with draft decoding, and (Pillow) from a decoded array
+(what the source handed over before it passed bytes). Nothing here needs
 TensorFlow or TFDS, so it runs where only grain is installed. `--target` is the
 training step's images/s to compare with (e.g. 6258: qresnet's ResNet-50 bf16
 batch 256 float step on an H200, docs/BENCHMARKS.md).
@@ -86,7 +88,15 @@ class JpegSource:
 
 
 def time_pipeline(
-    source, *, workers: int, batch: int, size: int, batches: int, warmup: int = 24, draft: bool = True
+    source,
+    *,
+    workers: int,
+    batch: int,
+    size: int,
+    batches: int,
+    warmup: int = 24,
+    draft: bool = True,
+    backend: str = "opencv",
 ) -> dict:
     """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
     (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
@@ -95,7 +105,9 @@ def time_pipeline(
     timed batches come from that backlog."""
     if len(source) < (warmup + batches) * batch:
         raise ValueError(f"source has {len(source)} examples, fewer than {(warmup + batches) * batch}")
-    spec = imagenet_input.StreamSpec("synthetic", "", size, batch, batch, workers=workers, jpeg_draft=draft)
+    spec = imagenet_input.StreamSpec(
+        "synthetic", "", size, batch, batch, workers=workers, jpeg_draft=draft, image_backend=backend
+    )
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
         next(it)
@@ -107,6 +119,7 @@ def time_pipeline(
     return {
         "workers": workers,
         "decode": "draft" if draft else "full",
+        "backend": backend,
         "batch": batch,
         "image_size": size,
         "batches": batches,
@@ -115,46 +128,41 @@ def time_pipeline(
     }
 
 
-def time_per_image(source, *, size: int, images: int) -> dict:
+def time_per_image(source, *, size: int, images: int, backends=imagenet_input.BACKENDS) -> dict:
     """One thread, no grain: ms per image of `train_example` (decode, Inception crop, resize,
-    flip) from a decoded array (what the TFDS source handed over before it passed bytes), and from
-    the bytes with full-size and with draft decoding, interleaved image by image (same crops); and
-    the share of crops that draft decoding can shrink."""
+    flip) per backend, from the bytes with full-size and with draft decoding, and (Pillow) from a
+    decoded array (what the TFDS source handed over before it passed bytes), interleaved image
+    by image (same crops); and the share of crops that draft decoding can shrink."""
     from PIL import Image
 
-    ms = {"array": 0.0, "full": 0.0, "draft": 0.0}
+    ms = {f"{b}_{m}": 0.0 for b in backends for m in ("full", "draft", "array") if (b, m) != ("opencv", "array")}
     shrunk = 0
     for i in range(images):
         example = source[i]
-        for mode in ms:
+        for key in ms:
+            backend, mode = key.split("_")
             rng = np.random.default_rng(i)
             t0 = time.perf_counter()
             if mode == "array":
                 image = np.asarray(Image.open(io.BytesIO(example["image"])).convert("RGB"))
-                imagenet_input.train_example({**example, "image": image}, rng, size)
+                imagenet_input.train_example({**example, "image": image}, rng, size, backend=backend)
             else:
-                imagenet_input.train_example(example, rng, size, draft=mode == "draft")
-            ms[mode] += (time.perf_counter() - t0) * 1000 / images
+                imagenet_input.train_example(example, rng, size, draft=mode == "draft", backend=backend)
+            ms[key] += (time.perf_counter() - t0) * 1000 / images
         width, height = Image.open(io.BytesIO(example["image"])).size
         _, _, h, w = imagenet_input.inception_crop_box(np.random.default_rng(i), height, width, size)
         shrunk += imagenet_input.draft_reduction(h, w, size) > 1
-    return {
-        "mode": "per_image",
-        "image_size": size,
-        "images": images,
-        "array_ms_per_image": ms["array"],
-        "full_ms_per_image": ms["full"],
-        "draft_ms_per_image": ms["draft"],
-        "bytes_vs_array_speedup": ms["array"] / ms["full"],
-        "draft_speedup": ms["full"] / ms["draft"],
-        "share_of_crops_drafted": shrunk / images,
-    }
+    row = {"mode": "per_image", "image_size": size, "images": images, "ms_per_image": ms}
+    if set(backends) == set(imagenet_input.BACKENDS):
+        row["opencv_vs_pillow_speedup"] = {m: ms[f"pillow_{m}"] / ms[f"opencv_{m}"] for m in ("full", "draft")}
+    return row | {"share_of_crops_drafted": shrunk / images}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", default="0,8,16", help="comma-separated worker counts to time")
     p.add_argument("--decode", default="full,draft", help="train-crop decoding to time: full, draft or both")
+    p.add_argument("--backend", default="opencv,pillow", help="image libraries to time: opencv, pillow or both")
     p.add_argument("--examples", type=int, default=1024, help="distinct synthetic JPEGs to make (then cycled)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--image-size", type=int, default=224)
@@ -176,6 +184,12 @@ def main(argv=None) -> int:
     if not decodes or set(decodes) - {"full", "draft"}:
         print(f"error: --decode {args.decode!r} must be full, draft or full,draft", file=sys.stderr)
         return 2
+    backends = args.backend.split(",")
+    if not backends or set(backends) - set(imagenet_input.BACKENDS):
+        print(f"error: --backend {args.backend!r} must be opencv, pillow or opencv,pillow", file=sys.stderr)
+        return 2
+    for backend in backends:
+        imagenet_input.check_backend(backend)
     if min(args.examples, args.batch, args.batches) < 1 or args.warmup < 0:
         print("error: --examples, --batch and --batches must be >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
@@ -188,14 +202,14 @@ def main(argv=None) -> int:
         source = JpegSource(path, length=(args.warmup + args.batches) * args.batch)
         rows = []
         if args.per_image:
-            row = time_per_image(source, size=args.image_size, images=args.per_image)
+            row = time_per_image(source, size=args.image_size, images=args.per_image, backends=backends)
             record(
                 rows,
                 row | {"cpus": os.cpu_count(), "distinct_jpegs": args.examples, "date": time.strftime("%Y-%m-%d")},
                 args.out,
             )
             return 0
-        for w, decode in itertools.product(workers, decodes):
+        for w, decode, backend in itertools.product(workers, decodes, backends):
             row = time_pipeline(
                 source,
                 workers=w,
@@ -204,6 +218,7 @@ def main(argv=None) -> int:
                 batches=args.batches,
                 warmup=args.warmup,
                 draft=decode == "draft",
+                backend=backend,
             )
             row |= {"cpus": os.cpu_count(), "distinct_jpegs": args.examples, "date": time.strftime("%Y-%m-%d")}
             if args.target:

@@ -92,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args, overrides = _split(rest)
     ns = _parser(command).parse_args(args)
-    from qresnet import config_lib, data, results
+    from qresnet import config_lib, data, imagenet_input, results
     from qresnet.quant import specs
 
     errors = (config_lib.ConfigError, specs.SpecError, data.DataError, results.RecordError, ValueError)
+    errors += (imagenet_input.InputError,)  # a streaming dataset that is not prepared, or its decoder missing
     try:
         if command == "cost":
             return _cost(ns, overrides)

@@ -275,7 +275,11 @@ def export_run(workdir: str | Path, out: str | Path) -> Path:
         "setting": config.setting,
     }
     if info.streaming:
-        header |= {"tfds_name": config.dataset.tfds_name, "image_size": config.dataset.image_size}
+        header |= {
+            "tfds_name": config.dataset.tfds_name,
+            "image_size": config.dataset.image_size,
+            "image_backend": config.dataset.get("image_backend", "pillow"),  # absent in older records
+        }
     variables = integer_variables(state.variables(), specs)
     return write(out, header, variables, specs)
 
@@ -286,6 +290,7 @@ def test_batches(
     data_dir: str = "",
     tfds_name: str = "",
     image_size: int = 0,
+    image_backend: str = "opencv",
     limit: int = 0,
     synthetic: tuple[int, int] = (512, 256),
     batch: int = 1000,
@@ -297,6 +302,7 @@ def test_batches(
       data_dir: the raw files (in-memory datasets) or the TFDS data dir (streaming ones).
       tfds_name: streaming only: the TFDS dataset to read ("" = `dataset`).
       image_size: streaming only: the eval crop size (0 = the dataset's).
+      image_backend: streaming only: the library that decodes and resizes (as the run trained with).
       limit: in-memory only: N examples, the draw training evaluated on (`data.subset`; 0 = all).
       synthetic: train/test sizes of the "synthetic" dataset.
       batch: examples per batch.
@@ -304,8 +310,15 @@ def test_batches(
     info = data.dataset_info(dataset)
     if info.streaming:
         spec = imagenet_input.StreamSpec(
-            tfds_name or dataset, data_dir, image_size or info.image_shape[0], batch, batch, workers=0
+            tfds_name or dataset,
+            data_dir,
+            image_size or info.image_shape[0],
+            batch,
+            batch,
+            workers=0,
+            image_backend=image_backend,
         )
+        imagenet_input.check_backend(image_backend)
         for b in imagenet_input.eval_batches(spec, imagenet_input.open_source(spec, spec.eval_split)):
             n = int(b["mask"].sum())
             yield b["image"][:n], b["label"][:n]
@@ -346,6 +359,7 @@ def evaluate(
         data_dir=data_dir,
         tfds_name=header.get("tfds_name", ""),
         image_size=header.get("image_size", 0),
+        image_backend=header.get("image_backend", "pillow"),  # exports before it was recorded used Pillow
     )
     for images, labels in batches:
         correct += int(np.sum(np.asarray(fn(variables, images)).argmax(1) == labels))
@@ -389,6 +403,7 @@ def equivalence(
         data_dir=data_dir or (config.dataset.tfds_dir if info.streaming else config.dataset.data_dir),
         tfds_name=config.dataset.tfds_name,
         image_size=config.dataset.image_size,
+        image_backend=config.dataset.get("image_backend", "pillow"),
         limit=config.dataset.test_subset,
         synthetic=(config.dataset.synthetic_train, config.dataset.synthetic_test),
     )

@@ -11,14 +11,18 @@ needed to read it) and a grain pipeline whose worker processes decode and crop:
 - eval: the central square of side size/(size+32) of the shorter side, bicubic
   resize.
 
-The source hands over the JPEG bytes (TFDS `SkipDecoding`) and the workers decode
-them with Pillow. For train crops, `jpeg_draft` lets libjpeg decode at 1/2, 1/4 or
-1/8 scale (DCT scaling) whenever the crop still spans at least `image_size`
-pixels each way at that scale. That needs large images or a small output size: at
-224, few crops of ImageNet-sized photos qualify (docs/BENCHMARKS.md); at 128 most
-do. It changes those crops' pixels slightly (the reduction is a block average
-before the bicubic resize); off, train crops decode at full size as eval crops
-always do.
+The source hands over the JPEG bytes (TFDS `SkipDecoding`) and the workers decode,
+crop and resize them with OpenCV (`image_backend="opencv"`, the default: libjpeg-turbo
+and a bicubic resize without antialiasing, as TensorFlow's `tf.image.resize` in the
+paper's pipeline; much less time per image than Pillow, docs/BENCHMARKS.md) or with
+Pillow (`"pillow"`: its bicubic resize antialiases when it shrinks). Both ignore EXIF
+orientation, as TensorFlow's decoder does. For train crops, `jpeg_draft` lets libjpeg
+decode at 1/2, 1/4 or 1/8 scale (DCT scaling) whenever the crop still spans at least
+`image_size` pixels each way at that scale. That needs large images or a small output
+size: at 224, few crops of ImageNet-sized photos qualify (docs/BENCHMARKS.md); at 128
+most do. It changes those crops' pixels slightly (the reduction is a block average
+before the bicubic resize; OpenCV rounds the crop to whole pixels of the reduced
+image); off, train crops decode at full size as eval crops always do.
 
 Batches leave as uint8 (N, S, S, 3) with int32 labels; mean/std normalisation
 happens on the device (`data.normalize`). Every random choice is a function of
@@ -39,6 +43,7 @@ from typing import Any
 import numpy as np
 
 EVAL_PAD = 32  # eval crop = size / (size + 32) of the shorter side (224 of 256)
+BACKENDS = ("opencv", "pillow")
 
 
 class InputError(RuntimeError):
@@ -47,8 +52,9 @@ class InputError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class StreamSpec:
-    """Where and how to stream: TFDS name and data dir, output size, batch, workers, and whether
-    train crops decode JPEGs at reduced scale where they can (`jpeg_draft`)."""
+    """Where and how to stream: TFDS name and data dir, output size, batch, workers, whether
+    train crops decode JPEGs at reduced scale where they can (`jpeg_draft`), and the library
+    that decodes and resizes (`image_backend`, one of `BACKENDS`)."""
 
     tfds_name: str
     data_dir: str
@@ -57,6 +63,7 @@ class StreamSpec:
     eval_batch_size: int
     workers: int = 0
     jpeg_draft: bool = True
+    image_backend: str = "opencv"
     train_split: str = "train"
     eval_split: str = "validation"
 
@@ -112,12 +119,42 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return image[..., :3]
 
 
-def crop_and_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """The box of `image`, bicubic-resized to size x size, uint8."""
+def check_backend(name: str) -> None:
+    """Raises InputError unless `name` is one of BACKENDS and its library imports."""
+    if name not in BACKENDS:
+        raise InputError(f"image_backend {name!r} is not one of {BACKENDS}; set --config.dataset.image_backend")
+    if name == "opencv":
+        _cv2()
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError as e:
+        raise InputError(
+            "image_backend 'opencv' needs OpenCV: pip install opencv-python-headless, "
+            "or set --config.dataset.image_backend=pillow"
+        ) from e
+    cv2.setNumThreads(1)  # The grain workers are the parallelism; OpenCV's own threads would oversubscribe.
+    return cv2
+
+
+def _cv2_resize(cv2, image: np.ndarray, size: int) -> np.ndarray:
+    """Bicubic resize to size x size (Keys a = -0.75, no antialiasing), uint8."""
+    return np.asarray(cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC), np.uint8)
+
+
+def crop_and_resize(
+    image: np.ndarray, box: tuple[int, int, int, int], size: int, backend: str = "opencv"
+) -> np.ndarray:
+    """The box of a decoded RGB `image`, bicubic-resized to size x size with `backend`, uint8."""
+    top, left, h, w = box
+    image = _rgb(np.asarray(image))
+    if backend == "opencv":
+        return _cv2_resize(_cv2(), image[top : top + h, left : left + w], size)
     from PIL import Image
 
-    top, left, h, w = box
-    pil = Image.fromarray(_rgb(np.asarray(image)))
+    pil = Image.fromarray(image)
     return np.asarray(pil.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h)), np.uint8)
 
 
@@ -129,7 +166,7 @@ def draft_reduction(h: int, w: int, size: int) -> int:
     return 1
 
 
-def decode_crop_resize(data: bytes, box_of, size: int, draft: bool) -> np.ndarray:
+def decode_crop_resize(data: bytes, box_of, size: int, draft: bool, backend: str = "opencv") -> np.ndarray:
     """Decodes a JPEG, crops it and bicubic-resizes the crop to size x size, uint8 RGB.
 
     Args:
@@ -137,17 +174,31 @@ def decode_crop_resize(data: bytes, box_of, size: int, draft: bool) -> np.ndarra
       box_of: (height, width) -> (top, left, h, w), the crop in full-size pixels.
       size: output side.
       draft: decode at 1/`draft_reduction` scale (output pixel i covers full-size pixels
-        [i*r, (i+1)*r)), the crop mapped onto that grid.
+        [i*r, (i+1)*r)), the crop mapped onto that grid (OpenCV: rounded to whole pixels of it).
+      backend: "opencv" or "pillow" (module docstring).
 
     Returns:
       (size, size, 3) uint8.
     """
     from PIL import Image
 
-    img = Image.open(io.BytesIO(data))
+    img = Image.open(io.BytesIO(data))  # reads the header only
     width, height = img.size
     top, left, h, w = box_of(height, width)
     r = draft_reduction(h, w, size) if draft else 1
+    if backend == "opencv":
+        cv2 = _cv2()
+        flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}.get(
+            r, cv2.IMREAD_REDUCED_COLOR_8
+        )
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+        if bgr is None:
+            raise ValueError(f"OpenCV cannot decode this image ({len(data)} bytes, {img.format or 'unknown'} header)")
+        r = round(width / bgr.shape[1])
+        # The box on the reduced grid, to whole pixels (at most r/2 full-size pixels off; train
+        # crops are random, so this only moves a random box slightly).
+        crop = bgr[round(top / r) : round((top + h) / r), round(left / r) : round((left + w) / r)]
+        return np.ascontiguousarray(_cv2_resize(cv2, crop, size)[..., ::-1])  # BGR -> RGB
     if r > 1:
         img.draft(None, (width // r, height // r))  # libjpeg picks the largest scale giving >= that size
         r = round(width / img.size[0])
@@ -155,28 +206,28 @@ def decode_crop_resize(data: bytes, box_of, size: int, draft: bool) -> np.ndarra
     return np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC, box=box), np.uint8)
 
 
-def _crop(example: dict[str, Any], box_of, size: int, draft: bool) -> np.ndarray:
+def _crop(example: dict[str, Any], box_of, size: int, draft: bool, backend: str) -> np.ndarray:
     """The example's image (JPEG bytes or a decoded array) cropped and resized."""
     image = example["image"]
     if isinstance(image, bytes):  # np.bytes_ is a subclass
-        return decode_crop_resize(bytes(image), box_of, size, draft)
-    image = _rgb(np.asarray(image))
-    return crop_and_resize(image, box_of(image.shape[0], image.shape[1]), size)
+        return decode_crop_resize(bytes(image), box_of, size, draft, backend)
+    image = np.asarray(image)
+    return crop_and_resize(image, box_of(image.shape[0], image.shape[1]), size, backend)
 
 
 def train_example(
-    example: dict[str, Any], rng: np.random.Generator, size: int, draft: bool = True
+    example: dict[str, Any], rng: np.random.Generator, size: int, draft: bool = True, backend: str = "opencv"
 ) -> dict[str, np.ndarray]:
     """Inception crop, resize and random flip of one example (JPEG bytes or decoded)."""
-    out = _crop(example, lambda h, w: inception_crop_box(rng, h, w, size), size, draft)
+    out = _crop(example, lambda h, w: inception_crop_box(rng, h, w, size), size, draft, backend)
     if rng.random() < 0.5:
         out = out[:, ::-1]
     return {"image": np.ascontiguousarray(out), "label": np.int32(example["label"])}
 
 
-def eval_example(example: dict[str, Any], size: int) -> dict[str, np.ndarray]:
+def eval_example(example: dict[str, Any], size: int, backend: str = "opencv") -> dict[str, np.ndarray]:
     """Center crop and resize of one example (JPEG bytes or decoded; always decoded at full size)."""
-    out = _crop(example, lambda h, w: center_crop_box(h, w, size), size, draft=False)
+    out = _crop(example, lambda h, w: center_crop_box(h, w, size), size, False, backend)
     return {"image": out, "label": np.int32(example["label"])}
 
 
@@ -229,11 +280,11 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
     """
     grain = _grain()
     epoch_seed = _epoch_seed(seed, epoch)
-    size, draft = spec.image_size, spec.jpeg_draft
+    size, draft, backend = spec.image_size, spec.jpeg_draft, spec.image_backend
     ds = (
         grain.MapDataset.source(source)
         .shuffle(seed=epoch_seed)
-        .random_map(lambda ex, rng: train_example(ex, rng, size, draft), seed=epoch_seed)
+        .random_map(lambda ex, rng: train_example(ex, rng, size, draft, backend), seed=epoch_seed)
         .batch(spec.batch_size, drop_remainder=True)
     )
     return iter(_parallel(grain, ds, spec.workers))
@@ -246,8 +297,9 @@ def eval_batches(spec: StreamSpec, source) -> Iterator[dict[str, np.ndarray]]:
       An iterator of {"image", "label", "mask"}; mask is 1.0 for real examples.
     """
     grain = _grain()
-    size, batch = spec.image_size, spec.eval_batch_size
-    ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size)).batch(batch, drop_remainder=False)
+    size, batch, backend = spec.image_size, spec.eval_batch_size, spec.image_backend
+    ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size, backend))
+    ds = ds.batch(batch, drop_remainder=False)
     for b in _parallel(grain, ds, spec.workers):
         n = len(b["label"])
         pad = batch - n

@@ -886,15 +886,19 @@ def _timed_compile(jitted, shapes) -> tuple[Any, float]:
 def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
     """The streaming input's settings from a config."""
     info = data.dataset_info(config.dataset.name)
-    return imagenet_input.StreamSpec(
+    spec = imagenet_input.StreamSpec(
         tfds_name=config.dataset.tfds_name or info.name,
         data_dir=config.dataset.tfds_dir,
         image_size=config.dataset.image_size or info.image_shape[0],
         batch_size=config.optim.batch_size,
         eval_batch_size=config.eval_batch_size,
         workers=config.dataset.workers,
-        jpeg_draft=bool(config.dataset.get("jpeg_draft", True)),  # absent in older records
+        # Both absent in older records, which ran with these.
+        jpeg_draft=bool(config.dataset.get("jpeg_draft", True)),
+        image_backend=config.dataset.get("image_backend", "pillow"),
     )
+    imagenet_input.check_backend(spec.image_backend)
+    return spec
 
 
 def _streaming_feed(config, run: RunSpec, mesh, key, stream: imagenet_input.StreamSpec, sources) -> _Feed:

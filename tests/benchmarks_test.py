@@ -204,7 +204,13 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
     ]
     assert input_pipeline.main([*args, "--target", "1", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["decode"] for r in rows] == ["full", "draft"]  # side by side, one row each
+    # side by side, one row each
+    assert [(r["decode"], r["backend"]) for r in rows] == [
+        ("full", "opencv"),
+        ("full", "pillow"),
+        ("draft", "opencv"),
+        ("draft", "pillow"),
+    ]
     for row in rows:
         assert row["workers"] == 0 and row["images_per_s"] > 0 and row["feeds_target"] is True
         assert row["warmup_batches"] == 8 and row["distinct_jpegs"] == 24
@@ -214,16 +220,20 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
     assert "--examples, --batch and --batches must be >= 1" in capsys.readouterr().err
     assert input_pipeline.main(["--decode", "fast"]) == 2
     assert "--decode 'fast'" in capsys.readouterr().err
+    assert input_pipeline.main(["--backend", "pil"]) == 2
+    assert "--backend 'pil'" in capsys.readouterr().err
 
 
-def test_input_benchmark_per_image_compares_full_and_draft_decoding(tmp_path):
+def test_input_benchmark_per_image_compares_decodings_and_backends(tmp_path):
     from benchmarks import input_pipeline
 
     out = tmp_path / "per_image.jsonl"
     args = ["--examples", "6", "--per-image", "6", "--image-size", "64", "--out", str(out)]
     assert input_pipeline.main(args) == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["images"] == 6 and min(row[f"{m}_ms_per_image"] for m in ("array", "full", "draft")) > 0
+    assert row["images"] == 6
+    assert sorted(row["ms_per_image"]) == ["opencv_draft", "opencv_full", "pillow_array", "pillow_draft", "pillow_full"]
+    assert min(row["ms_per_image"].values()) > 0 and row["opencv_vs_pillow_speedup"]["full"] > 0
     # 64-pixel crops of 300-600-pixel images: draft decoding applies to some of them
     assert 0 < row["share_of_crops_drafted"] <= 1
 

@@ -2,6 +2,7 @@
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,36 +93,106 @@ def test_draft_reduction_keeps_the_crop_at_least_the_output_size():
     assert imagenet_input.draft_reduction(1792, 2000, 224) == 8
 
 
-def test_jpeg_bytes_at_full_size_give_the_decoded_arrays_crops():
+def _decoded(data, backend):
+    """The JPEG decoded at full size, RGB, by the backend's library."""
+    if backend == "pillow":
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    import cv2
+
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    return cv2.imdecode(np.frombuffer(data, np.uint8), flags)[..., ::-1]
+
+
+@pytest.mark.parametrize("backend", imagenet_input.BACKENDS)
+def test_jpeg_bytes_at_full_size_give_the_decoded_arrays_crops(backend):
     data = _photo_jpeg(300, 400)
-    decoded = {"image": np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), "label": 7}
+    decoded = {"image": _decoded(data, backend), "label": 7}
     raw = {"image": data, "label": 7}
     for seed in range(5):
-        a = imagenet_input.train_example(decoded, np.random.default_rng(seed), 64)
-        b = imagenet_input.train_example(raw, np.random.default_rng(seed), 64, draft=False)
+        a = imagenet_input.train_example(decoded, np.random.default_rng(seed), 64, backend=backend)
+        b = imagenet_input.train_example(raw, np.random.default_rng(seed), 64, draft=False, backend=backend)
         np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(
-        imagenet_input.eval_example(decoded, 64)["image"], imagenet_input.eval_example(raw, 64)["image"]
+        imagenet_input.eval_example(decoded, 64, backend)["image"],
+        imagenet_input.eval_example(raw, 64, backend)["image"],
     )
 
 
-def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch):
+def test_opencv_and_pillow_give_the_same_crop_in_rgb():
+    """The two backends differ only in the bicubic kernel (and Pillow antialiases when it shrinks):
+    on an upscaled crop of a smooth photo they are within a few grey levels, channels in RGB order
+    (a swapped BGR, or a box off by a few pixels, is tens of levels away)."""
+    data = _photo_jpeg(300, 400)
+    box = lambda h, w: (40, 60, 50, 70)  # noqa: E731 - upscaled to 96
+    cv = imagenet_input.decode_crop_resize(data, box, 96, draft=False, backend="opencv").astype(int)
+    pil = imagenet_input.decode_crop_resize(data, box, 96, draft=False, backend="pillow").astype(int)
+    assert cv.shape == pil.shape == (96, 96, 3)
+    assert np.abs(cv - pil).mean() < 2.0
+    assert np.abs(cv - pil[..., ::-1]).mean() > 10 * np.abs(cv - pil).mean()
+    shifted = imagenet_input.decode_crop_resize(data, lambda h, w: (45, 66, 50, 70), 96, False, "pillow")
+    assert np.abs(cv - shifted).mean() > 3 * np.abs(cv - pil).mean()
+
+
+@pytest.mark.parametrize("backend", imagenet_input.BACKENDS)
+def test_exif_orientation_is_ignored_as_tensorflow_does(backend):
+    """A JPEG tagged 'rotate 90' decodes unrotated, so the crop box (from the stored size) is right."""
+    data = _photo_jpeg(120, 200)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    box = lambda h, w: (10, 150, 100, 40)  # noqa: E731 - inside 120 x 200 only if not rotated
+    tagged = imagenet_input.decode_crop_resize(buf.getvalue(), box, 32, False, backend)
+    plain = imagenet_input.decode_crop_resize(data, box, 32, False, backend)
+    assert np.abs(tagged.astype(int) - plain).mean() < 3.0  # re-encoding at q95 only
+
+
+@pytest.mark.parametrize("backend", imagenet_input.BACKENDS)
+def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch, backend):
     """A crop 4x the output decodes at 1/4 scale; the result is within a few grey levels of the
     full-size decode, for colour and greyscale JPEGs; a crop that cannot shrink decodes at full size."""
     from PIL import JpegImagePlugin
 
-    asked = []
-    real = JpegImagePlugin.JpegImageFile.draft
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda self, *a: asked.append(a[1]) or real(self, *a))
+    asked = []  # the reduced scales asked for
+    if backend == "pillow":
+        real = JpegImagePlugin.JpegImageFile.draft
+        spy = lambda self, *a: asked.append(a[1]) or real(self, *a)  # noqa: E731
+        monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+        quarter = (640 // 4, 480 // 4)
+    else:
+        import cv2
+
+        real = cv2.imdecode
+        reduced = {cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_REDUCED_COLOR_8}
+        monkeypatch.setattr(
+            cv2,
+            "imdecode",
+            lambda buf, flags: (flags & ~128 in reduced and asked.append(flags & ~128)) or real(buf, flags),
+        )
+        quarter = cv2.IMREAD_REDUCED_COLOR_4
     for grey in (False, True):
         data = _photo_jpeg(480, 640, grey)
-        full = imagenet_input.decode_crop_resize(data, lambda h, w: (10, 20, 460, 600), 96, draft=False)
+        full = imagenet_input.decode_crop_resize(data, lambda h, w: (10, 20, 460, 600), 96, False, backend)
         assert not asked
-        small = imagenet_input.decode_crop_resize(data, lambda h, w: (10, 20, 460, 600), 96, draft=True)
-        assert asked.pop() == (640 // 4, 480 // 4) and small.shape == full.shape == (96, 96, 3)
-        assert np.abs(small.astype(int) - full).mean() < 2.0
-    imagenet_input.decode_crop_resize(_photo_jpeg(480, 640), lambda h, w: (0, 0, 150, 150), 96, draft=True)
+        small = imagenet_input.decode_crop_resize(data, lambda h, w: (10, 20, 460, 600), 96, True, backend)
+        assert asked.pop() == quarter and small.shape == full.shape == (96, 96, 3)
+        # OpenCV's full-size path samples without antialiasing (as TensorFlow does) and its draft
+        # box is rounded to whole pixels of the 1/4 image (here 2 px off at two edges), so it is
+        # further from the draft decode than Pillow's; a box 8 px off is much further still.
+        assert np.abs(small.astype(int) - full).mean() < (2.0 if backend == "pillow" else 5.0)
+        off = imagenet_input.decode_crop_resize(data, lambda h, w: (18, 28, 460, 600), 96, False, backend)
+        assert np.abs(off.astype(int) - full).mean() > 20.0
+    imagenet_input.decode_crop_resize(_photo_jpeg(480, 640), lambda h, w: (0, 0, 150, 150), 96, True, backend)
     assert not asked
+
+
+def test_unknown_or_missing_image_backend_is_a_clear_error(monkeypatch):
+    with pytest.raises(imagenet_input.InputError, match="image_backend 'pil' is not one of"):
+        imagenet_input.check_backend("pil")
+    imagenet_input.check_backend("pillow")
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as if OpenCV were not installed
+    with pytest.raises(imagenet_input.InputError, match="pip install opencv-python-headless.*image_backend=pillow"):
+        imagenet_input.check_backend("opencv")
 
 
 def test_train_batches_are_uint8_full_and_a_function_of_seed_and_epoch(tfds_dir):
@@ -197,6 +268,15 @@ def test_train_streams_an_imagenet_shaped_dataset(tfds_dir, tmp_path):
     assert data.dataset_info("imagenet2012").streaming and not data.dataset_info("cifar10").streaming
     # Re-running resumes: the finished run is returned, not retrained.
     assert train.train_and_evaluate(config, tmp_path / "run", quiet=True)["wall_s"] == result["wall_s"]
+
+
+def test_a_bad_image_backend_fails_before_anything_is_written(tfds_dir, tmp_path, capsys):
+    from qresnet import cli
+
+    args = ["train", "--config", str(ROOT / "configs/imagenet/base.py"), "--workdir", str(tmp_path / "run")]
+    assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.image_backend=cv")]) == 1
+    assert "image_backend 'cv' is not one of ('opencv', 'pillow')" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_compile_float_first_is_refused_for_streaming_data(tfds_dir, tmp_path):
