@@ -382,3 +382,15 @@ def test_warm_up_calls_until_a_call_compiles_nothing():
         fn(jnp.ones(4))  # a new shape compiles: the check must see it
         with pytest.raises(RuntimeError, match="a timed call included a compilation"):
             benchmarks.check_compiled(fn, programs, "a timed call")
+
+
+def test_gpu_decode_probe_checks_its_arguments_and_says_what_it_needs(capsys, monkeypatch):
+    import sys
+
+    from benchmarks import gpu_decode_probe
+
+    assert gpu_decode_probe.main(["--batch", "0"]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without PyTorch
+    with pytest.raises(SystemExit, match="needs torch and torchvision with CUDA"):
+        gpu_decode_probe.main(["--examples", "2"])

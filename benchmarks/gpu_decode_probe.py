@@ -1,0 +1,120 @@
+"""Could the GPU decode ImageNet's JPEGs? Images/s of nvJPEG (through torchvision) on batches.
+
+    python -m benchmarks.gpu_decode_probe [--batch 256 --batches 20 --image-size 224] --out F.jsonl
+
+The CPU pipeline (`benchmarks.input_pipeline`) prepares about three quarters of what an H200
+trains ResNet-50 at on its host's 16 cores (docs/BENCHMARKS.md). This probe asks whether decoding
+on the GPU would close that, before any of it is built into qresnet: on the same synthetic
+ImageNet-sized JPEGs as `input_pipeline`, it times `torchvision.io.decode_jpeg(..., device="cuda")`
+(NVIDIA's nvJPEG) on whole batches, alone and followed by the train preprocessing on the GPU
+(Inception crop boxes drawn as `imagenet_input` draws them, bicubic resize without antialiasing,
+flip), and how busy the calling CPU thread is meanwhile (nvJPEG may decode Huffman codes on the
+host). It needs PyTorch and torchvision with CUDA, which qresnet does not; nothing in qresnet
+uses this yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import record
+from qresnet import imagenet_input
+
+
+def _torch():
+    try:
+        import torch
+        import torchvision
+        from torchvision.io import decode_jpeg
+    except ImportError as e:
+        raise SystemExit(f"error: the probe needs torch and torchvision with CUDA ({e})") from e
+    if not torch.cuda.is_available():
+        raise SystemExit("error: the probe needs a CUDA GPU for torch")
+    return torch, torchvision, decode_jpeg
+
+
+def preprocess(torch, images, rng: np.random.Generator, size: int):
+    """Inception crop, bicubic resize (no antialiasing) and random flip of decoded CHW uint8
+    CUDA tensors; returns (N, size, size, 3) uint8 on the GPU."""
+    out = []
+    for x in images:
+        top, left, h, w = imagenet_input.inception_crop_box(rng, int(x.shape[1]), int(x.shape[2]), size)
+        crop = x[None, :, top : top + h, left : left + w].float()
+        y = torch.nn.functional.interpolate(crop, size=(size, size), mode="bicubic", align_corners=False)
+        if rng.random() < 0.5:
+            y = y.flip(-1)
+        out.append(y)
+    return torch.cat(out).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def time_decode(blobs, *, batch: int, batches: int, size: int, crop: bool) -> dict:
+    """Images/s and the calling thread's CPU seconds per second over `batches` batches after two
+    warm-up batches; `crop` adds the train preprocessing on the GPU."""
+    torch, _, decode_jpeg = _torch()
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    rng = np.random.default_rng(0)
+
+    def one(k):
+        chunk = [tensors[(k * batch + i) % len(tensors)] for i in range(batch)]
+        images = decode_jpeg(chunk, device="cuda")
+        return preprocess(torch, images, rng, size) if crop else images
+
+    for k in range(2):
+        one(k)
+    torch.cuda.synchronize()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for k in range(batches):
+        one(k)
+    torch.cuda.synchronize()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {
+        "mode": "decode_and_preprocess" if crop else "decode",
+        "batch": batch,
+        "batches": batches,
+        "image_size": size,
+        "images_per_s": batch * batches / wall,
+        "cpu_s_per_s": cpu / wall,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--examples", type=int, default=1024, help="distinct synthetic JPEGs (then cycled)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--out", help="also write the rows as JSON lines here")
+    args = p.parse_args(argv)
+    if min(args.examples, args.batch, args.batches, args.image_size) < 1:
+        print("error: --examples, --batch, --batches and --image-size must be >= 1", file=sys.stderr)
+        return 2
+    torch, torchvision, _ = _torch()
+    from benchmarks import input_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "jpegs.npz"
+        input_pipeline.write_jpegs(path, args.examples)
+        source = input_pipeline.JpegSource(path)
+        blobs = [source[i]["image"] for i in range(len(source))]
+    extra = {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "gpu": torch.cuda.get_device_name(),
+        "distinct_jpegs": args.examples,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    rows = []
+    for crop in (False, True):
+        row = time_decode(blobs, batch=args.batch, batches=args.batches, size=args.image_size, crop=crop)
+        record(rows, row | extra, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
