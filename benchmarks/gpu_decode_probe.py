@@ -9,8 +9,9 @@ ImageNet-sized JPEGs as `input_pipeline`, it times `torchvision.io.decode_jpeg(.
 (NVIDIA's nvJPEG) on whole batches, alone and followed by the train preprocessing on the GPU
 (Inception crop boxes drawn as `imagenet_input` draws them, bicubic resize without antialiasing,
 flip), and how busy the calling CPU thread is meanwhile (nvJPEG may decode Huffman codes on the
-host). It needs PyTorch and torchvision with CUDA, which qresnet does not; nothing in qresnet
-uses this yet.
+host). Then it compares qresnet's `nvjpeg.decode_batch` (`image_backend="nvjpeg"`) with the
+opencv backend on the same crops, and times it. It needs PyTorch and torchvision with CUDA
+(`pip install "qresnet[nvjpeg]"`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,39 @@ def time_decode(blobs, *, batch: int, batches: int, size: int, crop: bool) -> di
     }
 
 
+def compare_with_opencv(blobs, *, batch: int, size: int, batches: int) -> dict:
+    """qresnet's `nvjpeg.decode_batch` (Inception crops, no flips) against the opencv backend's
+    `decode_crop_resize` on the same crops: pixel differences, and decode_batch's images/s in one
+    thread (host batch out, as the trainer gets it) over `batches` batches."""
+    from qresnet import nvjpeg
+
+    rng = np.random.default_rng(1)
+    jpegs = blobs[:batch]
+    boxes = []
+    for b in jpegs:
+        height, width = imagenet_input._jpeg_size(b)
+        boxes.append(imagenet_input.inception_crop_box(rng, height, width, size))
+    flips = np.zeros(len(jpegs), bool)
+    gpu = nvjpeg.decode_batch(jpegs, np.asarray(boxes), flips, size).astype(int)
+    cpu = np.stack(
+        [imagenet_input.decode_crop_resize(b, lambda h, w, box=box: box, size, False) for b, box in zip(jpegs, boxes)]
+    ).astype(int)
+    diff = np.abs(gpu - cpu)
+    nvjpeg.decode_batch(jpegs, np.asarray(boxes), flips, size)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        nvjpeg.decode_batch(jpegs, np.asarray(boxes), flips, size)
+    return {
+        "mode": "decode_batch_vs_opencv",
+        "batch": len(jpegs),
+        "image_size": size,
+        "mean_abs_diff": float(diff.mean()),
+        "share_over_2": float((diff > 2).mean()),
+        "max_abs_diff": int(diff.max()),
+        "decode_batch_images_per_s": len(jpegs) * batches / (time.perf_counter() - t0),
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--examples", type=int, default=1024, help="distinct synthetic JPEGs (then cycled)")
@@ -113,6 +147,8 @@ def main(argv=None) -> int:
     for crop in (False, True):
         row = time_decode(blobs, batch=args.batch, batches=args.batches, size=args.image_size, crop=crop)
         record(rows, row | extra, args.out)
+    row = compare_with_opencv(blobs, batch=args.batch, size=args.image_size, batches=args.batches)
+    record(rows, row | extra, args.out)
     return 0
 
 

@@ -3,6 +3,7 @@
     python -m benchmarks.input_pipeline --workers 0,8,16 [--decode full,draft] [--backend opencv,pillow]
         --out F.jsonl [--target 6258]
     python -m benchmarks.input_pipeline --per-image 400 [--image-size 224] [--backend opencv,pillow] --out F.jsonl
+    python -m benchmarks.input_pipeline --feed resnet50:224:256:bfloat16 --workers 15 --backend opencv,nvjpeg --out F
 
 Times qresnet's streaming train pipeline (grain worker processes; JPEG decode,
 Inception crop, bicubic resize to 224, flip, batching) on synthetic JPEGs of
@@ -10,7 +11,9 @@ ImageNet's typical sizes (300-500 x 350-600 pixels, quality 90, photo-like
 content), handed to the workers as bytes as `open_source` hands them over, for
 each worker count, decoding (full size, or `jpeg_draft`: reduced-scale decoding where
 the crop allows) and image library (`image_backend`: OpenCV or Pillow), side by side;
-or (`--per-image`) the cost of one image's preprocessing in one thread, per library:
+or (`--feed CASE`) whether it keeps a training step fed: qresnet's float train step trained on
+its batches against the same step on fixed device data, in one process; or (`--per-image`)
+the cost of one image's preprocessing in one thread, per library:
 from the bytes with full-size and with draft decoding, and (Pillow) from a decoded array
 (what the source handed over before it passed bytes). Nothing here needs
 TensorFlow or TFDS, so it runs where only grain is installed. `--target` is the
@@ -128,7 +131,10 @@ def time_pipeline(
     }
 
 
-def time_per_image(source, *, size: int, images: int, backends=imagenet_input.BACKENDS) -> dict:
+CPU_BACKENDS = ("opencv", "pillow")  # those that work one image at a time (not nvjpeg)
+
+
+def time_per_image(source, *, size: int, images: int, backends=CPU_BACKENDS) -> dict:
     """One thread, no grain: ms per image of `train_example` (decode, Inception crop, resize,
     flip) per backend, from the bytes with full-size and with draft decoding, and (Pillow) from a
     decoded array (what the TFDS source handed over before it passed bytes), interleaved image
@@ -153,16 +159,76 @@ def time_per_image(source, *, size: int, images: int, backends=imagenet_input.BA
         _, _, h, w = imagenet_input.inception_crop_box(np.random.default_rng(i), height, width, size)
         shrunk += imagenet_input.draft_reduction(h, w, size) > 1
     row = {"mode": "per_image", "image_size": size, "images": images, "ms_per_image": ms}
-    if set(backends) == set(imagenet_input.BACKENDS):
+    if set(backends) == set(CPU_BACKENDS):
         row["opencv_vs_pillow_speedup"] = {m: ms[f"pillow_{m}"] / ms[f"opencv_{m}"] for m in ("full", "draft")}
     return row | {"share_of_crops_drafted": shrunk / images}
+
+
+def time_fed(source, feed: str, *, workers: int, batches: int, warmup: int, draft: bool, backend: str) -> dict:
+    """Does the pipeline keep a training step fed? Images/s of qresnet's float train step for the
+    `feed` case (MODEL:SIZE:BATCH:DTYPE, as `benchmarks.train_step`) on fixed device data, then on
+    the pipeline's batches (put on the device and trained on, one step each, the host preparing
+    the next meanwhile) over `batches` steps after `warmup`, in one process."""
+    import jax
+
+    from benchmarks import train_step as bench
+
+    case = bench.parse_case(feed)
+    row = bench.prepare("qresnet", "float", "qresnet", case, warmup=3)
+    alone = float(np.median([row.time_one() for _ in range(10)]))
+    spec = imagenet_input.StreamSpec(
+        "synthetic",
+        "",
+        case.image_size,
+        case.batch,
+        case.batch,
+        workers=workers,
+        jpeg_draft=draft,
+        image_backend=backend,
+    )
+    it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
+
+    def step(i):
+        b = next(it)
+        row.state, (loss, _) = row.step(
+            row.state, jax.device_put(b["image"]), jax.device_put(b["label"]), row.keys[i % 64]
+        )
+        return loss
+
+    for i in range(warmup):
+        step(i)
+    jax.block_until_ready(row.state)
+    t0 = time.perf_counter()
+    for i in range(batches):
+        loss = step(i)
+    jax.block_until_ready(loss)
+    fed = case.batch * batches / (time.perf_counter() - t0)
+    return {
+        "mode": "fed",
+        "feed": feed,
+        "workers": workers,
+        "decode": "draft" if draft else "full",
+        "backend": backend,
+        "batches": batches,
+        "warmup_batches": warmup,
+        "alone_images_per_s": case.batch / alone,
+        "fed_images_per_s": fed,
+        "fed_vs_alone": fed * alone / case.batch,
+    }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", default="0,8,16", help="comma-separated worker counts to time")
     p.add_argument("--decode", default="full,draft", help="train-crop decoding to time: full, draft or both")
-    p.add_argument("--backend", default="opencv,pillow", help="image libraries to time: opencv, pillow or both")
+    p.add_argument(
+        "--backend", default="opencv,pillow", help="image libraries to time: opencv, pillow, nvjpeg (comma-separated)"
+    )
+    p.add_argument(
+        "--feed",
+        default="",
+        help="instead: train this case (e.g. resnet50:224:256:bfloat16) on the pipeline's batches, against fixed data",
+    )
     p.add_argument("--examples", type=int, default=1024, help="distinct synthetic JPEGs to make (then cycled)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--image-size", type=int, default=224)
@@ -186,10 +252,24 @@ def main(argv=None) -> int:
         return 2
     backends = args.backend.split(",")
     if not backends or set(backends) - set(imagenet_input.BACKENDS):
-        print(f"error: --backend {args.backend!r} must be opencv, pillow or opencv,pillow", file=sys.stderr)
+        print(
+            f"error: --backend {args.backend!r} must name some of {', '.join(imagenet_input.BACKENDS)}", file=sys.stderr
+        )
+        return 2
+    if args.per_image and set(backends) - set(CPU_BACKENDS):
+        print("error: --per-image times the CPU backends (opencv, pillow) only", file=sys.stderr)
         return 2
     for backend in backends:
         imagenet_input.check_backend(backend)
+    if args.feed:  # the pipeline's batches take the training case's size
+        from benchmarks import train_step
+
+        try:
+            case = train_step.parse_case(args.feed)
+        except ValueError as e:
+            print(f"error: --feed: {e}", file=sys.stderr)
+            return 2
+        args.batch, args.image_size = case.batch, case.image_size
     if min(args.examples, args.batch, args.batches) < 1 or args.warmup < 0:
         print("error: --examples, --batch and --batches must be >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
@@ -210,6 +290,18 @@ def main(argv=None) -> int:
             )
             return 0
         for w, decode, backend in itertools.product(workers, decodes, backends):
+            if args.feed:
+                row = time_fed(
+                    source,
+                    args.feed,
+                    workers=w,
+                    batches=args.batches,
+                    warmup=args.warmup,
+                    draft=decode == "draft",
+                    backend=backend,
+                )
+                record(rows, row | {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}, args.out)
+                continue
             row = time_pipeline(
                 source,
                 workers=w,

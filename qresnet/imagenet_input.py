@@ -15,8 +15,10 @@ The source hands over the JPEG bytes (TFDS `SkipDecoding`) and the workers decod
 crop and resize them with OpenCV (`image_backend="opencv"`, the default: libjpeg-turbo
 and a bicubic resize without antialiasing, as TensorFlow's `tf.image.resize` in the
 paper's pipeline; much less time per image than Pillow, docs/BENCHMARKS.md) or with
-Pillow (`"pillow"`: its bicubic resize antialiases when it shrinks). Both ignore EXIF
-orientation, as TensorFlow's decoder does. For train crops, `jpeg_draft` lets libjpeg
+Pillow (`"pillow"`: its bicubic resize antialiases when it shrinks); or, with
+`"nvjpeg"`, the workers only read the bytes and draw each crop and flip, and the GPU
+decodes, crops and resizes whole batches (`qresnet/nvjpeg.py`; same draws, OpenCV's
+resize kernel). All ignore EXIF orientation, as TensorFlow's decoder does. For train crops, `jpeg_draft` lets libjpeg
 decode at 1/2, 1/4 or 1/8 scale (DCT scaling) whenever the crop still spans at least
 `image_size` pixels each way at that scale. That needs large images or a small output
 size: at 224, few crops of ImageNet-sized photos qualify (docs/BENCHMARKS.md); at 128
@@ -37,13 +39,15 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import queue
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 EVAL_PAD = 32  # eval crop = size / (size + 32) of the shorter side (224 of 256)
-BACKENDS = ("opencv", "pillow")
+BACKENDS = ("opencv", "pillow", "nvjpeg")  # nvjpeg: decoded on the GPU (qresnet/nvjpeg.py)
 
 
 class InputError(RuntimeError):
@@ -125,6 +129,13 @@ def check_backend(name: str) -> None:
         raise InputError(f"image_backend {name!r} is not one of {BACKENDS}; set --config.dataset.image_backend")
     if name == "opencv":
         _cv2()
+    if name == "nvjpeg":
+        from qresnet import nvjpeg
+
+        try:
+            nvjpeg.check()
+        except nvjpeg.NvjpegError as e:
+            raise InputError(str(e)) from e
 
 
 def _cv2():
@@ -231,6 +242,95 @@ def eval_example(example: dict[str, Any], size: int, backend: str = "opencv") ->
     return {"image": out, "label": np.int32(example["label"])}
 
 
+def _jpeg_bytes(example: dict[str, Any]) -> bytes:
+    image = example["image"]
+    if not isinstance(image, bytes):
+        raise InputError("image_backend 'nvjpeg' decodes JPEG bytes; this source hands over decoded images")
+    return bytes(image)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """(height, width) from the file's header."""
+    from PIL import Image
+
+    width, height = Image.open(io.BytesIO(data)).size
+    return height, width
+
+
+def plan_train(example: dict[str, Any], rng: np.random.Generator, size: int) -> dict[str, Any]:
+    """What the GPU decoder needs for one train example: its bytes, crop box and flip, drawn from
+    `rng` exactly as `train_example` draws them."""
+    data = _jpeg_bytes(example)
+    box = inception_crop_box(rng, *_jpeg_size(data), size)
+    flip = rng.random() < 0.5
+    return {"jpeg": data, "box": np.asarray(box, np.int32), "flip": flip, "label": np.int32(example["label"])}
+
+
+def plan_eval(example: dict[str, Any], size: int) -> dict[str, Any]:
+    """`plan_train` for an eval example: the center crop, no flip."""
+    data = _jpeg_bytes(example)
+    box = center_crop_box(*_jpeg_size(data), size)
+    return {"jpeg": data, "box": np.asarray(box, np.int32), "flip": False, "label": np.int32(example["label"])}
+
+
+def _gpu_batches(plans, batch: int, size: int, drop_remainder: bool, prefetch: int = 2):
+    """Groups plans into batches and decodes each on the GPU (`nvjpeg.decode_batch`) in a background
+    thread, `prefetch` batches ahead of the consumer; yields {"image", "label"}."""
+    from qresnet import nvjpeg
+
+    def decode(group):
+        image = nvjpeg.decode_batch(
+            [p["jpeg"] for p in group], [p["box"] for p in group], [p["flip"] for p in group], size
+        )
+        return {"image": image, "label": np.asarray([p["label"] for p in group], np.int32)}
+
+    def groups():
+        group = []
+        for p in plans:
+            group.append(p)
+            if len(group) == batch:
+                yield group
+                group = []
+        if group and not drop_remainder:
+            yield group
+
+    yield from _background(map(decode, groups()), prefetch)
+
+
+def _background(items, prefetch: int):
+    """Yields from the iterator `items`, which a daemon thread runs up to `prefetch` items ahead;
+    its exceptions are raised here. Closing the generator lets the thread stop."""
+    done, q, stop = object(), queue.Queue(prefetch), threading.Event()
+
+    def run():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put((done, e))
+
+    thread = threading.Thread(target=run, daemon=True, name="nvjpeg")
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+
+
 def open_source(spec: StreamSpec, split: str):
     """The split as a random-access `tfds.data_source` of JPEG bytes; errors name what to prepare."""
     try:
@@ -281,6 +381,10 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
     grain = _grain()
     epoch_seed = _epoch_seed(seed, epoch)
     size, draft, backend = spec.image_size, spec.jpeg_draft, spec.image_backend
+    if backend == "nvjpeg":  # the workers only plan; the GPU decodes whole batches
+        ds = grain.MapDataset.source(source).shuffle(seed=epoch_seed)
+        ds = ds.random_map(lambda ex, rng: plan_train(ex, rng, size), seed=epoch_seed)
+        return _gpu_batches(_parallel(grain, ds, spec.workers), spec.batch_size, size, drop_remainder=True)
     ds = (
         grain.MapDataset.source(source)
         .shuffle(seed=epoch_seed)
@@ -298,9 +402,13 @@ def eval_batches(spec: StreamSpec, source) -> Iterator[dict[str, np.ndarray]]:
     """
     grain = _grain()
     size, batch, backend = spec.image_size, spec.eval_batch_size, spec.image_backend
-    ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size, backend))
-    ds = ds.batch(batch, drop_remainder=False)
-    for b in _parallel(grain, ds, spec.workers):
+    if backend == "nvjpeg":
+        plans = _parallel(grain, grain.MapDataset.source(source).map(lambda ex: plan_eval(ex, size)), spec.workers)
+        batches = _gpu_batches(plans, batch, size, drop_remainder=False)
+    else:
+        ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size, backend))
+        batches = _parallel(grain, ds.batch(batch, drop_remainder=False), spec.workers)
+    for b in batches:
         n = len(b["label"])
         pad = batch - n
         yield {

@@ -394,3 +394,20 @@ def test_gpu_decode_probe_checks_its_arguments_and_says_what_it_needs(capsys, mo
     monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without PyTorch
     with pytest.raises(SystemExit, match="needs torch and torchvision with CUDA"):
         gpu_decode_probe.main(["--examples", "2"])
+
+
+def test_input_benchmark_feed_trains_on_the_pipelines_batches(tmp_path, capsys):
+    from benchmarks import input_pipeline
+
+    out = tmp_path / "fed.jsonl"
+    common = ["--examples", "8", "--workers", "0", "--decode", "full", "--backend", "opencv"]
+    args = [*common, "--feed", "resnet18:32:4:float32:0.125", "--warmup", "2", "--batches", "2", "--out", str(out)]
+    assert input_pipeline.main(args) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["mode"] == "fed" and row["backend"] == "opencv" and row["batches"] == 2
+    assert row["fed_images_per_s"] > 0 and row["alone_images_per_s"] > 0
+    assert row["fed_vs_alone"] == pytest.approx(row["fed_images_per_s"] / row["alone_images_per_s"])
+    assert input_pipeline.main([*common, "--feed", "resnet50:224"]) == 2
+    assert "--feed: case 'resnet50:224' must look like" in capsys.readouterr().err
+    assert input_pipeline.main(["--per-image", "2", "--backend", "nvjpeg"]) == 2
+    assert "--per-image times the CPU backends" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Streaming input: a tiny ImageNet-shaped TFDS dataset (JPEG images of mixed sizes, 1000 classes) made here."""
 
+import dataclasses
 import io
 import json
 import sys
@@ -186,6 +187,56 @@ def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch, backend):
     assert not asked
 
 
+def _cpu_decode_batch(jpegs, boxes, flips, size):
+    """nvjpeg.decode_batch's contract, on the CPU with OpenCV (the GPU path's stand-in in tests)."""
+    out = []
+    for jpeg, box, flip in zip(jpegs, boxes, flips):
+        crop = tuple(int(v) for v in box)
+        image = imagenet_input.decode_crop_resize(jpeg, lambda h, w, crop=crop: crop, size, False)
+        out.append(image[:, ::-1] if flip else image)
+    return np.stack(out)
+
+
+@pytest.fixture
+def cpu_nvjpeg(monkeypatch):
+    from qresnet import nvjpeg
+
+    monkeypatch.setattr(nvjpeg, "check", lambda: None)
+    monkeypatch.setattr(nvjpeg, "decode_batch", _cpu_decode_batch)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(tfds_dir, cpu_nvjpeg, workers):
+    """With image_backend nvjpeg the host plans (bytes, crop box, flip) with the CPU path's draws and
+    the decoder gets whole batches: with OpenCV standing in for nvJPEG the batches equal the opencv
+    backend's (full-size decoding), train and eval, with worker processes or without."""
+    cpu = imagenet_input.StreamSpec(NAME, tfds_dir, 32, 8, 4, workers=0, jpeg_draft=False)
+    gpu = dataclasses.replace(cpu, workers=workers, image_backend="nvjpeg")
+    src = imagenet_input.open_source(cpu, "train")
+    want = list(imagenet_input.train_batches(cpu, src, seed=3, epoch=1))
+    got = list(imagenet_input.train_batches(gpu, src, seed=3, epoch=1))
+    assert len(got) == len(want) == 5
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g["image"], w["image"])
+        np.testing.assert_array_equal(g["label"], w["label"])
+    val = imagenet_input.open_source(cpu, "validation")
+    for g, w in zip(imagenet_input.eval_batches(gpu, val), imagenet_input.eval_batches(cpu, val), strict=True):
+        for k in ("image", "label", "mask"):
+            np.testing.assert_array_equal(g[k], w[k])
+
+
+def test_a_gpu_decoding_error_reaches_the_consumer(tfds_dir, monkeypatch):
+    from qresnet import nvjpeg
+
+    def broken(*args):
+        raise ValueError("bad batch")
+
+    monkeypatch.setattr(nvjpeg, "decode_batch", broken)
+    spec = imagenet_input.StreamSpec(NAME, tfds_dir, 32, 8, 4, image_backend="nvjpeg")
+    with pytest.raises(ValueError, match="bad batch"):
+        next(imagenet_input.train_batches(spec, imagenet_input.open_source(spec, "train"), seed=0, epoch=0))
+
+
 def test_unknown_or_missing_image_backend_is_a_clear_error(monkeypatch):
     with pytest.raises(imagenet_input.InputError, match="image_backend 'pil' is not one of"):
         imagenet_input.check_backend("pil")
@@ -193,6 +244,9 @@ def test_unknown_or_missing_image_backend_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)  # as if OpenCV were not installed
     with pytest.raises(imagenet_input.InputError, match="pip install opencv-python-headless.*image_backend=pillow"):
         imagenet_input.check_backend("opencv")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without PyTorch
+    with pytest.raises(imagenet_input.InputError, match=r"qresnet\[nvjpeg\].*image_backend=opencv"):
+        imagenet_input.check_backend("nvjpeg")
 
 
 def test_train_batches_are_uint8_full_and_a_function_of_seed_and_epoch(tfds_dir):
@@ -275,7 +329,7 @@ def test_a_bad_image_backend_fails_before_anything_is_written(tfds_dir, tmp_path
 
     args = ["train", "--config", str(ROOT / "configs/imagenet/base.py"), "--workdir", str(tmp_path / "run")]
     assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.image_backend=cv")]) == 1
-    assert "image_backend 'cv' is not one of ('opencv', 'pillow')" in capsys.readouterr().err
+    assert "image_backend 'cv' is not one of ('opencv', 'pillow', 'nvjpeg')" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -1,0 +1,81 @@
+"""JPEG decoding on the GPU for streamed datasets: NVIDIA's nvJPEG through torchvision.
+
+`dataset.image_backend="nvjpeg"`. The CPU backends decode, crop and resize in grain's
+worker processes, and on the 16 cores of an H200's host they prepare about three quarters
+of the images a ResNet-50 trains on (docs/BENCHMARKS.md). With this backend the workers only
+read each JPEG's bytes and draw its crop box and flip (`imagenet_input.plan_train` /
+`plan_eval`, the same draws as the CPU backends'), and `decode_batch` decodes a whole batch
+with nvJPEG, crops, resizes (bicubic, Keys a = -0.75, half-pixel centres, no antialiasing:
+OpenCV's INTER_CUBIC) and flips on the GPU, and returns a uint8 host batch, which the trainer
+puts on its devices like any other. PyTorch and torchvision with CUDA are an optional
+dependency (`pip install "qresnet[nvjpeg]"`); nothing else in qresnet needs them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class NvjpegError(RuntimeError):
+    """The GPU decoder is not available; the message says what to install or use instead."""
+
+
+def _torch():
+    try:
+        import torch
+        import torchvision.io
+    except ImportError as e:
+        raise NvjpegError(
+            f"image_backend 'nvjpeg' decodes with torchvision on an NVIDIA GPU ({e}): install PyTorch and "
+            'torchvision with CUDA (pip install "qresnet[nvjpeg]"), or set --config.dataset.image_backend=opencv'
+        ) from e
+    if not torch.cuda.is_available():
+        raise NvjpegError(
+            "image_backend 'nvjpeg' needs a CUDA GPU that PyTorch can see; none found: "
+            "set --config.dataset.image_backend=opencv"
+        )
+    return torch, torchvision.io
+
+
+def check() -> None:
+    """Raises NvjpegError unless PyTorch, torchvision and a CUDA GPU are there."""
+    _torch()
+
+
+def _decode(torch, tio, jpegs: list[bytes]):
+    """Decoded CHW uint8 RGB CUDA tensors; an image nvJPEG refuses (e.g. CMYK) decodes on the CPU."""
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+    try:
+        return tio.decode_jpeg(tensors, mode=tio.ImageReadMode.RGB, device="cuda")
+    except RuntimeError:
+        out = []
+        for t in tensors:
+            try:
+                out.append(tio.decode_jpeg(t, mode=tio.ImageReadMode.RGB, device="cuda"))
+            except RuntimeError:
+                out.append(tio.decode_image(t, mode=tio.ImageReadMode.RGB).cuda())
+        return out
+
+
+def decode_batch(jpegs: list[bytes], boxes: np.ndarray, flips: np.ndarray, size: int) -> np.ndarray:
+    """Decodes, crops, resizes and flips a batch of JPEGs on the GPU.
+
+    Args:
+      jpegs: the JPEG files' bytes.
+      boxes: (N, 4) int (top, left, h, w) crops in full-size pixels.
+      flips: (N,) bool, flip horizontally after resizing.
+      size: output side.
+
+    Returns:
+      (N, size, size, 3) uint8 RGB, on the host.
+    """
+    torch, tio = _torch()
+    images = _decode(torch, tio, jpegs)
+    resized = []
+    for x, (top, left, h, w) in zip(images, np.asarray(boxes).tolist()):
+        crop = x[None, :, top : top + h, left : left + w].float()
+        resized.append(torch.nn.functional.interpolate(crop, size=(size, size), mode="bicubic", align_corners=False))
+    y = torch.cat(resized).round_().clamp_(0, 255).to(torch.uint8)
+    flip = torch.as_tensor(np.asarray(flips, bool), device=y.device)[:, None, None, None]
+    y = torch.where(flip, y.flip(-1), y)
+    return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
