@@ -87,7 +87,8 @@ def time_decode(blobs, *, batch: int, batches: int, size: int, crop: bool) -> di
 def compare_with_opencv(blobs, *, batch: int, size: int, batches: int) -> dict:
     """qresnet's `nvjpeg.decode_batch` (Inception crops, no flips) against the opencv backend's
     `decode_crop_resize` on the same crops: pixel differences, and decode_batch's images/s in one
-    thread (host batch out, as the trainer gets it) over `batches` batches."""
+    thread over `batches` batches, with a host batch out (what the pipeline uses) and with a JAX
+    array on the GPU (`on_device`)."""
     from qresnet import nvjpeg
 
     rng = np.random.default_rng(1)
@@ -102,10 +103,16 @@ def compare_with_opencv(blobs, *, batch: int, size: int, batches: int) -> dict:
         [imagenet_input.decode_crop_resize(b, lambda h, w, box=box: box, size, False) for b, box in zip(jpegs, boxes)]
     ).astype(int)
     diff = np.abs(gpu - cpu)
-    nvjpeg.decode_batch(jpegs, np.asarray(boxes), flips, size)
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        nvjpeg.decode_batch(jpegs, np.asarray(boxes), flips, size)
+    on_device = np.asarray(nvjpeg.decode_batch(jpegs, np.asarray(boxes), flips, size, on_device=True)).astype(int)
+
+    def rate(**kw):
+        out = nvjpeg.decode_batch(jpegs, np.asarray(boxes), flips, size, **kw)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            out = nvjpeg.decode_batch(jpegs, np.asarray(boxes), flips, size, **kw)
+        np.asarray(out)  # waits for the last batch
+        return len(jpegs) * batches / (time.perf_counter() - t0)
+
     return {
         "mode": "decode_batch_vs_opencv",
         "batch": len(jpegs),
@@ -113,7 +120,9 @@ def compare_with_opencv(blobs, *, batch: int, size: int, batches: int) -> dict:
         "mean_abs_diff": float(diff.mean()),
         "share_over_2": float((diff > 2).mean()),
         "max_abs_diff": int(diff.max()),
-        "decode_batch_images_per_s": len(jpegs) * batches / (time.perf_counter() - t0),
+        "on_device_equals_host": bool((on_device == gpu).all()),
+        "decode_batch_images_per_s": rate(),
+        "decode_batch_on_device_images_per_s": rate(on_device=True),
     }
 
 

@@ -273,28 +273,30 @@ def plan_eval(example: dict[str, Any], size: int) -> dict[str, Any]:
     return {"jpeg": data, "box": np.asarray(box, np.int32), "flip": False, "label": np.int32(example["label"])}
 
 
-def _gpu_batches(plans, batch: int, size: int, drop_remainder: bool, prefetch: int = 2):
-    """Groups plans into batches and decodes each on the GPU (`nvjpeg.decode_batch`) in a background
+def collate_plans(plans: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """A batch of plans as arrays (the JPEGs concatenated, with offsets), so that grain's workers
+    hand over one batch at a time through shared memory rather than one example at a time."""
+    jpegs = [np.frombuffer(p["jpeg"], np.uint8) for p in plans]
+    return {
+        "jpeg": np.concatenate(jpegs),
+        "offsets": np.cumsum([0] + [len(j) for j in jpegs]).astype(np.int64),
+        "box": np.stack([p["box"] for p in plans]),
+        "flip": np.asarray([p["flip"] for p in plans], bool),
+        "label": np.asarray([p["label"] for p in plans], np.int32),
+    }
+
+
+def _gpu_batches(batches, size: int, prefetch: int = 2):
+    """Decodes each collated batch of plans on the GPU (`nvjpeg.decode_batch`) in a background
     thread, `prefetch` batches ahead of the consumer; yields {"image", "label"}."""
     from qresnet import nvjpeg
 
-    def decode(group):
-        image = nvjpeg.decode_batch(
-            [p["jpeg"] for p in group], [p["box"] for p in group], [p["flip"] for p in group], size
-        )
-        return {"image": image, "label": np.asarray([p["label"] for p in group], np.int32)}
+    def decode(b):
+        o = b["offsets"]
+        jpegs = [b["jpeg"][o[i] : o[i + 1]].tobytes() for i in range(len(o) - 1)]
+        return {"image": nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size), "label": b["label"]}
 
-    def groups():
-        group = []
-        for p in plans:
-            group.append(p)
-            if len(group) == batch:
-                yield group
-                group = []
-        if group and not drop_remainder:
-            yield group
-
-    yield from _background(map(decode, groups()), prefetch)
+    yield from _background(map(decode, batches), prefetch)
 
 
 def _background(items, prefetch: int):
@@ -384,7 +386,8 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
     if backend == "nvjpeg":  # the workers only plan; the GPU decodes whole batches
         ds = grain.MapDataset.source(source).shuffle(seed=epoch_seed)
         ds = ds.random_map(lambda ex, rng: plan_train(ex, rng, size), seed=epoch_seed)
-        return _gpu_batches(_parallel(grain, ds, spec.workers), spec.batch_size, size, drop_remainder=True)
+        ds = ds.batch(spec.batch_size, drop_remainder=True, batch_fn=collate_plans)
+        return _gpu_batches(_parallel(grain, ds, spec.workers), size)
     ds = (
         grain.MapDataset.source(source)
         .shuffle(seed=epoch_seed)
@@ -403,8 +406,9 @@ def eval_batches(spec: StreamSpec, source) -> Iterator[dict[str, np.ndarray]]:
     grain = _grain()
     size, batch, backend = spec.image_size, spec.eval_batch_size, spec.image_backend
     if backend == "nvjpeg":
-        plans = _parallel(grain, grain.MapDataset.source(source).map(lambda ex: plan_eval(ex, size)), spec.workers)
-        batches = _gpu_batches(plans, batch, size, drop_remainder=False)
+        ds = grain.MapDataset.source(source).map(lambda ex: plan_eval(ex, size))
+        ds = ds.batch(batch, drop_remainder=False, batch_fn=collate_plans)
+        batches = _gpu_batches(_parallel(grain, ds, spec.workers), size)
     else:
         ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size, backend))
         batches = _parallel(grain, ds.batch(batch, drop_remainder=False), spec.workers)

@@ -57,7 +57,7 @@ def _decode(torch, tio, jpegs: list[bytes]):
         return out
 
 
-def decode_batch(jpegs: list[bytes], boxes: np.ndarray, flips: np.ndarray, size: int) -> np.ndarray:
+def decode_batch(jpegs: list[bytes], boxes: np.ndarray, flips: np.ndarray, size: int, on_device: bool = False):
     """Decodes, crops, resizes and flips a batch of JPEGs on the GPU.
 
     Args:
@@ -65,9 +65,11 @@ def decode_batch(jpegs: list[bytes], boxes: np.ndarray, flips: np.ndarray, size:
       boxes: (N, 4) int (top, left, h, w) crops in full-size pixels.
       flips: (N,) bool, flip horizontally after resizing.
       size: output side.
+      on_device: return a JAX array on the GPU (DLPack, no copy) instead of a host array; not yet
+        timed on a GPU, so the input pipeline does not use it.
 
     Returns:
-      (N, size, size, 3) uint8 RGB, on the host.
+      (N, size, size, 3) uint8 RGB, on the host (numpy) or, with `on_device`, a jax.Array.
     """
     torch, tio = _torch()
     images = _decode(torch, tio, jpegs)
@@ -78,4 +80,9 @@ def decode_batch(jpegs: list[bytes], boxes: np.ndarray, flips: np.ndarray, size:
     y = torch.cat(resized).round_().clamp_(0, 255).to(torch.uint8)
     flip = torch.as_tensor(np.asarray(flips, bool), device=y.device)[:, None, None, None]
     y = torch.where(flip, y.flip(-1), y)
-    return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    y = y.permute(0, 2, 3, 1).contiguous()
+    if on_device:
+        import jax
+
+        return jax.dlpack.from_dlpack(y)
+    return y.cpu().numpy()
