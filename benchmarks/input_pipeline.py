@@ -10,15 +10,16 @@ Inception crop, bicubic resize to 224, flip, batching) on synthetic JPEGs of
 ImageNet's typical sizes (300-500 x 350-600 pixels, quality 90, photo-like
 content), handed to the workers as bytes as `open_source` hands them over, for
 each worker count, decoding (full size, or `jpeg_draft`: reduced-scale decoding where
-the crop allows) and image library (`image_backend`: OpenCV or Pillow), side by side;
-or (`--feed CASE`) whether it keeps a training step fed: qresnet's float train step trained on
-its batches against the same step on fixed device data, in one process; or (`--per-image`)
-the cost of one image's preprocessing in one thread, per library:
-from the bytes with full-size and with draft decoding, and (Pillow) from a decoded array
-(what the source handed over before it passed bytes). Nothing here needs
-TensorFlow or TFDS, so it runs where only grain is installed. `--target` is the
-training step's images/s to compare with (e.g. 6258: qresnet's ResNet-50 bf16
-batch 256 float step on an H200, docs/BENCHMARKS.md).
+the crop allows) and image library (`image_backend`: opencv, pillow, or nvjpeg on the
+GPU), side by side. `--nvjpeg-stub` replaces nvjpeg's GPU decoder by a no-op, to time
+that path's host side on any machine. `--feed CASE`: whether the pipeline keeps a
+training step fed (qresnet's float train step trained on its batches against the same
+step on fixed device data, in one process). `--per-image`: the cost of one image's
+preprocessing in one thread, per CPU library, from the bytes with full-size and with
+draft decoding, and (Pillow) from a decoded array (what the source handed over before
+it passed bytes). Nothing here needs TensorFlow or TFDS, so it runs where only grain is
+installed. `--target` is the training step's images/s to compare with (e.g. 6258:
+qresnet's ResNet-50 bf16 batch 256 float step on an H200, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -217,12 +218,22 @@ def time_fed(source, feed: str, *, workers: int, batches: int, warmup: int, draf
     }
 
 
+def _stub_decode_batch(jpegs, boxes, flips, size, on_device=False):
+    """`nvjpeg.decode_batch`'s shape and type with no decoding (`--nvjpeg-stub`)."""
+    return np.zeros((len(jpegs), size, size, 3), np.uint8)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", default="0,8,16", help="comma-separated worker counts to time")
     p.add_argument("--decode", default="full,draft", help="train-crop decoding to time: full, draft or both")
     p.add_argument(
         "--backend", default="opencv,pillow", help="image libraries to time: opencv, pillow, nvjpeg (comma-separated)"
+    )
+    p.add_argument(
+        "--nvjpeg-stub",
+        action="store_true",
+        help="nvjpeg rows: replace the GPU decoder by a no-op (times the host side only; needs no GPU)",
     )
     p.add_argument(
         "--feed",
@@ -259,6 +270,11 @@ def main(argv=None) -> int:
     if args.per_image and set(backends) - set(CPU_BACKENDS):
         print("error: --per-image times the CPU backends (opencv, pillow) only", file=sys.stderr)
         return 2
+    if args.nvjpeg_stub:
+        from qresnet import nvjpeg
+
+        nvjpeg.check = lambda: None
+        nvjpeg.decode_batch = _stub_decode_batch
     for backend in backends:
         imagenet_input.check_backend(backend)
     if args.feed:  # the pipeline's batches take the training case's size

@@ -411,3 +411,17 @@ def test_input_benchmark_feed_trains_on_the_pipelines_batches(tmp_path, capsys):
     assert "--feed: case 'resnet50:224' must look like" in capsys.readouterr().err
     assert input_pipeline.main(["--per-image", "2", "--backend", "nvjpeg"]) == 2
     assert "--per-image times the CPU backends" in capsys.readouterr().err
+
+
+def test_input_benchmark_times_the_nvjpeg_host_side_with_a_stub_decoder(tmp_path, monkeypatch):
+    from benchmarks import input_pipeline
+    from qresnet import nvjpeg
+
+    monkeypatch.setattr(nvjpeg, "check", nvjpeg.check)  # restored after the test
+    monkeypatch.setattr(nvjpeg, "decode_batch", nvjpeg.decode_batch)
+    out = tmp_path / "stub.jsonl"
+    args = ["--examples", "24", "--workers", "0", "--decode", "full", "--backend", "nvjpeg", "--nvjpeg-stub"]
+    args += ["--batch", "4", "--warmup", "2", "--batches", "3", "--image-size", "32", "--out", str(out)]
+    assert input_pipeline.main(args) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["backend"] == "nvjpeg" and row["images_per_s"] > 0
