@@ -8,8 +8,8 @@ on the GPU would close that, before any of it is built into qresnet: on the same
 ImageNet-sized JPEGs as `input_pipeline`, it times `torchvision.io.decode_jpeg(..., device="cuda")`
 (NVIDIA's nvJPEG) on whole batches, alone and followed by the train preprocessing on the GPU
 (Inception crop boxes drawn as `imagenet_input` draws them, bicubic resize without antialiasing,
-flip), and how busy the calling CPU thread is meanwhile (nvJPEG may decode Huffman codes on the
-host). Then it compares qresnet's `nvjpeg.decode_batch` (`image_backend="nvjpeg"`) with the
+flip), in one thread and in two at once, and how busy the CPU is meanwhile (nvJPEG may decode
+Huffman codes on the host). Then it compares qresnet's `nvjpeg.decode_batch` (`image_backend="nvjpeg"`) with the
 opencv backend on the same crops, and times it. It needs PyTorch and torchvision with CUDA
 (`pip install "qresnet[nvjpeg]"`).
 """
@@ -54,32 +54,40 @@ def preprocess(torch, images, rng: np.random.Generator, size: int):
     return torch.cat(out).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def time_decode(blobs, *, batch: int, batches: int, size: int, crop: bool) -> dict:
-    """Images/s and the calling thread's CPU seconds per second over `batches` batches after two
-    warm-up batches; `crop` adds the train preprocessing on the GPU."""
+def time_decode(blobs, *, batch: int, batches: int, size: int, crop: bool, threads: int = 1) -> dict:
+    """Images/s and the process's CPU seconds per second over `batches` batches per thread, in
+    `threads` threads at once, after two warm-up batches; `crop` adds the train preprocessing on
+    the GPU."""
+    import concurrent.futures
+
     torch, _, decode_jpeg = _torch()
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-    rng = np.random.default_rng(0)
 
-    def one(k):
+    def one(k, rng):
         chunk = [tensors[(k * batch + i) % len(tensors)] for i in range(batch)]
         images = decode_jpeg(chunk, device="cuda")
         return preprocess(torch, images, rng, size) if crop else images
 
+    def loop(seed):
+        rng = np.random.default_rng(seed)
+        for k in range(batches):
+            one(k + seed, rng)
+        torch.cuda.synchronize()
+
     for k in range(2):
-        one(k)
+        one(k, np.random.default_rng(k))
     torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
-    for k in range(batches):
-        one(k)
-    torch.cuda.synchronize()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(loop, range(threads)))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "mode": "decode_and_preprocess" if crop else "decode",
+        "threads": threads,
         "batch": batch,
         "batches": batches,
         "image_size": size,
-        "images_per_s": batch * batches / wall,
+        "images_per_s": batch * batches * threads / wall,
         "cpu_s_per_s": cpu / wall,
     }
 
@@ -153,8 +161,10 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     rows = []
-    for crop in (False, True):
-        row = time_decode(blobs, batch=args.batch, batches=args.batches, size=args.image_size, crop=crop)
+    for crop, threads in ((False, 1), (True, 1), (True, 2)):
+        row = time_decode(
+            blobs, batch=args.batch, batches=args.batches, size=args.image_size, crop=crop, threads=threads
+        )
         record(rows, row | extra, args.out)
     row = compare_with_opencv(blobs, batch=args.batch, size=args.image_size, batches=args.batches)
     record(rows, row | extra, args.out)

@@ -101,6 +101,7 @@ def time_pipeline(
     warmup: int = 24,
     draft: bool = True,
     backend: str = "opencv",
+    decode_threads: int = 1,
 ) -> dict:
     """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
     (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
@@ -110,7 +111,15 @@ def time_pipeline(
     if len(source) < (warmup + batches) * batch:
         raise ValueError(f"source has {len(source)} examples, fewer than {(warmup + batches) * batch}")
     spec = imagenet_input.StreamSpec(
-        "synthetic", "", size, batch, batch, workers=workers, jpeg_draft=draft, image_backend=backend
+        "synthetic",
+        "",
+        size,
+        batch,
+        batch,
+        workers=workers,
+        jpeg_draft=draft,
+        image_backend=backend,
+        decode_threads=decode_threads,
     )
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
@@ -124,6 +133,7 @@ def time_pipeline(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
+        **({"decode_threads": decode_threads} if backend == "nvjpeg" else {}),
         "batch": batch,
         "image_size": size,
         "batches": batches,
@@ -165,7 +175,9 @@ def time_per_image(source, *, size: int, images: int, backends=CPU_BACKENDS) -> 
     return row | {"share_of_crops_drafted": shrunk / images}
 
 
-def time_fed(source, feed: str, *, workers: int, batches: int, warmup: int, draft: bool, backend: str) -> dict:
+def time_fed(
+    source, feed: str, *, workers: int, batches: int, warmup: int, draft: bool, backend: str, decode_threads: int = 1
+) -> dict:
     """Does the pipeline keep a training step fed? Images/s of qresnet's float train step for the
     `feed` case (MODEL:SIZE:BATCH:DTYPE, as `benchmarks.train_step`) on fixed device data, then on
     the pipeline's batches (put on the device and trained on, one step each, the host preparing
@@ -186,6 +198,7 @@ def time_fed(source, feed: str, *, workers: int, batches: int, warmup: int, draf
         workers=workers,
         jpeg_draft=draft,
         image_backend=backend,
+        decode_threads=decode_threads,
     )
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
 
@@ -210,6 +223,7 @@ def time_fed(source, feed: str, *, workers: int, batches: int, warmup: int, draf
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
+        **({"decode_threads": decode_threads} if backend == "nvjpeg" else {}),
         "batches": batches,
         "warmup_batches": warmup,
         "alone_images_per_s": case.batch / alone,
@@ -230,6 +244,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--backend", default="opencv,pillow", help="image libraries to time: opencv, pillow, nvjpeg (comma-separated)"
     )
+    p.add_argument("--decode-threads", type=int, default=1, help="nvjpeg rows: threads that launch the GPU decoding")
     p.add_argument(
         "--nvjpeg-stub",
         action="store_true",
@@ -286,8 +301,8 @@ def main(argv=None) -> int:
             print(f"error: --feed: {e}", file=sys.stderr)
             return 2
         args.batch, args.image_size = case.batch, case.image_size
-    if min(args.examples, args.batch, args.batches) < 1 or args.warmup < 0:
-        print("error: --examples, --batch and --batches must be >= 1 and --warmup >= 0", file=sys.stderr)
+    if min(args.examples, args.batch, args.batches, args.decode_threads) < 1 or args.warmup < 0:
+        print("error: --examples, --batch, --batches and --decode-threads must be >= 1, --warmup >= 0", file=sys.stderr)
         return 2
     import tempfile
 
@@ -315,6 +330,7 @@ def main(argv=None) -> int:
                     warmup=args.warmup,
                     draft=decode == "draft",
                     backend=backend,
+                    decode_threads=args.decode_threads,
                 )
                 record(rows, row | {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}, args.out)
                 continue
@@ -327,6 +343,7 @@ def main(argv=None) -> int:
                 warmup=args.warmup,
                 draft=decode == "draft",
                 backend=backend,
+                decode_threads=args.decode_threads,
             )
             row |= {"cpus": os.cpu_count(), "distinct_jpegs": args.examples, "date": time.strftime("%Y-%m-%d")}
             if args.target:

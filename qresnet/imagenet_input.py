@@ -36,6 +36,7 @@ default; for streaming prepare it as array_record:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import math
@@ -68,6 +69,7 @@ class StreamSpec:
     workers: int = 0
     jpeg_draft: bool = True
     image_backend: str = "opencv"
+    decode_threads: int = 1  # nvjpeg: threads of the training process that launch the GPU decoding
     train_split: str = "train"
     eval_split: str = "validation"
 
@@ -286,9 +288,10 @@ def collate_plans(plans: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     }
 
 
-def _gpu_batches(batches, size: int, prefetch: int = 2):
-    """Decodes each collated batch of plans on the GPU (`nvjpeg.decode_batch`) in a background
-    thread, `prefetch` batches ahead of the consumer; yields {"image", "label"}."""
+def _gpu_batches(batches, size: int, threads: int = 1, ahead: int = 2):
+    """Decodes each collated batch of plans on the GPU (`nvjpeg.decode_batch`) in `threads`
+    background threads, up to `ahead` batches ahead of the consumer; yields {"image", "label"}
+    in order."""
     from qresnet import nvjpeg
 
     def decode(b):
@@ -296,41 +299,44 @@ def _gpu_batches(batches, size: int, prefetch: int = 2):
         jpegs = [b["jpeg"][o[i] : o[i + 1]].tobytes() for i in range(len(o) - 1)]
         return {"image": nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size), "label": b["label"]}
 
-    yield from _background(map(decode, batches), prefetch)
+    yield from _ordered_map(decode, batches, threads, ahead)
 
 
-def _background(items, prefetch: int):
-    """Yields from the iterator `items`, which a daemon thread runs up to `prefetch` items ahead;
-    its exceptions are raised here. Closing the generator lets the thread stop."""
-    done, q, stop = object(), queue.Queue(prefetch), threading.Event()
+def _ordered_map(fn, items, threads: int, ahead: int):
+    """Yields fn(item) for each item of the iterator `items`, in order. A feeder thread reads
+    `items` and hands them to `threads` worker threads, at most `ahead` results ahead of the
+    consumer; an exception, in `fn` or in `items`, is raised here at its place in the order.
+    Closing the generator stops the threads."""
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="decode")
+    futures, stop = queue.Queue(ahead), threading.Event()
 
-    def run():
+    def put(future) -> bool:
+        while not stop.is_set():
+            try:
+                futures.put(future, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def feed():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(pool.submit(fn, item)):
                     return
-            q.put((done, None))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            q.put((done, e))
+        except BaseException as e:  # noqa: BLE001 - raised to the consumer in order
+            failed = concurrent.futures.Future()
+            failed.set_exception(e)
+            put(failed)
+        put(None)
 
-    thread = threading.Thread(target=run, daemon=True, name="nvjpeg")
-    thread.start()
+    threading.Thread(target=feed, daemon=True, name="decode-feed").start()
     try:
-        while True:
-            item, error = q.get()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
+        while (future := futures.get()) is not None:
+            yield future.result()
     finally:
         stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def open_source(spec: StreamSpec, split: str):
@@ -387,7 +393,7 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
         ds = grain.MapDataset.source(source).shuffle(seed=epoch_seed)
         ds = ds.random_map(lambda ex, rng: plan_train(ex, rng, size), seed=epoch_seed)
         ds = ds.batch(spec.batch_size, drop_remainder=True, batch_fn=collate_plans)
-        return _gpu_batches(_parallel(grain, ds, spec.workers), size)
+        return _gpu_batches(_parallel(grain, ds, spec.workers), size, spec.decode_threads)
     ds = (
         grain.MapDataset.source(source)
         .shuffle(seed=epoch_seed)
@@ -408,7 +414,7 @@ def eval_batches(spec: StreamSpec, source) -> Iterator[dict[str, np.ndarray]]:
     if backend == "nvjpeg":
         ds = grain.MapDataset.source(source).map(lambda ex: plan_eval(ex, size))
         ds = ds.batch(batch, drop_remainder=False, batch_fn=collate_plans)
-        batches = _gpu_batches(_parallel(grain, ds, spec.workers), size)
+        batches = _gpu_batches(_parallel(grain, ds, spec.workers), size, spec.decode_threads)
     else:
         ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size, backend))
         batches = _parallel(grain, ds.batch(batch, drop_remainder=False), spec.workers)

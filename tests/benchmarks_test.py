@@ -217,7 +217,7 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
     assert input_pipeline.main(["--workers", "x"]) == 2
     assert "--workers 'x'" in capsys.readouterr().err
     assert input_pipeline.main(["--examples", "0"]) == 2
-    assert "--examples, --batch and --batches must be >= 1" in capsys.readouterr().err
+    assert "--examples, --batch, --batches and --decode-threads must be >= 1" in capsys.readouterr().err
     assert input_pipeline.main(["--decode", "fast"]) == 2
     assert "--decode 'fast'" in capsys.readouterr().err
     assert input_pipeline.main(["--backend", "pil"]) == 2
@@ -421,7 +421,8 @@ def test_input_benchmark_times_the_nvjpeg_host_side_with_a_stub_decoder(tmp_path
     monkeypatch.setattr(nvjpeg, "decode_batch", nvjpeg.decode_batch)
     out = tmp_path / "stub.jsonl"
     args = ["--examples", "24", "--workers", "0", "--decode", "full", "--backend", "nvjpeg", "--nvjpeg-stub"]
+    args += ["--decode-threads", "2"]
     args += ["--batch", "4", "--warmup", "2", "--batches", "3", "--image-size", "32", "--out", str(out)]
     assert input_pipeline.main(args) == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["backend"] == "nvjpeg" and row["images_per_s"] > 0
+    assert row["backend"] == "nvjpeg" and row["decode_threads"] == 2 and row["images_per_s"] > 0

@@ -3,7 +3,9 @@
 import dataclasses
 import io
 import json
+import random
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +191,7 @@ def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch, backend):
 
 def _cpu_decode_batch(jpegs, boxes, flips, size):
     """nvjpeg.decode_batch's contract, on the CPU with OpenCV (the GPU path's stand-in in tests)."""
+    time.sleep(random.random() / 100)  # several decoding threads then finish out of order
     out = []
     for jpeg, box, flip in zip(jpegs, boxes, flips):
         crop = tuple(int(v) for v in box)
@@ -205,13 +208,14 @@ def cpu_nvjpeg(monkeypatch):
     monkeypatch.setattr(nvjpeg, "decode_batch", _cpu_decode_batch)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(tfds_dir, cpu_nvjpeg, workers):
+@pytest.mark.parametrize("workers,threads", [(0, 1), (2, 1), (0, 3)])
+def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(tfds_dir, cpu_nvjpeg, workers, threads):
     """With image_backend nvjpeg the host plans (bytes, crop box, flip) with the CPU path's draws and
     the decoder gets whole batches: with OpenCV standing in for nvJPEG the batches equal the opencv
-    backend's (full-size decoding), train and eval, with worker processes or without."""
+    backend's (full-size decoding), train and eval, with worker processes or without, and in order
+    when several threads decode (finishing in any order)."""
     cpu = imagenet_input.StreamSpec(NAME, tfds_dir, 32, 8, 4, workers=0, jpeg_draft=False)
-    gpu = dataclasses.replace(cpu, workers=workers, image_backend="nvjpeg")
+    gpu = dataclasses.replace(cpu, workers=workers, image_backend="nvjpeg", decode_threads=threads)
     src = imagenet_input.open_source(cpu, "train")
     want = list(imagenet_input.train_batches(cpu, src, seed=3, epoch=1))
     got = list(imagenet_input.train_batches(gpu, src, seed=3, epoch=1))
