@@ -34,7 +34,8 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.dataset.image_size = 0  # Crop size (0 = the dataset's, 224).
     c.dataset.workers = 8  # Decoding processes (0 = in the training process).
     c.dataset.jpeg_draft = True  # Train crops decode JPEGs at 1/2-1/8 scale where the crop stays >= image_size.
-    c.dataset.image_backend = "opencv"  # Decodes and resizes: "opencv" (no antialiasing, as TF) or "pillow".
+    # Decodes and resizes: "opencv" (no antialiasing, as TF's resize), "pillow", or "nvjpeg" (on the GPU).
+    c.dataset.image_backend = "opencv"
 
     # Quantization
     c.quant = ml_collections.ConfigDict()

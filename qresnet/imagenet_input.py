@@ -15,16 +15,18 @@ The source hands over the JPEG bytes (TFDS `SkipDecoding`) and the workers decod
 crop and resize them with OpenCV (`image_backend="opencv"`, the default: libjpeg-turbo
 and a bicubic resize without antialiasing, as TensorFlow's `tf.image.resize` in the
 paper's pipeline; much less time per image than Pillow, docs/BENCHMARKS.md) or with
-Pillow (`"pillow"`: its bicubic resize antialiases when it shrinks); or, with
-`"nvjpeg"`, the workers only read the bytes and draw each crop and flip, and the GPU
-decodes, crops and resizes whole batches (`qresnet/nvjpeg.py`; same draws, OpenCV's
-resize kernel). All ignore EXIF orientation, as TensorFlow's decoder does. For train crops, `jpeg_draft` lets libjpeg
-decode at 1/2, 1/4 or 1/8 scale (DCT scaling) whenever the crop still spans at least
-`image_size` pixels each way at that scale. That needs large images or a small output
-size: at 224, few crops of ImageNet-sized photos qualify (docs/BENCHMARKS.md); at 128
-most do. It changes those crops' pixels slightly (the reduction is a block average
-before the bicubic resize; OpenCV rounds the crop to whole pixels of the reduced
-image); off, train crops decode at full size as eval crops always do.
+Pillow (`"pillow"`: its bicubic resize antialiases when it shrinks). With `"nvjpeg"`
+the workers only read the bytes and draw each crop and flip, and the GPU decodes,
+crops and resizes whole batches (`qresnet/nvjpeg.py`; the same draws, OpenCV's resize
+kernel). All ignore EXIF orientation, as TensorFlow's decoder does.
+
+For train crops on the CPU, `jpeg_draft` lets libjpeg decode at 1/2, 1/4 or 1/8
+scale (DCT scaling) whenever the crop still spans at least `image_size` pixels each
+way at that scale. That needs large images or a small output size: at 224, few crops
+of ImageNet-sized photos qualify (docs/BENCHMARKS.md); at 128 most do. It changes
+those crops' pixels slightly (the reduction is a block average before the bicubic
+resize; OpenCV rounds the crop to whole pixels of the reduced image); off, train
+crops decode at full size as eval crops always do.
 
 Batches leave as uint8 (N, S, S, 3) with int32 labels; mean/std normalisation
 happens on the device (`data.normalize`). Every random choice is a function of
