@@ -142,7 +142,7 @@ def time_pipeline(
     }
 
 
-CPU_BACKENDS = ("opencv", "pillow")  # those that work one image at a time (not nvjpeg)
+CPU_BACKENDS = imagenet_input.CPU_BACKENDS
 
 
 def time_per_image(source, *, size: int, images: int, backends=CPU_BACKENDS) -> dict:

@@ -51,6 +51,7 @@ import numpy as np
 
 EVAL_PAD = 32  # eval crop = size / (size + 32) of the shorter side (224 of 256)
 BACKENDS = ("opencv", "pillow", "nvjpeg")  # nvjpeg: decoded on the GPU (qresnet/nvjpeg.py)
+CPU_BACKENDS = ("opencv", "pillow")  # those that prepare one image at a time in the workers
 
 
 class InputError(RuntimeError):
@@ -154,6 +155,11 @@ def _cv2():
     return cv2
 
 
+def _cpu_backend(backend: str) -> None:
+    if backend not in CPU_BACKENDS:
+        raise InputError(f"image_backend {backend!r} does not prepare single images; use one of {CPU_BACKENDS}")
+
+
 def _cv2_resize(cv2, image: np.ndarray, size: int) -> np.ndarray:
     """Bicubic resize to size x size (Keys a = -0.75, no antialiasing), uint8."""
     return np.asarray(cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC), np.uint8)
@@ -163,6 +169,7 @@ def crop_and_resize(
     image: np.ndarray, box: tuple[int, int, int, int], size: int, backend: str = "opencv"
 ) -> np.ndarray:
     """The box of a decoded RGB `image`, bicubic-resized to size x size with `backend`, uint8."""
+    _cpu_backend(backend)
     top, left, h, w = box
     image = _rgb(np.asarray(image))
     if backend == "opencv":
@@ -197,6 +204,7 @@ def decode_crop_resize(data: bytes, box_of, size: int, draft: bool, backend: str
     """
     from PIL import Image
 
+    _cpu_backend(backend)
     img = Image.open(io.BytesIO(data))  # reads the header only
     width, height = img.size
     top, left, h, w = box_of(height, width)

@@ -106,7 +106,7 @@ def _decoded(data, backend):
     return cv2.imdecode(np.frombuffer(data, np.uint8), flags)[..., ::-1]
 
 
-@pytest.mark.parametrize("backend", imagenet_input.BACKENDS)
+@pytest.mark.parametrize("backend", imagenet_input.CPU_BACKENDS)
 def test_jpeg_bytes_at_full_size_give_the_decoded_arrays_crops(backend):
     data = _photo_jpeg(300, 400)
     decoded = {"image": _decoded(data, backend), "label": 7}
@@ -136,7 +136,7 @@ def test_opencv_and_pillow_give_the_same_crop_in_rgb():
     assert np.abs(cv - shifted).mean() > 3 * np.abs(cv - pil).mean()
 
 
-@pytest.mark.parametrize("backend", imagenet_input.BACKENDS)
+@pytest.mark.parametrize("backend", imagenet_input.CPU_BACKENDS)
 def test_exif_orientation_is_ignored_as_tensorflow_does(backend):
     """A JPEG tagged 'rotate 90' decodes unrotated, so the crop box (from the stored size) is right."""
     data = _photo_jpeg(120, 200)
@@ -150,7 +150,7 @@ def test_exif_orientation_is_ignored_as_tensorflow_does(backend):
     assert np.abs(tagged.astype(int) - plain).mean() < 3.0  # re-encoding at q95 only
 
 
-@pytest.mark.parametrize("backend", imagenet_input.BACKENDS)
+@pytest.mark.parametrize("backend", imagenet_input.CPU_BACKENDS)
 def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch, backend):
     """A crop 4x the output decodes at 1/4 scale; the result is within a few grey levels of the
     full-size decode, for colour and greyscale JPEGs; a crop that cannot shrink decodes at full size."""
@@ -239,6 +239,11 @@ def test_a_gpu_decoding_error_reaches_the_consumer(tfds_dir, monkeypatch):
     spec = imagenet_input.StreamSpec(NAME, tfds_dir, 32, 8, 4, image_backend="nvjpeg")
     with pytest.raises(ValueError, match="bad batch"):
         next(imagenet_input.train_batches(spec, imagenet_input.open_source(spec, "train"), seed=0, epoch=0))
+
+
+def test_the_gpu_backend_does_not_prepare_single_images():
+    with pytest.raises(imagenet_input.InputError, match="'nvjpeg' does not prepare single images"):
+        imagenet_input.decode_crop_resize(_photo_jpeg(40, 50), lambda h, w: (0, 0, 40, 40), 32, False, "nvjpeg")
 
 
 def test_unknown_or_missing_image_backend_is_a_clear_error(monkeypatch):
