@@ -893,11 +893,14 @@ def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
         batch_size=config.optim.batch_size,
         eval_batch_size=config.eval_batch_size,
         workers=config.dataset.workers,
-        # Both absent in older records, which ran with these.
+        # Absent in older records, which ran with these.
         jpeg_draft=bool(config.dataset.get("jpeg_draft", True)),
         image_backend=config.dataset.get("image_backend", "pillow"),
+        decode_threads=config.dataset.get("decode_threads", 1),
     )
     imagenet_input.check_backend(spec.image_backend)
+    if spec.decode_threads < 1:
+        raise TrainError(f"dataset.decode_threads={spec.decode_threads} must be >= 1")
     return spec
 
 

@@ -339,6 +339,8 @@ def test_a_bad_image_backend_fails_before_anything_is_written(tfds_dir, tmp_path
     args = ["train", "--config", str(ROOT / "configs/imagenet/base.py"), "--workdir", str(tmp_path / "run")]
     assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.image_backend=cv")]) == 1
     assert "image_backend 'cv' is not one of ('opencv', 'pillow', 'nvjpeg')" in capsys.readouterr().err
+    assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.decode_threads=0")]) == 1
+    assert "dataset.decode_threads=0 must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
