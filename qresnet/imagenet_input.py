@@ -306,7 +306,7 @@ def _gpu_batches(batches, size: int, threads: int = 1, ahead: int = 2):
 
     def decode(b):
         o = b["offsets"]
-        jpegs = [b["jpeg"][o[i] : o[i + 1]].tobytes() for i in range(len(o) - 1)]
+        jpegs = [b["jpeg"][o[i] : o[i + 1]] for i in range(len(o) - 1)]  # views, not copies
         return {"image": nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size), "label": b["label"]}
 
     yield from _ordered_map(decode, batches, threads, ahead)

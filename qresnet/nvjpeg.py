@@ -42,9 +42,16 @@ def check() -> None:
     _torch()
 
 
-def _decode(torch, tio, jpegs: list[bytes]):
+def _as_tensor(torch, jpeg):
+    """A 1-D uint8 tensor of the file: a numpy array is shared, bytes (read-only) are copied."""
+    if isinstance(jpeg, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(jpeg, np.uint8))
+    return torch.frombuffer(bytearray(jpeg), dtype=torch.uint8)
+
+
+def _decode(torch, tio, jpegs):
     """Decoded CHW uint8 RGB CUDA tensors; an image nvJPEG refuses (e.g. CMYK) decodes on the CPU."""
-    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+    tensors = [_as_tensor(torch, b) for b in jpegs]
     try:
         return tio.decode_jpeg(tensors, mode=tio.ImageReadMode.RGB, device="cuda")
     except RuntimeError:
@@ -57,11 +64,11 @@ def _decode(torch, tio, jpegs: list[bytes]):
         return out
 
 
-def decode_batch(jpegs: list[bytes], boxes: np.ndarray, flips: np.ndarray, size: int, on_device: bool = False):
+def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_device: bool = False):
     """Decodes, crops, resizes and flips a batch of JPEGs on the GPU.
 
     Args:
-      jpegs: the JPEG files' bytes.
+      jpegs: the JPEG files, each as bytes or a 1-D uint8 numpy array (used without a copy).
       boxes: (N, 4) int (top, left, h, w) crops in full-size pixels.
       flips: (N,) bool, flip horizontally after resizing.
       size: output side.

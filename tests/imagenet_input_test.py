@@ -195,7 +195,8 @@ def _cpu_decode_batch(jpegs, boxes, flips, size):
     out = []
     for jpeg, box, flip in zip(jpegs, boxes, flips):
         crop = tuple(int(v) for v in box)
-        image = imagenet_input.decode_crop_resize(jpeg, lambda h, w, crop=crop: crop, size, False)
+        data = bytes(jpeg)  # the pipeline hands over numpy views of the collated batch
+        image = imagenet_input.decode_crop_resize(data, lambda h, w, crop=crop: crop, size, False)
         out.append(image[:, ::-1] if flip else image)
     return np.stack(out)
 
