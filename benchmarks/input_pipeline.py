@@ -4,6 +4,8 @@
         --out F.jsonl [--target 6258]
     python -m benchmarks.input_pipeline --per-image 400 [--image-size 224] [--backend opencv,pillow] --out F.jsonl
     python -m benchmarks.input_pipeline --feed resnet50:224:256:bfloat16 --workers 15 --backend opencv,nvjpeg --out F
+    python -m benchmarks.input_pipeline --backend nvjpeg --workers 4 --decode full --decode-threads 1,2
+        --placement host,device --out F.jsonl
 
 Times qresnet's streaming train pipeline (grain worker processes; JPEG decode,
 Inception crop, bicubic resize to 224, flip, batching) on synthetic JPEGs of
@@ -12,7 +14,9 @@ content), handed to the workers as bytes as `open_source` hands them over, for
 each worker count, decoding (full size, or `jpeg_draft`: reduced-scale decoding where
 the crop allows) and image library (`image_backend`: opencv, pillow, or nvjpeg on the
 GPU), side by side. `--nvjpeg-stub` replaces nvjpeg's GPU decoder by a no-op, to time
-that path's host side on any machine. `--feed CASE`: whether the pipeline keeps a
+that path's host side on any machine; `--decode-threads 1,2` and `--placement host,device`
+(decoded batches copied to the host, or kept on the GPU through DLPack) vary its GPU side.
+`--feed CASE`: whether the pipeline keeps a
 training step fed (qresnet's float train step trained on its batches against the same
 step on fixed device data, in one process). `--per-image`: the cost of one image's
 preprocessing in one thread, per CPU library, from the bytes with full-size and with
@@ -102,6 +106,7 @@ def time_pipeline(
     draft: bool = True,
     backend: str = "opencv",
     decode_threads: int = 1,
+    on_device: bool = False,
 ) -> dict:
     """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
     (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
@@ -120,6 +125,7 @@ def time_pipeline(
         jpeg_draft=draft,
         image_backend=backend,
         decode_threads=decode_threads,
+        decode_on_device=on_device,
     )
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
@@ -127,13 +133,17 @@ def time_pipeline(
     t0 = time.perf_counter()
     for _ in range(batches):
         b = next(it)
+    if on_device:
+        import jax
+
+        jax.block_until_ready(b["image"])
     dt = time.perf_counter() - t0
     assert b["image"].shape == (batch, size, size, 3)
     return {
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **({"decode_threads": decode_threads} if backend == "nvjpeg" else {}),
+        **({"decode_threads": decode_threads, "on_device": on_device} if backend == "nvjpeg" else {}),
         "batch": batch,
         "image_size": size,
         "batches": batches,
@@ -176,7 +186,16 @@ def time_per_image(source, *, size: int, images: int, backends=CPU_BACKENDS) -> 
 
 
 def time_fed(
-    source, feed: str, *, workers: int, batches: int, warmup: int, draft: bool, backend: str, decode_threads: int = 1
+    source,
+    feed: str,
+    *,
+    workers: int,
+    batches: int,
+    warmup: int,
+    draft: bool,
+    backend: str,
+    decode_threads: int = 1,
+    on_device: bool = False,
 ) -> dict:
     """Does the pipeline keep a training step fed? Images/s of qresnet's float train step for the
     `feed` case (MODEL:SIZE:BATCH:DTYPE, as `benchmarks.train_step`) on fixed device data, then on
@@ -199,6 +218,7 @@ def time_fed(
         jpeg_draft=draft,
         image_backend=backend,
         decode_threads=decode_threads,
+        decode_on_device=on_device,
     )
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
 
@@ -223,7 +243,7 @@ def time_fed(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **({"decode_threads": decode_threads} if backend == "nvjpeg" else {}),
+        **({"decode_threads": decode_threads, "on_device": on_device} if backend == "nvjpeg" else {}),
         "batches": batches,
         "warmup_batches": warmup,
         "alone_images_per_s": case.batch / alone,
@@ -234,7 +254,12 @@ def time_fed(
 
 def _stub_decode_batch(jpegs, boxes, flips, size, on_device=False):
     """`nvjpeg.decode_batch`'s shape and type with no decoding (`--nvjpeg-stub`)."""
-    return np.zeros((len(jpegs), size, size, 3), np.uint8)
+    out = np.zeros((len(jpegs), size, size, 3), np.uint8)
+    if on_device:
+        import jax
+
+        return jax.device_put(out)
+    return out
 
 
 def main(argv=None) -> int:
@@ -244,7 +269,16 @@ def main(argv=None) -> int:
     p.add_argument(
         "--backend", default="opencv,pillow", help="image libraries to time: opencv, pillow, nvjpeg (comma-separated)"
     )
-    p.add_argument("--decode-threads", type=int, default=1, help="nvjpeg rows: threads that launch the GPU decoding")
+    p.add_argument(
+        "--decode-threads",
+        default="1",
+        help="nvjpeg rows: threads that launch the GPU decoding (counts, comma-separated)",
+    )
+    p.add_argument(
+        "--placement",
+        default="host",
+        help="nvjpeg rows: where decoded batches are handed over: host (a numpy copy), device (DLPack), or both",
+    )
     p.add_argument(
         "--nvjpeg-stub",
         action="store_true",
@@ -301,7 +335,15 @@ def main(argv=None) -> int:
             print(f"error: --feed: {e}", file=sys.stderr)
             return 2
         args.batch, args.image_size = case.batch, case.image_size
-    if min(args.examples, args.batch, args.batches, args.decode_threads) < 1 or args.warmup < 0:
+    try:
+        threads = [int(t) for t in args.decode_threads.split(",")]
+    except ValueError:
+        threads = [0]
+    placements = args.placement.split(",")
+    if not placements or set(placements) - {"host", "device"}:
+        print(f"error: --placement {args.placement!r} must be host, device or host,device", file=sys.stderr)
+        return 2
+    if min(args.examples, args.batch, args.batches, *threads) < 1 or args.warmup < 0:
         print("error: --examples, --batch, --batches and --decode-threads must be >= 1, --warmup >= 0", file=sys.stderr)
         return 2
     import tempfile
@@ -320,7 +362,10 @@ def main(argv=None) -> int:
                 args.out,
             )
             return 0
-        for w, decode, backend in itertools.product(workers, decodes, backends):
+        for w, decode, backend, t, place in itertools.product(workers, decodes, backends, threads, placements):
+            if backend != "nvjpeg" and (t, place) != (threads[0], placements[0]):
+                continue  # the CPU backends have no decoding threads or placement to vary
+            nv = {"decode_threads": t, "on_device": place == "device"}
             if args.feed:
                 row = time_fed(
                     source,
@@ -330,7 +375,7 @@ def main(argv=None) -> int:
                     warmup=args.warmup,
                     draft=decode == "draft",
                     backend=backend,
-                    decode_threads=args.decode_threads,
+                    **nv,
                 )
                 record(rows, row | {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}, args.out)
                 continue
@@ -343,7 +388,7 @@ def main(argv=None) -> int:
                 warmup=args.warmup,
                 draft=decode == "draft",
                 backend=backend,
-                decode_threads=args.decode_threads,
+                **nv,
             )
             row |= {"cpus": os.cpu_count(), "distinct_jpegs": args.examples, "date": time.strftime("%Y-%m-%d")}
             if args.target:

@@ -73,6 +73,7 @@ class StreamSpec:
     jpeg_draft: bool = True
     image_backend: str = "opencv"
     decode_threads: int = 1  # nvjpeg: threads of the training process that launch the GPU decoding
+    decode_on_device: bool = False  # nvjpeg: train batches stay on the GPU (DLPack) instead of a host copy
     train_split: str = "train"
     eval_split: str = "validation"
 
@@ -298,16 +299,16 @@ def collate_plans(plans: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     }
 
 
-def _gpu_batches(batches, size: int, threads: int = 1, ahead: int = 2):
+def _gpu_batches(batches, size: int, threads: int = 1, ahead: int = 2, on_device: bool = False):
     """Decodes each collated batch of plans on the GPU (`nvjpeg.decode_batch`) in `threads`
     background threads, up to `ahead` batches ahead of the consumer; yields {"image", "label"}
-    in order."""
+    in order, images as host arrays or, with `on_device`, as jax.Arrays on the GPU."""
     from qresnet import nvjpeg
 
     def decode(b):
         o = b["offsets"]
         jpegs = [b["jpeg"][o[i] : o[i + 1]] for i in range(len(o) - 1)]  # views, not copies
-        return {"image": nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size), "label": b["label"]}
+        return {"image": nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size, on_device), "label": b["label"]}
 
     yield from _ordered_map(decode, batches, threads, ahead)
 
@@ -403,7 +404,9 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
         ds = grain.MapDataset.source(source).shuffle(seed=epoch_seed)
         ds = ds.random_map(lambda ex, rng: plan_train(ex, rng, size), seed=epoch_seed)
         ds = ds.batch(spec.batch_size, drop_remainder=True, batch_fn=collate_plans)
-        return _gpu_batches(_parallel(grain, ds, spec.workers), size, spec.decode_threads)
+        return _gpu_batches(
+            _parallel(grain, ds, spec.workers), size, spec.decode_threads, on_device=spec.decode_on_device
+        )
     ds = (
         grain.MapDataset.source(source)
         .shuffle(seed=epoch_seed)

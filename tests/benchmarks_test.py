@@ -222,6 +222,10 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
     assert "--decode 'fast'" in capsys.readouterr().err
     assert input_pipeline.main(["--backend", "pil"]) == 2
     assert "--backend 'pil'" in capsys.readouterr().err
+    assert input_pipeline.main(["--placement", "gpu"]) == 2
+    assert "--placement 'gpu' must be host, device or host,device" in capsys.readouterr().err
+    assert input_pipeline.main(["--decode-threads", "two"]) == 2
+    assert "--decode-threads must be >= 1" in capsys.readouterr().err
 
 
 def test_input_benchmark_per_image_compares_decodings_and_backends(tmp_path):
@@ -421,8 +425,9 @@ def test_input_benchmark_times_the_nvjpeg_host_side_with_a_stub_decoder(tmp_path
     monkeypatch.setattr(nvjpeg, "decode_batch", nvjpeg.decode_batch)
     out = tmp_path / "stub.jsonl"
     args = ["--examples", "24", "--workers", "0", "--decode", "full", "--backend", "nvjpeg", "--nvjpeg-stub"]
-    args += ["--decode-threads", "2"]
+    args += ["--decode-threads", "1,2", "--placement", "host,device"]
     args += ["--batch", "4", "--warmup", "2", "--batches", "3", "--image-size", "32", "--out", str(out)]
     assert input_pipeline.main(args) == 0
-    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["backend"] == "nvjpeg" and row["decode_threads"] == 2 and row["images_per_s"] > 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["decode_threads"], r["on_device"]) for r in rows] == [(1, False), (1, True), (2, False), (2, True)]
+    assert all(r["backend"] == "nvjpeg" and r["images_per_s"] > 0 for r in rows)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -189,7 +190,7 @@ def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch, backend):
     assert not asked
 
 
-def _cpu_decode_batch(jpegs, boxes, flips, size):
+def _cpu_decode_batch(jpegs, boxes, flips, size, on_device=False):
     """nvjpeg.decode_batch's contract, on the CPU with OpenCV (the GPU path's stand-in in tests)."""
     time.sleep(random.random() / 100)  # several decoding threads then finish out of order
     out = []
@@ -198,7 +199,8 @@ def _cpu_decode_batch(jpegs, boxes, flips, size):
         data = bytes(jpeg)  # the pipeline hands over numpy views of the collated batch
         image = imagenet_input.decode_crop_resize(data, lambda h, w, crop=crop: crop, size, False)
         out.append(image[:, ::-1] if flip else image)
-    return np.stack(out)
+    out = np.stack(out)
+    return jax.device_put(out) if on_device else out
 
 
 @pytest.fixture
@@ -209,19 +211,22 @@ def cpu_nvjpeg(monkeypatch):
     monkeypatch.setattr(nvjpeg, "decode_batch", _cpu_decode_batch)
 
 
-@pytest.mark.parametrize("workers,threads", [(0, 1), (2, 1), (0, 3)])
-def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(tfds_dir, cpu_nvjpeg, workers, threads):
+@pytest.mark.parametrize("workers,threads,on_device", [(0, 1, False), (2, 1, False), (0, 3, False), (0, 2, True)])
+def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(tfds_dir, cpu_nvjpeg, workers, threads, on_device):
     """With image_backend nvjpeg the host plans (bytes, crop box, flip) with the CPU path's draws and
     the decoder gets whole batches: with OpenCV standing in for nvJPEG the batches equal the opencv
-    backend's (full-size decoding), train and eval, with worker processes or without, and in order
-    when several threads decode (finishing in any order)."""
+    backend's (full-size decoding), train and eval, with worker processes or without, in order
+    when several threads decode (finishing in any order), and with train batches left on the device."""
     cpu = imagenet_input.StreamSpec(NAME, tfds_dir, 32, 8, 4, workers=0, jpeg_draft=False)
-    gpu = dataclasses.replace(cpu, workers=workers, image_backend="nvjpeg", decode_threads=threads)
+    gpu = dataclasses.replace(
+        cpu, workers=workers, image_backend="nvjpeg", decode_threads=threads, decode_on_device=on_device
+    )
     src = imagenet_input.open_source(cpu, "train")
     want = list(imagenet_input.train_batches(cpu, src, seed=3, epoch=1))
     got = list(imagenet_input.train_batches(gpu, src, seed=3, epoch=1))
     assert len(got) == len(want) == 5
     for g, w in zip(got, want):
+        assert isinstance(g["image"], jax.Array) == on_device
         np.testing.assert_array_equal(g["image"], w["image"])
         np.testing.assert_array_equal(g["label"], w["label"])
     val = imagenet_input.open_source(cpu, "validation")
