@@ -13,7 +13,11 @@ dependency (`pip install "qresnet[nvjpeg]"`); nothing else in qresnet needs them
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+
+_local = threading.local()
 
 
 class NvjpegError(RuntimeError):
@@ -64,6 +68,16 @@ def _decode(torch, tio, jpegs):
         return out
 
 
+def _stream(torch):
+    """This thread's own CUDA stream. PyTorch's default (legacy) stream waits for, and is waited
+    on by, every blocking stream of the device, so decoding there would take turns with the
+    training step's kernels; torch's pool streams are non-blocking and run beside them."""
+    stream = getattr(_local, "stream", None)
+    if stream is None:
+        stream = _local.stream = torch.cuda.Stream()
+    return stream
+
+
 def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_device: bool = False):
     """Decodes, crops, resizes and flips a batch of JPEGs on the GPU.
 
@@ -72,13 +86,18 @@ def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_devi
       boxes: (N, 4) int (top, left, h, w) crops in full-size pixels.
       flips: (N,) bool, flip horizontally after resizing.
       size: output side.
-      on_device: return a JAX array on the GPU (DLPack, no copy) instead of a host array; not yet
-        timed on a GPU, so the input pipeline does not use it.
+      on_device: return a JAX array on the GPU (through DLPack, copied into JAX's own memory on
+        the device) instead of a host array.
 
     Returns:
       (N, size, size, 3) uint8 RGB, on the host (numpy) or, with `on_device`, a jax.Array.
     """
     torch, tio = _torch()
+    with torch.cuda.stream(_stream(torch)):
+        return _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device)
+
+
+def _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device):
     images = _decode(torch, tio, jpegs)
     resized = []
     for x, (top, left, h, w) in zip(images, np.asarray(boxes).tolist()):
@@ -91,5 +110,8 @@ def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_devi
     if on_device:
         import jax
 
-        return jax.dlpack.from_dlpack(y)
+        # A copy that JAX owns, made once torch's stream has written y (the DLPack exchange orders
+        # the two streams). Waiting for it before y is dropped keeps torch from handing y's memory
+        # to the next batch while JAX may still read it.
+        return jax.block_until_ready(jax.dlpack.from_dlpack(y, copy=True))
     return y.cpu().numpy()
