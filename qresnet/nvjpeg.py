@@ -113,5 +113,5 @@ def _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device):
         # A copy that JAX owns, made once torch's stream has written y (the DLPack exchange orders
         # the two streams). Waiting for it before y is dropped keeps torch from handing y's memory
         # to the next batch while JAX may still read it.
-        return jax.block_until_ready(jax.dlpack.from_dlpack(y, copy=True))
+        return jax.block_until_ready(jax.numpy.array(jax.dlpack.from_dlpack(y), copy=True))
     return y.cpu().numpy()
