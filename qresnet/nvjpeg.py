@@ -13,6 +13,7 @@ dependency (`pip install "qresnet[nvjpeg]"`); nothing else in qresnet needs them
 
 from __future__ import annotations
 
+import collections
 import threading
 
 import numpy as np
@@ -110,8 +111,22 @@ def _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device):
     if on_device:
         import jax
 
-        # A copy that JAX owns, made once torch's stream has written y (the DLPack exchange orders
-        # the two streams). Waiting for it before y is dropped keeps torch from handing y's memory
-        # to the next batch while JAX may still read it.
-        return jax.block_until_ready(jax.numpy.array(jax.dlpack.from_dlpack(y), copy=True))
+        # A copy that JAX owns, queued on JAX's stream after torch's stream has written y (the
+        # DLPack exchange orders the two streams) and before the training step that reads it.
+        # y is held until the copy is done, so torch cannot hand its memory to a later batch
+        # while JAX still reads it; waiting here instead would keep the next step from being
+        # queued before this one ends, leaving the GPU idle between steps.
+        z = jax.numpy.array(jax.dlpack.from_dlpack(y), copy=True)
+        _hold(z, y)
+        return z
     return y.cpu().numpy()
+
+
+def _hold(copy, source, most: int = 8) -> None:
+    """Keeps `source` alive until `copy` (made from it on the device) is ready; drops the sources
+    of finished copies, and waits for the oldest when `most` are held."""
+    held = _local.__dict__.setdefault("held", collections.deque())
+    held.append((copy, source))
+    while held and (len(held) > most or held[0][0].is_ready()):
+        held[0][0].block_until_ready()
+        held.popleft()
