@@ -15,8 +15,7 @@ each worker count, decoding (full size, or `jpeg_draft`: reduced-scale decoding 
 the crop allows) and image library (`image_backend`: opencv, pillow, or nvjpeg on the
 GPU), side by side. `--nvjpeg-stub` replaces nvjpeg's GPU decoder by a no-op, to time
 that path's host side on any machine; `--decode-threads 1,2` and `--placement host,device`
-(decoded batches copied to the host, or kept on the GPU through DLPack) vary its GPU side, and
-`--cpu-share 0,0.5` the share of each batch the workers decode with OpenCV instead.
+(decoded batches copied to the host, or kept on the GPU through DLPack) vary its GPU side.
 `--feed CASE`: whether the pipeline keeps a
 training step fed (qresnet's float train step trained on its batches against the same
 step on fixed device data, in one process). `--per-image`: the cost of one image's
@@ -108,7 +107,6 @@ def time_pipeline(
     backend: str = "opencv",
     decode_threads: int = 2,
     on_device: bool = True,
-    cpu_share: float = 0.0,
 ) -> dict:
     """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
     (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
@@ -128,7 +126,6 @@ def time_pipeline(
         image_backend=backend,
         decode_threads=decode_threads,
         decode_on_device=on_device,
-        cpu_decode_share=cpu_share,
     )
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
@@ -146,11 +143,7 @@ def time_pipeline(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **(
-            {"decode_threads": decode_threads, "on_device": on_device, "cpu_decode_share": cpu_share}
-            if backend == "nvjpeg"
-            else {}
-        ),
+        **({"decode_threads": decode_threads, "on_device": on_device} if backend == "nvjpeg" else {}),
         "batch": batch,
         "image_size": size,
         "batches": batches,
@@ -203,7 +196,6 @@ def time_fed(
     backend: str,
     decode_threads: int = 2,
     on_device: bool = True,
-    cpu_share: float = 0.0,
 ) -> dict:
     """Does the pipeline keep a training step fed? Images/s of qresnet's float train step for the
     `feed` case (MODEL:SIZE:BATCH:DTYPE, as `benchmarks.train_step`) on fixed device data, then on
@@ -227,7 +219,6 @@ def time_fed(
         image_backend=backend,
         decode_threads=decode_threads,
         decode_on_device=on_device,
-        cpu_decode_share=cpu_share,
     )
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
 
@@ -252,11 +243,7 @@ def time_fed(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **(
-            {"decode_threads": decode_threads, "on_device": on_device, "cpu_decode_share": cpu_share}
-            if backend == "nvjpeg"
-            else {}
-        ),
+        **({"decode_threads": decode_threads, "on_device": on_device} if backend == "nvjpeg" else {}),
         "batches": batches,
         "warmup_batches": warmup,
         "alone_images_per_s": case.batch / alone,
@@ -286,11 +273,6 @@ def main(argv=None) -> int:
         "--decode-threads",
         default="2",
         help="nvjpeg rows: threads that launch the GPU decoding (counts, comma-separated)",
-    )
-    p.add_argument(
-        "--cpu-share",
-        default="0",
-        help="nvjpeg rows: shares of each batch the workers decode with OpenCV (comma-separated, 0-1)",
     )
     p.add_argument(
         "--placement",
@@ -357,13 +339,6 @@ def main(argv=None) -> int:
         threads = [int(t) for t in args.decode_threads.split(",")]
     except ValueError:
         threads = [0]
-    try:
-        shares = [float(x) for x in args.cpu_share.split(",")]
-    except ValueError:
-        shares = [-1.0]
-    if not all(0.0 <= x <= 1.0 for x in shares):
-        print(f"error: --cpu-share {args.cpu_share!r} must be comma-separated shares in [0, 1]", file=sys.stderr)
-        return 2
     placements = args.placement.split(",")
     if not placements or set(placements) - {"host", "device"}:
         print(f"error: --placement {args.placement!r} must be host, device or host,device", file=sys.stderr)
@@ -387,11 +362,10 @@ def main(argv=None) -> int:
                 args.out,
             )
             return 0
-        grid = itertools.product(workers, decodes, backends, threads, placements, shares)
-        for w, decode, backend, t, place, share in grid:
-            if backend != "nvjpeg" and (t, place, share) != (threads[0], placements[0], shares[0]):
-                continue  # the CPU backends have no decoding threads, placement or share to vary
-            nv = {"decode_threads": t, "on_device": place == "device", "cpu_share": share}
+        for w, decode, backend, t, place in itertools.product(workers, decodes, backends, threads, placements):
+            if backend != "nvjpeg" and (t, place) != (threads[0], placements[0]):
+                continue  # the CPU backends have no decoding threads or placement to vary
+            nv = {"decode_threads": t, "on_device": place == "device"}
             if args.feed:
                 row = time_fed(
                     source,

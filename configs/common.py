@@ -37,8 +37,6 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     # Decodes and resizes: "opencv" (no antialiasing, as TF's resize), "pillow", or "nvjpeg" (on the GPU).
     c.dataset.image_backend = "opencv"
     c.dataset.decode_threads = 2  # nvjpeg only: threads of the training process that launch the GPU decoding.
-    # nvjpeg only: share of each train batch the CPU workers decode (OpenCV), the rest on the GPU.
-    c.dataset.cpu_decode_share = 0.0
 
     # Quantization
     c.quant = ml_collections.ConfigDict()

@@ -74,7 +74,6 @@ class StreamSpec:
     image_backend: str = "opencv"
     decode_threads: int = 2  # nvjpeg: threads of the training process that launch the GPU decoding
     decode_on_device: bool = True  # nvjpeg: train batches stay on the GPU (DLPack), not copied to the host
-    cpu_decode_share: float = 0.0  # nvjpeg: share of each train batch the workers decode (OpenCV) instead
     train_split: str = "train"
     eval_split: str = "validation"
 
@@ -287,44 +286,17 @@ def plan_eval(example: dict[str, Any], size: int) -> dict[str, Any]:
     return {"jpeg": data, "box": np.asarray(box, np.int32), "flip": False, "label": np.int32(example["label"])}
 
 
-def decode_plan(plan: dict[str, Any], size: int) -> dict[str, Any]:
-    """A plan carried out on the CPU (OpenCV, full-size decoding): its image and label, the
-    image the GPU would make up to the two decoders' rounding (`cpu_decode_share`)."""
-    box = tuple(int(v) for v in plan["box"])
-    image = decode_crop_resize(plan["jpeg"], lambda h, w: box, size, False, "opencv")
-    return {"image": np.ascontiguousarray(image[:, ::-1] if plan["flip"] else image), "label": plan["label"]}
-
-
 def collate_plans(plans: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """A batch of plans as arrays (the JPEGs concatenated, with offsets), so that grain's workers
-    hand over one batch at a time through shared memory rather than one example at a time.
-    Examples the workers decoded already (`decode_plan`) must come first; their images are
-    stacked under "image" and the rest are left to the GPU."""
-    cpu = [p for p in plans if "image" in p]
-    gpu = plans[len(cpu) :]
-    if any("image" in p for p in gpu):
-        raise ValueError("collate_plans: decoded examples must precede the plans in a batch")
-    jpegs = [np.frombuffer(p["jpeg"], np.uint8) for p in gpu]
-    out = {
-        "jpeg": np.concatenate(jpegs) if jpegs else np.zeros(0, np.uint8),
+    hand over one batch at a time through shared memory rather than one example at a time."""
+    jpegs = [np.frombuffer(p["jpeg"], np.uint8) for p in plans]
+    return {
+        "jpeg": np.concatenate(jpegs),
         "offsets": np.cumsum([0] + [len(j) for j in jpegs]).astype(np.int64),
-        "box": np.stack([p["box"] for p in gpu]) if gpu else np.zeros((0, 4), np.int32),
-        "flip": np.asarray([p["flip"] for p in gpu], bool),
+        "box": np.stack([p["box"] for p in plans]),
+        "flip": np.asarray([p["flip"] for p in plans], bool),
         "label": np.asarray([p["label"] for p in plans], np.int32),
     }
-    if cpu:
-        out["image"] = np.stack([p["image"] for p in cpu])
-    return out
-
-
-def cpu_decode_count(spec: StreamSpec) -> int:
-    """How many examples of each nvjpeg train batch the workers decode (`cpu_decode_share`)."""
-    if not 0.0 <= spec.cpu_decode_share <= 1.0:
-        raise InputError(
-            f"dataset.cpu_decode_share={spec.cpu_decode_share} must be between 0 (the GPU decodes everything) "
-            "and 1 (the workers do)"
-        )
-    return round(spec.cpu_decode_share * spec.batch_size)
 
 
 def _gpu_batches(batches, size: int, threads: int = 1, ahead: int = 2, on_device: bool = False):
@@ -336,16 +308,7 @@ def _gpu_batches(batches, size: int, threads: int = 1, ahead: int = 2, on_device
     def decode(b):
         o = b["offsets"]
         jpegs = [b["jpeg"][o[i] : o[i + 1]] for i in range(len(o) - 1)]  # views, not copies
-        parts = [b["image"]] if "image" in b else []  # decoded by the workers: the batch's head
-        if jpegs:
-            parts.append(nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size, on_device))
-        if on_device:
-            import jax
-            import jax.numpy as jnp
-
-            parts = [jax.device_put(p) if isinstance(p, np.ndarray) else p for p in parts]
-            return {"image": parts[0] if len(parts) == 1 else jnp.concatenate(parts), "label": b["label"]}
-        return {"image": np.concatenate(parts) if len(parts) > 1 else parts[0], "label": b["label"]}
+        return {"image": nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size, on_device), "label": b["label"]}
 
     yield from _ordered_map(decode, batches, threads, ahead)
 
@@ -440,10 +403,6 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
     if backend == "nvjpeg":  # the workers only plan; the GPU decodes whole batches
         ds = grain.MapDataset.source(source).shuffle(seed=epoch_seed)
         ds = ds.random_map(lambda ex, rng: plan_train(ex, rng, size), seed=epoch_seed)
-        on_cpu = cpu_decode_count(spec)
-        if on_cpu:  # the first `on_cpu` examples of every batch are decoded by the workers
-            b = spec.batch_size
-            ds = ds.map_with_index(lambda i, plan: decode_plan(plan, size) if i % b < on_cpu else plan)
         ds = ds.batch(spec.batch_size, drop_remainder=True, batch_fn=collate_plans)
         return _gpu_batches(
             _parallel(grain, ds, spec.workers), size, spec.decode_threads, on_device=spec.decode_on_device

@@ -897,12 +897,10 @@ def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
         jpeg_draft=bool(config.dataset.get("jpeg_draft", True)),
         image_backend=config.dataset.get("image_backend", "pillow"),
         decode_threads=config.dataset.get("decode_threads", 1),
-        cpu_decode_share=float(config.dataset.get("cpu_decode_share", 0.0)),
     )
     imagenet_input.check_backend(spec.image_backend)
     if spec.decode_threads < 1:
         raise TrainError(f"dataset.decode_threads={spec.decode_threads} must be >= 1")
-    imagenet_input.cpu_decode_count(spec)  # a share outside [0, 1] fails here, before anything is written
     return spec
 
 

@@ -224,8 +224,6 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
     assert "--backend 'pil'" in capsys.readouterr().err
     assert input_pipeline.main(["--placement", "gpu"]) == 2
     assert "--placement 'gpu' must be host, device or host,device" in capsys.readouterr().err
-    assert input_pipeline.main(["--cpu-share", "2"]) == 2
-    assert "--cpu-share '2' must be comma-separated shares in [0, 1]" in capsys.readouterr().err
     assert input_pipeline.main(["--decode-threads", "two"]) == 2
     assert "--decode-threads must be >= 1" in capsys.readouterr().err
 
@@ -427,10 +425,9 @@ def test_input_benchmark_times_the_nvjpeg_host_side_with_a_stub_decoder(tmp_path
     monkeypatch.setattr(nvjpeg, "decode_batch", nvjpeg.decode_batch)
     out = tmp_path / "stub.jsonl"
     args = ["--examples", "24", "--workers", "0", "--decode", "full", "--backend", "nvjpeg", "--nvjpeg-stub"]
-    args += ["--decode-threads", "1,2", "--placement", "host,device", "--cpu-share", "0,0.5"]
+    args += ["--decode-threads", "1,2", "--placement", "host,device"]
     args += ["--batch", "4", "--warmup", "2", "--batches", "3", "--image-size", "32", "--out", str(out)]
     assert input_pipeline.main(args) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    got = [(r["decode_threads"], r["on_device"], r["cpu_decode_share"]) for r in rows]
-    assert got == [(t, d, s) for t in (1, 2) for d in (False, True) for s in (0.0, 0.5)]
+    assert [(r["decode_threads"], r["on_device"]) for r in rows] == [(1, False), (1, True), (2, False), (2, True)]
     assert all(r["backend"] == "nvjpeg" and r["images_per_s"] > 0 for r in rows)
