@@ -6,8 +6,9 @@ of the images a ResNet-50 trains on (docs/BENCHMARKS.md). With this backend the 
 read each JPEG's bytes and draw its crop box and flip (`imagenet_input.plan_train` /
 `plan_eval`, the same draws as the CPU backends'), and `decode_batch` decodes a whole batch
 with nvJPEG, crops, resizes (bicubic, Keys a = -0.75, half-pixel centres, no antialiasing:
-OpenCV's INTER_CUBIC) and flips on the GPU, and returns a uint8 host batch, which the trainer
-puts on its devices like any other. PyTorch and torchvision with CUDA are an optional
+OpenCV's INTER_CUBIC) and flips on the GPU, on the calling thread's own CUDA stream, and
+returns the uint8 batch as a JAX array on the GPU (the streamed train batches) or on the host
+(eval batches, which are padded there). PyTorch and torchvision with CUDA are an optional
 dependency (`pip install "qresnet[nvjpeg]"`); nothing else in qresnet needs them.
 """
 
