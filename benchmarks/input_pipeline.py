@@ -16,9 +16,11 @@ the crop allows) and image library (`image_backend`: opencv, pillow, or nvjpeg o
 GPU), side by side. `--nvjpeg-stub` replaces nvjpeg's GPU decoder by a no-op, to time
 that path's host side on any machine; `--decode-threads 1,2` and `--placement host,device`
 (decoded batches copied to the host, or kept on the GPU through DLPack) vary its GPU side.
-`--feed CASE`: whether the pipeline keeps a
+`--feed CASE [--profile N]`: whether the pipeline keeps a
 training step fed (qresnet's float train step trained on its batches against the same
-step on fixed device data, in one process). `--per-image`: the cost of one image's
+step on fixed device data, in one process; `--profile N` then runs N steps of each under the
+profiler and adds their wall and kernel ms per step to the row: XLA's kernels, other kernels
+such as nvJPEG's, and the time any kernel ran). `--per-image`: the cost of one image's
 preprocessing in one thread, per CPU library, from the bytes with full-size and with
 draft decoding, and (Pillow) from a decoded array (what the source handed over before
 it passed bytes). Nothing here needs TensorFlow or TFDS, so it runs where only grain is
@@ -196,11 +198,14 @@ def time_fed(
     backend: str,
     decode_threads: int = 2,
     on_device: bool = True,
+    profile: int = 0,
 ) -> dict:
     """Does the pipeline keep a training step fed? Images/s of qresnet's float train step for the
     `feed` case (MODEL:SIZE:BATCH:DTYPE, as `benchmarks.train_step`) on fixed device data, then on
     the pipeline's batches (put on the device and trained on, one step each, the host preparing
-    the next meanwhile) over `batches` steps after `warmup`, in one process."""
+    the next meanwhile) over `batches` steps after `warmup`, in one process. With `profile`, that
+    many more steps of each kind run under the profiler afterwards (`_profiled`), so that where a
+    fed step's extra time goes shows: longer kernels, other kernels, or an idle GPU."""
     import jax
 
     from benchmarks import train_step as bench
@@ -237,6 +242,10 @@ def time_fed(
         loss = step(i)
     jax.block_until_ready(loss)
     fed = case.batch * batches / (time.perf_counter() - t0)
+    profiles = {}
+    if profile:
+        profiles["alone_profile"] = _profiled(lambda i: row.time_one(), profile)
+        profiles["fed_profile"] = _profiled(lambda i: jax.block_until_ready(step(warmup + batches + i)), profile)
     return {
         "mode": "fed",
         "feed": feed,
@@ -249,7 +258,31 @@ def time_fed(
         "alone_images_per_s": case.batch / alone,
         "fed_images_per_s": fed,
         "fed_vs_alone": fed * alone / case.batch,
+        **profiles,
     }
+
+
+def _profiled(run, steps: int) -> dict:
+    """`steps` calls of `run(i)` (each to completion) under `jax.profiler.trace`: wall ms per step
+    and, on a GPU, kernel ms per step (XLA's, others', and the time any kernel ran)."""
+    import tempfile
+
+    import jax
+
+    from benchmarks import profile_step
+
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            t0 = time.perf_counter()
+            for i in range(steps):
+                run(i)
+            wall = time.perf_counter() - t0
+        found = sorted(Path(d).rglob("*.xplane.pb"))
+        if not found:
+            raise RuntimeError(f"the profiler wrote no .xplane.pb under {d}")
+        device = profile_step.stream_summary(str(found[0]))
+    out = {"steps": steps, "wall_ms": 1e3 * wall / steps, "gpu": device.pop("gpu")}
+    return out | {k.replace("_ns", "_ms"): v / steps / 1e6 for k, v in device.items()}
 
 
 def _stub_decode_batch(jpegs, boxes, flips, size, on_device=False):
@@ -288,6 +321,12 @@ def main(argv=None) -> int:
         "--feed",
         default="",
         help="instead: train this case (e.g. resnet50:224:256:bfloat16) on the pipeline's batches, against fixed data",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="--feed: then profile this many steps alone and fed (kernel time per step, in the row)",
     )
     p.add_argument("--examples", type=int, default=1024, help="distinct synthetic JPEGs to make (then cycled)")
     p.add_argument("--batch", type=int, default=256)
@@ -343,8 +382,14 @@ def main(argv=None) -> int:
     if not placements or set(placements) - {"host", "device"}:
         print(f"error: --placement {args.placement!r} must be host, device or host,device", file=sys.stderr)
         return 2
-    if min(args.examples, args.batch, args.batches, *threads) < 1 or args.warmup < 0:
-        print("error: --examples, --batch, --batches and --decode-threads must be >= 1, --warmup >= 0", file=sys.stderr)
+    if min(args.examples, args.batch, args.batches, *threads) < 1 or min(args.warmup, args.profile) < 0:
+        print(
+            "error: --examples, --batch, --batches and --decode-threads must be >= 1, --warmup and --profile >= 0",
+            file=sys.stderr,
+        )
+        return 2
+    if args.profile and not args.feed:
+        print("error: --profile profiles the training steps of --feed; give --feed too", file=sys.stderr)
         return 2
     import tempfile
 
@@ -352,7 +397,7 @@ def main(argv=None) -> int:
         path = Path(args.data or Path(tmp) / "jpegs.npz")
         if not path.exists():
             write_jpegs(path, args.examples)
-        source = JpegSource(path, length=(args.warmup + args.batches) * args.batch)
+        source = JpegSource(path, length=(args.warmup + args.batches + args.profile) * args.batch)
         rows = []
         if args.per_image:
             row = time_per_image(source, size=args.image_size, images=args.per_image, backends=backends)
@@ -375,6 +420,7 @@ def main(argv=None) -> int:
                     warmup=args.warmup,
                     draft=decode == "draft",
                     backend=backend,
+                    profile=args.profile,
                     **nv,
                 )
                 record(rows, row | {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}, args.out)

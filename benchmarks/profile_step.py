@@ -90,6 +90,37 @@ def device_times(xplane_path: str) -> tuple[dict[str, float], dict[str, float], 
     return dict(by_op), dict(by_kernel), lines_read
 
 
+def stream_summary(xplane_path: str) -> dict:
+    """Device time in a profile, ns: kernels XLA launched (they carry an `hlo_op`), all other
+    kernels (e.g. PyTorch's and nvJPEG's in the same process), and the time at least one kernel
+    ran (the union of their intervals), over the GPU planes' stream lines; {"gpu": False} where
+    the profile has no GPU plane (CPU)."""
+    from jax.profiler import ProfileData
+
+    profile = ProfileData.from_file(xplane_path)
+    planes = [p for p in profile.planes if p.name.startswith("/device:GPU")]
+    if not planes:
+        return {"gpu": False}
+    xla = other = 0.0
+    spans = []
+    for plane in planes:
+        for line in plane.lines:
+            if "stream" not in line.name.lower():
+                continue
+            for event in line.events:
+                if dict(event.stats or {}).get("hlo_op"):
+                    xla += float(event.duration_ns)
+                else:
+                    other += float(event.duration_ns)
+                spans.append((float(event.start_ns), float(event.end_ns)))
+    busy, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    return {"gpu": True, "xla_kernel_ns": xla, "other_kernel_ns": other, "busy_ns": busy}
+
+
 def profile_call(tag: str, lowered, run_once, *, steps: int, out: Path) -> dict:
     """Profiles `steps` calls of `run_once` (each run to completion) and writes `lowered`'s
     optimized HLO to `out/<tag>.hlo.txt.gz`; returns the summary (device ms by instruction,

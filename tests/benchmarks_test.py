@@ -406,11 +406,17 @@ def test_input_benchmark_feed_trains_on_the_pipelines_batches(tmp_path, capsys):
     out = tmp_path / "fed.jsonl"
     common = ["--examples", "8", "--workers", "0", "--decode", "full", "--backend", "opencv"]
     args = [*common, "--feed", "resnet18:32:4:float32:0.125", "--warmup", "2", "--batches", "2", "--out", str(out)]
-    assert input_pipeline.main(args) == 0
+    assert input_pipeline.main([*args, "--profile", "2"]) == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["mode"] == "fed" and row["backend"] == "opencv" and row["batches"] == 2
     assert row["fed_images_per_s"] > 0 and row["alone_images_per_s"] > 0
     assert row["fed_vs_alone"] == pytest.approx(row["fed_images_per_s"] / row["alone_images_per_s"])
+    for kind in ("alone_profile", "fed_profile"):  # a CPU profile has wall times and no kernels
+        assert row[kind]["steps"] == 2 and row[kind]["wall_ms"] > 0 and row[kind]["gpu"] is False
+    assert input_pipeline.main([*common, "--profile", "2"]) == 2
+    assert "--profile profiles the training steps of --feed" in capsys.readouterr().err
+    assert input_pipeline.main([*common, "--feed", "resnet18:32:4:float32:0.125", "--profile", "-1"]) == 2
+    assert "--warmup and --profile >= 0" in capsys.readouterr().err
     assert input_pipeline.main([*common, "--feed", "resnet50:224"]) == 2
     assert "--feed: case 'resnet50:224' must look like" in capsys.readouterr().err
     assert input_pipeline.main(["--per-image", "2", "--backend", "nvjpeg"]) == 2
@@ -431,3 +437,42 @@ def test_input_benchmark_times_the_nvjpeg_host_side_with_a_stub_decoder(tmp_path
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["decode_threads"], r["on_device"]) for r in rows] == [(1, False), (1, True), (2, False), (2, True)]
     assert all(r["backend"] == "nvjpeg" and r["images_per_s"] > 0 for r in rows)
+
+
+_XSPACE = """
+planes {
+  id: 1
+  name: "/device:GPU:0"
+  lines {
+    id: 1 name: "Stream #13(Compute)" timestamp_ns: 1000
+    events { metadata_id: 1 offset_ps: 0 duration_ps: 4000000 stats { metadata_id: 1 str_value: "fusion.1" } }
+    events { metadata_id: 1 offset_ps: 10000000 duration_ps: 2000000 stats { metadata_id: 1 str_value: "fusion.2" } }
+  }
+  lines {
+    id: 2 name: "Stream #20" timestamp_ns: 1000
+    events { metadata_id: 2 offset_ps: 3000000 duration_ps: 3000000 }
+  }
+  lines {
+    id: 3 name: "Launch Stats" timestamp_ns: 1000
+    events { metadata_id: 2 offset_ps: 0 duration_ps: 99000000 }
+  }
+  event_metadata { key: 1 value { id: 1 name: "xla_kernel" } }
+  event_metadata { key: 2 value { id: 2 name: "torch_kernel" } }
+  stat_metadata { key: 1 value { id: 1 name: "hlo_op" } }
+}
+"""
+
+
+def test_stream_summary_splits_xla_and_other_kernels_and_counts_overlap_once(tmp_path):
+    """Kernels of 4 and 2 us from XLA (hlo_op) on one stream, one of 3 us from another library on
+    another stream overlapping the first by 1 us; the non-stream line is not counted."""
+    from jax.profiler import ProfileData
+
+    from benchmarks import profile_step
+
+    path = tmp_path / "gpu.xplane.pb"
+    path.write_bytes(ProfileData.text_proto_to_serialized_xspace(_XSPACE))
+    got = profile_step.stream_summary(str(path))
+    assert got == {"gpu": True, "xla_kernel_ns": 6000.0, "other_kernel_ns": 3000.0, "busy_ns": 8000.0}
+    path.write_bytes(ProfileData.text_proto_to_serialized_xspace(_XSPACE.replace("/device:GPU:0", "/host:CPU")))
+    assert profile_step.stream_summary(str(path)) == {"gpu": False}
