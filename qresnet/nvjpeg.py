@@ -117,6 +117,10 @@ def _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device):
         # y is held until the copy is done, so torch cannot hand its memory to a later batch
         # while JAX still reads it. Waiting for the copy here instead (it queues behind the steps
         # already dispatched) held the pipeline to 11,400 images/s against 14,300 (BENCHMARKS.md).
+        # The batch is finished before JAX sees it: otherwise JAX's stream waits at the copy for
+        # torch's kernels, and the training steps queued behind the copy wait with it (a likely
+        # part of the fed step's 15-20% loss at 61d4fdb; not yet measured on a GPU).
+        torch.cuda.current_stream().synchronize()
         z = jax.numpy.array(jax.dlpack.from_dlpack(y), copy=True)
         _hold(z, y)
         return z
