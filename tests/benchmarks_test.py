@@ -2,6 +2,7 @@
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -476,3 +477,29 @@ def test_stream_summary_splits_xla_and_other_kernels_and_counts_overlap_once(tmp
     assert got == {"gpu": True, "xla_kernel_ns": 6000.0, "other_kernel_ns": 3000.0, "busy_ns": 8000.0}
     path.write_bytes(ProfileData.text_proto_to_serialized_xspace(_XSPACE.replace("/device:GPU:0", "/host:CPU")))
     assert profile_step.stream_summary(str(path)) == {"gpu": False}
+
+
+def test_sweep_timeline_replays_a_sweeps_records(tmp_path, capsys):
+    """Two runs one after another on one slot, each 15 s from launch to exit: 5 s of start-up
+    (15 - wall_s), 2 s of set-up, a 3 s first epoch, a 4 s second epoch of 5 steps of 4 images
+    (5 images/s), 1 s to exit."""
+    from benchmarks import sweep_timeline
+
+    config = str(Path(__file__).parent.parent / "configs/smoke_sweep.py")
+    names = ["bf16_width0.25", "w4a4-ends8_width0.25"]
+    log = {"wall_s": 30.2, "jobs_per_gpu": 1, "gpus": [], "runs": [{"name": n, "s": 15.0} for n in names]}
+    (tmp_path / "sweep_log.jsonl").write_text(json.dumps(log) + "\n")
+    for n in names:
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "result.json").write_text(json.dumps({"wall_s": 10.0, "setup_s": 2.0, "batch_size": 4}))
+        epochs = [{"epoch": 1, "step": 5, "epoch_s": 3.0}, {"epoch": 2, "step": 10, "epoch_s": 4.0}]
+        (tmp_path / n / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    out = tmp_path / "timeline.json"
+    assert sweep_timeline.main(["--root", str(tmp_path), "--config", config, "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["replayed_end_s"] == 30.0 and got["logged_wall_s"] == 30.2 and got["first_training_s"] == 10
+    assert got["seconds_by_runs_training"] == {"0": 23, "1": 8}
+    assert got["images_per_s_by_runs_training"] == {"0": 0, "1": 5}
+    (tmp_path / "sweep_log.jsonl").write_text(json.dumps(log) + "\n" + json.dumps(log) + "\n")
+    assert sweep_timeline.main(["--root", str(tmp_path), "--config", config]) == 2
+    assert "replays one invocation on one GPU, found 2" in capsys.readouterr().err
