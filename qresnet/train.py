@@ -155,6 +155,10 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
         )
     if o.num_epochs < 1:
         raise TrainError(f"optim.num_epochs={o.num_epochs} must be >= 1")
+    if config.checkpoint_every_epochs < 1:
+        raise TrainError(
+            f"checkpoint_every_epochs={config.checkpoint_every_epochs} must be >= 1 (the last epoch is always saved)"
+        )
     steps_per_epoch = num_train // o.batch_size
     if steps_per_epoch < 1:
         raise TrainError(
@@ -807,7 +811,8 @@ class _PhasePrograms:
         return compiled
 
     def prepare(self, phases, args) -> None:
-        """Starts compiling each phase in `phases` not yet compiled, for arguments shaped like `args`."""
+        """Starts compiling each phase in `phases` not yet compiled, in that order (one thread
+        compiles them one after another), for arguments shaped like `args`."""
         todo = [p for p in phases if p not in self._fns and p not in self._pending]
         if not todo:
             return
@@ -851,8 +856,10 @@ def _in_memory_feed(config, run: RunSpec, mesh, key, arrays: data.Arrays) -> _Fe
         if float_first:
             float_first = False
             programs.float_first_s = _compile_float_program(run, mesh, args, arrays.train_images[:8])
-        # The other phases' programs compile in the background while this one trains.
-        programs.prepare({act_quant_phase(run, e * spe, spe) for e in range(epoch + 1, run.num_epochs)}, args)
+        # The other phases' programs compile in the background while this one trains, in the order
+        # the epochs need them (one thread compiles them one after another).
+        later = dict.fromkeys(act_quant_phase(run, e * spe, spe) for e in range(epoch + 1, run.num_epochs))
+        programs.prepare(list(later), args)
         state, (losses, correct) = programs.get(act_quant_phase(run, epoch * spe, spe))(*args)
         return state, np.asarray(losses), np.asarray(correct)
 

@@ -317,6 +317,33 @@ def test_act_quant_phase_splits_at_the_start_step():
     assert train.act_quant_phase(train.make_run_spec(config, 64), 0, 4) is True  # float: one program
 
 
+def test_phase_programs_compile_in_the_order_given():
+    """Later phases compile one after another on one thread, in the order `prepare` is given
+    (the trainer's: the order the epochs need them), whatever their hash order."""
+    import jax
+
+    order = []
+
+    def make(phase):
+        order.append(phase)
+        return jax.jit(lambda x: x + 1)
+
+    programs = train._PhasePrograms(make)
+    programs.prepare([True, None, False], (jax.numpy.zeros(3),))
+    assert [programs.get(p)(jax.numpy.zeros(3)).tolist() for p in (False, None, True)] == [[1.0] * 3] * 3
+    assert order == [True, None, False] and set(programs.compile_s) == {"quantized", "switch", "calibrate"}
+
+
+def test_a_run_compiles_its_later_phases_in_the_order_its_epochs_need_them(tmp_path):
+    """Activation quantization starting inside epoch 2 (step 6 of 4-step epochs): epoch 1
+    calibrates, epoch 2 runs the traced switch, epoch 3 is quantized; the switch program, needed
+    first, compiles first (in set order the quantized one came first and epoch 2 waited for both)."""
+    overrides = ["--config.optim.num_epochs=3", "--config.quant.act_start_step=6", "--config.checkpoint_every_epochs=3"]
+    config = config_lib.load_config(SMOKE, overrides)
+    result = train.train_and_evaluate(config, tmp_path / "run", quiet=True)
+    assert list(result["compile_s"]) == ["switch", "quantized"]
+
+
 def test_phase_programs_train_as_the_traced_switch_does():
     """Compiling each phase with act_quant fixed changes the program, not the math: two epochs
     around the start step give the same state as the one program with the traced switch."""
