@@ -97,6 +97,27 @@ class JpegSource:
         return {"path": self.path, "_n": self._n, "_distinct": self._distinct, "_z": None}
 
 
+def _spec(size, batch, workers, draft, backend, decode_threads, on_device) -> imagenet_input.StreamSpec:
+    """The stream settings of a timed pipeline (synthetic source, train and eval batch `batch`)."""
+    return imagenet_input.StreamSpec(
+        "synthetic",
+        "",
+        size,
+        batch,
+        batch,
+        workers=workers,
+        jpeg_draft=draft,
+        image_backend=backend,
+        decode_threads=decode_threads,
+        decode_on_device=on_device,
+    )
+
+
+def _nvjpeg_fields(backend: str, decode_threads: int, on_device: bool) -> dict:
+    """A row's GPU-decoding settings (nvjpeg rows only)."""
+    return {"decode_threads": decode_threads, "on_device": on_device} if backend == "nvjpeg" else {}
+
+
 def time_pipeline(
     source,
     *,
@@ -117,18 +138,7 @@ def time_pipeline(
     timed batches come from that backlog."""
     if len(source) < (warmup + batches) * batch:
         raise ValueError(f"source has {len(source)} examples, fewer than {(warmup + batches) * batch}")
-    spec = imagenet_input.StreamSpec(
-        "synthetic",
-        "",
-        size,
-        batch,
-        batch,
-        workers=workers,
-        jpeg_draft=draft,
-        image_backend=backend,
-        decode_threads=decode_threads,
-        decode_on_device=on_device,
-    )
+    spec = _spec(size, batch, workers, draft, backend, decode_threads, on_device)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
         next(it)
@@ -145,7 +155,7 @@ def time_pipeline(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **({"decode_threads": decode_threads, "on_device": on_device} if backend == "nvjpeg" else {}),
+        **_nvjpeg_fields(backend, decode_threads, on_device),
         "batch": batch,
         "image_size": size,
         "batches": batches,
@@ -213,18 +223,7 @@ def time_fed(
     case = bench.parse_case(feed)
     row = bench.prepare("qresnet", "float", "qresnet", case, warmup=3)
     alone = float(np.median([row.time_one() for _ in range(10)]))
-    spec = imagenet_input.StreamSpec(
-        "synthetic",
-        "",
-        case.image_size,
-        case.batch,
-        case.batch,
-        workers=workers,
-        jpeg_draft=draft,
-        image_backend=backend,
-        decode_threads=decode_threads,
-        decode_on_device=on_device,
-    )
+    spec = _spec(case.image_size, case.batch, workers, draft, backend, decode_threads, on_device)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
 
     def step(i):
@@ -252,7 +251,7 @@ def time_fed(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **({"decode_threads": decode_threads, "on_device": on_device} if backend == "nvjpeg" else {}),
+        **_nvjpeg_fields(backend, decode_threads, on_device),
         "batches": batches,
         "warmup_batches": warmup,
         "alone_images_per_s": case.batch / alone,
