@@ -97,7 +97,7 @@ class JpegSource:
         return {"path": self.path, "_n": self._n, "_distinct": self._distinct, "_z": None}
 
 
-def _spec(size, batch, workers, draft, backend, decode_threads, on_device) -> imagenet_input.StreamSpec:
+def _spec(size, batch, workers, draft, backend, decode_threads, on_device, priority) -> imagenet_input.StreamSpec:
     """The stream settings of a timed pipeline (synthetic source, train and eval batch `batch`)."""
     return imagenet_input.StreamSpec(
         "synthetic",
@@ -110,12 +110,15 @@ def _spec(size, batch, workers, draft, backend, decode_threads, on_device) -> im
         image_backend=backend,
         decode_threads=decode_threads,
         decode_on_device=on_device,
+        decode_priority=priority,
     )
 
 
-def _nvjpeg_fields(backend: str, decode_threads: int, on_device: bool) -> dict:
+def _nvjpeg_fields(backend: str, decode_threads: int, on_device: bool, priority: int) -> dict:
     """A row's GPU-decoding settings (nvjpeg rows only)."""
-    return {"decode_threads": decode_threads, "on_device": on_device} if backend == "nvjpeg" else {}
+    if backend != "nvjpeg":
+        return {}
+    return {"decode_threads": decode_threads, "on_device": on_device, "stream_priority": priority}
 
 
 def time_pipeline(
@@ -130,6 +133,7 @@ def time_pipeline(
     backend: str = "opencv",
     decode_threads: int = 2,
     on_device: bool = True,
+    priority: int = 0,
 ) -> dict:
     """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
     (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
@@ -138,7 +142,7 @@ def time_pipeline(
     timed batches come from that backlog."""
     if len(source) < (warmup + batches) * batch:
         raise ValueError(f"source has {len(source)} examples, fewer than {(warmup + batches) * batch}")
-    spec = _spec(size, batch, workers, draft, backend, decode_threads, on_device)
+    spec = _spec(size, batch, workers, draft, backend, decode_threads, on_device, priority)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
         next(it)
@@ -155,7 +159,7 @@ def time_pipeline(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **_nvjpeg_fields(backend, decode_threads, on_device),
+        **_nvjpeg_fields(backend, decode_threads, on_device, priority),
         "batch": batch,
         "image_size": size,
         "batches": batches,
@@ -208,6 +212,7 @@ def time_fed(
     backend: str,
     decode_threads: int = 2,
     on_device: bool = True,
+    priority: int = 0,
     profile: int = 0,
 ) -> dict:
     """Does the pipeline keep a training step fed? Images/s of qresnet's float train step for the
@@ -223,7 +228,7 @@ def time_fed(
     case = bench.parse_case(feed)
     row = bench.prepare("qresnet", "float", "qresnet", case, warmup=3)
     alone = float(np.median([row.time_one() for _ in range(10)]))
-    spec = _spec(case.image_size, case.batch, workers, draft, backend, decode_threads, on_device)
+    spec = _spec(case.image_size, case.batch, workers, draft, backend, decode_threads, on_device, priority)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
 
     def step(i):
@@ -251,7 +256,7 @@ def time_fed(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **_nvjpeg_fields(backend, decode_threads, on_device),
+        **_nvjpeg_fields(backend, decode_threads, on_device, priority),
         "batches": batches,
         "warmup_batches": warmup,
         "alone_images_per_s": case.batch / alone,
@@ -284,7 +289,7 @@ def _profiled(run, steps: int) -> dict:
     return out | {k.replace("_ns", "_ms"): v / steps / 1e6 for k, v in device.items()}
 
 
-def _stub_decode_batch(jpegs, boxes, flips, size, on_device=False):
+def _stub_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0):
     """`nvjpeg.decode_batch`'s shape and type with no decoding (`--nvjpeg-stub`)."""
     out = np.zeros((len(jpegs), size, size, 3), np.uint8)
     if on_device:
@@ -310,6 +315,11 @@ def main(argv=None) -> int:
         "--placement",
         default="device",
         help="nvjpeg rows: where decoded batches are handed over: host (a numpy copy), device (DLPack), or both",
+    )
+    p.add_argument(
+        "--stream-priority",
+        default="0",
+        help="nvjpeg rows: CUDA priorities of the decoding streams (comma-separated; -1 is ahead of XLA's 0)",
     )
     p.add_argument(
         "--nvjpeg-stub",
@@ -377,6 +387,14 @@ def main(argv=None) -> int:
         threads = [int(t) for t in args.decode_threads.split(",")]
     except ValueError:
         threads = [0]
+    try:
+        priorities = [int(t) for t in args.stream_priority.split(",")]
+    except ValueError:
+        print(
+            f"error: --stream-priority {args.stream_priority!r} must be comma-separated integers, e.g. 0,-1",
+            file=sys.stderr,
+        )
+        return 2
     placements = args.placement.split(",")
     if not placements or set(placements) - {"host", "device"}:
         print(f"error: --placement {args.placement!r} must be host, device or host,device", file=sys.stderr)
@@ -406,10 +424,11 @@ def main(argv=None) -> int:
                 args.out,
             )
             return 0
-        for w, decode, backend, t, place in itertools.product(workers, decodes, backends, threads, placements):
-            if backend != "nvjpeg" and (t, place) != (threads[0], placements[0]):
-                continue  # the CPU backends have no decoding threads or placement to vary
-            nv = {"decode_threads": t, "on_device": place == "device"}
+        grid = itertools.product(workers, decodes, backends, threads, placements, priorities)
+        for w, decode, backend, t, place, prio in grid:
+            if backend != "nvjpeg" and (t, place, prio) != (threads[0], placements[0], priorities[0]):
+                continue  # the CPU backends have no decoding threads, placement or stream to vary
+            nv = {"decode_threads": t, "on_device": place == "device", "priority": prio}
             if args.feed:
                 row = time_fed(
                     source,

@@ -74,6 +74,7 @@ class StreamSpec:
     image_backend: str = "opencv"
     decode_threads: int = 2  # nvjpeg: threads of the training process that launch the GPU decoding
     decode_on_device: bool = True  # nvjpeg: train batches stay on the GPU (DLPack), not copied to the host
+    decode_priority: int = 0  # nvjpeg: CUDA priority of the decoding streams (-1: ahead of XLA's 0)
     train_split: str = "train"
     eval_split: str = "validation"
 
@@ -299,16 +300,18 @@ def collate_plans(plans: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     }
 
 
-def _gpu_batches(batches, size: int, threads: int = 1, ahead: int = 2, on_device: bool = False):
-    """Decodes each collated batch of plans on the GPU (`nvjpeg.decode_batch`) in `threads`
-    background threads, up to `ahead` batches ahead of the consumer; yields {"image", "label"}
-    in order, images as host arrays or, with `on_device`, as jax.Arrays on the GPU."""
+def _gpu_batches(batches, size: int, threads: int = 1, ahead: int = 2, on_device: bool = False, priority: int = 0):
+    """Decodes each collated batch of plans on the GPU (`nvjpeg.decode_batch`, on streams of
+    `priority`) in `threads` background threads, up to `ahead` batches ahead of the consumer;
+    yields {"image", "label"} in order, images as host arrays or, with `on_device`, as
+    jax.Arrays on the GPU."""
     from qresnet import nvjpeg
 
     def decode(b):
         o = b["offsets"]
         jpegs = [b["jpeg"][o[i] : o[i + 1]] for i in range(len(o) - 1)]  # views, not copies
-        return {"image": nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size, on_device), "label": b["label"]}
+        image = nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size, on_device, priority)
+        return {"image": image, "label": b["label"]}
 
     yield from _ordered_map(decode, batches, threads, ahead)
 
@@ -404,8 +407,9 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
         ds = grain.MapDataset.source(source).shuffle(seed=epoch_seed)
         ds = ds.random_map(lambda ex, rng: plan_train(ex, rng, size), seed=epoch_seed)
         ds = ds.batch(spec.batch_size, drop_remainder=True, batch_fn=collate_plans)
+        batches = _parallel(grain, ds, spec.workers)
         return _gpu_batches(
-            _parallel(grain, ds, spec.workers), size, spec.decode_threads, on_device=spec.decode_on_device
+            batches, size, spec.decode_threads, on_device=spec.decode_on_device, priority=spec.decode_priority
         )
     ds = (
         grain.MapDataset.source(source)
@@ -427,7 +431,9 @@ def eval_batches(spec: StreamSpec, source) -> Iterator[dict[str, np.ndarray]]:
     if backend == "nvjpeg":
         ds = grain.MapDataset.source(source).map(lambda ex: plan_eval(ex, size))
         ds = ds.batch(batch, drop_remainder=False, batch_fn=collate_plans)
-        batches = _gpu_batches(_parallel(grain, ds, spec.workers), size, spec.decode_threads)
+        batches = _gpu_batches(
+            _parallel(grain, ds, spec.workers), size, spec.decode_threads, priority=spec.decode_priority
+        )
     else:
         ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size, backend))
         batches = _parallel(grain, ds.batch(batch, drop_remainder=False), spec.workers)

@@ -70,17 +70,18 @@ def _decode(torch, tio, jpegs):
         return out
 
 
-def _stream(torch):
-    """This thread's own CUDA stream. PyTorch's default (legacy) stream waits for, and is waited
-    on by, every blocking stream of the device, so decoding there would take turns with the
-    training step's kernels; torch's pool streams are non-blocking and run beside them."""
-    stream = getattr(_local, "stream", None)
-    if stream is None:
-        stream = _local.stream = torch.cuda.Stream()
-    return stream
+def _stream(torch, priority: int = 0):
+    """This thread's own CUDA stream of `priority` (lower is sooner; XLA's streams are 0).
+    PyTorch's default (legacy) stream waits for, and is waited on by, every blocking stream of
+    the device, so decoding there would take turns with the training step's kernels; torch's
+    pool streams are non-blocking and run beside them."""
+    streams = _local.__dict__.setdefault("streams", {})
+    if priority not in streams:
+        streams[priority] = torch.cuda.Stream(priority=priority)
+    return streams[priority]
 
 
-def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_device: bool = False):
+def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_device: bool = False, priority: int = 0):
     """Decodes, crops, resizes and flips a batch of JPEGs on the GPU.
 
     Args:
@@ -90,12 +91,14 @@ def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_devi
       size: output side.
       on_device: return a JAX array on the GPU (through DLPack, copied into JAX's own memory on
         the device) instead of a host array.
+      priority: the CUDA priority of the decoding stream (0: as XLA's; -1: its kernels' blocks
+        are scheduled before those of the training step's kernels that wait for room on the GPU).
 
     Returns:
       (N, size, size, 3) uint8 RGB, on the host (numpy) or, with `on_device`, a jax.Array.
     """
     torch, tio = _torch()
-    with torch.cuda.stream(_stream(torch)):
+    with torch.cuda.stream(_stream(torch, priority)):
         return _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device)
 
 

@@ -190,8 +190,12 @@ def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch, backend):
     assert not asked
 
 
-def _cpu_decode_batch(jpegs, boxes, flips, size, on_device=False):
+_PRIORITIES = []  # the stream priorities the stand-in decoder was asked for
+
+
+def _cpu_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0):
     """nvjpeg.decode_batch's contract, on the CPU with OpenCV (the GPU path's stand-in in tests)."""
+    _PRIORITIES.append(priority)
     time.sleep(random.random() / 100)  # several decoding threads then finish out of order
     out = []
     for jpeg, box, flip in zip(jpegs, boxes, flips):
@@ -211,16 +215,27 @@ def cpu_nvjpeg(monkeypatch):
     monkeypatch.setattr(nvjpeg, "decode_batch", _cpu_decode_batch)
 
 
-@pytest.mark.parametrize("workers,threads,on_device", [(0, 1, False), (2, 1, False), (0, 3, False), (0, 2, True)])
-def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(tfds_dir, cpu_nvjpeg, workers, threads, on_device):
+@pytest.mark.parametrize(
+    "workers,threads,on_device,priority", [(0, 1, False, 0), (2, 1, False, 0), (0, 3, False, 0), (0, 2, True, -1)]
+)
+def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
+    tfds_dir, cpu_nvjpeg, workers, threads, on_device, priority
+):
     """With image_backend nvjpeg the host plans (bytes, crop box, flip) with the CPU path's draws and
     the decoder gets whole batches: with OpenCV standing in for nvJPEG the batches equal the opencv
     backend's (full-size decoding), train and eval, with worker processes or without, in order
-    when several threads decode (finishing in any order), and with train batches left on the device."""
+    when several threads decode (finishing in any order), and with train batches left on the device;
+    the decoder is asked for the spec's stream priority."""
     cpu = imagenet_input.StreamSpec(NAME, tfds_dir, 32, 8, 4, workers=0, jpeg_draft=False)
     gpu = dataclasses.replace(
-        cpu, workers=workers, image_backend="nvjpeg", decode_threads=threads, decode_on_device=on_device
+        cpu,
+        workers=workers,
+        image_backend="nvjpeg",
+        decode_threads=threads,
+        decode_on_device=on_device,
+        decode_priority=priority,
     )
+    _PRIORITIES.clear()
     src = imagenet_input.open_source(cpu, "train")
     want = list(imagenet_input.train_batches(cpu, src, seed=3, epoch=1))
     got = list(imagenet_input.train_batches(gpu, src, seed=3, epoch=1))
@@ -233,6 +248,7 @@ def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(tfds_dir, cpu_
     for g, w in zip(imagenet_input.eval_batches(gpu, val), imagenet_input.eval_batches(cpu, val), strict=True):
         for k in ("image", "label", "mask"):
             np.testing.assert_array_equal(g[k], w[k])
+    assert set(_PRIORITIES) == {priority}  # the decoding threads are this process's, workers or not
 
 
 def test_a_gpu_decoding_error_reaches_the_consumer(tfds_dir, monkeypatch):
