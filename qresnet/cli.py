@@ -40,11 +40,6 @@ def _parser(command: str) -> argparse.ArgumentParser:
             action="store_true",
             help="run each training epoch as CUDA graphs (XLA command buffers, loops included)",
         )
-        p.add_argument(
-            "--stagger",
-            action="store_true",
-            help="start the first run of each slot at a lower CPU priority the later its slot (experimental)",
-        )
     if command == "export":
         p.add_argument("--workdir", required=True, help="a finished qresnet train workdir")
         p.add_argument("--out", required=True, help="the export file to write")
@@ -130,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
                 jobs=ns.jobs,
                 mps=ns.mps,
                 command_buffers=ns.command_buffers,
-                stagger=ns.stagger,
                 only=ns.only,
             )
         if command == "bench-int":

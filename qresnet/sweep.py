@@ -9,9 +9,6 @@ one overlaps the training of another). With `mps`, the runs' processes share
 each GPU through the CUDA Multi-Process Service, so their kernels can run at the
 same time instead of taking turns (the paper's CIFAR sweep on one H200: 44 minutes one
 run at a time, 16.5 eight at a time under MPS; docs/RESULTS.md).
-With `stagger` (experimental, not yet timed on a GPU) the first run on each slot starts at a
-lower CPU priority the later its slot, so that the first wave's compilations, all at once at
-the start, finish one after another rather than together.
 SIGTERM to the sweep launches nothing more and stops
 the running runs at their next epoch's end with a checkpoint (exit code 143).
 Each invocation that runs anything appends its wall time and each run's time to
@@ -22,7 +19,6 @@ time-limited jobs) still reports its whole wall time.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import shutil
@@ -166,7 +162,6 @@ def run_sweep(
     mps: bool = False,
     command_buffers: bool = False,
     only: str | None = None,
-    stagger: bool = False,
 ) -> int:
     """Trains every run of the sweep that has no result.json yet; returns an exit code.
 
@@ -182,10 +177,6 @@ def run_sweep(
       command_buffers: run each whole training epoch (its scan loop included) as
         CUDA graphs (`COMMAND_BUFFER_FLAG` added to the runs' XLA_FLAGS).
       only: a regex; run only the runs whose name it matches (anywhere in the name).
-      stagger: start the first run of each slot at a lower CPU priority the later its slot
-        (`first_wave_niceness`), so that of the first runs, all compiling at once, one gets the
-        CPU and starts training first instead of all finishing together (an experiment: not yet
-        timed on a GPU).
 
     Returns:
       0 if every run finished, 1 if any failed.
@@ -229,14 +220,12 @@ def run_sweep(
         if command_buffers:
             env = {**env, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {COMMAND_BUFFER_FLAG}".strip()}
         with train.stop_requests() as stop:
-            timings = _run_all(
-                config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop, stagger
-            )
+            timings = _run_all(config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop)
     failed = [t["name"] for t in timings if t["status"] == "FAILED"]
     stopped = [t["name"] for t in timings if t["status"] == "stopped"]
     if todo:
         xla_flags = env.get("XLA_FLAGS", os.environ.get("XLA_FLAGS"))  # what the runs ran under
-        _log_invocation(root_path, started, per_device, using_mps, devices, timings, xla_flags, stagger)
+        _log_invocation(root_path, started, per_device, using_mps, devices, timings, xla_flags)
     index.write_index(root_path)
     if stop:
         print(
@@ -261,9 +250,7 @@ def run_sweep(
     return 0
 
 
-def _log_invocation(
-    root: Path, started: float, jobs: int, mps: bool, devices, timings, xla_flags, stagger: bool = False
-) -> None:
+def _log_invocation(root: Path, started: float, jobs: int, mps: bool, devices, timings, xla_flags) -> None:
     """Appends this invocation to root/sweep_log.jsonl and prints the sweep's wall time so far."""
     from qresnet import train
 
@@ -275,7 +262,6 @@ def _log_invocation(
         "mps": mps,
         "gpus": list(devices),
         **({"xla_flags": xla_flags} if xla_flags else {}),
-        **({"stagger": True} if stagger else {}),
         "runs": timings,
         "commit": train.git_commit(),
     }
@@ -286,18 +272,11 @@ def _log_invocation(
     print(f"sweep: {wall:.0f} s this time; {total:.0f} s over {len(entries)} invocation(s) of {root} ({log})")
 
 
-def first_wave_niceness(slot_index: int) -> int:
-    """The CPU niceness (`os.nice`) of the first run started on a device's slot `slot_index`
-    under `stagger`: 0, 3, 6, ... up to 19, the lowest priority."""
-    return min(19, 3 * slot_index)
-
-
-def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, stop, stagger: bool = False):
+def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, stop):
     """Runs `todo` on `slots`; once `stop` is non-empty, launches nothing more and passes SIGTERM
     on to the running runs, which checkpoint and exit. Returns [{name, status, s}] of the runs
     that ended, status ok, stopped or FAILED, s the time from launch to exit."""
     queue, running, timings, failed = list(todo), {}, [], 0
-    used = set()  # slots that have started a run
     t0, signalled = time.time(), False
     while queue or running:
         if stop and not signalled:
@@ -307,9 +286,7 @@ def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, s
         for slot in slots:
             if slot not in running and queue:
                 name, args = queue.pop(0)
-                nice = first_wave_niceness(slot[1]) if stagger and slot not in used else 0
-                used.add(slot)
-                running[slot] = (name, _launch(config_path, root / name, args, slot[0], env, nice), time.time())
+                running[slot] = (name, _launch(config_path, root / name, args, slot[0], env), time.time())
         time.sleep(0.5)
         for slot, (name, proc, launched) in list(running.items()):
             if proc.poll() is None:
@@ -326,7 +303,7 @@ def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, s
     return timings
 
 
-def _launch(config_path, workdir: Path, args, device, extra_env, nice: int = 0):
+def _launch(config_path, workdir: Path, args, device, extra_env):
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", **extra_env)
     # Re-runs of a killed run skip recompilation.
@@ -335,5 +312,4 @@ def _launch(config_path, workdir: Path, args, device, extra_env, nice: int = 0):
         env["CUDA_VISIBLE_DEVICES"] = device
     cmd = [sys.executable, "-m", "qresnet.cli", "train", "--config", str(config_path), "--workdir", str(workdir), *args]
     with open(workdir / "log.txt", "a") as log:  # The child keeps its own copy of the descriptor.
-        niceness = functools.partial(os.nice, nice) if nice else None
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=niceness)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -57,7 +57,6 @@ def test_sweep_passes_its_options_on(monkeypatch, tmp_path):
     got = {}
     monkeypatch.setattr(sweep, "run_sweep", lambda *a, **kw: got.update(args=a, kw=kw) or 0)
     argv = ["sweep", "--config", "configs/smoke_sweep.py", "--root", str(tmp_path), "--jobs", "4", "--mps"]
-    assert cli.main([*argv, "--command-buffers", "--stagger", "--only", "seed0$", "--config.seed=3"]) == 0
+    assert cli.main([*argv, "--command-buffers", "--only", "seed0$", "--config.seed=3"]) == 0
     assert got["args"][2] == ["--config.seed=3"]
-    want = {"dry_run": False, "jobs": 4, "mps": True, "command_buffers": True, "stagger": True, "only": "seed0$"}
-    assert got["kw"] == want
+    assert got["kw"] == {"dry_run": False, "jobs": 4, "mps": True, "command_buffers": True, "only": "seed0$"}

@@ -1,7 +1,6 @@
 """Sweep names, dry runs, and a real two-run sweep that a re-run skips."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -139,53 +138,3 @@ def test_sigterm_stops_the_sweep_and_its_runs_at_a_checkpoint(tmp_path):
     assert not list(root.glob("*/result.json")) and not (root / "w4a4-ends8_width0.25").exists()
     (entry,) = [json.loads(line) for line in (root / sweep.SWEEP_LOG).read_text().splitlines()]
     assert entry["runs"] == [{"name": "bf16_width0.25", "status": "stopped", "s": entry["runs"][0]["s"]}]
-
-
-def test_stagger_lowers_the_cpu_priority_of_the_first_runs_by_slot(tmp_path, monkeypatch):
-    """Under `stagger`, the first run on each slot starts at niceness 0, 3, 6, ... by slot; every
-    later run at 0; the niceness reaches the child process (os.nice before exec)."""
-    launched = []
-
-    class Done:
-        returncode = 0
-
-        def __init__(self, polls):
-            self.polls = polls  # polls before it has ended
-
-        def poll(self):
-            self.polls -= 1
-            return 0 if self.polls < 0 else None
-
-    def fake_launch(config_path, workdir, args, device, extra_env, nice=0):
-        launched.append((workdir.name, device, nice))
-        return Done(3 if workdir.name == "run0" else 0)  # run0 holds its slot a while
-
-    monkeypatch.setattr(sweep, "_launch", fake_launch)
-    monkeypatch.setattr(sweep.time, "sleep", lambda s: None)
-    todo = [(f"run{i}", []) for i in range(7)]
-    slots = [("0", 0), ("0", 1), ("0", 2), ("1", 0), ("1", 1), ("1", 2)]
-    timings = sweep._run_all("c.py", tmp_path, todo, slots, 0, 7, {}, [], stagger=True)
-    assert [t["status"] for t in timings] == ["ok"] * 7
-    # run6 starts on the second slot of device 0 (the first is still busy), which has had its
-    # first run: full priority.
-    assert launched[6] == ("run6", "0", 0)
-    assert [n for _, _, n in launched] == [0, 3, 6, 0, 3, 6, 0]
-    launched.clear()
-    sweep._run_all("c.py", tmp_path, todo[:3], slots[:3], 0, 3, {}, [])
-    assert [n for _, _, n in launched] == [0, 0, 0]  # not staggered
-    assert [sweep.first_wave_niceness(j) for j in (0, 1, 6, 7, 12)] == [0, 3, 18, 19, 19]
-    from qresnet import cli
-
-    assert cli.main(["sweep", "--config", SMOKE_SWEEP, "--root", str(tmp_path / "d"), "--dry-run", "--stagger"]) == 0
-
-    monkeypatch.undo()
-    seen = {}
-
-    def popen(cmd, **kwargs):
-        seen.update(kwargs)
-
-    monkeypatch.setattr(sweep.subprocess, "Popen", popen)
-    sweep._launch("c.py", tmp_path / "r", [], None, {}, nice=6)
-    assert seen["preexec_fn"].func is os.nice and seen["preexec_fn"].args == (6,)
-    sweep._launch("c.py", tmp_path / "r", [], None, {})
-    assert seen["preexec_fn"] is None
