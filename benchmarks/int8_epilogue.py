@@ -1,6 +1,6 @@
 """Prototype for issue #5: an int8 GEMM with re-quantization fused into its epilogue (Pallas).
 
-    python -m benchmarks.int8_epilogue [--shapes M:K:N[:count],...] [--iters 50] --out F.jsonl
+    python -m benchmarks.int8_epilogue [--kernel triton,wgmma] [--shapes M:K:N[:count],...] [--iters 50] --out F.jsonl
 
 The integer ResNet-50 loses to bf16 in the memory traffic around its integer products
 (docs/BENCHMARKS.md): each 1x1 conv writes float32 sums, then separate passes apply
@@ -14,8 +14,10 @@ process: XLA's int8 dot plus the same epilogue (what `qresnet` runs today), this
 kernel, and bf16's conv + BN + ReLU as a GEMM with a bf16 output (what the bf16
 model runs). Not wired into the integer model: that would need BN and the next
 layer's quantizer folded into each conv, i.e. a restructured integer ResNet; this
-measures first whether it would pay. On CPU it runs only in Pallas's interpret mode
-(tests).
+measures first whether it would pay. Two kernels: `triton` (Pallas on Triton: a plain
+int8 dot per tile, 0.48x bf16 on an H200, docs/BENCHMARKS.md) and `wgmma` (Pallas on
+Mosaic GPU: Hopper's warpgroup int8 MMA fed by TMA, int32 accumulators in registers).
+On CPU they run only in Pallas's interpret modes (tests).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from benchmarks import record
 
@@ -134,6 +137,101 @@ def fused_int8(
     )(x, w, mul, add)
 
 
+def _wgmma_kernel(x_gmem, w_gmem, mul_gmem, add_gmem, o_gmem, *, tm, tn, tk, steps, interpret, kw):
+    """One (tm, tn) output tile per block: TMA brings x and w tiles into swizzled SMEM `steps`
+    ahead, wgmma sums them in int32 registers, the epilogue writes int8 codes through SMEM."""
+    mi, ni = lax.axis_index("m"), lax.axis_index("n")
+    k_steps = x_gmem.shape[1] // tk
+
+    def swizzled(cols: int):
+        sw = plgpu.find_swizzle(cols * 8)  # int8: one byte a column
+        return (plgpu.TilingTransform((8, sw)), plgpu.SwizzleTransform(sw))
+
+    if interpret:  # w arrives (K, N): the interpreter has no transposed SMEM views
+        w_spec = plgpu.BlockSpec((tk, tn), lambda k: (k, ni))
+        k_by_n = lambda ref: ref  # noqa: E731
+    else:  # int8 wgmma takes both operands K-major: w arrives (N, K), read through a transposed view
+        w_spec = plgpu.BlockSpec((tn, tk), lambda k: (ni, k), transforms=swizzled(tk))
+        k_by_n = lambda ref: plgpu.transpose_ref(ref, (1, 0))  # noqa: E731
+
+    def with_acc(acc, mul_smem, add_smem, out_smem, bars):
+        plgpu.copy_gmem_to_smem(mul_gmem.at[pl.ds(ni * tn, tn)], mul_smem, bars.at[0])
+        plgpu.copy_gmem_to_smem(add_gmem.at[pl.ds(ni * tn, tn)], add_smem, bars.at[1])
+
+        def step(_, x_smem, w_smem):
+            plgpu.wgmma(acc, x_smem, k_by_n(w_smem))
+            plgpu.wgmma_wait(0)
+
+        x_spec = plgpu.BlockSpec((tm, tk), lambda k: (mi, k), transforms=swizzled(tk))
+        plgpu.emit_pipeline(step, grid=(k_steps,), in_specs=[x_spec, w_spec], max_concurrent_steps=steps)(
+            x_gmem, w_gmem
+        )
+        plgpu.barrier_wait(bars.at[0])
+        plgpu.barrier_wait(bars.at[1])
+        out_smem[...] = epilogue(acc[...], mul_smem[...][None, :], add_smem[...][None, :], **kw)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(out_smem, o_gmem.at[pl.ds(mi * tm, tm), pl.ds(ni * tn, tn)])
+        plgpu.wait_smem_to_gmem(0)
+
+    def scope(*smem):  # register (accumulator) allocations are scoped apart from SMEM ones
+        pl.run_scoped(lambda acc: with_acc(acc, *smem), plgpu.ACC((tm, tn), jnp.int32))
+
+    pl.run_scoped(
+        scope,
+        plgpu.SMEM((tn,), jnp.float32),
+        plgpu.SMEM((tn,), jnp.float32),
+        plgpu.SMEM((tm, tn), jnp.int8, transforms=swizzled(tn)),
+        plgpu.Barrier(num_barriers=2),
+    )
+
+
+def _gpu_interpret_params():
+    """Mosaic GPU's interpret mode (CPU) parameters; in jax 0.10 only under jax._src."""
+    params = getattr(plgpu, "InterpretParams", None)
+    if params is None:
+        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams as params
+    return params()
+
+
+@functools.partial(jax.jit, static_argnames=("out_mul", "relu", "qmin", "qmax", "tm", "tn", "tk", "steps", "interpret"))
+def fused_int8_wgmma(
+    x,
+    w,
+    mul,
+    add,
+    *,
+    out_mul: float,
+    relu: bool,
+    qmin: int,
+    qmax: int,
+    tm: int = 128,
+    tn: int = 128,
+    tk: int = 128,
+    steps: int = 4,
+    interpret: bool = False,
+):
+    """`fused_int8` on Hopper's tensor cores (Pallas on Mosaic GPU, `wgmma`): the same codes.
+
+    M, N and K must be multiples of tm, tn and tk (each capped at its dimension); `steps` tiles
+    of x and w are in flight. `interpret`: run on the CPU in Mosaic GPU's interpret mode.
+    """
+    (m, k), n = x.shape, w.shape[1]
+    tn, tk = min(tn, n), min(tk, k)
+    if m % tm or n % tn or k % tk:
+        raise ValueError(f"shape M={m} K={k} N={n} is not a multiple of the tiles tm={tm} tk={tk} tn={tn}")
+    kw = {"out_mul": out_mul, "relu": relu, "qmin": qmin, "qmax": qmax}
+    body = functools.partial(_wgmma_kernel, tm=tm, tn=tn, tk=tk, steps=steps, interpret=interpret, kw=kw)
+    call = plgpu.kernel(
+        body,
+        out_type=jax.ShapeDtypeStruct((m, n), jnp.int8),
+        grid=(m // tm, n // tn),
+        grid_names=("m", "n"),
+        compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+        interpret=_gpu_interpret_params() if interpret else None,
+    )
+    return call(x, w if interpret else w.T, mul, add)
+
+
 def operands(m: int, k: int, n: int, seed: int = 0):
     """Random 4-bit-range codes and weights with scales that keep the outputs inside the grid."""
     rng = np.random.default_rng(seed)
@@ -154,12 +252,16 @@ def _time(fn, args, iters: int) -> float:
     return (time.perf_counter() - t0) / iters * 1000
 
 
-def time_shape(m: int, k: int, n: int, iters: int, count: int = 1, **blocks) -> dict:
-    """ms of the three paths for one GEMM shape, and how often the fused codes equal XLA's."""
+KERNELS = {"triton": fused_int8, "wgmma": fused_int8_wgmma}
+
+
+def time_shape(m: int, k: int, n: int, iters: int, count: int = 1, kernel: str = "triton", **blocks) -> dict:
+    """ms of the three paths for one GEMM shape, and how often the fused codes equal XLA's;
+    `kernel` names the fused kernel (`KERNELS`), `blocks` its tile settings."""
     x, w, mul, add = operands(m, k, n)
     kw = {"out_mul": 15.0 / 4.0, "relu": True, "qmin": 0, "qmax": 15}
     ref = jax.jit(functools.partial(xla_int8, **kw))
-    fused = functools.partial(fused_int8, **kw, **blocks)
+    fused = functools.partial(KERNELS[kernel], **kw, **blocks)
     bf16 = jax.jit(functools.partial(bf16_layer, relu=True))
     xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
     same = float(jnp.mean(fused(x, w, mul, add) == ref(x, w, mul, add)))
@@ -177,6 +279,7 @@ def time_shape(m: int, k: int, n: int, iters: int, count: int = 1, **blocks) -> 
         "fused_vs_xla_int8": ms["xla_int8_ms"] / ms["fused_int8_ms"],
         "fused_vs_bf16": ms["bf16_ms"] / ms["fused_int8_ms"],
         "codes_equal_share": same,
+        "kernel": kernel,
         "blocks": blocks,
         "device": jax.devices()[0].device_kind,
     }
@@ -186,7 +289,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="", help="comma-separated M:K:N[:count] (default: ResNet-50's 1x1 convs)")
     p.add_argument("--iters", type=int, default=50)
-    p.add_argument("--blocks", default="128:128:64:4:3", help="bm:bn:bk:warps:stages of the kernel")
+    p.add_argument("--kernel", default="triton", help="fused kernels to time: triton, wgmma or triton,wgmma")
+    p.add_argument("--blocks", default="128:128:64:4:3", help="bm:bn:bk:warps:stages of the triton kernel")
+    p.add_argument("--tiles", default="128:128:128:4", help="tm:tn:tk:steps of the wgmma kernel")
     p.add_argument("--out", help="also write the rows as JSON lines here")
     args = p.parse_args(argv)
     try:
@@ -195,36 +300,55 @@ def main(argv=None) -> int:
         )
         shapes = [(*s, 1) if len(s) == 3 else s for s in shapes]
         bm, bn, bk, warps, stages = (int(v) for v in args.blocks.split(":"))
-        if any(len(s) != 4 or min(s) < 1 for s in shapes):
+        tm, tn, tk, steps = (int(v) for v in args.tiles.split(":"))
+        if any(len(s) != 4 or min(s) < 1 for s in shapes) or min(bm, bn, bk, warps, stages, tm, tn, tk, steps) < 1:
             raise ValueError
     except ValueError:
         print(
-            f"error: --shapes {args.shapes!r} / --blocks {args.blocks!r}: use M:K:N,... and bm:bn:bk:warps:stages",
+            f"error: --shapes {args.shapes!r} / --blocks {args.blocks!r} / --tiles {args.tiles!r}: "
+            "use M:K:N,..., bm:bn:bk:warps:stages and tm:tn:tk:steps (positive integers)",
             file=sys.stderr,
         )
         return 2
+    kernels = args.kernel.split(",")
+    if not kernels or set(kernels) - set(KERNELS):
+        print(f"error: --kernel {args.kernel!r}: choose from {', '.join(KERNELS)} (comma-separated)", file=sys.stderr)
+        return 2
+    settings = {
+        "triton": {"bm": bm, "bn": bn, "bk": bk, "warps": warps, "stages": stages},
+        "wgmma": {"tm": tm, "tn": tn, "tk": tk, "steps": steps},
+    }
     if jax.default_backend() != "gpu":
         print("error: the kernel is timed on an NVIDIA GPU only (tests run it in interpret mode)", file=sys.stderr)
         return 2
-    rows, failed = [], []
-    for m, k, n, count in shapes:
-        try:
-            row = time_shape(m, k, n, args.iters, count, bm=bm, bn=bn, bk=bk, warps=warps, stages=stages)
-        except Exception as e:  # noqa: BLE001 - a shape the kernel cannot compile is a result, not a crash
-            row = {"m": m, "k": k, "n": n, "count": count, "error": f"{type(e).__name__}: {str(e)[:400]}"}
-            failed.append(f"{m}:{k}:{n}")
-        record(rows, row, args.out)
-    timed = [r for r in rows if "error" not in r]
-    if not timed:
-        print("error: the kernel failed on every shape (see the rows' errors)", file=sys.stderr)
-        return 1
-    total = {key: sum(r[key] * r["count"] for r in timed) for key in ("xla_int8_ms", "fused_int8_ms", "bf16_ms")}
-    total["fused_vs_xla_int8"] = total["xla_int8_ms"] / total["fused_int8_ms"]
-    total["fused_vs_bf16"] = total["bf16_ms"] / total["fused_int8_ms"]
-    total["shapes_failed"] = failed  # a total over fewer shapes than asked says so
-    total |= {"blocks": timed[0]["blocks"], "device": timed[0]["device"]}
-    record(rows, {"total_over_shapes_times_count": True, **total}, args.out)
-    return 1 if failed else 0
+    rows, any_failed = [], False
+    for kernel in kernels:
+        failed = []
+        for m, k, n, count in shapes:
+            try:
+                row = time_shape(m, k, n, args.iters, count, kernel, **settings[kernel])
+            except Exception as e:  # noqa: BLE001 - a shape the kernel cannot compile is a result, not a crash
+                error = f"{type(e).__name__}: {str(e)[:400]}"
+                row = {"m": m, "k": k, "n": n, "count": count, "kernel": kernel, "error": error}
+                failed.append(f"{m}:{k}:{n}")
+            record(rows, row, args.out)
+        any_failed |= bool(failed)
+        timed = [
+            r
+            for r in rows
+            if "error" not in r and r.get("kernel") == kernel and "total_over_shapes_times_count" not in r
+        ]
+        if not timed:
+            print(f"error: the {kernel} kernel failed on every shape (see the rows' errors)", file=sys.stderr)
+            continue
+        keys = ("xla_int8_ms", "fused_int8_ms", "bf16_ms")
+        total = {key: sum(r[key] * r["count"] for r in timed) for key in keys}
+        total["fused_vs_xla_int8"] = total["xla_int8_ms"] / total["fused_int8_ms"]
+        total["fused_vs_bf16"] = total["bf16_ms"] / total["fused_int8_ms"]
+        total["shapes_failed"] = failed  # a total over fewer shapes than asked says so
+        total |= {"kernel": kernel, "blocks": timed[0]["blocks"], "device": timed[0]["device"]}
+        record(rows, {"total_over_shapes_times_count": True, **total}, args.out)
+    return 1 if any_failed else 0
 
 
 if __name__ == "__main__":

@@ -338,6 +338,26 @@ def test_fused_int8_epilogue_kernel_gives_xlas_codes_in_interpret_mode():
     assert int8_epilogue.main(["--shapes", "64:96:48"]) == 2  # no GPU here: refused, not timed on the CPU
 
 
+def test_wgmma_int8_epilogue_kernel_gives_xlas_codes_in_interpret_mode():
+    """The Mosaic GPU (Hopper wgmma) version gives the same codes as XLA over a 2 x 2 grid of
+    tiles and two K steps, in Mosaic GPU's interpret mode (the GPU reads w through a transposed
+    SMEM view, which the interpreter lacks: that part is checked by the GPU benchmark's
+    `codes_equal_share`)."""
+    from benchmarks import int8_epilogue
+
+    x, w, mul, add = int8_epilogue.operands(128, 128, 128, seed=2)
+    kw = {"out_mul": 3.75, "relu": True, "qmin": 0, "qmax": 15}
+    ref = int8_epilogue.xla_int8(x, w, mul, add, **kw)
+    got = int8_epilogue.fused_int8_wgmma(x, w, mul, add, **kw, tm=64, tn=64, tk=64, steps=2, interpret=True)
+    assert got.dtype == np.int8 and got.shape == (128, 128)
+    np.testing.assert_array_equal(got, ref)
+    assert len(np.unique(np.asarray(ref))) > 3
+    with pytest.raises(ValueError, match="not a multiple of the tiles"):
+        int8_epilogue.fused_int8_wgmma(x, w, mul, add, **kw, tm=96, interpret=True)
+    assert int8_epilogue.main(["--kernel", "cutlass"]) == 2
+    assert int8_epilogue.main(["--tiles", "128:128:0:4"]) == 2
+
+
 def test_record_appends_so_a_second_run_keeps_the_first(tmp_path, capsys):
     from benchmarks import record
 
