@@ -92,7 +92,8 @@ def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_devi
       on_device: return a JAX array on the GPU (through DLPack, copied into JAX's own memory on
         the device) instead of a host array.
       priority: the CUDA priority of the decoding stream (0: as XLA's; -1: its kernels' blocks
-        are scheduled before those of the training step's kernels that wait for room on the GPU).
+        are scheduled before the training step's; that fed a ResNet-50 step worse, 0.72 of its
+        fixed-data speed against 0.84, docs/BENCHMARKS.md).
 
     Returns:
       (N, size, size, 3) uint8 RGB, on the host (numpy) or, with `on_device`, a jax.Array.
@@ -120,9 +121,10 @@ def _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device):
         # y is held until the copy is done, so torch cannot hand its memory to a later batch
         # while JAX still reads it. Waiting for the copy here instead (it queues behind the steps
         # already dispatched) held the pipeline to 11,400 images/s against 14,300 (BENCHMARKS.md).
-        # The batch is finished before JAX sees it: otherwise JAX's stream waits at the copy for
-        # torch's kernels, and the training steps queued behind the copy wait with it (a likely
-        # part of the fed step's 15-20% loss at 61d4fdb; not yet measured on a GPU).
+        # The batch is finished before JAX sees it: otherwise JAX's stream could wait at the copy
+        # for torch's kernels, and the training steps queued behind the copy with it. (Measured
+        # on an H200: no faster fed, 0.82-0.84; a profile shows the fed step's kernels as long as
+        # alone, the loss being time the GPU waits for the next batch: BENCHMARKS.md.)
         torch.cuda.current_stream().synchronize()
         z = jax.numpy.array(jax.dlpack.from_dlpack(y), copy=True)
         _hold(z, y)
