@@ -302,9 +302,9 @@ def collate_plans(plans: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 def _gpu_batches(batches, size: int, threads: int = 1, ahead: int = 2, on_device: bool = False, priority: int = 0):
     """Decodes each collated batch of plans on the GPU (`nvjpeg.decode_batch`, on streams of
-    `priority`) in `threads` background threads, up to `ahead` batches ahead of the consumer;
-    yields {"image", "label"} in order, images as host arrays or, with `on_device`, as
-    jax.Arrays on the GPU."""
+    `priority`) in `threads` background threads, up to `ahead` (at least `threads`, so that every
+    thread has a batch) batches ahead of the consumer; yields {"image", "label"} in order, images
+    as host arrays or, with `on_device`, as jax.Arrays on the GPU."""
     from qresnet import nvjpeg
 
     def decode(b):
@@ -313,7 +313,7 @@ def _gpu_batches(batches, size: int, threads: int = 1, ahead: int = 2, on_device
         image = nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size, on_device, priority)
         return {"image": image, "label": b["label"]}
 
-    yield from _ordered_map(decode, batches, threads, ahead)
+    yield from _ordered_map(decode, batches, threads, max(ahead, threads))
 
 
 def _ordered_map(fn, items, threads: int, ahead: int):

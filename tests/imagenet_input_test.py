@@ -5,6 +5,7 @@ import io
 import json
 import random
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -205,6 +206,25 @@ def _cpu_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0):
         out.append(image[:, ::-1] if flip else image)
     out = np.stack(out)
     return jax.device_put(out) if on_device else out
+
+
+def test_every_decoding_thread_gets_a_batch_at_once(monkeypatch):
+    """With more decoding threads than the default look-ahead, all of them decode at the same time
+    (each stand-in decode waits at a barrier for the others: with fewer at once it breaks)."""
+    from qresnet import nvjpeg
+
+    threads = 5
+    barrier = threading.Barrier(threads, timeout=5)
+
+    def decode(jpegs, boxes, flips, size, on_device=False, priority=0):
+        barrier.wait()
+        return np.zeros((len(boxes), size, size, 3), np.uint8)
+
+    monkeypatch.setattr(nvjpeg, "decode_batch", decode)
+    plans = {"jpeg": np.zeros(4, np.uint8), "offsets": np.array([0, 2, 4]), "box": np.zeros((2, 4), int)}
+    batches = [plans | {"flip": np.zeros(2, bool), "label": np.full(2, i)} for i in range(2 * threads)]
+    got = list(imagenet_input._gpu_batches(iter(batches), 8, threads=threads))
+    assert [int(b["label"][0]) for b in got] == list(range(2 * threads))
 
 
 @pytest.fixture
