@@ -272,22 +272,9 @@ def time_fed(
 def _profiled(run, steps: int) -> dict:
     """`steps` calls of `run(i)` (each to completion) under `jax.profiler.trace`: wall ms per step
     and, on a GPU, kernel ms per step (XLA's, others', and the time any kernel ran)."""
-    import tempfile
-
-    import jax
-
     from benchmarks import profile_step
 
-    with tempfile.TemporaryDirectory() as d:
-        with jax.profiler.trace(d):
-            t0 = time.perf_counter()
-            for i in range(steps):
-                run(i)
-            wall = time.perf_counter() - t0
-        found = sorted(Path(d).rglob("*.xplane.pb"))
-        if not found:
-            raise RuntimeError(f"the profiler wrote no .xplane.pb under {d}")
-        device = profile_step.stream_summary(str(found[0]))
+    wall, device = profile_step.traced(run, steps, profile_step.stream_summary)
     out = {"steps": steps, "wall_ms": 1e3 * wall / steps, "gpu": device.pop("gpu")}
     return out | {k.replace("_ns", "_ms"): v / steps / 1e6 for k, v in device.items()}
 

@@ -323,21 +323,17 @@ def main(argv=None) -> int:
         return 2
     rows, any_failed = [], False
     for kernel in kernels:
-        failed = []
+        failed, timed = [], []
         for m, k, n, count in shapes:
             try:
                 row = time_shape(m, k, n, args.iters, count, kernel, **settings[kernel])
+                timed.append(row)
             except Exception as e:  # noqa: BLE001 - a shape the kernel cannot compile is a result, not a crash
                 error = f"{type(e).__name__}: {str(e)[:400]}"
                 row = {"m": m, "k": k, "n": n, "count": count, "kernel": kernel, "error": error}
                 failed.append(f"{m}:{k}:{n}")
             record(rows, row, args.out)
         any_failed |= bool(failed)
-        timed = [
-            r
-            for r in rows
-            if "error" not in r and r.get("kernel") == kernel and "total_over_shapes_times_count" not in r
-        ]
         if not timed:
             print(f"error: the {kernel} kernel failed on every shape (see the rows' errors)", file=sys.stderr)
             continue

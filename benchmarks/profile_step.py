@@ -21,6 +21,7 @@ import json
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -121,6 +122,21 @@ def stream_summary(xplane_path: str) -> dict:
     return {"gpu": True, "xla_kernel_ns": xla, "other_kernel_ns": other, "busy_ns": busy}
 
 
+def traced(run, steps: int, read):
+    """Calls `run(i)` for i in range(steps) under `jax.profiler.trace`; returns their wall seconds
+    and `read` (e.g. `device_times`, `stream_summary`) of the profile's .xplane.pb path."""
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            t0 = time.perf_counter()
+            for i in range(steps):
+                run(i)
+            wall = time.perf_counter() - t0
+        found = sorted(Path(d).rglob("*.xplane.pb"))
+        if not found:
+            raise RuntimeError(f"the profiler wrote no .xplane.pb under {d}")
+        return wall, read(str(found[0]))
+
+
 def profile_call(tag: str, lowered, run_once, *, steps: int, out: Path) -> dict:
     """Profiles `steps` calls of `run_once` (each run to completion) and writes `lowered`'s
     optimized HLO to `out/<tag>.hlo.txt.gz`; returns the summary (device ms by instruction,
@@ -130,14 +146,7 @@ def profile_call(tag: str, lowered, run_once, *, steps: int, out: Path) -> dict:
         f.write(hlo)
     kinds = instruction_kinds(hlo)
     wall = [run_once() for _ in range(steps)]
-    with tempfile.TemporaryDirectory() as d:
-        with jax.profiler.trace(d):
-            for _ in range(steps):
-                run_once()
-        found = sorted(Path(d).rglob("*.xplane.pb"))
-        if not found:
-            raise RuntimeError(f"the profiler wrote no .xplane.pb under {d}")
-        by_op, by_kernel, lines = device_times(str(found[0]))
+    _, (by_op, by_kernel, lines) = traced(lambda i: run_once(), steps, device_times)
     per_step_ms = {op: ns / steps / 1e6 for op, ns in by_op.items()}
     by_kind: dict[str, float] = collections.defaultdict(float)
     for op, ms in per_step_ms.items():
