@@ -57,11 +57,16 @@ RESNET50_SHAPES = (
 
 
 def epilogue(acc, mul, add, *, out_mul: float, relu: bool, qmin: int, qmax: int):
-    """int32 sums -> int8 codes of the next layer's input (the fused and the XLA path share it)."""
+    """int32 sums -> int8 codes of the next layer's input (the fused and the XLA path share it).
+
+    clip(floor(v)) is computed as floor(clip(v)) (equal for integer bounds), the floor by
+    truncation and a correction: Mosaic GPU's warpgroup lowering has no `floor` (jax 0.10-0.11)."""
     y = acc.astype(jnp.float32) * mul + add
     if relu:
         y = jnp.maximum(y, 0.0)
-    return jnp.clip(jnp.floor(y * out_mul + 0.5), qmin, qmax).astype(jnp.int8)
+    v = jnp.clip(y * out_mul + 0.5, float(qmin), float(qmax))
+    t = v.astype(jnp.int32)  # toward zero: floor for v >= 0, one too high for negative non-integers
+    return jnp.where(t.astype(jnp.float32) > v, t - 1, t).astype(jnp.int8)
 
 
 def xla_int8(x, w, mul, add, **kw):
@@ -168,7 +173,15 @@ def _wgmma_kernel(x_gmem, w_gmem, mul_gmem, add_gmem, o_gmem, *, tm, tn, tk, ste
         )
         plgpu.barrier_wait(bars.at[0])
         plgpu.barrier_wait(bars.at[1])
-        out_smem[...] = epilogue(acc[...], mul_smem[...][None, :], add_smem[...][None, :], **kw)
+
+        # Per-channel vectors in the accumulator's column layout, broadcast over its rows
+        # (Mosaic GPU's layout inference finds no layout for a plain `v[None, :]`; the
+        # interpreter has no layout casts).
+        def row(ref):
+            v = ref[...] if interpret else plgpu.layout_cast(ref[...], plgpu.Layout.WGMMA.reduce(0))
+            return lax.broadcast_in_dim(v, (tm, tn), (1,))
+
+        out_smem[...] = epilogue(acc[...], row(mul_smem), row(add_smem), **kw)
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(out_smem, o_gmem.at[pl.ds(mi * tm, tm), pl.ds(ni * tn, tn)])
         plgpu.wait_smem_to_gmem(0)

@@ -1,9 +1,12 @@
 """The training-step benchmark harness, on a tiny model on the CPU."""
 
+import functools
 import io
 import json
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -356,6 +359,33 @@ def test_wgmma_int8_epilogue_kernel_gives_xlas_codes_in_interpret_mode():
         int8_epilogue.fused_int8_wgmma(x, w, mul, add, **kw, tm=96, interpret=True)
     assert int8_epilogue.main(["--kernel", "cutlass"]) == 2
     assert int8_epilogue.main(["--tiles", "128:128:0:4"]) == 2
+
+
+def test_wgmma_int8_epilogue_kernel_lowers_for_the_gpu():
+    """The interpreter runs primitives that Mosaic GPU cannot lower (`floor`, a row vector's
+    broadcast: both failed on an H200); lowering for CUDA, which needs no GPU, catches them."""
+    from benchmarks import int8_epilogue
+
+    x, w, mul, add = int8_epilogue.operands(256, 256, 256)
+    kw = {"out_mul": 3.75, "relu": True, "qmin": 0, "qmax": 15}
+    call = functools.partial(int8_epilogue.fused_int8_wgmma, **kw, tm=128, tn=128, tk=128, steps=4)
+    text = jax.jit(call).trace(x, w, mul, add).lower(lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
+
+
+def test_int8_epilogue_floor_by_truncation_is_clip_of_floor():
+    """The epilogue's floor (truncation and a correction, for Mosaic GPU) equals clip(floor(.))
+    at the edges: halves, just below and above integers, negatives, past both bounds."""
+    from benchmarks import int8_epilogue
+
+    v = np.array([-300, -128.5, -2.5, -1.0000001, -1, -0.9999999, -0.5, 0, 0.49999997, 1.5, 126.99999, 127.4, 300])
+    v = np.concatenate([v, np.random.default_rng(0).normal(0, 40, 2000)]).astype(np.float32)
+    for qmin, qmax in ((-128, 127), (0, 15)):
+        kw = {"out_mul": 1.0, "relu": False, "qmin": qmin, "qmax": qmax}
+        add = v - np.float32(0.5)
+        got = int8_epilogue.epilogue(jnp.zeros(v.shape, jnp.int32), 0.0, add, **kw)
+        want = np.clip(np.floor(add + np.float32(0.5)), qmin, qmax).astype(np.int8)  # float32, as the kernel
+        np.testing.assert_array_equal(got, want)
 
 
 def test_record_appends_so_a_second_run_keeps_the_first(tmp_path, capsys):
