@@ -221,38 +221,26 @@ def time_fed(
     the next meanwhile) over `batches` steps after `warmup`, in one process. With `profile`, that
     many more steps of each kind run under the profiler afterwards (`_profiled`), so that where a
     fed step's extra time goes shows: longer kernels, other kernels, or an idle GPU."""
-    import jax
 
     from benchmarks import train_step as bench
 
     case = bench.parse_case(feed)
     row = bench.prepare("qresnet", "float", "qresnet", case, warmup=3)
     alone = float(np.median([row.time_one() for _ in range(10)]))
+    fixed = iter(lambda: dict(zip(("image", "label"), row.args)), None)
+    alone_async, _ = _steps_per_s(row, fixed, batches)
     spec = _spec(case.image_size, case.batch, workers, draft, backend, decode_threads, on_device, priority)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
-
-    def step(i):
-        b = next(it)
-        row.state, (loss, _) = row.step(
-            row.state, jax.device_put(b["image"]), jax.device_put(b["label"]), row.keys[i % 64]
-        )
-        return loss
-
-    for i in range(warmup):
-        step(i)
-    jax.block_until_ready(row.state)
-    t0 = time.perf_counter()
-    for i in range(batches):
-        loss = step(i)
-    jax.block_until_ready(loss)
-    fed = case.batch * batches / (time.perf_counter() - t0)
+    _steps_per_s(row, it, warmup)
+    fed, waited = _steps_per_s(row, it, batches)
+    fed *= case.batch
     profiles = {}
     if profile:
         # The process's first trace starts the profiler in its first steps (0.7-1.0 s a step on an
         # H200, BENCHMARKS.md); a throw-away one-step trace takes that out of the rows' wall ms.
         _profiled(lambda i: row.time_one(), 1)
         profiles["alone_profile"] = _profiled(lambda i: row.time_one(), profile)
-        profiles["fed_profile"] = _profiled(lambda i: jax.block_until_ready(step(warmup + batches + i)), profile)
+        profiles["fed_profile"] = _profiled(lambda i: _steps_per_s(row, it, 1), profile)
     return {
         "mode": "fed",
         "feed": feed,
@@ -263,10 +251,31 @@ def time_fed(
         "batches": batches,
         "warmup_batches": warmup,
         "alone_images_per_s": case.batch / alone,
+        "alone_async_images_per_s": case.batch * alone_async,
         "fed_images_per_s": fed,
         "fed_vs_alone": fed * alone / case.batch,
+        "fed_vs_alone_async": fed / (case.batch * alone_async),
+        "fed_wait_ms_per_step": 1e3 * waited / batches,
         **profiles,
     }
+
+
+def _steps_per_s(row, batches, steps: int) -> tuple[float, float]:
+    """Trains `steps` steps on `batches` (an iterator of {"image", "label"}) without waiting for
+    any step (as training does); returns steps/s and the seconds spent waiting for batches."""
+    import jax
+
+    jax.block_until_ready(row.state)
+    waited, t0 = 0.0, time.perf_counter()
+    for i in range(steps):
+        t = time.perf_counter()
+        b = next(batches)
+        waited += time.perf_counter() - t
+        row.state, (loss, _) = row.step(
+            row.state, jax.device_put(b["image"]), jax.device_put(b["label"]), row.keys[i % 64]
+        )
+    jax.block_until_ready(row.state)
+    return steps / (time.perf_counter() - t0), waited
 
 
 def _profiled(run, steps: int) -> dict:

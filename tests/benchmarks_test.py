@@ -462,6 +462,9 @@ def test_input_benchmark_feed_trains_on_the_pipelines_batches(tmp_path, capsys):
     assert row["mode"] == "fed" and row["backend"] == "opencv" and row["batches"] == 2
     assert row["fed_images_per_s"] > 0 and row["alone_images_per_s"] > 0
     assert row["fed_vs_alone"] == pytest.approx(row["fed_images_per_s"] / row["alone_images_per_s"])
+    # fixed data timed as the fed steps are (none waited for), and the fed loop's wait for batches
+    assert row["fed_vs_alone_async"] == pytest.approx(row["fed_images_per_s"] / row["alone_async_images_per_s"])
+    assert 0 <= row["fed_wait_ms_per_step"] < 1e3 * 4 / row["fed_images_per_s"]
     for kind in ("alone_profile", "fed_profile"):  # a CPU profile has wall times and no kernels
         assert row[kind]["steps"] == 2 and row[kind]["wall_ms"] > 0 and row[kind]["gpu"] is False
     assert input_pipeline.main([*common, "--profile", "2"]) == 2
