@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import record
-from qresnet import imagenet_input, nvjpeg, results
+from qresnet import imagenet_input, results
 
 
 def write_jpegs(path: Path, n: int, seed: int = 0, sizes=((300, 500), (350, 600))) -> None:
@@ -97,9 +97,7 @@ class JpegSource:
         return {"path": self.path, "_n": self._n, "_distinct": self._distinct, "_z": None}
 
 
-def _spec(
-    size, batch, workers, draft, backend, decode_threads, on_device, priority, resize
-) -> imagenet_input.StreamSpec:
+def _spec(size, batch, workers, draft, backend, decode_threads, on_device, priority) -> imagenet_input.StreamSpec:
     """The stream settings of a timed pipeline (synthetic source, train and eval batch `batch`)."""
     return imagenet_input.StreamSpec(
         "synthetic",
@@ -113,15 +111,14 @@ def _spec(
         decode_threads=decode_threads,
         decode_on_device=on_device,
         decode_priority=priority,
-        decode_resize=resize,
     )
 
 
-def _nvjpeg_fields(backend: str, decode_threads: int, on_device: bool, priority: int, resize: str) -> dict:
+def _nvjpeg_fields(backend: str, decode_threads: int, on_device: bool, priority: int) -> dict:
     """A row's GPU-decoding settings (nvjpeg rows only)."""
     if backend != "nvjpeg":
         return {}
-    return {"decode_threads": decode_threads, "on_device": on_device, "stream_priority": priority, "resize": resize}
+    return {"decode_threads": decode_threads, "on_device": on_device, "stream_priority": priority}
 
 
 def time_pipeline(
@@ -137,7 +134,6 @@ def time_pipeline(
     decode_threads: int = 3,
     on_device: bool = True,
     priority: int = 0,
-    resize: str = "torch",
 ) -> dict:
     """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
     (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
@@ -146,7 +142,7 @@ def time_pipeline(
     timed batches come from that backlog."""
     if len(source) < (warmup + batches) * batch:
         raise ValueError(f"source has {len(source)} examples, fewer than {(warmup + batches) * batch}")
-    spec = _spec(size, batch, workers, draft, backend, decode_threads, on_device, priority, resize)
+    spec = _spec(size, batch, workers, draft, backend, decode_threads, on_device, priority)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
         next(it)
@@ -163,7 +159,7 @@ def time_pipeline(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **_nvjpeg_fields(backend, decode_threads, on_device, priority, resize),
+        **_nvjpeg_fields(backend, decode_threads, on_device, priority),
         "batch": batch,
         "image_size": size,
         "batches": batches,
@@ -217,7 +213,6 @@ def time_fed(
     decode_threads: int = 3,
     on_device: bool = True,
     priority: int = 0,
-    resize: str = "torch",
     profile: int = 0,
 ) -> dict:
     """Does the pipeline keep a training step fed? Images/s of qresnet's float train step for the
@@ -234,7 +229,7 @@ def time_fed(
     alone = float(np.median([row.time_one() for _ in range(10)]))
     fixed = iter(lambda: dict(zip(("image", "label"), row.args)), None)
     alone_async, _ = _steps_per_s(row, fixed, batches)
-    spec = _spec(case.image_size, case.batch, workers, draft, backend, decode_threads, on_device, priority, resize)
+    spec = _spec(case.image_size, case.batch, workers, draft, backend, decode_threads, on_device, priority)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     _steps_per_s(row, it, warmup)
     fed, waited = _steps_per_s(row, it, batches)
@@ -252,7 +247,7 @@ def time_fed(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **_nvjpeg_fields(backend, decode_threads, on_device, priority, resize),
+        **_nvjpeg_fields(backend, decode_threads, on_device, priority),
         "batches": batches,
         "warmup_batches": warmup,
         "alone_images_per_s": case.batch / alone,
@@ -293,7 +288,7 @@ def _profiled(run, steps: int) -> dict:
     return out | {k.replace("_ns", "_ms"): v / steps / 1e6 for k, v in device.items()}
 
 
-def _stub_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0, resize="torch"):
+def _stub_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0):
     """`nvjpeg.decode_batch`'s shape and type with no decoding (`--nvjpeg-stub`)."""
     out = np.zeros((len(jpegs), size, size, 3), np.uint8)
     if on_device:
@@ -324,11 +319,6 @@ def main(argv=None) -> int:
         "--stream-priority",
         default="0",
         help="nvjpeg rows: CUDA priorities of the decoding streams (comma-separated; -1 is ahead of XLA's 0)",
-    )
-    p.add_argument(
-        "--decode-resize",
-        default="torch",
-        help="nvjpeg rows: crop and resize image by image (torch) or a batch in one kernel (triton); comma-separated",
     )
     p.add_argument(
         "--nvjpeg-stub",
@@ -377,6 +367,8 @@ def main(argv=None) -> int:
         print("error: --per-image times the CPU backends (opencv, pillow) only", file=sys.stderr)
         return 2
     if args.nvjpeg_stub:
+        from qresnet import nvjpeg
+
         nvjpeg.check = lambda: None
         nvjpeg.decode_batch = _stub_decode_batch
     for backend in backends:
@@ -401,10 +393,6 @@ def main(argv=None) -> int:
             f"error: --stream-priority {args.stream_priority!r} must be comma-separated integers, e.g. 0,-1",
             file=sys.stderr,
         )
-        return 2
-    resizes = args.decode_resize.split(",")
-    if not resizes or set(resizes) - set(nvjpeg.RESIZERS):
-        print(f"error: --decode-resize {args.decode_resize!r}: comma-separated from {nvjpeg.RESIZERS}", file=sys.stderr)
         return 2
     placements = args.placement.split(",")
     if not placements or set(placements) - {"host", "device"}:
@@ -435,12 +423,11 @@ def main(argv=None) -> int:
                 args.out,
             )
             return 0
-        grid = itertools.product(workers, decodes, backends, threads, placements, priorities, resizes)
-        for w, decode, backend, t, place, prio, resize in grid:
-            first = (threads[0], placements[0], priorities[0], resizes[0])
-            if backend != "nvjpeg" and (t, place, prio, resize) != first:
-                continue  # the CPU backends have no decoding threads, placement, stream or resize to vary
-            nv = {"decode_threads": t, "on_device": place == "device", "priority": prio, "resize": resize}
+        grid = itertools.product(workers, decodes, backends, threads, placements, priorities)
+        for w, decode, backend, t, place, prio in grid:
+            if backend != "nvjpeg" and (t, place, prio) != (threads[0], placements[0], priorities[0]):
+                continue  # the CPU backends have no decoding threads, placement or stream to vary
+            nv = {"decode_threads": t, "on_device": place == "device", "priority": prio}
             if args.feed:
                 row = time_fed(
                     source,

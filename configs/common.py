@@ -39,9 +39,6 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     # nvjpeg only: threads of the training process that launch the GPU decoding (3 kept a ResNet-50
     # step fed at 0.92 of its fixed-data speed, 2 at 0.84, in one run: BENCHMARKS.md).
     c.dataset.decode_threads = 3
-    # nvjpeg only: crop, resize and flip image by image with PyTorch ("torch") or the whole batch in
-    # one Triton kernel ("triton"; the same bicubic up to float rounding).
-    c.dataset.decode_resize = "torch"
 
     # Quantization
     c.quant = ml_collections.ConfigDict()

@@ -75,7 +75,6 @@ class StreamSpec:
     decode_threads: int = 3  # nvjpeg: threads of the training process that launch the GPU decoding
     decode_on_device: bool = True  # nvjpeg: train batches stay on the GPU (DLPack), not copied to the host
     decode_priority: int = 0  # nvjpeg: CUDA priority of the decoding streams (-1: ahead of XLA's 0)
-    decode_resize: str = "torch"  # nvjpeg: crop and resize image by image ("torch") or a batch a kernel ("triton")
     train_split: str = "train"
     eval_split: str = "validation"
 
@@ -301,25 +300,17 @@ def collate_plans(plans: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     }
 
 
-def _gpu_batches(
-    batches,
-    size: int,
-    threads: int = 1,
-    ahead: int = 2,
-    on_device: bool = False,
-    priority: int = 0,
-    resize: str = "torch",
-):
+def _gpu_batches(batches, size: int, threads: int = 1, ahead: int = 2, on_device: bool = False, priority: int = 0):
     """Decodes each collated batch of plans on the GPU (`nvjpeg.decode_batch`, on streams of
-    `priority`, cropped and resized by `resize`) in `threads` background threads, up to `ahead`
-    (at least `threads`, so that every thread has a batch) batches ahead of the consumer; yields
-    {"image", "label"} in order, images as host arrays or, with `on_device`, as jax.Arrays on the GPU."""
+    `priority`) in `threads` background threads, up to `ahead` (at least `threads`, so that every
+    thread has a batch) batches ahead of the consumer; yields {"image", "label"} in order, images
+    as host arrays or, with `on_device`, as jax.Arrays on the GPU."""
     from qresnet import nvjpeg
 
     def decode(b):
         o = b["offsets"]
         jpegs = [b["jpeg"][o[i] : o[i + 1]] for i in range(len(o) - 1)]  # views, not copies
-        image = nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size, on_device, priority, resize=resize)
+        image = nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size, on_device, priority)
         return {"image": image, "label": b["label"]}
 
     yield from _ordered_map(decode, batches, threads, max(ahead, threads))
@@ -418,12 +409,7 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
         ds = ds.batch(spec.batch_size, drop_remainder=True, batch_fn=collate_plans)
         batches = _parallel(grain, ds, spec.workers)
         return _gpu_batches(
-            batches,
-            size,
-            spec.decode_threads,
-            on_device=spec.decode_on_device,
-            priority=spec.decode_priority,
-            resize=spec.decode_resize,
+            batches, size, spec.decode_threads, on_device=spec.decode_on_device, priority=spec.decode_priority
         )
     ds = (
         grain.MapDataset.source(source)
@@ -446,11 +432,7 @@ def eval_batches(spec: StreamSpec, source) -> Iterator[dict[str, np.ndarray]]:
         ds = grain.MapDataset.source(source).map(lambda ex: plan_eval(ex, size))
         ds = ds.batch(batch, drop_remainder=False, batch_fn=collate_plans)
         batches = _gpu_batches(
-            _parallel(grain, ds, spec.workers),
-            size,
-            spec.decode_threads,
-            priority=spec.decode_priority,
-            resize=spec.decode_resize,
+            _parallel(grain, ds, spec.workers), size, spec.decode_threads, priority=spec.decode_priority
         )
     else:
         ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size, backend))

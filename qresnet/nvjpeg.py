@@ -15,7 +15,6 @@ dependency (`pip install "qresnet[nvjpeg]"`); nothing else in qresnet needs them
 from __future__ import annotations
 
 import collections
-import functools
 import threading
 
 import numpy as np
@@ -82,18 +81,7 @@ def _stream(torch, priority: int = 0):
     return streams[priority]
 
 
-RESIZERS = ("torch", "triton")  # decode_batch's `resize`: per image (PyTorch), or one kernel a batch
-
-
-def decode_batch(
-    jpegs,
-    boxes: np.ndarray,
-    flips: np.ndarray,
-    size: int,
-    on_device: bool = False,
-    priority: int = 0,
-    resize: str = "torch",
-):
+def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_device: bool = False, priority: int = 0):
     """Decodes, crops, resizes and flips a batch of JPEGs on the GPU.
 
     Args:
@@ -106,24 +94,17 @@ def decode_batch(
       priority: the CUDA priority of the decoding stream (0: as XLA's; -1: its kernels' blocks
         are scheduled before the training step's; that fed a ResNet-50 step worse, 0.72 of its
         fixed-data speed against 0.84, docs/BENCHMARKS.md).
-      resize: "torch" crops and resizes image by image (PyTorch's bicubic `interpolate`, two
-        kernels an image); "triton" does the whole batch's crops, resizes and flips in one
-        kernel (`resize_taps`, `_resize_kernel`), the same bicubic up to float rounding.
 
     Returns:
       (N, size, size, 3) uint8 RGB, on the host (numpy) or, with `on_device`, a jax.Array.
     """
-    if resize not in RESIZERS:
-        raise ValueError(f"resize={resize!r} is not one of {RESIZERS}")
     torch, tio = _torch()
     with torch.cuda.stream(_stream(torch, priority)):
-        images = _decode(torch, tio, jpegs)
-        crop_resize = _crop_resize_triton if resize == "triton" else _crop_resize_torch
-        return _hand_over(torch, crop_resize(torch, images, boxes, flips, size), on_device)
+        return _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device)
 
 
-def _crop_resize_torch(torch, images, boxes, flips, size):
-    """(N, size, size, 3) uint8: each image cropped, resized (bicubic) and flipped on its own."""
+def _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device):
+    images = _decode(torch, tio, jpegs)
     resized = []
     for x, (top, left, h, w) in zip(images, np.asarray(boxes).tolist()):
         crop = x[None, :, top : top + h, left : left + w].float()
@@ -131,99 +112,7 @@ def _crop_resize_torch(torch, images, boxes, flips, size):
     y = torch.cat(resized).round_().clamp_(0, 255).to(torch.uint8)
     flip = torch.as_tensor(np.asarray(flips, bool), device=y.device)[:, None, None, None]
     y = torch.where(flip, y.flip(-1), y)
-    return y.permute(0, 2, 3, 1).contiguous()
-
-
-def resize_taps(boxes: np.ndarray, flips: np.ndarray, size: int):
-    """The bicubic taps of a batch's crops, as PyTorch's `interpolate(mode="bicubic",
-    align_corners=False)` computes them (float32; Keys a = -0.75, half-pixel centres, taps
-    clamped at the crop's edges: OpenCV's INTER_CUBIC too).
-
-    Args:
-      boxes: (N, 4) int (top, left, h, w) crops in full-size pixels.
-      flips: (N,) bool: the output flipped horizontally (its columns' taps reversed).
-      size: output side.
-
-    Returns:
-      rows, row_weights, cols, col_weights: (N, size, 4) int32 image rows (columns) and float32
-      weights; output pixel (y, x) of image n is sum_a row_weights[n, y, a] * sum_b
-      col_weights[n, x, b] * image_n[rows[n, y, a], cols[n, x, b]].
-    """
-    boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
-    a = np.float32(-0.75)
-    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # noqa: E731  |x| <= 1
-    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # noqa: E731  1 < |x| < 2
-    centres = np.arange(size, dtype=np.float32) + np.float32(0.5)
-
-    def axis(start, length):
-        src = (length.astype(np.float32) / np.float32(size))[:, None] * centres - np.float32(0.5)
-        first = np.floor(src)
-        t = src - first
-        weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], -1).astype(np.float32)
-        taps = first.astype(np.int64)[..., None] + np.arange(-1, 3)
-        return (np.clip(taps, 0, length[:, None, None] - 1) + start[:, None, None]).astype(np.int32), weights
-
-    rows, row_weights = axis(boxes[:, 0], boxes[:, 2])
-    cols, col_weights = axis(boxes[:, 1], boxes[:, 3])
-    flip = np.asarray(flips, bool).reshape(-1)
-    cols[flip], col_weights[flip] = cols[flip, ::-1], col_weights[flip, ::-1]
-    return rows, row_weights, cols, col_weights
-
-
-def _crop_resize_triton(torch, images, boxes, flips, size):
-    """`_crop_resize_torch` in one kernel for the batch: the decoded images concatenated into one
-    buffer (one copy), `resize_taps` from the host, `_resize_kernel` gathering and summing."""
-    flat = torch.cat([x.reshape(-1) for x in images])
-    hw = np.asarray([x.shape[1:] for x in images], np.int64)
-    plane = hw[:, 0] * hw[:, 1]
-    meta = np.stack([np.cumsum(3 * plane) - 3 * plane, plane, hw[:, 1]], 1)
-    cuda = lambda a: torch.as_tensor(a, device=flat.device)  # noqa: E731
-    taps = [cuda(t) for t in resize_taps(boxes, flips, size)]
-    out = torch.empty((len(images), size, size, 3), dtype=torch.uint8, device=flat.device)
-    block = 256
-    grid = (len(images), -(-size * size // block))
-    _resize_kernel()[grid](flat, cuda(meta), *taps, out, size, block)
-    return out
-
-
-@functools.cache
-def _resize_kernel():
-    """The Triton kernel: one program per `block` output pixels of one image, all three channels;
-    PyTorch's order of sums (each tap row across, then the rows down) and its rounding (half to
-    even), clamped to uint8."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def kernel(src, meta, rows, row_w, cols, col_w, out, size: tl.constexpr, block: tl.constexpr):
-        n = tl.program_id(0)
-        p = tl.program_id(1) * block + tl.arange(0, block)
-        inside = p < size * size
-        y, x = p // size, p % size
-        offset, plane, width = tl.load(meta + 3 * n), tl.load(meta + 3 * n + 1), tl.load(meta + 3 * n + 2)
-        ty, tx = (n * size + y) * 4, (n * size + x) * 4
-        for c in tl.static_range(3):
-            total = tl.zeros((block,), tl.float32)
-            for i in tl.static_range(4):
-                r = tl.load(rows + ty + i, mask=inside, other=0).to(tl.int64)
-                across = tl.zeros((block,), tl.float32)
-                for j in tl.static_range(4):
-                    col = tl.load(cols + tx + j, mask=inside, other=0).to(tl.int64)
-                    v = tl.load(src + offset + c * plane + r * width + col, mask=inside, other=0).to(tl.float32)
-                    across += v * tl.load(col_w + tx + j, mask=inside, other=0.0)
-                total += across * tl.load(row_w + ty + i, mask=inside, other=0.0)
-            low = tl.floor(total)
-            frac = total - low
-            odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
-            up = (frac > 0.5) | ((frac == 0.5) & odd)
-            v = tl.minimum(tl.maximum(low + up.to(tl.float32), 0.0), 255.0)
-            tl.store(out + p * 3 + n * size * size * 3 + c, v.to(tl.uint8), mask=inside)
-
-    return kernel
-
-
-def _hand_over(torch, y, on_device):
-    """The finished uint8 batch as a host array or, with `on_device`, a JAX array on the GPU."""
+    y = y.permute(0, 2, 3, 1).contiguous()
     if on_device:
         import jax
 

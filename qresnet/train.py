@@ -46,7 +46,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from qresnet import config_lib, cost, data, imagenet_input, nvjpeg, resnet, results, tensorboard
+from qresnet import config_lib, cost, data, imagenet_input, resnet, results, tensorboard
 from qresnet.quant import specs as specs_lib
 
 
@@ -904,13 +904,10 @@ def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
         jpeg_draft=bool(config.dataset.get("jpeg_draft", True)),
         image_backend=config.dataset.get("image_backend", "pillow"),
         decode_threads=config.dataset.get("decode_threads", 1),
-        decode_resize=config.dataset.get("decode_resize", "torch"),
     )
     imagenet_input.check_backend(spec.image_backend)
     if spec.decode_threads < 1:
         raise TrainError(f"dataset.decode_threads={spec.decode_threads} must be >= 1")
-    if spec.decode_resize not in nvjpeg.RESIZERS:
-        raise TrainError(f"dataset.decode_resize={spec.decode_resize!r} must be one of {nvjpeg.RESIZERS}")
     return spec
 
 

@@ -191,12 +191,12 @@ def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch, backend):
     assert not asked
 
 
-_ASKED = []  # (stream priority, resize) the stand-in decoder was asked for
+_PRIORITIES = []  # the stream priorities the stand-in decoder was asked for
 
 
-def _cpu_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0, resize="torch"):
+def _cpu_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0):
     """nvjpeg.decode_batch's contract, on the CPU with OpenCV (the GPU path's stand-in in tests)."""
-    _ASKED.append((priority, resize))
+    _PRIORITIES.append(priority)
     time.sleep(random.random() / 100)  # several decoding threads then finish out of order
     out = []
     for jpeg, box, flip in zip(jpegs, boxes, flips):
@@ -216,7 +216,7 @@ def test_every_decoding_thread_gets_a_batch_at_once(monkeypatch):
     threads = 5
     barrier = threading.Barrier(threads, timeout=5)
 
-    def decode(jpegs, boxes, flips, size, on_device=False, priority=0, resize="torch"):
+    def decode(jpegs, boxes, flips, size, on_device=False, priority=0):
         barrier.wait()
         return np.zeros((len(boxes), size, size, 3), np.uint8)
 
@@ -236,17 +236,16 @@ def cpu_nvjpeg(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "workers,threads,on_device,priority,resize",
-    [(0, 1, False, 0, "torch"), (2, 1, False, 0, "triton"), (0, 3, False, 0, "torch"), (0, 2, True, -1, "torch")],
+    "workers,threads,on_device,priority", [(0, 1, False, 0), (2, 1, False, 0), (0, 3, False, 0), (0, 2, True, -1)]
 )
 def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
-    tfds_dir, cpu_nvjpeg, workers, threads, on_device, priority, resize
+    tfds_dir, cpu_nvjpeg, workers, threads, on_device, priority
 ):
     """With image_backend nvjpeg the host plans (bytes, crop box, flip) with the CPU path's draws and
     the decoder gets whole batches: with OpenCV standing in for nvJPEG the batches equal the opencv
     backend's (full-size decoding), train and eval, with worker processes or without, in order
     when several threads decode (finishing in any order), and with train batches left on the device;
-    the decoder is asked for the spec's stream priority and resize."""
+    the decoder is asked for the spec's stream priority."""
     cpu = imagenet_input.StreamSpec(NAME, tfds_dir, 32, 8, 4, workers=0, jpeg_draft=False)
     gpu = dataclasses.replace(
         cpu,
@@ -255,9 +254,8 @@ def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
         decode_threads=threads,
         decode_on_device=on_device,
         decode_priority=priority,
-        decode_resize=resize,
     )
-    _ASKED.clear()
+    _PRIORITIES.clear()
     src = imagenet_input.open_source(cpu, "train")
     want = list(imagenet_input.train_batches(cpu, src, seed=3, epoch=1))
     got = list(imagenet_input.train_batches(gpu, src, seed=3, epoch=1))
@@ -270,7 +268,7 @@ def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
     for g, w in zip(imagenet_input.eval_batches(gpu, val), imagenet_input.eval_batches(cpu, val), strict=True):
         for k in ("image", "label", "mask"):
             np.testing.assert_array_equal(g[k], w[k])
-    assert set(_ASKED) == {(priority, resize)}  # the decoding threads are this process's, workers or not
+    assert set(_PRIORITIES) == {priority}  # the decoding threads are this process's, workers or not
 
 
 def test_a_gpu_decoding_error_reaches_the_consumer(tfds_dir, monkeypatch):
@@ -385,8 +383,6 @@ def test_a_bad_image_backend_fails_before_anything_is_written(tfds_dir, tmp_path
     assert "image_backend 'cv' is not one of ('opencv', 'pillow', 'nvjpeg')" in capsys.readouterr().err
     assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.decode_threads=0")]) == 1
     assert "dataset.decode_threads=0 must be >= 1" in capsys.readouterr().err
-    assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.decode_resize=cuda")]) == 1
-    assert "dataset.decode_resize='cuda' must be one of ('torch', 'triton')" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
