@@ -131,7 +131,7 @@ def time_pipeline(
     warmup: int = 24,
     draft: bool = True,
     backend: str = "opencv",
-    decode_threads: int = 3,
+    decode_threads: int = 5,
     on_device: bool = True,
     priority: int = 0,
 ) -> dict:
@@ -210,7 +210,7 @@ def time_fed(
     warmup: int,
     draft: bool,
     backend: str,
-    decode_threads: int = 3,
+    decode_threads: int = 5,
     on_device: bool = True,
     priority: int = 0,
     profile: int = 0,
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--decode-threads",
-        default="3",
+        default="5",
         help="nvjpeg rows: threads that launch the GPU decoding (counts, comma-separated)",
     )
     p.add_argument(

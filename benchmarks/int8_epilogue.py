@@ -56,14 +56,18 @@ RESNET50_SHAPES = (
 )
 
 
-def epilogue(acc, mul, add, *, out_mul: float, relu: bool, qmin: int, qmax: int):
+def epilogue(acc, mul, add, *, out_mul: float, relu: bool, qmin: int, qmax: int, by_truncation: bool = False):
     """int32 sums -> int8 codes of the next layer's input (the fused and the XLA path share it).
 
-    clip(floor(v)) is computed as floor(clip(v)) (equal for integer bounds), the floor by
-    truncation and a correction: Mosaic GPU's warpgroup lowering has no `floor` (jax 0.10-0.11)."""
+    `by_truncation` (the wgmma kernel: Mosaic GPU's warpgroup lowering has no `floor`, jax
+    0.10-0.11): the same codes as floor(clip(v)), equal to clip(floor(v)) for integer bounds, with
+    the floor as a truncation and a correction. XLA keeps `floor`: the other form slowed its fused
+    epilogue 1.7x on an H200 (docs/BENCHMARKS.md)."""
     y = acc.astype(jnp.float32) * mul + add
     if relu:
         y = jnp.maximum(y, 0.0)
+    if not by_truncation:
+        return jnp.clip(jnp.floor(y * out_mul + 0.5), qmin, qmax).astype(jnp.int8)
     v = jnp.clip(y * out_mul + 0.5, float(qmin), float(qmax))
     t = v.astype(jnp.int32)  # toward zero: floor for v >= 0, one too high for negative non-integers
     return jnp.where(t.astype(jnp.float32) > v, t - 1, t).astype(jnp.int8)
@@ -181,7 +185,7 @@ def _wgmma_kernel(x_gmem, w_gmem, mul_gmem, add_gmem, o_gmem, *, tm, tn, tk, ste
             v = ref[...] if interpret else plgpu.layout_cast(ref[...], plgpu.Layout.WGMMA.reduce(0))
             return lax.broadcast_in_dim(v, (tm, tn), (1,))
 
-        out_smem[...] = epilogue(acc[...], row(mul_smem), row(add_smem), **kw)
+        out_smem[...] = epilogue(acc[...], row(mul_smem), row(add_smem), **kw, by_truncation=True)
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(out_smem, o_gmem.at[pl.ds(mi * tm, tm), pl.ds(ni * tn, tn)])
         plgpu.wait_smem_to_gmem(0)

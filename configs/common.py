@@ -36,9 +36,9 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.dataset.jpeg_draft = True  # Train crops decode JPEGs at 1/2-1/8 scale where the crop stays >= image_size.
     # Decodes and resizes: "opencv" (no antialiasing, as TF's resize), "pillow", or "nvjpeg" (on the GPU).
     c.dataset.image_backend = "opencv"
-    # nvjpeg only: threads of the training process that launch the GPU decoding (3 kept a ResNet-50
-    # step fed at 0.92 of its fixed-data speed, 2 at 0.84, in one run: BENCHMARKS.md).
-    c.dataset.decode_threads = 3
+    # nvjpeg only: threads of the training process that launch the GPU decoding (5 fed a ResNet-50
+    # step faster than 3 in both runs that had both, on an H200: BENCHMARKS.md).
+    c.dataset.decode_threads = 5
 
     # Quantization
     c.quant = ml_collections.ConfigDict()

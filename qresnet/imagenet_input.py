@@ -72,7 +72,7 @@ class StreamSpec:
     workers: int = 0
     jpeg_draft: bool = True
     image_backend: str = "opencv"
-    decode_threads: int = 3  # nvjpeg: threads of the training process that launch the GPU decoding
+    decode_threads: int = 5  # nvjpeg: threads of the training process that launch the GPU decoding
     decode_on_device: bool = True  # nvjpeg: train batches stay on the GPU (DLPack), not copied to the host
     decode_priority: int = 0  # nvjpeg: CUDA priority of the decoding streams (-1: ahead of XLA's 0)
     train_split: str = "train"

@@ -383,8 +383,9 @@ def test_int8_epilogue_floor_by_truncation_is_clip_of_floor():
     for qmin, qmax in ((-128, 127), (0, 15)):
         kw = {"out_mul": 1.0, "relu": False, "qmin": qmin, "qmax": qmax}
         add = v - np.float32(0.5)
-        got = int8_epilogue.epilogue(jnp.zeros(v.shape, jnp.int32), 0.0, add, **kw)
+        got = int8_epilogue.epilogue(jnp.zeros(v.shape, jnp.int32), 0.0, add, **kw, by_truncation=True)
         want = np.clip(np.floor(add + np.float32(0.5)), qmin, qmax).astype(np.int8)  # float32, as the kernel
+        np.testing.assert_array_equal(int8_epilogue.epilogue(jnp.zeros(v.shape, jnp.int32), 0.0, add, **kw), want)
         np.testing.assert_array_equal(got, want)
 
 
