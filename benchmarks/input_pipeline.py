@@ -31,6 +31,7 @@ qresnet's ResNet-50 bf16 batch 256 float step on an H200, docs/BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import itertools
 import os
@@ -41,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import record
-from qresnet import imagenet_input, results
+from benchmarks.thread_sampler import ThreadSampler
+from qresnet import imagenet_input, nvjpeg, results
 
 
 def write_jpegs(path: Path, n: int, seed: int = 0, sizes=((300, 500), (350, 600))) -> None:
@@ -146,6 +148,7 @@ def time_pipeline(
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
         next(it)
+    nvjpeg.phase_seconds(reset=True)
     t0 = time.perf_counter()
     for _ in range(batches):
         b = next(it)
@@ -165,6 +168,7 @@ def time_pipeline(
         "batches": batches,
         "warmup_batches": warmup,
         "images_per_s": batch * batches / dt,
+        **_decode_phases(),
     }
 
 
@@ -214,13 +218,16 @@ def time_fed(
     on_device: bool = True,
     priority: int = 0,
     profile: int = 0,
+    sample_threads: bool = False,
 ) -> dict:
     """Does the pipeline keep a training step fed? Images/s of qresnet's float train step for the
     `feed` case (MODEL:SIZE:BATCH:DTYPE, as `benchmarks.train_step`) on fixed device data, then on
     the pipeline's batches (put on the device and trained on, one step each, the host preparing
     the next meanwhile) over `batches` steps after `warmup`, in one process. With `profile`, that
     many more steps of each kind run under the profiler afterwards (`_profiled`), so that where a
-    fed step's extra time goes shows: longer kernels, other kernels, or an idle GPU."""
+    fed step's extra time goes shows: longer kernels, other kernels, or an idle GPU. With
+    `sample_threads`, the timed fed steps run under a `ThreadSampler` (where each Python thread
+    was: the training loop, the decoding threads)."""
 
     from benchmarks import train_step as bench
 
@@ -232,9 +239,12 @@ def time_fed(
     spec = _spec(case.image_size, case.batch, workers, draft, backend, decode_threads, on_device, priority)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     _steps_per_s(row, it, warmup)
-    fed, waited = _steps_per_s(row, it, batches)
+    nvjpeg.phase_seconds(reset=True)
+    with ThreadSampler() if sample_threads else contextlib.nullcontext() as sampler:
+        fed, waited = _steps_per_s(row, it, batches)
     fed *= case.batch
-    profiles = {}
+    phases = _decode_phases()
+    profiles = {"thread_samples": sampler.summary()} if sample_threads else {}
     if profile:
         # The process's first trace starts the profiler in its first steps (0.7-1.0 s a step on an
         # H200, BENCHMARKS.md); a throw-away one-step trace takes that out of the rows' wall ms.
@@ -256,8 +266,17 @@ def time_fed(
         "fed_vs_alone": fed * alone / case.batch,
         "fed_vs_alone_async": fed / (case.batch * alone_async),
         "fed_wait_ms_per_step": 1e3 * waited / batches,
+        **phases,
         **profiles,
     }
+
+
+def _decode_phases() -> dict:
+    """nvjpeg's decoding time per batch and phase since the last reset (`nvjpeg.phase_seconds`),
+    summed over the decoding threads; nothing for the CPU backends."""
+    phases = nvjpeg.phase_seconds()
+    n = phases.pop("batches", 0)
+    return {"decode_ms_per_batch": {k: 1e3 * v / n for k, v in phases.items()}} if n else {}
 
 
 def _steps_per_s(row, batches, steps: int) -> tuple[float, float]:
@@ -336,6 +355,11 @@ def main(argv=None) -> int:
         default=0,
         help="--feed: then profile this many steps alone and fed (kernel time per step, in the row)",
     )
+    p.add_argument(
+        "--sample-threads",
+        action="store_true",
+        help="--feed: sample where each Python thread is during the timed fed steps (in the row)",
+    )
     p.add_argument("--examples", type=int, default=1024, help="distinct synthetic JPEGs to make (then cycled)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--image-size", type=int, default=224)
@@ -367,8 +391,6 @@ def main(argv=None) -> int:
         print("error: --per-image times the CPU backends (opencv, pillow) only", file=sys.stderr)
         return 2
     if args.nvjpeg_stub:
-        from qresnet import nvjpeg
-
         nvjpeg.check = lambda: None
         nvjpeg.decode_batch = _stub_decode_batch
     for backend in backends:
@@ -404,8 +426,8 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.profile and not args.feed:
-        print("error: --profile profiles the training steps of --feed; give --feed too", file=sys.stderr)
+    if (args.profile or args.sample_threads) and not args.feed:
+        print("error: --profile and --sample-threads watch the training steps of --feed; give --feed", file=sys.stderr)
         return 2
     import tempfile
 
@@ -438,6 +460,7 @@ def main(argv=None) -> int:
                     draft=decode == "draft",
                     backend=backend,
                     profile=args.profile,
+                    sample_threads=args.sample_threads,
                     **nv,
                 )
                 record(rows, row | {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}, args.out)

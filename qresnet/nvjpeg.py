@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 import numpy as np
 
@@ -103,8 +104,40 @@ def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_devi
         return _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device)
 
 
+_phases: collections.Counter = collections.Counter()  # seconds per phase of decode_batch, all threads
+_phases_lock = threading.Lock()
+
+
+def phase_seconds(reset: bool = False) -> dict[str, float]:
+    """Seconds that `decode_batch` spent in each phase, summed over calls and threads since the
+    last reset, and the calls ("batches"): "decode" (nvJPEG), "resize" (launching the crops,
+    resizes and flips), "sync" (waiting for the batch's GPU work), "hand_over" (JAX's copy, or
+    the copy to the host). Wall time in each thread: it includes waiting for the GPU and for
+    Python's interpreter lock, which is what tells them apart when the GPU is shared.
+
+    Args:
+      reset: start the sums again after reading them.
+
+    Returns:
+      {phase: seconds, "batches": calls}.
+    """
+    with _phases_lock:
+        out = dict(_phases)
+        if reset:
+            _phases.clear()
+    return out
+
+
+def _timed(phases: dict, name: str, start: float) -> float:
+    now = time.perf_counter()
+    phases[name] = phases.get(name, 0.0) + now - start
+    return now
+
+
 def _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device):
+    phases, t = {"batches": 1}, time.perf_counter()
     images = _decode(torch, tio, jpegs)
+    t = _timed(phases, "decode", t)
     resized = []
     for x, (top, left, h, w) in zip(images, np.asarray(boxes).tolist()):
         crop = x[None, :, top : top + h, left : left + w].float()
@@ -113,6 +146,15 @@ def _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device):
     flip = torch.as_tensor(np.asarray(flips, bool), device=y.device)[:, None, None, None]
     y = torch.where(flip, y.flip(-1), y)
     y = y.permute(0, 2, 3, 1).contiguous()
+    t = _timed(phases, "resize", t)
+    try:
+        return _hand_over(torch, y, on_device, phases, t)
+    finally:
+        with _phases_lock:
+            _phases.update(phases)
+
+
+def _hand_over(torch, y, on_device, phases, t):
     if on_device:
         import jax
 
@@ -126,10 +168,14 @@ def _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device):
         # on an H200: no faster fed, 0.82-0.84; a profile shows the fed step's kernels as long as
         # alone, the loss being time the GPU waits for the next batch: BENCHMARKS.md.)
         torch.cuda.current_stream().synchronize()
+        t = _timed(phases, "sync", t)
         z = jax.numpy.array(jax.dlpack.from_dlpack(y), copy=True)
         _hold(z, y)
+        _timed(phases, "hand_over", t)
         return z
-    return y.cpu().numpy()
+    y = y.cpu().numpy()  # waits for the batch's GPU work, then copies
+    _timed(phases, "hand_over", t)
+    return y
 
 
 def _hold(copy, source, most: int = 8) -> None:

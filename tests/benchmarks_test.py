@@ -458,8 +458,10 @@ def test_input_benchmark_feed_trains_on_the_pipelines_batches(tmp_path, capsys):
     out = tmp_path / "fed.jsonl"
     common = ["--examples", "8", "--workers", "0", "--decode", "full", "--backend", "opencv"]
     args = [*common, "--feed", "resnet18:32:4:float32:0.125", "--warmup", "2", "--batches", "2", "--out", str(out)]
-    assert input_pipeline.main([*args, "--profile", "2"]) == 0
+    assert input_pipeline.main([*args, "--profile", "2", "--sample-threads"]) == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    main = row["thread_samples"]["MainThread"]  # the training loop, sampled while it trained
+    assert main["samples"] > 0 and 0 < sum(share for _, share in main["top"]) <= 1
     assert row["mode"] == "fed" and row["backend"] == "opencv" and row["batches"] == 2
     assert row["fed_images_per_s"] > 0 and row["alone_images_per_s"] > 0
     assert row["fed_vs_alone"] == pytest.approx(row["fed_images_per_s"] / row["alone_images_per_s"])
@@ -469,7 +471,7 @@ def test_input_benchmark_feed_trains_on_the_pipelines_batches(tmp_path, capsys):
     for kind in ("alone_profile", "fed_profile"):  # a CPU profile has wall times and no kernels
         assert row[kind]["steps"] == 2 and row[kind]["wall_ms"] > 0 and row[kind]["gpu"] is False
     assert input_pipeline.main([*common, "--profile", "2"]) == 2
-    assert "--profile profiles the training steps of --feed" in capsys.readouterr().err
+    assert "--profile and --sample-threads watch the training steps of --feed" in capsys.readouterr().err
     assert input_pipeline.main([*common, "--feed", "resnet18:32:4:float32:0.125", "--profile", "-1"]) == 2
     assert "--warmup and --profile >= 0" in capsys.readouterr().err
     assert input_pipeline.main([*common, "--feed", "resnet50:224"]) == 2
@@ -557,3 +559,36 @@ def test_sweep_timeline_replays_a_sweeps_records(tmp_path, capsys):
     (tmp_path / "sweep_log.jsonl").write_text(json.dumps(log) + "\n" + json.dumps(log) + "\n")
     assert sweep_timeline.main(["--root", str(tmp_path), "--config", config]) == 2
     assert "replays one invocation on one GPU, found 2" in capsys.readouterr().err
+
+
+def test_thread_sampler_finds_a_blocked_thread_on_its_line():
+    """A thread waiting inside our code shows up under its pool's name, on the line that waits."""
+    import threading
+    import time
+
+    from benchmarks.thread_sampler import ThreadSampler
+
+    release = threading.Event()
+    waiter = threading.Thread(target=lambda: release.wait(5), name="decode_7")
+    waiter.start()
+    try:
+        with ThreadSampler(interval=0.002, ours=("tests",)) as sampler:
+            time.sleep(0.2)
+    finally:
+        release.set()
+        waiter.join()
+    got = sampler.summary(top=1)["decode"]
+    assert got["samples"] > 10
+    ((where, share),) = got["top"]
+    assert where.startswith("threading.py") and "benchmarks_test.py" in where and share > 0.9
+
+
+def test_decode_phases_are_per_batch_ms_and_absent_without_nvjpeg(monkeypatch):
+    from benchmarks import input_pipeline
+    from qresnet import nvjpeg
+
+    nvjpeg.phase_seconds(reset=True)
+    assert input_pipeline._decode_phases() == {}  # the CPU backends decode nothing here
+    monkeypatch.setattr(nvjpeg, "_phases", nvjpeg.collections.Counter({"batches": 4, "decode": 0.2, "sync": 0.04}))
+    assert input_pipeline._decode_phases() == {"decode_ms_per_batch": {"decode": 50.0, "sync": 10.0}}
+    assert nvjpeg.phase_seconds(reset=True)["batches"] == 4 and nvjpeg.phase_seconds() == {}
