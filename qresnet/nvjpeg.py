@@ -21,6 +21,8 @@ import time
 import numpy as np
 
 _local = threading.local()
+_phases: collections.Counter = collections.Counter()  # seconds per phase of decode_batch, all threads
+_phases_lock = threading.Lock()
 
 
 class NvjpegError(RuntimeError):
@@ -104,10 +106,6 @@ def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_devi
         return _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device)
 
 
-_phases: collections.Counter = collections.Counter()  # seconds per phase of decode_batch, all threads
-_phases_lock = threading.Lock()
-
-
 def phase_seconds(reset: bool = False) -> dict[str, float]:
     """Seconds that `decode_batch` spent in each phase, summed over calls and threads since the
     last reset, and the calls ("batches"): "decode" (nvJPEG), "resize" (launching the crops,
@@ -146,15 +144,14 @@ def _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device):
     flip = torch.as_tensor(np.asarray(flips, bool), device=y.device)[:, None, None, None]
     y = torch.where(flip, y.flip(-1), y)
     y = y.permute(0, 2, 3, 1).contiguous()
-    t = _timed(phases, "resize", t)
-    try:
-        return _hand_over(torch, y, on_device, phases, t)
-    finally:
-        with _phases_lock:
-            _phases.update(phases)
+    out = _hand_over(torch, y, on_device, phases, _timed(phases, "resize", t))
+    with _phases_lock:
+        _phases.update(phases)
+    return out
 
 
 def _hand_over(torch, y, on_device, phases, t):
+    """The finished batch y as a JAX array on the GPU or a host array; adds its phases' times."""
     if on_device:
         import jax
 
