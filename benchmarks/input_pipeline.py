@@ -99,7 +99,9 @@ class JpegSource:
         return {"path": self.path, "_n": self._n, "_distinct": self._distinct, "_z": None}
 
 
-def _spec(size, batch, workers, draft, backend, decode_threads, on_device, priority) -> imagenet_input.StreamSpec:
+def _spec(
+    size, batch, workers, draft, backend, decode_threads, on_device, priority, per_call=1
+) -> imagenet_input.StreamSpec:
     """The stream settings of a timed pipeline (synthetic source, train and eval batch `batch`)."""
     return imagenet_input.StreamSpec(
         "synthetic",
@@ -113,14 +115,16 @@ def _spec(size, batch, workers, draft, backend, decode_threads, on_device, prior
         decode_threads=decode_threads,
         decode_on_device=on_device,
         decode_priority=priority,
+        decode_batches_per_call=per_call,
     )
 
 
-def _nvjpeg_fields(backend: str, decode_threads: int, on_device: bool, priority: int) -> dict:
+def _nvjpeg_fields(backend: str, decode_threads: int, on_device: bool, priority: int, per_call: int = 1) -> dict:
     """A row's GPU-decoding settings (nvjpeg rows only)."""
     if backend != "nvjpeg":
         return {}
-    return {"decode_threads": decode_threads, "on_device": on_device, "stream_priority": priority}
+    fields = {"decode_threads": decode_threads, "on_device": on_device, "stream_priority": priority}
+    return fields | ({"batches_per_call": per_call} if per_call != 1 else {})
 
 
 def time_pipeline(
@@ -136,6 +140,7 @@ def time_pipeline(
     decode_threads: int = 5,
     on_device: bool = True,
     priority: int = 0,
+    per_call: int = 1,
 ) -> dict:
     """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
     (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
@@ -144,7 +149,7 @@ def time_pipeline(
     timed batches come from that backlog."""
     if len(source) < (warmup + batches) * batch:
         raise ValueError(f"source has {len(source)} examples, fewer than {(warmup + batches) * batch}")
-    spec = _spec(size, batch, workers, draft, backend, decode_threads, on_device, priority)
+    spec = _spec(size, batch, workers, draft, backend, decode_threads, on_device, priority, per_call)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
         next(it)
@@ -162,7 +167,7 @@ def time_pipeline(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **_nvjpeg_fields(backend, decode_threads, on_device, priority),
+        **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call),
         "batch": batch,
         "image_size": size,
         "batches": batches,
@@ -217,6 +222,7 @@ def time_fed(
     decode_threads: int = 5,
     on_device: bool = True,
     priority: int = 0,
+    per_call: int = 1,
     profile: int = 0,
     sample_threads: bool = False,
 ) -> dict:
@@ -236,7 +242,7 @@ def time_fed(
     alone = float(np.median([row.time_one() for _ in range(10)]))
     fixed = iter(lambda: dict(zip(("image", "label"), row.args)), None)
     alone_async, _ = _steps_per_s(row, fixed, batches)
-    spec = _spec(case.image_size, case.batch, workers, draft, backend, decode_threads, on_device, priority)
+    spec = _spec(case.image_size, case.batch, workers, draft, backend, decode_threads, on_device, priority, per_call)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     _steps_per_s(row, it, warmup)
     nvjpeg.phase_seconds(reset=True)
@@ -257,7 +263,7 @@ def time_fed(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **_nvjpeg_fields(backend, decode_threads, on_device, priority),
+        **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call),
         "batches": batches,
         "warmup_batches": warmup,
         "alone_images_per_s": case.batch / alone,
@@ -328,6 +334,11 @@ def main(argv=None) -> int:
         "--decode-threads",
         default="5",
         help="nvjpeg rows: threads that launch the GPU decoding (counts, comma-separated)",
+    )
+    p.add_argument(
+        "--decode-per-call",
+        default="1",
+        help="nvjpeg rows: batches decoded together in one nvJPEG call (counts, comma-separated)",
     )
     p.add_argument(
         "--placement",
@@ -406,8 +417,9 @@ def main(argv=None) -> int:
         args.batch, args.image_size = case.batch, case.image_size
     try:
         threads = [int(t) for t in args.decode_threads.split(",")]
+        per_calls = [int(t) for t in args.decode_per_call.split(",")]
     except ValueError:
-        threads = [0]
+        threads = per_calls = [0]
     try:
         priorities = [int(t) for t in args.stream_priority.split(",")]
     except ValueError:
@@ -420,9 +432,10 @@ def main(argv=None) -> int:
     if not placements or set(placements) - {"host", "device"}:
         print(f"error: --placement {args.placement!r} must be host, device or host,device", file=sys.stderr)
         return 2
-    if min(args.examples, args.batch, args.batches, *threads) < 1 or min(args.warmup, args.profile) < 0:
+    if min(args.examples, args.batch, args.batches, *threads, *per_calls) < 1 or min(args.warmup, args.profile) < 0:
         print(
-            "error: --examples, --batch, --batches and --decode-threads must be >= 1, --warmup and --profile >= 0",
+            "error: --examples, --batch, --batches, --decode-threads and --decode-per-call must be counts >= 1, "
+            "--warmup and --profile >= 0",
             file=sys.stderr,
         )
         return 2
@@ -445,11 +458,16 @@ def main(argv=None) -> int:
                 args.out,
             )
             return 0
-        grid = itertools.product(workers, decodes, backends, threads, placements, priorities)
-        for w, decode, backend, t, place, prio in grid:
-            if backend != "nvjpeg" and (t, place, prio) != (threads[0], placements[0], priorities[0]):
-                continue  # the CPU backends have no decoding threads, placement or stream to vary
-            nv = {"decode_threads": t, "on_device": place == "device", "priority": prio}
+        grid = itertools.product(workers, decodes, backends, threads, placements, priorities, per_calls)
+        for w, decode, backend, t, place, prio, per_call in grid:
+            if backend != "nvjpeg" and (t, place, prio, per_call) != (
+                threads[0],
+                placements[0],
+                priorities[0],
+                per_calls[0],
+            ):
+                continue  # the CPU backends have no decoding threads, placement, stream or calls to vary
+            nv = {"decode_threads": t, "on_device": place == "device", "priority": prio, "per_call": per_call}
             if args.feed:
                 row = time_fed(
                     source,

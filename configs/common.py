@@ -39,6 +39,9 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     # nvjpeg only: threads of the training process that launch the GPU decoding (5 fed a ResNet-50
     # step faster than 3 in both runs that had both, on an H200: BENCHMARKS.md).
     c.dataset.decode_threads = 5
+    # nvjpeg only: train batches decoded together in one call (torchvision decodes one call at a
+    # time per process and waits for its GPU work in it).
+    c.dataset.decode_batches_per_call = 1
 
     # Quantization
     c.quant = ml_collections.ConfigDict()

@@ -41,6 +41,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
+import itertools
 import math
 import queue
 import threading
@@ -75,6 +76,7 @@ class StreamSpec:
     decode_threads: int = 5  # nvjpeg: threads of the training process that launch the GPU decoding
     decode_on_device: bool = True  # nvjpeg: train batches stay on the GPU (DLPack), not copied to the host
     decode_priority: int = 0  # nvjpeg: CUDA priority of the decoding streams (-1: ahead of XLA's 0)
+    decode_batches_per_call: int = 1  # nvjpeg: batches decoded together, in one nvJPEG call
     train_split: str = "train"
     eval_split: str = "validation"
 
@@ -300,20 +302,37 @@ def collate_plans(plans: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     }
 
 
-def _gpu_batches(batches, size: int, threads: int = 1, ahead: int = 2, on_device: bool = False, priority: int = 0):
-    """Decodes each collated batch of plans on the GPU (`nvjpeg.decode_batch`, on streams of
-    `priority`) in `threads` background threads, up to `ahead` (at least `threads`, so that every
-    thread has a batch) batches ahead of the consumer; yields {"image", "label"} in order, images
-    as host arrays or, with `on_device`, as jax.Arrays on the GPU."""
+def _gpu_batches(
+    batches, size: int, threads: int = 1, ahead: int = 2, on_device: bool = False, priority: int = 0, per_call: int = 1
+):
+    """Decodes the collated batches of plans on the GPU (`nvjpeg.decode_batch`, on streams of
+    `priority`), `per_call` batches in one call, in `threads` background threads, up to `ahead`
+    (at least `threads`, so that every thread has work) calls ahead of the consumer; yields
+    {"image", "label"} per batch, in order, images as host arrays or, with `on_device`, as
+    jax.Arrays on the GPU. (torchvision decodes one call at a time per process, whatever the
+    threads, and each call waits for its GPU work: more batches a call, fewer waits.)"""
     from qresnet import nvjpeg
 
-    def decode(b):
-        o = b["offsets"]
-        jpegs = [b["jpeg"][o[i] : o[i + 1]] for i in range(len(o) - 1)]  # views, not copies
-        image = nvjpeg.decode_batch(jpegs, b["box"], b["flip"], size, on_device, priority)
-        return {"image": image, "label": b["label"]}
+    def decode(group):
+        jpegs = []
+        for b in group:
+            o = b["offsets"]
+            jpegs += [b["jpeg"][o[i] : o[i + 1]] for i in range(len(o) - 1)]  # views, not copies
+        boxes = np.concatenate([b["box"] for b in group])
+        flips = np.concatenate([b["flip"] for b in group])
+        images = nvjpeg.decode_batch(jpegs, boxes, flips, size, on_device, priority)
+        ends = np.cumsum([len(b["label"]) for b in group])
+        return [{"image": images[e - len(b["label"]) : e], "label": b["label"]} for b, e in zip(group, ends)]
 
-    yield from _ordered_map(decode, batches, threads, max(ahead, threads))
+    for group in _ordered_map(decode, _groups(batches, per_call), threads, max(ahead, threads)):
+        yield from group
+
+
+def _groups(items, n: int):
+    """Lists of `n` consecutive items of the iterator (the last one may be shorter)."""
+    items = iter(items)
+    while group := list(itertools.islice(items, n)):
+        yield group
 
 
 def _ordered_map(fn, items, threads: int, ahead: int):
@@ -409,7 +428,12 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
         ds = ds.batch(spec.batch_size, drop_remainder=True, batch_fn=collate_plans)
         batches = _parallel(grain, ds, spec.workers)
         return _gpu_batches(
-            batches, size, spec.decode_threads, on_device=spec.decode_on_device, priority=spec.decode_priority
+            batches,
+            size,
+            spec.decode_threads,
+            on_device=spec.decode_on_device,
+            priority=spec.decode_priority,
+            per_call=spec.decode_batches_per_call,
         )
     ds = (
         grain.MapDataset.source(source)

@@ -904,10 +904,12 @@ def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
         jpeg_draft=bool(config.dataset.get("jpeg_draft", True)),
         image_backend=config.dataset.get("image_backend", "pillow"),
         decode_threads=config.dataset.get("decode_threads", 1),
+        decode_batches_per_call=config.dataset.get("decode_batches_per_call", 1),
     )
     imagenet_input.check_backend(spec.image_backend)
-    if spec.decode_threads < 1:
-        raise TrainError(f"dataset.decode_threads={spec.decode_threads} must be >= 1")
+    for key in ("decode_threads", "decode_batches_per_call"):
+        if getattr(spec, key) < 1:
+            raise TrainError(f"dataset.{key}={getattr(spec, key)} must be >= 1")
     return spec
 
 

@@ -221,7 +221,7 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
     assert input_pipeline.main(["--workers", "x"]) == 2
     assert "--workers 'x'" in capsys.readouterr().err
     assert input_pipeline.main(["--examples", "0"]) == 2
-    assert "--examples, --batch, --batches and --decode-threads must be >= 1" in capsys.readouterr().err
+    assert "--batches, --decode-threads and --decode-per-call must be counts >= 1" in capsys.readouterr().err
     assert input_pipeline.main(["--decode", "fast"]) == 2
     assert "--decode 'fast'" in capsys.readouterr().err
     assert input_pipeline.main(["--backend", "pil"]) == 2
@@ -229,7 +229,9 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
     assert input_pipeline.main(["--placement", "gpu"]) == 2
     assert "--placement 'gpu' must be host, device or host,device" in capsys.readouterr().err
     assert input_pipeline.main(["--decode-threads", "two"]) == 2
-    assert "--decode-threads must be >= 1" in capsys.readouterr().err
+    assert "--decode-threads and --decode-per-call must be counts >= 1" in capsys.readouterr().err
+    assert input_pipeline.main(["--decode-per-call", "0"]) == 2
+    assert "--decode-per-call must be counts >= 1" in capsys.readouterr().err
 
 
 def test_input_benchmark_per_image_compares_decodings_and_backends(tmp_path):
@@ -488,11 +490,12 @@ def test_input_benchmark_times_the_nvjpeg_host_side_with_a_stub_decoder(tmp_path
     monkeypatch.setattr(nvjpeg, "decode_batch", nvjpeg.decode_batch)
     out = tmp_path / "stub.jsonl"
     args = ["--examples", "24", "--workers", "0", "--decode", "full", "--backend", "nvjpeg", "--nvjpeg-stub"]
-    args += ["--decode-threads", "1,2", "--placement", "host,device"]
+    args += ["--decode-threads", "1,2", "--placement", "host,device", "--decode-per-call", "1,2"]
     args += ["--batch", "4", "--warmup", "2", "--batches", "3", "--image-size", "32", "--out", str(out)]
     assert input_pipeline.main(args) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["decode_threads"], r["on_device"]) for r in rows] == [(1, False), (1, True), (2, False), (2, True)]
+    got = [(r["decode_threads"], r["on_device"], r.get("batches_per_call", 1)) for r in rows]
+    assert got == [(t, place, k) for t in (1, 2) for place in (False, True) for k in (1, 2)]
     assert all(r["backend"] == "nvjpeg" and r["images_per_s"] > 0 for r in rows)
 
 

@@ -192,11 +192,13 @@ def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch, backend):
 
 
 _PRIORITIES = []  # the stream priorities the stand-in decoder was asked for
+_CALL_SIZES = []  # the images of each call to the stand-in decoder (train and eval)
 
 
 def _cpu_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0):
     """nvjpeg.decode_batch's contract, on the CPU with OpenCV (the GPU path's stand-in in tests)."""
     _PRIORITIES.append(priority)
+    _CALL_SIZES.append(len(jpegs))
     time.sleep(random.random() / 100)  # several decoding threads then finish out of order
     out = []
     for jpeg, box, flip in zip(jpegs, boxes, flips):
@@ -236,16 +238,25 @@ def cpu_nvjpeg(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "workers,threads,on_device,priority", [(0, 1, False, 0), (2, 1, False, 0), (0, 3, False, 0), (0, 2, True, -1)]
+    "workers,threads,on_device,priority,per_call",
+    [
+        (0, 1, False, 0, 1),
+        (2, 1, False, 0, 1),
+        (0, 3, False, 0, 1),
+        (0, 2, True, -1, 1),
+        (0, 2, True, 0, 2),
+        (2, 1, False, 0, 3),
+    ],
 )
 def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
-    tfds_dir, cpu_nvjpeg, workers, threads, on_device, priority
+    tfds_dir, cpu_nvjpeg, workers, threads, on_device, priority, per_call
 ):
     """With image_backend nvjpeg the host plans (bytes, crop box, flip) with the CPU path's draws and
-    the decoder gets whole batches: with OpenCV standing in for nvJPEG the batches equal the opencv
-    backend's (full-size decoding), train and eval, with worker processes or without, in order
-    when several threads decode (finishing in any order), and with train batches left on the device;
-    the decoder is asked for the spec's stream priority."""
+    the decoder gets whole batches, `decode_batches_per_call` train batches at a time (the last
+    call shorter): with OpenCV standing in for nvJPEG the batches equal the opencv backend's
+    (full-size decoding), train and eval, with worker processes or without, in order when several
+    threads decode (finishing in any order), and with train batches left on the device; the
+    decoder is asked for the spec's stream priority."""
     cpu = imagenet_input.StreamSpec(NAME, tfds_dir, 32, 8, 4, workers=0, jpeg_draft=False)
     gpu = dataclasses.replace(
         cpu,
@@ -254,12 +265,17 @@ def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
         decode_threads=threads,
         decode_on_device=on_device,
         decode_priority=priority,
+        decode_batches_per_call=per_call,
     )
     _PRIORITIES.clear()
+    _CALL_SIZES.clear()
     src = imagenet_input.open_source(cpu, "train")
     want = list(imagenet_input.train_batches(cpu, src, seed=3, epoch=1))
     got = list(imagenet_input.train_batches(gpu, src, seed=3, epoch=1))
     assert len(got) == len(want) == 5
+    assert sorted(_CALL_SIZES, reverse=True) == [8 * per_call] * (5 // per_call) + [8 * (5 % per_call)] * (
+        5 % per_call > 0
+    )
     for g, w in zip(got, want):
         assert isinstance(g["image"], jax.Array) == on_device
         np.testing.assert_array_equal(g["image"], w["image"])
@@ -383,6 +399,8 @@ def test_a_bad_image_backend_fails_before_anything_is_written(tfds_dir, tmp_path
     assert "image_backend 'cv' is not one of ('opencv', 'pillow', 'nvjpeg')" in capsys.readouterr().err
     assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.decode_threads=0")]) == 1
     assert "dataset.decode_threads=0 must be >= 1" in capsys.readouterr().err
+    assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.decode_batches_per_call=0")]) == 1
+    assert "dataset.decode_batches_per_call=0 must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
