@@ -100,7 +100,7 @@ class JpegSource:
 
 
 def _spec(
-    size, batch, workers, draft, backend, decode_threads, on_device, priority, per_call=1
+    size, batch, workers, draft, backend, decode_threads, on_device, priority, per_call=1, cpu_share=0.0
 ) -> imagenet_input.StreamSpec:
     """The stream settings of a timed pipeline (synthetic source, train and eval batch `batch`)."""
     return imagenet_input.StreamSpec(
@@ -116,15 +116,19 @@ def _spec(
         decode_on_device=on_device,
         decode_priority=priority,
         decode_batches_per_call=per_call,
+        cpu_decode_share=cpu_share,
     )
 
 
-def _nvjpeg_fields(backend: str, decode_threads: int, on_device: bool, priority: int, per_call: int = 1) -> dict:
+def _nvjpeg_fields(
+    backend: str, decode_threads: int, on_device: bool, priority: int, per_call: int = 1, cpu_share: float = 0.0
+) -> dict:
     """A row's GPU-decoding settings (nvjpeg rows only)."""
     if backend != "nvjpeg":
         return {}
     fields = {"decode_threads": decode_threads, "on_device": on_device, "stream_priority": priority}
-    return fields | ({"batches_per_call": per_call} if per_call != 1 else {})
+    fields |= {"batches_per_call": per_call} if per_call != 1 else {}
+    return fields | ({"cpu_decode_share": cpu_share} if cpu_share else {})
 
 
 def time_pipeline(
@@ -141,6 +145,7 @@ def time_pipeline(
     on_device: bool = True,
     priority: int = 0,
     per_call: int = 1,
+    cpu_share: float = 0.0,
 ) -> dict:
     """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
     (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
@@ -149,7 +154,7 @@ def time_pipeline(
     timed batches come from that backlog."""
     if len(source) < (warmup + batches) * batch:
         raise ValueError(f"source has {len(source)} examples, fewer than {(warmup + batches) * batch}")
-    spec = _spec(size, batch, workers, draft, backend, decode_threads, on_device, priority, per_call)
+    spec = _spec(size, batch, workers, draft, backend, decode_threads, on_device, priority, per_call, cpu_share)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
         next(it)
@@ -167,7 +172,7 @@ def time_pipeline(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call),
+        **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call, cpu_share),
         "batch": batch,
         "image_size": size,
         "batches": batches,
@@ -223,6 +228,7 @@ def time_fed(
     on_device: bool = True,
     priority: int = 0,
     per_call: int = 1,
+    cpu_share: float = 0.0,
     profile: int = 0,
     sample_threads: bool = False,
 ) -> dict:
@@ -242,7 +248,9 @@ def time_fed(
     alone = float(np.median([row.time_one() for _ in range(10)]))
     fixed = iter(lambda: dict(zip(("image", "label"), row.args)), None)
     alone_async, _ = _steps_per_s(row, fixed, batches)
-    spec = _spec(case.image_size, case.batch, workers, draft, backend, decode_threads, on_device, priority, per_call)
+    spec = _spec(
+        case.image_size, case.batch, workers, draft, backend, decode_threads, on_device, priority, per_call, cpu_share
+    )
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     _steps_per_s(row, it, warmup)
     nvjpeg.phase_seconds(reset=True)
@@ -263,7 +271,7 @@ def time_fed(
         "workers": workers,
         "decode": "draft" if draft else "full",
         "backend": backend,
-        **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call),
+        **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call, cpu_share),
         "batches": batches,
         "warmup_batches": warmup,
         "alone_images_per_s": case.batch / alone,
@@ -339,6 +347,11 @@ def main(argv=None) -> int:
         "--decode-per-call",
         default="1",
         help="nvjpeg rows: batches decoded together in one nvJPEG call (counts, comma-separated)",
+    )
+    p.add_argument(
+        "--cpu-share",
+        default="0",
+        help="nvjpeg rows: shares of each train batch decoded on the CPU in the workers (comma-separated, in [0, 1))",
     )
     p.add_argument(
         "--placement",
@@ -428,6 +441,16 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        shares = [float(t) for t in args.cpu_share.split(",")]
+        if not all(0 <= t < 1 for t in shares):
+            raise ValueError
+    except ValueError:
+        print(
+            f"error: --cpu-share {args.cpu_share!r} must be comma-separated shares in [0, 1), e.g. 0,0.3",
+            file=sys.stderr,
+        )
+        return 2
     placements = args.placement.split(",")
     if not placements or set(placements) - {"host", "device"}:
         print(f"error: --placement {args.placement!r} must be host, device or host,device", file=sys.stderr)
@@ -458,16 +481,13 @@ def main(argv=None) -> int:
                 args.out,
             )
             return 0
-        grid = itertools.product(workers, decodes, backends, threads, placements, priorities, per_calls)
-        for w, decode, backend, t, place, prio, per_call in grid:
-            if backend != "nvjpeg" and (t, place, prio, per_call) != (
-                threads[0],
-                placements[0],
-                priorities[0],
-                per_calls[0],
-            ):
-                continue  # the CPU backends have no decoding threads, placement, stream or calls to vary
+        grid = itertools.product(workers, decodes, backends, threads, placements, priorities, per_calls, shares)
+        for w, decode, backend, t, place, prio, per_call, share in grid:
             nv = {"decode_threads": t, "on_device": place == "device", "priority": prio, "per_call": per_call}
+            nv["cpu_share"] = share
+            firsts = (threads[0], placements[0] == "device", priorities[0], per_calls[0], shares[0])
+            if backend != "nvjpeg" and tuple(nv.values()) != firsts:
+                continue  # the CPU backends have no decoding threads, placement, stream, calls or shares to vary
             if args.feed:
                 row = time_fed(
                     source,

@@ -42,6 +42,9 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     # nvjpeg only: train batches decoded together in one call (torchvision decodes one call at a
     # time per process and waits for its GPU work in it).
     c.dataset.decode_batches_per_call = 1
+    # nvjpeg only: this share of each train batch is decoded on the CPU (OpenCV, in the workers),
+    # the rest on the GPU: the two decode side by side.
+    c.dataset.cpu_decode_share = 0.0
 
     # Quantization
     c.quant = ml_collections.ConfigDict()

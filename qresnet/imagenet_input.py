@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import io
 import itertools
 import math
@@ -77,6 +78,7 @@ class StreamSpec:
     decode_on_device: bool = True  # nvjpeg: train batches stay on the GPU (DLPack), not copied to the host
     decode_priority: int = 0  # nvjpeg: CUDA priority of the decoding streams (-1: ahead of XLA's 0)
     decode_batches_per_call: int = 1  # nvjpeg: batches decoded together, in one nvJPEG call
+    cpu_decode_share: float = 0.0  # nvjpeg: share of each train batch decoded in the workers (OpenCV)
     train_split: str = "train"
     eval_split: str = "validation"
 
@@ -289,16 +291,36 @@ def plan_eval(example: dict[str, Any], size: int) -> dict[str, Any]:
     return {"jpeg": data, "box": np.asarray(box, np.int32), "flip": False, "label": np.int32(example["label"])}
 
 
-def collate_plans(plans: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+def collate_plans(
+    plans: list[dict[str, Any]], cpu_images: int = 0, size: int = 0, draft: bool = False
+) -> dict[str, np.ndarray]:
     """A batch of plans as arrays (the JPEGs concatenated, with offsets), so that grain's workers
-    hand over one batch at a time through shared memory rather than one example at a time."""
+    hand over one batch at a time through shared memory rather than one example at a time.
+
+    Args:
+      plans: `plan_train` or `plan_eval` of each example, in batch order.
+      cpu_images: decode the first this many here, on the CPU with OpenCV (as the opencv backend
+        would, from the same draws: `draft` as its `jpeg_draft`, `size` the output side), into
+        "cpu_image"; the JPEGs, boxes and flips then cover the others only (labels: all).
+
+    Returns:
+      {"jpeg", "offsets", "box", "flip", "label"[, "cpu_image"]}.
+    """
+    out = {"label": np.asarray([p["label"] for p in plans], np.int32)}
+    if cpu_images:
+        images = []
+        for p in plans[:cpu_images]:
+            box = tuple(int(v) for v in p["box"])
+            image = decode_crop_resize(p["jpeg"], lambda h, w, box=box: box, size, draft, "opencv")
+            images.append(image[:, ::-1] if p["flip"] else image)
+        out["cpu_image"] = np.ascontiguousarray(np.stack(images))
+        plans = plans[cpu_images:]
     jpegs = [np.frombuffer(p["jpeg"], np.uint8) for p in plans]
-    return {
+    return out | {
         "jpeg": np.concatenate(jpegs),
         "offsets": np.cumsum([0] + [len(j) for j in jpegs]).astype(np.int64),
         "box": np.stack([p["box"] for p in plans]),
         "flip": np.asarray([p["flip"] for p in plans], bool),
-        "label": np.asarray([p["label"] for p in plans], np.int32),
     }
 
 
@@ -321,11 +343,26 @@ def _gpu_batches(
         boxes = np.concatenate([b["box"] for b in group])
         flips = np.concatenate([b["flip"] for b in group])
         images = nvjpeg.decode_batch(jpegs, boxes, flips, size, on_device, priority)
-        ends = np.cumsum([len(b["label"]) for b in group])
-        return [{"image": images[e - len(b["label"]) : e], "label": b["label"]} for b, e in zip(group, ends)]
+        out, end = [], 0
+        for b in group:
+            start, end = end, end + len(b["box"])
+            image = images[start:end]
+            if "cpu_image" in b:  # the batch's first images, decoded in a worker (collate_plans)
+                image = _concatenate(b["cpu_image"], image)
+            out.append({"image": image, "label": b["label"]})
+        return out
 
     for group in _ordered_map(decode, _groups(batches, per_call), threads, max(ahead, threads)):
         yield from group
+
+
+def _concatenate(host: np.ndarray, decoded):
+    """host and decoded (a host array, or a jax.Array on the GPU) along the batch, where decoded is."""
+    if isinstance(decoded, np.ndarray):
+        return np.concatenate([host, decoded])
+    import jax
+
+    return jax.numpy.concatenate([jax.device_put(host, decoded.sharding), decoded])
 
 
 def _groups(items, n: int):
@@ -422,10 +459,13 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
     grain = _grain()
     epoch_seed = _epoch_seed(seed, epoch)
     size, draft, backend = spec.image_size, spec.jpeg_draft, spec.image_backend
-    if backend == "nvjpeg":  # the workers only plan; the GPU decodes whole batches
+    if backend == "nvjpeg":  # the workers plan (and decode the CPU's share); the GPU decodes the rest
         ds = grain.MapDataset.source(source).shuffle(seed=epoch_seed)
         ds = ds.random_map(lambda ex, rng: plan_train(ex, rng, size), seed=epoch_seed)
-        ds = ds.batch(spec.batch_size, drop_remainder=True, batch_fn=collate_plans)
+        # The CPU's share of each batch is decoded where it is collated, in the worker processes.
+        cpu = min(round(spec.cpu_decode_share * spec.batch_size), spec.batch_size - 1)
+        collate = functools.partial(collate_plans, cpu_images=cpu, size=size, draft=draft)
+        ds = ds.batch(spec.batch_size, drop_remainder=True, batch_fn=collate)
         batches = _parallel(grain, ds, spec.workers)
         return _gpu_batches(
             batches,

@@ -905,11 +905,17 @@ def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
         image_backend=config.dataset.get("image_backend", "pillow"),
         decode_threads=config.dataset.get("decode_threads", 1),
         decode_batches_per_call=config.dataset.get("decode_batches_per_call", 1),
+        cpu_decode_share=config.dataset.get("cpu_decode_share", 0.0),
     )
     imagenet_input.check_backend(spec.image_backend)
     for key in ("decode_threads", "decode_batches_per_call"):
         if getattr(spec, key) < 1:
             raise TrainError(f"dataset.{key}={getattr(spec, key)} must be >= 1")
+    if not 0 <= spec.cpu_decode_share < 1:
+        raise TrainError(
+            f"dataset.cpu_decode_share={spec.cpu_decode_share} must be in [0, 1): the share of each train batch "
+            "decoded on the CPU, the rest by nvjpeg (for all of it on the CPU, set dataset.image_backend=opencv)"
+        )
     return spec
 
 

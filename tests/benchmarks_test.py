@@ -232,6 +232,8 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
     assert "--decode-threads and --decode-per-call must be counts >= 1" in capsys.readouterr().err
     assert input_pipeline.main(["--decode-per-call", "0"]) == 2
     assert "--decode-per-call must be counts >= 1" in capsys.readouterr().err
+    assert input_pipeline.main(["--cpu-share", "1"]) == 2
+    assert "--cpu-share '1' must be comma-separated shares in [0, 1)" in capsys.readouterr().err
 
 
 def test_input_benchmark_per_image_compares_decodings_and_backends(tmp_path):
@@ -490,12 +492,23 @@ def test_input_benchmark_times_the_nvjpeg_host_side_with_a_stub_decoder(tmp_path
     monkeypatch.setattr(nvjpeg, "decode_batch", nvjpeg.decode_batch)
     out = tmp_path / "stub.jsonl"
     args = ["--examples", "24", "--workers", "0", "--decode", "full", "--backend", "nvjpeg", "--nvjpeg-stub"]
-    args += ["--decode-threads", "1,2", "--placement", "host,device", "--decode-per-call", "1,2"]
+    args += [
+        "--decode-threads",
+        "1,2",
+        "--placement",
+        "host,device",
+        "--decode-per-call",
+        "1,2",
+        "--cpu-share",
+        "0,0.5",
+    ]
     args += ["--batch", "4", "--warmup", "2", "--batches", "3", "--image-size", "32", "--out", str(out)]
     assert input_pipeline.main(args) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    got = [(r["decode_threads"], r["on_device"], r.get("batches_per_call", 1)) for r in rows]
-    assert got == [(t, place, k) for t in (1, 2) for place in (False, True) for k in (1, 2)]
+    got = [
+        (r["decode_threads"], r["on_device"], r.get("batches_per_call", 1), r.get("cpu_decode_share", 0)) for r in rows
+    ]
+    assert got == [(t, place, k, c) for t in (1, 2) for place in (False, True) for k in (1, 2) for c in (0, 0.5)]
     assert all(r["backend"] == "nvjpeg" and r["images_per_s"] > 0 for r in rows)
 
 

@@ -238,25 +238,28 @@ def cpu_nvjpeg(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "workers,threads,on_device,priority,per_call",
+    "workers,threads,on_device,priority,per_call,cpu_share",
     [
-        (0, 1, False, 0, 1),
-        (2, 1, False, 0, 1),
-        (0, 3, False, 0, 1),
-        (0, 2, True, -1, 1),
-        (0, 2, True, 0, 2),
-        (2, 1, False, 0, 3),
+        (0, 1, False, 0, 1, 0.0),
+        (2, 1, False, 0, 1, 0.0),
+        (0, 3, False, 0, 1, 0.0),
+        (0, 2, True, -1, 1, 0.0),
+        (0, 2, True, 0, 2, 0.0),
+        (2, 1, False, 0, 3, 0.0),
+        (2, 2, True, 0, 2, 0.3),
+        (0, 1, False, 0, 1, 0.3),
     ],
 )
 def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
-    tfds_dir, cpu_nvjpeg, workers, threads, on_device, priority, per_call
+    tfds_dir, cpu_nvjpeg, workers, threads, on_device, priority, per_call, cpu_share
 ):
     """With image_backend nvjpeg the host plans (bytes, crop box, flip) with the CPU path's draws and
     the decoder gets whole batches, `decode_batches_per_call` train batches at a time (the last
     call shorter): with OpenCV standing in for nvJPEG the batches equal the opencv backend's
     (full-size decoding), train and eval, with worker processes or without, in order when several
-    threads decode (finishing in any order), and with train batches left on the device; the
-    decoder is asked for the spec's stream priority."""
+    threads decode (finishing in any order), with train batches left on the device, and with a
+    share of each train batch decoded in the workers instead (`cpu_decode_share`: the GPU then
+    gets the rest); the decoder is asked for the spec's stream priority."""
     cpu = imagenet_input.StreamSpec(NAME, tfds_dir, 32, 8, 4, workers=0, jpeg_draft=False)
     gpu = dataclasses.replace(
         cpu,
@@ -266,6 +269,7 @@ def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
         decode_on_device=on_device,
         decode_priority=priority,
         decode_batches_per_call=per_call,
+        cpu_decode_share=cpu_share,
     )
     _PRIORITIES.clear()
     _CALL_SIZES.clear()
@@ -273,9 +277,9 @@ def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
     want = list(imagenet_input.train_batches(cpu, src, seed=3, epoch=1))
     got = list(imagenet_input.train_batches(gpu, src, seed=3, epoch=1))
     assert len(got) == len(want) == 5
-    assert sorted(_CALL_SIZES, reverse=True) == [8 * per_call] * (5 // per_call) + [8 * (5 % per_call)] * (
-        5 % per_call > 0
-    )
+    on_gpu = 8 - round(8 * cpu_share)  # images of each train batch the GPU decodes
+    calls = [on_gpu * per_call] * (5 // per_call) + [on_gpu * (5 % per_call)] * (5 % per_call > 0)
+    assert sorted(_CALL_SIZES, reverse=True) == calls
     for g, w in zip(got, want):
         assert isinstance(g["image"], jax.Array) == on_device
         np.testing.assert_array_equal(g["image"], w["image"])
@@ -401,6 +405,8 @@ def test_a_bad_image_backend_fails_before_anything_is_written(tfds_dir, tmp_path
     assert "dataset.decode_threads=0 must be >= 1" in capsys.readouterr().err
     assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.decode_batches_per_call=0")]) == 1
     assert "dataset.decode_batches_per_call=0 must be >= 1" in capsys.readouterr().err
+    assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.cpu_decode_share=1.0")]) == 1
+    assert "dataset.cpu_decode_share=1.0 must be in [0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
