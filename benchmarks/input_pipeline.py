@@ -141,11 +141,11 @@ def time_pipeline(
     warmup: int = 24,
     draft: bool = True,
     backend: str = "opencv",
-    decode_threads: int = 5,
+    decode_threads: int = 3,
     on_device: bool = True,
     priority: int = 0,
-    per_call: int = 1,
-    cpu_share: float = 0.0,
+    per_call: int = 2,
+    cpu_share: float = 0.7,
 ) -> dict:
     """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
     (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
@@ -224,11 +224,11 @@ def time_fed(
     warmup: int,
     draft: bool,
     backend: str,
-    decode_threads: int = 5,
+    decode_threads: int = 3,
     on_device: bool = True,
     priority: int = 0,
-    per_call: int = 1,
-    cpu_share: float = 0.0,
+    per_call: int = 2,
+    cpu_share: float = 0.7,
     profile: int = 0,
     sample_threads: bool = False,
 ) -> dict:
@@ -340,17 +340,17 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--decode-threads",
-        default="5",
+        default="3",
         help="nvjpeg rows: threads that launch the GPU decoding (counts, comma-separated)",
     )
     p.add_argument(
         "--decode-per-call",
-        default="1",
+        default="2",
         help="nvjpeg rows: batches decoded together in one nvJPEG call (counts, comma-separated)",
     )
     p.add_argument(
         "--cpu-share",
-        default="0",
+        default="0.7",
         help="nvjpeg rows: shares of each train batch decoded on the CPU in the workers (comma-separated, in [0, 1))",
     )
     p.add_argument(

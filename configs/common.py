@@ -36,15 +36,15 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.dataset.jpeg_draft = True  # Train crops decode JPEGs at 1/2-1/8 scale where the crop stays >= image_size.
     # Decodes and resizes: "opencv" (no antialiasing, as TF's resize), "pillow", or "nvjpeg" (on the GPU).
     c.dataset.image_backend = "opencv"
-    # nvjpeg only: threads of the training process that launch the GPU decoding (5 fed a ResNet-50
-    # step faster than 3 in both runs that had both, on an H200: BENCHMARKS.md).
-    c.dataset.decode_threads = 5
-    # nvjpeg only: train batches decoded together in one call (torchvision decodes one call at a
-    # time per process and waits for its GPU work in it).
-    c.dataset.decode_batches_per_call = 1
-    # nvjpeg only: this share of each train batch is decoded on the CPU (OpenCV, in the workers),
-    # the rest on the GPU: the two decode side by side.
-    c.dataset.cpu_decode_share = 0.0
+    # nvjpeg only: how the GPU decoding runs. Threads of the training process that call nvJPEG;
+    # train batches decoded together in one call (torchvision decodes one call at a time per
+    # process); and the share of each train batch decoded on the CPU instead (OpenCV, in the
+    # workers), beside the GPU. These three fed a ResNet-50 step at 0.89-0.91 of its fixed-data
+    # speed on an H200 with 14 workers on 16 cores, against 0.65-0.79 with the GPU decoding all
+    # (BENCHMARKS.md, session 16); with fewer cores per GPU, a smaller CPU share.
+    c.dataset.decode_threads = 3
+    c.dataset.decode_batches_per_call = 2
+    c.dataset.cpu_decode_share = 0.7
 
     # Quantization
     c.quant = ml_collections.ConfigDict()

@@ -16,9 +16,12 @@ crop and resize them with OpenCV (`image_backend="opencv"`, the default: libjpeg
 and a bicubic resize without antialiasing, as TensorFlow's `tf.image.resize` in the
 paper's pipeline; much less time per image than Pillow, docs/BENCHMARKS.md) or with
 Pillow (`"pillow"`: its bicubic resize antialiases when it shrinks). With `"nvjpeg"`
-the workers only read the bytes and draw each crop and flip, and the GPU decodes,
-crops and resizes whole batches (`qresnet/nvjpeg.py`; the same draws, OpenCV's resize
-kernel). All ignore EXIF orientation, as TensorFlow's decoder does.
+the workers read the bytes and draw each crop and flip, and the GPU decodes, crops and
+resizes whole batches (`qresnet/nvjpeg.py`; the same draws, OpenCV's resize kernel),
+`decode_batches_per_call` at a time; the workers decode the first `cpu_decode_share`
+of each train batch themselves (OpenCV), since torchvision's decoder does one call at
+a time per process and slows while the model trains (docs/BENCHMARKS.md). All ignore
+EXIF orientation, as TensorFlow's decoder does.
 
 For train crops on the CPU, `jpeg_draft` lets libjpeg decode at 1/2, 1/4 or 1/8
 scale (DCT scaling) whenever the crop still spans at least `image_size` pixels each
@@ -74,11 +77,11 @@ class StreamSpec:
     workers: int = 0
     jpeg_draft: bool = True
     image_backend: str = "opencv"
-    decode_threads: int = 5  # nvjpeg: threads of the training process that launch the GPU decoding
+    decode_threads: int = 3  # nvjpeg: threads of the training process that launch the GPU decoding
     decode_on_device: bool = True  # nvjpeg: train batches stay on the GPU (DLPack), not copied to the host
     decode_priority: int = 0  # nvjpeg: CUDA priority of the decoding streams (-1: ahead of XLA's 0)
-    decode_batches_per_call: int = 1  # nvjpeg: batches decoded together, in one nvJPEG call
-    cpu_decode_share: float = 0.0  # nvjpeg: share of each train batch decoded in the workers (OpenCV)
+    decode_batches_per_call: int = 2  # nvjpeg: batches decoded together, in one nvJPEG call
+    cpu_decode_share: float = 0.7  # nvjpeg: share of each train batch decoded in the workers (OpenCV)
     train_split: str = "train"
     eval_split: str = "validation"
 

@@ -2,9 +2,10 @@
 
 `dataset.image_backend="nvjpeg"`. The CPU backends decode, crop and resize in grain's
 worker processes, and on the 16 cores of an H200's host they prepare about three quarters
-of the images a ResNet-50 trains on (docs/BENCHMARKS.md). With this backend the workers only
+of the images a ResNet-50 trains on (docs/BENCHMARKS.md). With this backend the workers
 read each JPEG's bytes and draw its crop box and flip (`imagenet_input.plan_train` /
-`plan_eval`, the same draws as the CPU backends'), and `decode_batch` decodes a whole batch
+`plan_eval`, the same draws as the CPU backends'; for train batches they also decode a share
+themselves, `StreamSpec.cpu_decode_share`), and `decode_batch` decodes a whole batch
 with nvJPEG, crops, resizes (bicubic, Keys a = -0.75, half-pixel centres, no antialiasing:
 OpenCV's INTER_CUBIC) and flips on the GPU, on the calling thread's own CUDA stream, and
 returns the uint8 batch as a JAX array on the GPU (the streamed train batches) or on the host
