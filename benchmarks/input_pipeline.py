@@ -286,8 +286,9 @@ def time_fed(
 
 
 def _decode_phases() -> dict:
-    """nvjpeg's decoding time per batch and phase since the last reset (`nvjpeg.phase_seconds`),
-    summed over the decoding threads; nothing for the CPU backends."""
+    """nvjpeg's decoding time per call of `decode_batch` (one call decodes `batches_per_call`
+    train batches; the key says "per_batch" as the first rows did) and phase since the last
+    reset (`nvjpeg.phase_seconds`), summed over the decoding threads; nothing for the CPU backends."""
     phases = nvjpeg.phase_seconds()
     n = phases.pop("batches", 0)
     return {"decode_ms_per_batch": {k: 1e3 * v / n for k, v in phases.items()}} if n else {}

@@ -335,7 +335,7 @@ def _gpu_batches(
     (at least `threads`, so that every thread has work) calls ahead of the consumer; yields
     {"image", "label"} per batch, in order, images as host arrays or, with `on_device`, as
     jax.Arrays on the GPU. (torchvision decodes one call at a time per process, whatever the
-    threads, and each call waits for its GPU work: more batches a call, fewer waits.)"""
+    threads; two batches a call fed a ResNet-50 better than one, docs/BENCHMARKS.md.)"""
     from qresnet import nvjpeg
 
     def decode(group):
