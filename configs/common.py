@@ -39,9 +39,10 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     # nvjpeg only: how the GPU decoding runs. Threads of the training process that call nvJPEG;
     # train batches decoded together in one call (torchvision decodes one call at a time per
     # process); and the share of each train batch decoded on the CPU instead (OpenCV, in the
-    # workers), beside the GPU. These three fed a ResNet-50 step at 0.89-0.91 of its fixed-data
-    # speed on an H200 with 14 workers on 16 cores, against 0.65-0.79 with the GPU decoding all
-    # (BENCHMARKS.md, session 16); with fewer cores per GPU, a smaller CPU share.
+    # workers), beside the GPU. These three fed a ResNet-50 step at 0.89-0.90 of its fixed-data
+    # speed on an H200 with 14 workers on 16 cores (0.91 at a 0.8 share, one run), against
+    # 0.65-0.79 with the GPU decoding all (BENCHMARKS.md, session 16); with fewer cores per GPU,
+    # a smaller CPU share.
     c.dataset.decode_threads = 3
     c.dataset.decode_batches_per_call = 2
     c.dataset.cpu_decode_share = 0.7
