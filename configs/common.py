@@ -16,6 +16,8 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.model.width = 1.0  # Filter multiplier of the residual stages (not the stem).
     c.model.dtype = "bfloat16"  # Compute dtype; quantizers run in float32.
     c.model.channel_multiple = 8  # Convs pad channel counts above this to multiples of it (same model; GPU speed).
+    # "xla" (cuDNN on GPUs) or "pallas": 3x3 stride-1 convs as Triton kernels (qresnet/conv_kernels.py).
+    c.model.conv_impl = "xla"
 
     # Data
     c.dataset = ml_collections.ConfigDict()

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qresnet.quant.layers import QConv, QDense
+from qresnet.quant.layers import CONV_IMPLS, QConv, QDense
 from qresnet.quant.specs import QuantSpec
 
 
@@ -123,6 +123,7 @@ class ResNet(nn.Module):
       specs: {layer name: QuantSpec}; missing layers are float.
       dtype: compute dtype; parameters stay float32.
       channel_multiple: QConv's: convs pad channels to multiples of this (0 = no padding).
+      conv_impl: QConv's: "xla" or "pallas" (3x3 stride-1 convs as Triton kernels).
     """
 
     arch: Arch
@@ -133,6 +134,7 @@ class ResNet(nn.Module):
     conv_cls: Any = QConv  # IntConv/IntDense give the integer inference model.
     dense_cls: Any = QDense
     channel_multiple: int = 0
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool = False, act_quant=True):
@@ -144,6 +146,8 @@ class ResNet(nn.Module):
         )
         if self.channel_multiple:
             conv = functools.partial(conv, channel_multiple=self.channel_multiple)
+        if self.conv_impl != "xla":
+            conv = functools.partial(conv, conv_impl=self.conv_impl)
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
         )
@@ -182,6 +186,7 @@ def create_model(
     specs: Mapping[str, QuantSpec] | None = None,
     dtype: str = "float32",
     channel_multiple: int = 0,
+    conv_impl: str = "xla",
 ) -> ResNet:
     """Builds a ResNet by name ("resnet20", "resnet50", ...).
 
@@ -193,6 +198,8 @@ def create_model(
       dtype: "float32", "bfloat16" or "float16".
       channel_multiple: convs pad their channels to multiples of this inside the layer (same
         model and result, faster GPU kernels; 0 = no padding).
+      conv_impl: "xla" (cuDNN on GPUs) or "pallas" (3x3 stride-1 convs as Triton kernels; same
+        model, faster narrow layers on an H200).
 
     Returns:
       The Flax module.
@@ -205,6 +212,8 @@ def create_model(
     stage_filters(arch, width)
     if not isinstance(channel_multiple, int) or channel_multiple < 0:
         raise ValueError(f"channel_multiple must be an int >= 0 (e.g. 8), got {channel_multiple!r}")
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}; e.g. --config.model.conv_impl=xla")
     return ResNet(
         arch=arch,
         num_classes=num_classes,
@@ -212,6 +221,7 @@ def create_model(
         specs=specs,
         dtype=DTYPES[dtype],
         channel_multiple=channel_multiple,
+        conv_impl=conv_impl,
     )
 
 

@@ -117,6 +117,7 @@ class RunSpec:
     cooldown_steps: int
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
+    conv_impl: str = "xla"  # QConv's: "xla" or "pallas"
 
     @property
     def total_steps(self) -> int:
@@ -200,6 +201,7 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
         cooldown_steps=int(o.cooldown_epochs * steps_per_epoch),
         distill_weight=float(distill["weight"]),
         distill_temperature=float(distill["temperature"]),
+        conv_impl=str(config.model.get("conv_impl", "xla")),  # absent in older records
     )
 
 
@@ -222,6 +224,7 @@ def create_model(run: RunSpec) -> resnet.ResNet:
         specs=run.specs,
         dtype=run.dtype,
         channel_multiple=run.channel_multiple,
+        conv_impl=run.conv_impl,
     )
 
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from qresnet import conv_kernels
 from qresnet.quant import ops
 from qresnet.quant.specs import FLOAT, QuantSpec
 
@@ -187,6 +188,9 @@ def pad_channels(x: Array, kernel: Array, multiple: int) -> tuple[Array, Array]:
     return x, kernel
 
 
+CONV_IMPLS = ("xla", "pallas")
+
+
 class QConv(nn.Module):
     """2-D convolution (NHWC, HWIO) with fake-quantized kernel and input.
 
@@ -204,6 +208,10 @@ class QConv(nn.Module):
         zero channels to multiples of it and the extra outputs dropped (`pad_channels`): the same
         result, but GPU conv kernels are much faster on multiples of 8 than on counts like 10 or 14
         (0 = no padding).
+      conv_impl: "xla" (lax.conv_general_dilated, cuDNN on GPUs) or "pallas": 3x3 stride-1
+        convs with padding 1 over bf16 inputs run as `conv_kernels.conv3x3` (Triton kernels,
+        faster for narrow layers on an H200, docs/BENCHMARKS.md; no channel padding needed),
+        other convs as "xla". Off the GPU "pallas" runs in Pallas's interpreter (slow; tests).
     """
 
     features: int
@@ -217,16 +225,22 @@ class QConv(nn.Module):
     kernel_init: Callable = default_kernel_init
     bias_init: Callable = nn.initializers.zeros_init()
     channel_multiple: int = 0
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
         """Args: x (N, H, W, C); train: update bound statistics; act_quant: see module doc."""
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         x, kernel, bias, scale = _quantized_operands(self, x, tuple(self.kernel_size), train, act_quant)
         padding = self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
-        x, kernel = pad_channels(x, kernel, self.channel_multiple)
-        y = lax.conv_general_dilated(
-            x, kernel, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        if self.conv_impl == "pallas" and conv_kernels.supported(x.shape, kernel.shape, self.strides, padding, x.dtype):
+            y = conv_kernels.conv3x3(x, kernel)
+        else:
+            x, kernel = pad_channels(x, kernel, self.channel_multiple)
+            y = lax.conv_general_dilated(
+                x, kernel, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
         y = _rescale(y[..., : self.features], scale)
         if bias is not None:
             y = y + bias

@@ -1,0 +1,191 @@
+"""3x3 stride-1 convolutions as Pallas (Triton) kernels, for narrow layers on the GPU.
+
+cuDNN's kernels for ResNet-20's 3x3 convs over 16-32 channels run far below the GPU's memory
+bandwidth (on an H200, a 16-channel 32x32 conv at batch 512 moved ~0.6 GB/s per µs forward and
+~0.4 backward-filter; docs/BENCHMARKS.md), and these convs are most of a CIFAR ResNet-20 step.
+`conv3x3` computes the same convolution (NHWC input, HWIO kernel, zero padding 1) as an
+implicit GEMM over rows of the flattened (N*H*W, C) input: each program takes `block` output
+pixels, loads the 9 shifted row blocks (contiguous in memory, masked at the image borders) and
+multiplies each by its tap's (C, Cout) matrix, accumulating in float32. Its gradient uses the
+same kernel for the input (the flipped, transposed kernel over the output gradient) and a second
+kernel for the weights (per tap, x rows transposed times output-gradient rows, summed in float32
+over chunks of pixels, the chunks' partial sums added after). Channel counts are padded inside to
+powers of two >= 16 (Triton's block shapes and `dot`). Off the GPU the kernels run in Pallas's
+interpreter (slow; for tests).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
+
+_MIN_DOT = 16  # Triton's dot needs every dimension >= 16
+
+
+def _pow2(n: int) -> int:
+    return max(_MIN_DOT, 1 << (int(n) - 1).bit_length())
+
+
+def supported(x_shape, kernel_shape, strides, padding, dtype) -> bool:
+    """Whether `conv3x3` computes this conv: a 3x3 kernel, stride 1, padding 1 on each side
+    (or "SAME"), NHWC bf16 input.
+
+    Args:
+      x_shape: (N, H, W, C).
+      kernel_shape: (3, 3, C, Cout).
+      strides: (sh, sw).
+      padding: "SAME" or ((1, 1), (1, 1)).
+      dtype: the operands' dtype.
+
+    Returns:
+      True when the kernels apply.
+    """
+    pad_ok = padding == "SAME" or [tuple(p) for p in padding] == [(1, 1), (1, 1)]
+    return (
+        len(x_shape) == 4
+        and tuple(kernel_shape[:2]) == (3, 3)
+        and tuple(strides) == (1, 1)
+        and pad_ok
+        and jnp.dtype(dtype) == jnp.bfloat16
+    )
+
+
+def _taps(p, h_size: int, w_size: int, valid):
+    """For flat output positions p: per tap (dh, dw), the source rows and the in-image mask."""
+    hw = p % (h_size * w_size)
+    h, w = hw // w_size, hw % w_size
+    out = []
+    for dh in (-1, 0, 1):
+        for dw in (-1, 0, 1):
+            ok = valid & (h + dh >= 0) & (h + dh < h_size) & (w + dw >= 0) & (w + dw < w_size)
+            out.append((jnp.where(ok, p + dh * w_size + dw, 0), ok))
+    return out
+
+
+def _rows(ref, rows, ok, cols: int, c_real: int):
+    """ref[rows, :cols] from a flat (P * c_real,) ref, zero where masked or past c_real."""
+    c = jnp.arange(cols)
+    mask = ok[:, None] & (c[None, :] < c_real)
+    return plt.load(ref.at[rows[:, None] * c_real + c[None, :]], mask=mask, other=0)
+
+
+def _fwd_kernel(x_ref, w_ref, y_ref, *, n_pix, h_size, w_size, c, co, cp, cop, block):
+    p = pl.program_id(0) * block + jnp.arange(block)
+    valid = p < n_pix
+    acc = jnp.zeros((block, cop), jnp.float32)
+    for t, (rows, ok) in enumerate(_taps(p, h_size, w_size, valid)):
+        xt = _rows(x_ref, rows, ok, cp, c)
+        acc += plt.dot(xt, w_ref[t])  # w_ref: (9, cp, cop)
+    cols = jnp.arange(cop)
+    mask = valid[:, None] & (cols[None, :] < co)
+    plt.store(y_ref.at[p[:, None] * co + cols[None, :]], acc.astype(y_ref.dtype), mask=mask)
+
+
+def _wgrad_kernel(x_ref, dy_ref, dw_ref, *, n_pix, h_size, w_size, c, co, cp, cop, block, steps):
+    g, t = pl.program_id(0), pl.program_id(1)
+    dh, dw = t // 3 - 1, t % 3 - 1
+
+    def body(s, acc):
+        p = (g * steps + s) * block + jnp.arange(block)
+        valid = p < n_pix
+        hw = p % (h_size * w_size)
+        h, w = hw // w_size, hw % w_size
+        ok = valid & (h + dh >= 0) & (h + dh < h_size) & (w + dw >= 0) & (w + dw < w_size)
+        xt = _rows(x_ref, jnp.where(ok, p + dh * w_size + dw, 0), ok, cp, c)
+        dyt = _rows(dy_ref, p, valid, cop, co)
+        return acc + plt.dot(xt, dyt, trans_a=True)
+
+    acc = jax.lax.fori_loop(0, steps, body, jnp.zeros((cp, cop), jnp.float32))
+    dw_ref[0, 0] = acc
+
+
+def _compiler_params(warps: int, stages: int):
+    return {"compiler_params": plt.CompilerParams(num_warps=warps, num_stages=stages)}
+
+
+def _interpret() -> bool:
+    return jax.default_backend() != "gpu"
+
+
+@functools.partial(jax.jit, static_argnames=("block",))
+def _forward(x, kernel, block: int = 128):
+    n, h, w, c = x.shape
+    co = kernel.shape[-1]
+    cp, cop = _pow2(c), _pow2(co)
+    wk = jnp.pad(kernel.reshape(9, c, co), ((0, 0), (0, cp - c), (0, cop - co))).astype(x.dtype)
+    n_pix = n * h * w
+    interpret = _interpret()
+    y = pl.pallas_call(
+        functools.partial(_fwd_kernel, n_pix=n_pix, h_size=h, w_size=w, c=c, co=co, cp=cp, cop=cop, block=block),
+        out_shape=jax.ShapeDtypeStruct((n_pix * co,), x.dtype),
+        grid=(pl.cdiv(n_pix, block),),
+        interpret=interpret,
+        **({} if interpret else _compiler_params(4, 1)),
+    )(x.reshape(-1), wk)
+    return y.reshape(n, h, w, co)
+
+
+@functools.partial(jax.jit, static_argnames=("block", "steps"))
+def _weight_grad(x, dy, block: int = 128, steps: int = 16):
+    n, h, w, c = x.shape
+    co = dy.shape[-1]
+    cp, cop = _pow2(c), _pow2(co)
+    n_pix = n * h * w
+    groups = pl.cdiv(n_pix, block * steps)
+    interpret = _interpret()
+    parts = pl.pallas_call(
+        functools.partial(
+            _wgrad_kernel,
+            n_pix=n_pix,
+            h_size=h,
+            w_size=w,
+            c=c,
+            co=co,
+            cp=cp,
+            cop=cop,
+            block=block,
+            steps=steps,
+        ),
+        out_shape=jax.ShapeDtypeStruct((groups, 9, cp, cop), jnp.float32),
+        grid=(groups, 9),
+        out_specs=pl.BlockSpec((1, 1, cp, cop), lambda g, t: (g, t, 0, 0)),
+        interpret=interpret,
+        **({} if interpret else _compiler_params(4, 1)),
+    )(x.reshape(-1), dy.reshape(-1))
+    return parts.sum(0)[:, :c, :co].reshape(3, 3, c, co)
+
+
+@jax.custom_vjp
+def conv3x3(x, kernel):
+    """3x3 convolution, stride 1, zero padding 1: `lax.conv_general_dilated(x, kernel, (1, 1),
+    ((1, 1), (1, 1)))` in NHWC/HWIO, up to float32 summation order.
+
+    Args:
+      x: (N, H, W, C) bfloat16.
+      kernel: (3, 3, C, Cout), cast to x's dtype.
+
+    Returns:
+      (N, H, W, Cout) in x's dtype; differentiable in both arguments (the gradients' dtypes
+      are the arguments').
+    """
+    return _forward(x, kernel)
+
+
+def _conv3x3_fwd(x, kernel):
+    return _forward(x, kernel), (x, kernel)
+
+
+def _conv3x3_bwd(res, dy):
+    x, kernel = res
+    dy = dy.astype(x.dtype)
+    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))  # (3, 3, Cout, C)
+    dx = _forward(dy, flipped.astype(x.dtype))
+    dw = _weight_grad(x, dy)
+    return dx, dw.astype(kernel.dtype)
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
