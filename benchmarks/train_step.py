@@ -83,6 +83,7 @@ class Case:
     dtype: str
     width: float = 1.0  # ResNet width multiplier; other widths pad channels as the sweep configs do
     conv_impl: str = "xla"  # QConv's: "xla" or "pallas" (3x3 stride-1 convs as Triton kernels)
+    pallas_max_channels: int = 64
 
     @property
     def info(self) -> data.DatasetInfo:
@@ -142,6 +143,7 @@ def run_spec(case: Case, setting: str, act_start_step: int) -> train.RunSpec:
         cosine_alpha=0.0,
         cooldown_steps=0,
         conv_impl=case.conv_impl,
+        pallas_max_channels=case.pallas_max_channels,
     )
 
 
@@ -283,7 +285,7 @@ def environment() -> dict[str, Any]:
 def row_key(row: dict[str, Any]) -> tuple:
     keys = ("library", "model", "setting", "path", "dtype", "batch", "device")
     extra = (row.get("scan", 0), row.get("width", 1.0), row.get("xla_flags"), row.get("alone", False))
-    extra += (row.get("conv_impl", "xla"),)
+    extra += (row.get("conv_impl", "xla"), row.get("pallas_max_channels", 64))
     return (*(row[k] for k in keys), *extra)
 
 
@@ -343,7 +345,11 @@ def run(
                 "batch": case.batch,
                 "image_size": case.image_size,
                 "width": case.width,
-                **({"conv_impl": case.conv_impl} if case.conv_impl != "xla" else {}),
+                **(
+                    {"conv_impl": case.conv_impl, "pallas_max_channels": case.pallas_max_channels}
+                    if case.conv_impl != "xla"
+                    else {}
+                ),
                 "scan": scan,
                 **({} if interleave else {"alone": True}),  # no float program compiled or timed beside it
                 **env,
@@ -422,6 +428,9 @@ def main(argv=None) -> int:
         choices=("xla", "pallas"),
         help="QConv's conv_impl: pallas runs 3x3 stride-1 convs as Triton kernels",
     )
+    p.add_argument(
+        "--pallas-max-channels", type=int, default=64, help="with --conv-impl pallas: wider convs stay XLA's"
+    )
     p.add_argument("--out", help="JSON-lines file (resumed)")
     p.add_argument("--report", help="print the markdown table of a JSON-lines file and exit")
     args = p.parse_args(argv)
@@ -433,7 +442,10 @@ def main(argv=None) -> int:
             raise ValueError(
                 f"--steps ({args.steps}) and --warmup ({args.warmup}) must be >= 1, --scan ({args.scan}) >= 0"
             )
-        cases = [dataclasses.replace(parse_case(c), conv_impl=args.conv_impl) for c in (args.case or DEFAULT_CASES)]
+        cases = [
+            dataclasses.replace(parse_case(c), conv_impl=args.conv_impl, pallas_max_channels=args.pallas_max_channels)
+            for c in (args.case or DEFAULT_CASES)
+        ]
         rows = DEFAULT_ROWS
         if args.rows:
             rows = [tuple(r.split(":")) for r in args.rows.split(",")]

@@ -18,6 +18,7 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.model.channel_multiple = 8  # Convs pad channel counts above this to multiples of it (same model; GPU speed).
     # "xla" (cuDNN on GPUs) or "pallas": 3x3 stride-1 convs as Triton kernels (qresnet/conv_kernels.py).
     c.model.conv_impl = "xla"
+    c.model.pallas_max_channels = 64  # With "pallas": wider convs stay on cuDNN.
 
     # Data
     c.dataset = ml_collections.ConfigDict()

@@ -30,9 +30,9 @@ def _pow2(n: int) -> int:
     return max(_MIN_DOT, 1 << (int(n) - 1).bit_length())
 
 
-def supported(x_shape, kernel_shape, strides, padding, dtype) -> bool:
+def supported(x_shape, kernel_shape, strides, padding, dtype, max_channels: int = 1 << 30) -> bool:
     """Whether `conv3x3` computes this conv: a 3x3 kernel, stride 1, padding 1 on each side
-    (or "SAME"), NHWC bf16 input.
+    (or "SAME"), NHWC bf16 input, at most `max_channels` input and output channels.
 
     Args:
       x_shape: (N, H, W, C).
@@ -40,6 +40,7 @@ def supported(x_shape, kernel_shape, strides, padding, dtype) -> bool:
       strides: (sh, sw).
       padding: "SAME" or ((1, 1), (1, 1)).
       dtype: the operands' dtype.
+      max_channels: the widest layer to take (wider ones ran faster on cuDNN).
 
     Returns:
       True when the kernels apply.
@@ -51,6 +52,7 @@ def supported(x_shape, kernel_shape, strides, padding, dtype) -> bool:
         and tuple(strides) == (1, 1)
         and pad_ok
         and jnp.dtype(dtype) == jnp.bfloat16
+        and max(kernel_shape[2], kernel_shape[3]) <= max_channels
     )
 
 

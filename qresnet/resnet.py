@@ -124,6 +124,7 @@ class ResNet(nn.Module):
       dtype: compute dtype; parameters stay float32.
       channel_multiple: QConv's: convs pad channels to multiples of this (0 = no padding).
       conv_impl: QConv's: "xla" or "pallas" (3x3 stride-1 convs as Triton kernels).
+      pallas_max_channels: QConv's: with "pallas", wider convs stay "xla".
     """
 
     arch: Arch
@@ -135,6 +136,7 @@ class ResNet(nn.Module):
     dense_cls: Any = QDense
     channel_multiple: int = 0
     conv_impl: str = "xla"
+    pallas_max_channels: int = 64
 
     @nn.compact
     def __call__(self, x, train: bool = False, act_quant=True):
@@ -147,7 +149,7 @@ class ResNet(nn.Module):
         if self.channel_multiple:
             conv = functools.partial(conv, channel_multiple=self.channel_multiple)
         if self.conv_impl != "xla":
-            conv = functools.partial(conv, conv_impl=self.conv_impl)
+            conv = functools.partial(conv, conv_impl=self.conv_impl, pallas_max_channels=self.pallas_max_channels)
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
         )
@@ -187,6 +189,7 @@ def create_model(
     dtype: str = "float32",
     channel_multiple: int = 0,
     conv_impl: str = "xla",
+    pallas_max_channels: int = 64,
 ) -> ResNet:
     """Builds a ResNet by name ("resnet20", "resnet50", ...).
 
@@ -200,6 +203,7 @@ def create_model(
         model and result, faster GPU kernels; 0 = no padding).
       conv_impl: "xla" (cuDNN on GPUs) or "pallas" (3x3 stride-1 convs as Triton kernels; same
         model, faster narrow layers on an H200).
+      pallas_max_channels: with "pallas", convs with more input or output channels stay "xla".
 
     Returns:
       The Flax module.
@@ -214,6 +218,8 @@ def create_model(
         raise ValueError(f"channel_multiple must be an int >= 0 (e.g. 8), got {channel_multiple!r}")
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}; e.g. --config.model.conv_impl=xla")
+    if not isinstance(pallas_max_channels, int) or pallas_max_channels < 1:
+        raise ValueError(f"pallas_max_channels must be an int >= 1 (e.g. 64), got {pallas_max_channels!r}")
     return ResNet(
         arch=arch,
         num_classes=num_classes,
@@ -222,6 +228,7 @@ def create_model(
         dtype=DTYPES[dtype],
         channel_multiple=channel_multiple,
         conv_impl=conv_impl,
+        pallas_max_channels=pallas_max_channels,
     )
 
 

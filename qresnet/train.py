@@ -118,6 +118,7 @@ class RunSpec:
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
     conv_impl: str = "xla"  # QConv's: "xla" or "pallas"
+    pallas_max_channels: int = 64
 
     @property
     def total_steps(self) -> int:
@@ -202,6 +203,7 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
         distill_weight=float(distill["weight"]),
         distill_temperature=float(distill["temperature"]),
         conv_impl=str(config.model.get("conv_impl", "xla")),  # absent in older records
+        pallas_max_channels=config.model.get("pallas_max_channels", 64),
     )
 
 
@@ -225,6 +227,7 @@ def create_model(run: RunSpec) -> resnet.ResNet:
         dtype=run.dtype,
         channel_multiple=run.channel_multiple,
         conv_impl=run.conv_impl,
+        pallas_max_channels=run.pallas_max_channels,
     )
 
 

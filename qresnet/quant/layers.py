@@ -212,6 +212,7 @@ class QConv(nn.Module):
         convs with padding 1 over bf16 inputs run as `conv_kernels.conv3x3` (Triton kernels,
         faster for narrow layers on an H200, docs/BENCHMARKS.md; no channel padding needed),
         other convs as "xla". Off the GPU "pallas" runs in Pallas's interpreter (slow; tests).
+      pallas_max_channels: with "pallas", convs with more input or output channels stay "xla".
     """
 
     features: int
@@ -226,6 +227,7 @@ class QConv(nn.Module):
     bias_init: Callable = nn.initializers.zeros_init()
     channel_multiple: int = 0
     conv_impl: str = "xla"
+    pallas_max_channels: int = 64
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
@@ -234,7 +236,9 @@ class QConv(nn.Module):
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         x, kernel, bias, scale = _quantized_operands(self, x, tuple(self.kernel_size), train, act_quant)
         padding = self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
-        if self.conv_impl == "pallas" and conv_kernels.supported(x.shape, kernel.shape, self.strides, padding, x.dtype):
+        if self.conv_impl == "pallas" and conv_kernels.supported(
+            x.shape, kernel.shape, self.strides, padding, x.dtype, self.pallas_max_channels
+        ):
             y = conv_kernels.conv3x3(x, kernel)
         else:
             x, kernel = pad_channels(x, kernel, self.channel_multiple)
