@@ -83,7 +83,7 @@ class Case:
     dtype: str
     width: float = 1.0  # ResNet width multiplier; other widths pad channels as the sweep configs do
     conv_impl: str = "xla"  # QConv's: "xla" or "pallas" (3x3 stride-1 convs as Triton kernels)
-    pallas_max_channels: int = 64
+    pallas_max_channels: int = 32
 
     @property
     def info(self) -> data.DatasetInfo:
@@ -285,7 +285,7 @@ def environment() -> dict[str, Any]:
 def row_key(row: dict[str, Any]) -> tuple:
     keys = ("library", "model", "setting", "path", "dtype", "batch", "device")
     extra = (row.get("scan", 0), row.get("width", 1.0), row.get("xla_flags"), row.get("alone", False))
-    extra += (row.get("conv_impl", "xla"), row.get("pallas_max_channels", 64))
+    extra += (row.get("conv_impl", "xla"), row.get("pallas_max_channels", 32))
     return (*(row[k] for k in keys), *extra)
 
 
@@ -429,7 +429,7 @@ def main(argv=None) -> int:
         help="QConv's conv_impl: pallas runs 3x3 stride-1 convs as Triton kernels",
     )
     p.add_argument(
-        "--pallas-max-channels", type=int, default=64, help="with --conv-impl pallas: wider convs stay XLA's"
+        "--pallas-max-channels", type=int, default=32, help="with --conv-impl pallas: wider convs stay XLA's"
     )
     p.add_argument("--out", help="JSON-lines file (resumed)")
     p.add_argument("--report", help="print the markdown table of a JSON-lines file and exit")

@@ -16,9 +16,12 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.model.width = 1.0  # Filter multiplier of the residual stages (not the stem).
     c.model.dtype = "bfloat16"  # Compute dtype; quantizers run in float32.
     c.model.channel_multiple = 8  # Convs pad channel counts above this to multiples of it (same model; GPU speed).
-    # "xla" (cuDNN on GPUs) or "pallas": 3x3 stride-1 convs as Triton kernels (qresnet/conv_kernels.py).
-    c.model.conv_impl = "xla"
-    c.model.pallas_max_channels = 64  # With "pallas": wider convs stay on cuDNN.
+    # "xla" (cuDNN on GPUs), "pallas" (3x3 stride-1 convs as Triton kernels, qresnet/conv_kernels.py;
+    # off the GPU in Pallas's interpreter, slow) or "auto" ("pallas" on one GPU, else "xla").
+    c.model.conv_impl = "auto"
+    # With "pallas": convs wider than this stay on cuDNN. ResNet-20 epoch on one H200 (docs/RESULTS.md):
+    # 1.21-1.23x at widths 0.5-1, 1.02-1.04x at 1.5-2 with 32; wider layers were no faster on Triton.
+    c.model.pallas_max_channels = 32
 
     # Data
     c.dataset = ml_collections.ConfigDict()

@@ -136,7 +136,7 @@ class ResNet(nn.Module):
     dense_cls: Any = QDense
     channel_multiple: int = 0
     conv_impl: str = "xla"
-    pallas_max_channels: int = 64
+    pallas_max_channels: int = 32
 
     @nn.compact
     def __call__(self, x, train: bool = False, act_quant=True):
@@ -189,7 +189,7 @@ def create_model(
     dtype: str = "float32",
     channel_multiple: int = 0,
     conv_impl: str = "xla",
-    pallas_max_channels: int = 64,
+    pallas_max_channels: int = 32,
 ) -> ResNet:
     """Builds a ResNet by name ("resnet20", "resnet50", ...).
 
@@ -219,7 +219,7 @@ def create_model(
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}; e.g. --config.model.conv_impl=xla")
     if not isinstance(pallas_max_channels, int) or pallas_max_channels < 1:
-        raise ValueError(f"pallas_max_channels must be an int >= 1 (e.g. 64), got {pallas_max_channels!r}")
+        raise ValueError(f"pallas_max_channels must be an int >= 1 (e.g. 32), got {pallas_max_channels!r}")
     return ResNet(
         arch=arch,
         num_classes=num_classes,

@@ -117,8 +117,8 @@ class RunSpec:
     cooldown_steps: int
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
-    conv_impl: str = "xla"  # QConv's: "xla" or "pallas"
-    pallas_max_channels: int = 64
+    conv_impl: str = "xla"  # QConv's: "xla" or "pallas" (model.conv_impl "auto" resolved)
+    pallas_max_channels: int = 32
 
     @property
     def total_steps(self) -> int:
@@ -202,9 +202,19 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
         cooldown_steps=int(o.cooldown_epochs * steps_per_epoch),
         distill_weight=float(distill["weight"]),
         distill_temperature=float(distill["temperature"]),
-        conv_impl=str(config.model.get("conv_impl", "xla")),  # absent in older records
-        pallas_max_channels=config.model.get("pallas_max_channels", 64),
+        conv_impl=conv_impl(str(config.model.get("conv_impl", "xla"))),  # absent in older records
+        pallas_max_channels=config.model.get("pallas_max_channels", 32),
     )
+
+
+def conv_impl(name: str) -> str:
+    """QConv's conv_impl for model.conv_impl: "auto" is "pallas" on one GPU (the Triton kernels are
+    GPU-only, and a pallas_call does not split over a sharded batch), else "xla"."""
+    if name not in ("auto", "xla", "pallas"):
+        raise TrainError(f"model.conv_impl={name!r} must be auto, xla or pallas (e.g. --config.model.conv_impl=auto)")
+    if name == "auto":
+        return "pallas" if jax.default_backend() == "gpu" and jax.device_count() == 1 else "xla"
+    return name
 
 
 def learning_rate(run: RunSpec, step: jax.Array) -> jax.Array:
@@ -646,6 +656,7 @@ def train_and_evaluate(
         "distill_weight": run.distill_weight,
         "device": device_description(),
         **xla_flags_field(),
+        "conv_impl": run.conv_impl,  # what model.conv_impl resolved to ("auto": per device)
         "versions": versions(),
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),

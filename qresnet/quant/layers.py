@@ -227,7 +227,7 @@ class QConv(nn.Module):
     bias_init: Callable = nn.initializers.zeros_init()
     channel_multiple: int = 0
     conv_impl: str = "xla"
-    pallas_max_channels: int = 64
+    pallas_max_channels: int = 32
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
