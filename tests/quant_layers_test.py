@@ -242,3 +242,39 @@ def test_pad_channels_pads_counts_above_the_multiple_only():
     assert px.shape == (1, 4, 4, 24) and pk.shape == (1, 1, 24, 16)
     assert float(jnp.sum(px)) == 16 * 20 and float(jnp.sum(pk)) == 20 * 16  # the padding is zeros
     assert pad_channels(x, k, 0)[1].shape == k.shape
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)], ids=["triton", "strided_falls_back_to_xla"])
+@pytest.mark.parametrize(
+    "spec",
+    [None, QuantSpec(w_bits=4, a_bits=4), QuantSpec(w_bits=8, a_bits=8, a_granularity="per_tensor")],
+    ids=["float", "w4a4", "w8a8_per_tensor_codes"],
+)
+def test_pallas_conv_impl_is_the_same_layer(spec, strides):
+    """conv_impl="pallas" (Triton kernels; Pallas's interpreter here): XLA's outputs and gradients
+    to bf16 rounding, the same parameters; a strided conv falls back to XLA's, exactly."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 10)) + 1.0
+    kw = dict(strides=strides, padding=((1, 1), (1, 1)), spec=spec, dtype=jnp.bfloat16, channel_multiple=8)
+    xla, pallas = QConv(14, (3, 3), **kw), QConv(14, (3, 3), conv_impl="pallas", **kw)
+    v = xla.init(jax.random.key(1), x, train=True)
+    assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, pallas.init(jax.random.key(1), x, train=True))
+    v = {**v, "quant_stats": jax.tree.map(lambda b: jnp.full_like(b, 2.5), v.get("quant_stats", {}))}
+
+    def grads(model):
+        def loss(params, x):
+            return jnp.sum(jnp.sin(model.apply({**v, "params": params}, x).astype(jnp.float32)))
+
+        return jax.grad(loss, argnums=(0, 1))(v["params"], x)
+
+    exact = strides != (1, 1)
+    y_x, y_p = (np.asarray(m.apply(v, x), np.float32) for m in (xla, pallas))
+    np.testing.assert_allclose(y_p, y_x, rtol=0, atol=0 if exact else 2e-2 * np.abs(y_x).max())
+    g_x, g_p = grads(xla), grads(pallas)
+    atol = 0 if exact else 2e-2 * max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g_x))
+    for a, b in zip(jax.tree.leaves(g_p), jax.tree.leaves(g_x)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol)
+
+
+def test_unknown_conv_impl_is_an_error():
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        QConv(4, (3, 3), conv_impl="cudnn").init(jax.random.key(0), jnp.ones((1, 4, 4, 3)))

@@ -43,6 +43,7 @@ def test_smoke_run_writes_a_complete_workdir(smoke_run):
         assert key in on_disk, key
     assert on_disk["setting"] == "w4a4_ends8" and on_disk["dataset"] == "synthetic"
     assert 0 <= on_disk["top1"] <= 1 and on_disk["images_per_s"] > 0
+    assert on_disk["conv_impl"] == "xla"  # model.conv_impl "auto" off the GPU
     assert on_disk["setup_s"] > 0 and on_disk["first_epoch_s"] > 0
     # epoch 1 calibrates; the quantized phase's program compiled in the background meanwhile
     assert list(on_disk["compile_s"]) == ["quantized"] and on_disk["compile_s"]["quantized"] > 0
@@ -371,3 +372,10 @@ def test_phase_programs_train_as_the_traced_switch_does():
     for x, y in zip(jax.tree.leaves(a.quant_stats), jax.tree.leaves(b.quant_stats)):
         np.testing.assert_allclose(x, y, rtol=1e-6)
     assert any(float(np.max(x)) > 0 for x in jax.tree.leaves(b.quant_stats))  # the bounds calibrated
+
+
+def test_conv_impl_auto_means_pallas_only_on_one_gpu():
+    assert train.conv_impl("auto") == "xla"  # this CPU
+    assert (train.conv_impl("xla"), train.conv_impl("pallas")) == ("xla", "pallas")
+    with pytest.raises(train.TrainError, match="model.conv_impl='cudnn' must be auto, xla or pallas"):
+        train.conv_impl("cudnn")
