@@ -109,8 +109,18 @@ def _wgrad_kernel(x_ref, dy_ref, dw_ref, *, n_pix, h_size, w_size, c, co, cp, co
     dw_ref[0, 0] = acc
 
 
-def _compiler_params(warps: int, stages: int):
-    return {"compiler_params": plt.CompilerParams(num_warps=warps, num_stages=stages)}
+def _geometry(x, c_out: int) -> dict:
+    """The kernels' static shape arguments for input x and c_out output channels."""
+    n, h, w, c = x.shape
+    return dict(n_pix=n * h * w, h_size=h, w_size=w, c=c, co=c_out, cp=_pow2(c), cop=_pow2(c_out))
+
+
+def _call(kernel, geometry: dict, **kw):
+    """pl.pallas_call of `kernel` with its shape arguments; Triton's 4 warps on the GPU, else Pallas's
+    interpreter."""
+    interpret = _interpret()
+    params = {} if interpret else {"compiler_params": plt.CompilerParams(num_warps=4, num_stages=1)}
+    return pl.pallas_call(functools.partial(kernel, **geometry), interpret=interpret, **params, **kw)
 
 
 def _interpret() -> bool:
@@ -119,50 +129,31 @@ def _interpret() -> bool:
 
 @functools.partial(jax.jit, static_argnames=("block",))
 def _forward(x, kernel, block: int = 128):
-    n, h, w, c = x.shape
-    co = kernel.shape[-1]
-    cp, cop = _pow2(c), _pow2(co)
+    g = _geometry(x, kernel.shape[-1])
+    c, co, cp, cop = g["c"], g["co"], g["cp"], g["cop"]
     wk = jnp.pad(kernel.reshape(9, c, co), ((0, 0), (0, cp - c), (0, cop - co))).astype(x.dtype)
-    n_pix = n * h * w
-    interpret = _interpret()
-    y = pl.pallas_call(
-        functools.partial(_fwd_kernel, n_pix=n_pix, h_size=h, w_size=w, c=c, co=co, cp=cp, cop=cop, block=block),
-        out_shape=jax.ShapeDtypeStruct((n_pix * co,), x.dtype),
-        grid=(pl.cdiv(n_pix, block),),
-        interpret=interpret,
-        **({} if interpret else _compiler_params(4, 1)),
+    y = _call(
+        functools.partial(_fwd_kernel, block=block),
+        g,
+        out_shape=jax.ShapeDtypeStruct((g["n_pix"] * co,), x.dtype),
+        grid=(pl.cdiv(g["n_pix"], block),),
     )(x.reshape(-1), wk)
-    return y.reshape(n, h, w, co)
+    return y.reshape(*x.shape[:3], co)
 
 
 @functools.partial(jax.jit, static_argnames=("block", "steps"))
 def _weight_grad(x, dy, block: int = 128, steps: int = 16):
-    n, h, w, c = x.shape
-    co = dy.shape[-1]
-    cp, cop = _pow2(c), _pow2(co)
-    n_pix = n * h * w
-    groups = pl.cdiv(n_pix, block * steps)
-    interpret = _interpret()
-    parts = pl.pallas_call(
-        functools.partial(
-            _wgrad_kernel,
-            n_pix=n_pix,
-            h_size=h,
-            w_size=w,
-            c=c,
-            co=co,
-            cp=cp,
-            cop=cop,
-            block=block,
-            steps=steps,
-        ),
+    g = _geometry(x, dy.shape[-1])
+    cp, cop = g["cp"], g["cop"]
+    groups = pl.cdiv(g["n_pix"], block * steps)
+    parts = _call(
+        functools.partial(_wgrad_kernel, block=block, steps=steps),
+        g,
         out_shape=jax.ShapeDtypeStruct((groups, 9, cp, cop), jnp.float32),
         grid=(groups, 9),
-        out_specs=pl.BlockSpec((1, 1, cp, cop), lambda g, t: (g, t, 0, 0)),
-        interpret=interpret,
-        **({} if interpret else _compiler_params(4, 1)),
+        out_specs=pl.BlockSpec((1, 1, cp, cop), lambda i, t: (i, t, 0, 0)),
     )(x.reshape(-1), dy.reshape(-1))
-    return parts.sum(0)[:, :c, :co].reshape(3, 3, c, co)
+    return parts.sum(0)[:, : g["c"], : g["co"]].reshape(3, 3, g["c"], g["co"])
 
 
 @jax.custom_vjp
