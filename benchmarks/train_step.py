@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from benchmarks import baselines, check_compiled, compiled_count, epoch_mesh, on_mesh, warm_up
 from benchmarks.plain_resnet import PlainResNet
 from configs import settings
-from qresnet import data, resnet, results, train
+from qresnet import conv_kernels, data, resnet, results, train
 from qresnet.quant import specs as specs_lib
 
 DEFAULT_CASES = ("resnet20:32:512:float32", "resnet20:32:512:bfloat16", "resnet50:224:256:bfloat16")
@@ -109,6 +109,18 @@ def parse_case(text: str) -> Case:
     if case.dtype not in resnet.DTYPES:
         raise ValueError(f"case {text!r}: dtype must be one of {sorted(resnet.DTYPES)}")
     return case
+
+
+def parse_tuning(text: str) -> conv_kernels.Tuning:
+    """ "fwd_block=64,warps=8" -> conv_kernels.Tuning with those fields changed ("" = the defaults)."""
+    fields = {f.name for f in dataclasses.fields(conv_kernels.Tuning)}
+    changes = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in fields or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--conv-tuning item {item!r}: expected KEY=N with N >= 1 and KEY one of {sorted(fields)}")
+        changes[key] = int(value)
+    return dataclasses.replace(conv_kernels.Tuning(), **changes)
 
 
 def run_spec(case: Case, setting: str, act_start_step: int) -> train.RunSpec:
@@ -285,7 +297,7 @@ def environment() -> dict[str, Any]:
 def row_key(row: dict[str, Any]) -> tuple:
     keys = ("library", "model", "setting", "path", "dtype", "batch", "device")
     extra = (row.get("scan", 0), row.get("width", 1.0), row.get("xla_flags"), row.get("alone", False))
-    extra += (row.get("conv_impl", "xla"), row.get("pallas_max_channels", 32))
+    extra += (row.get("conv_impl", "xla"), row.get("pallas_max_channels", 32), json.dumps(row.get("conv_tuning")))
     return (*(row[k] for k in keys), *extra)
 
 
@@ -346,7 +358,11 @@ def run(
                 "image_size": case.image_size,
                 "width": case.width,
                 **(
-                    {"conv_impl": case.conv_impl, "pallas_max_channels": case.pallas_max_channels}
+                    {
+                        "conv_impl": case.conv_impl,
+                        "pallas_max_channels": case.pallas_max_channels,
+                        "conv_tuning": dataclasses.asdict(conv_kernels.TUNING),
+                    }
                     if case.conv_impl != "xla"
                     else {}
                 ),
@@ -431,6 +447,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--pallas-max-channels", type=int, default=32, help="with --conv-impl pallas: wider convs stay XLA's"
     )
+    p.add_argument(
+        "--conv-tuning",
+        default="",
+        help="with --conv-impl pallas: KEY=VALUE,... fields of qresnet.conv_kernels.Tuning (e.g. fwd_block=64,warps=8)",
+    )
     p.add_argument("--out", help="JSON-lines file (resumed)")
     p.add_argument("--report", help="print the markdown table of a JSON-lines file and exit")
     args = p.parse_args(argv)
@@ -442,6 +463,7 @@ def main(argv=None) -> int:
             raise ValueError(
                 f"--steps ({args.steps}) and --warmup ({args.warmup}) must be >= 1, --scan ({args.scan}) >= 0"
             )
+        conv_kernels.TUNING = parse_tuning(args.conv_tuning)
         cases = [
             dataclasses.replace(parse_case(c), conv_impl=args.conv_impl, pallas_max_channels=args.pallas_max_channels)
             for c in (args.case or DEFAULT_CASES)

@@ -17,6 +17,7 @@ interpreter (slow; for tests).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -26,6 +27,28 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 _MIN_DOT = 16  # Triton's dot needs every dimension >= 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """The kernels' launch settings (what `TUNING` holds; the values measured in docs/RESULTS.md).
+
+    Attributes:
+      fwd_block: output pixels per program of the forward (and input-gradient) kernel.
+      wgrad_block: pixels per step of the kernel-gradient kernel.
+      wgrad_steps: its steps per program (the pixels a partial sum covers: block x steps).
+      warps: Triton warps per program.
+      stages: Triton's software-pipelining stages.
+    """
+
+    fwd_block: int = 128
+    wgrad_block: int = 128
+    wgrad_steps: int = 16
+    warps: int = 4
+    stages: int = 1
+
+
+TUNING = Tuning()  # read when a conv is traced; `benchmarks.train_step --conv-tuning` sets others
 
 
 def _pow2(n: int) -> int:
@@ -115,11 +138,12 @@ def _geometry(x, c_out: int) -> dict:
     return dict(n_pix=n * h * w, h_size=h, w_size=w, c=c, co=c_out, cp=_pow2(c), cop=_pow2(c_out))
 
 
-def _call(kernel, geometry: dict, **kw):
-    """pl.pallas_call of `kernel` with its shape arguments; Triton's 4 warps on the GPU, else Pallas's
-    interpreter."""
+def _call(kernel, geometry: dict, tuning: Tuning, **kw):
+    """pl.pallas_call of `kernel` with its shape arguments: Triton on the GPU, else Pallas's interpreter."""
     interpret = _interpret()
-    params = {} if interpret else {"compiler_params": plt.CompilerParams(num_warps=4, num_stages=1)}
+    params = {}
+    if not interpret:
+        params = {"compiler_params": plt.CompilerParams(num_warps=tuning.warps, num_stages=tuning.stages)}
     return pl.pallas_call(functools.partial(kernel, **geometry), interpret=interpret, **params, **kw)
 
 
@@ -127,28 +151,32 @@ def _interpret() -> bool:
     return jax.default_backend() != "gpu"
 
 
-@functools.partial(jax.jit, static_argnames=("block",))
-def _forward(x, kernel, block: int = 128):
+@functools.partial(jax.jit, static_argnames=("tuning",))
+def _forward(x, kernel, tuning: Tuning):
+    block = tuning.fwd_block
     g = _geometry(x, kernel.shape[-1])
     c, co, cp, cop = g["c"], g["co"], g["cp"], g["cop"]
     wk = jnp.pad(kernel.reshape(9, c, co), ((0, 0), (0, cp - c), (0, cop - co))).astype(x.dtype)
     y = _call(
         functools.partial(_fwd_kernel, block=block),
         g,
+        tuning,
         out_shape=jax.ShapeDtypeStruct((g["n_pix"] * co,), x.dtype),
         grid=(pl.cdiv(g["n_pix"], block),),
     )(x.reshape(-1), wk)
     return y.reshape(*x.shape[:3], co)
 
 
-@functools.partial(jax.jit, static_argnames=("block", "steps"))
-def _weight_grad(x, dy, block: int = 128, steps: int = 16):
+@functools.partial(jax.jit, static_argnames=("tuning",))
+def _weight_grad(x, dy, tuning: Tuning):
+    block, steps = tuning.wgrad_block, tuning.wgrad_steps
     g = _geometry(x, dy.shape[-1])
     cp, cop = g["cp"], g["cop"]
     groups = pl.cdiv(g["n_pix"], block * steps)
     parts = _call(
         functools.partial(_wgrad_kernel, block=block, steps=steps),
         g,
+        tuning,
         out_shape=jax.ShapeDtypeStruct((groups, 9, cp, cop), jnp.float32),
         grid=(groups, 9),
         out_specs=pl.BlockSpec((1, 1, cp, cop), lambda i, t: (i, t, 0, 0)),
@@ -169,19 +197,19 @@ def conv3x3(x, kernel):
       (N, H, W, Cout) in x's dtype; differentiable in both arguments (the gradients' dtypes
       are the arguments').
     """
-    return _forward(x, kernel)
+    return _forward(x, kernel, TUNING)
 
 
 def _conv3x3_fwd(x, kernel):
-    return _forward(x, kernel), (x, kernel)
+    return _forward(x, kernel, TUNING), (x, kernel)
 
 
 def _conv3x3_bwd(res, dy):
     x, kernel = res
     dy = dy.astype(x.dtype)
     flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))  # (3, 3, Cout, C)
-    dx = _forward(dy, flipped.astype(x.dtype))
-    dw = _weight_grad(x, dy)
+    dx = _forward(dy, flipped.astype(x.dtype), TUNING)
+    dw = _weight_grad(x, dy, TUNING)
     return dx, dw.astype(kernel.dtype)
 
 

@@ -1,5 +1,6 @@
 """The training-step benchmark harness, on a tiny model on the CPU."""
 
+import dataclasses
 import functools
 import io
 import json
@@ -311,6 +312,20 @@ def test_benchmark_case_width():
     for bad in ("resnet20:32:256:bfloat16:0", "resnet20:32:256:bfloat16:x", "resnet20:32:256"):
         with pytest.raises(ValueError, match="resnet20:32:256"):
             train_step.parse_case(bad)
+
+
+def test_benchmark_conv_options():
+    from qresnet import conv_kernels
+
+    case = dataclasses.replace(train_step.parse_case("resnet20:32:256:bfloat16"), conv_impl="pallas")
+    run = train_step.run_spec(dataclasses.replace(case, pallas_max_channels=16), "w4a4_ends8", act_start_step=0)
+    assert (run.conv_impl, run.pallas_max_channels) == ("pallas", 16)
+    tuning = train_step.parse_tuning("fwd_block=64,warps=8")
+    assert tuning == dataclasses.replace(conv_kernels.Tuning(), fwd_block=64, warps=8)
+    assert train_step.parse_tuning("") == conv_kernels.Tuning()
+    for bad in ("block=64", "warps=0", "warps=x", "warps"):
+        with pytest.raises(ValueError, match="--conv-tuning item"):
+            train_step.parse_tuning(bad)
 
 
 def test_multi_model_benchmark_times_vmap_and_processes(tmp_path, capsys):
