@@ -117,8 +117,11 @@ def parse_tuning(text: str) -> conv_kernels.Tuning:
     changes = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
-        if key not in fields or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"--conv-tuning item {item!r}: expected KEY=N with N >= 1 and KEY one of {sorted(fields)}")
+        if key not in fields or not value.isdigit() or (int(value) < 1 and key != "full_masks"):
+            raise ValueError(
+                f"--conv-tuning item {item!r}: expected KEY=N with N >= 1 (full_masks: 0 or 1) and KEY one of "
+                f"{sorted(fields)}"
+            )
         changes[key] = int(value)
     return dataclasses.replace(conv_kernels.Tuning(), **changes)
 

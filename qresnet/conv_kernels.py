@@ -39,6 +39,8 @@ class Tuning:
       wgrad_steps: its steps per program (the pixels a partial sum covers: block x steps).
       warps: Triton warps per program.
       stages: Triton's software-pipelining stages.
+      full_masks: 1 masks every element of a load or store, as the kernels measured in session 17
+        did; 0 (default) masks whole rows where all columns are real (see `_mask`).
     """
 
     fwd_block: int = 128
@@ -46,6 +48,7 @@ class Tuning:
     wgrad_steps: int = 16
     warps: int = 4
     stages: int = 1
+    full_masks: int = 0
 
 
 TUNING = Tuning()  # read when a conv is traced; `benchmarks.train_step --conv-tuning` sets others
@@ -95,26 +98,33 @@ def _taps(p, h_size: int, w_size: int, valid):
     return out
 
 
-def _rows(ref, rows, ok, cols: int, c_real: int):
+def _mask(ok, cols: int, c_real: int, full: bool):
+    """(rows, cols) mask: ok per row, and columns < c_real. Where every column is real the mask
+    is ok broadcast along the columns (constant along them, so Triton may vectorise the row's
+    access) unless `full` (Tuning.full_masks: the per-element mask the session-17 runs used)."""
+    if cols == c_real and not full:
+        return jnp.broadcast_to(ok[:, None], (ok.shape[0], cols))
+    return ok[:, None] & (jnp.arange(cols)[None, :] < c_real)
+
+
+def _rows(ref, rows, ok, cols: int, c_real: int, full: bool):
     """ref[rows, :cols] from a flat (P * c_real,) ref, zero where masked or past c_real."""
-    c = jnp.arange(cols)
-    mask = ok[:, None] & (c[None, :] < c_real)
-    return plt.load(ref.at[rows[:, None] * c_real + c[None, :]], mask=mask, other=0)
+    offsets = rows[:, None] * c_real + jnp.arange(cols)[None, :]
+    return plt.load(ref.at[offsets], mask=_mask(ok, cols, c_real, full), other=0)
 
 
-def _fwd_kernel(x_ref, w_ref, y_ref, *, n_pix, h_size, w_size, c, co, cp, cop, block):
+def _fwd_kernel(x_ref, w_ref, y_ref, *, n_pix, h_size, w_size, c, co, cp, cop, block, full):
     p = pl.program_id(0) * block + jnp.arange(block)
     valid = p < n_pix
     acc = jnp.zeros((block, cop), jnp.float32)
     for t, (rows, ok) in enumerate(_taps(p, h_size, w_size, valid)):
-        xt = _rows(x_ref, rows, ok, cp, c)
+        xt = _rows(x_ref, rows, ok, cp, c, full)
         acc += plt.dot(xt, w_ref[t])  # w_ref: (9, cp, cop)
-    cols = jnp.arange(cop)
-    mask = valid[:, None] & (cols[None, :] < co)
-    plt.store(y_ref.at[p[:, None] * co + cols[None, :]], acc.astype(y_ref.dtype), mask=mask)
+    offsets = p[:, None] * co + jnp.arange(cop)[None, :]
+    plt.store(y_ref.at[offsets], acc.astype(y_ref.dtype), mask=_mask(valid, cop, co, full))
 
 
-def _wgrad_kernel(x_ref, dy_ref, dw_ref, *, n_pix, h_size, w_size, c, co, cp, cop, block, steps):
+def _wgrad_kernel(x_ref, dy_ref, dw_ref, *, n_pix, h_size, w_size, c, co, cp, cop, block, steps, full):
     g, t = pl.program_id(0), pl.program_id(1)
     dh, dw = t // 3 - 1, t % 3 - 1
 
@@ -124,8 +134,8 @@ def _wgrad_kernel(x_ref, dy_ref, dw_ref, *, n_pix, h_size, w_size, c, co, cp, co
         hw = p % (h_size * w_size)
         h, w = hw // w_size, hw % w_size
         ok = valid & (h + dh >= 0) & (h + dh < h_size) & (w + dw >= 0) & (w + dw < w_size)
-        xt = _rows(x_ref, jnp.where(ok, p + dh * w_size + dw, 0), ok, cp, c)
-        dyt = _rows(dy_ref, p, valid, cop, co)
+        xt = _rows(x_ref, jnp.where(ok, p + dh * w_size + dw, 0), ok, cp, c, full)
+        dyt = _rows(dy_ref, p, valid, cop, co, full)
         return acc + plt.dot(xt, dyt, trans_a=True)
 
     acc = jax.lax.fori_loop(0, steps, body, jnp.zeros((cp, cop), jnp.float32))
@@ -158,7 +168,7 @@ def _forward(x, kernel, tuning: Tuning):
     c, co, cp, cop = g["c"], g["co"], g["cp"], g["cop"]
     wk = jnp.pad(kernel.reshape(9, c, co), ((0, 0), (0, cp - c), (0, cop - co))).astype(x.dtype)
     y = _call(
-        functools.partial(_fwd_kernel, block=block),
+        functools.partial(_fwd_kernel, block=block, full=bool(tuning.full_masks)),
         g,
         tuning,
         out_shape=jax.ShapeDtypeStruct((g["n_pix"] * co,), x.dtype),
@@ -174,7 +184,7 @@ def _weight_grad(x, dy, tuning: Tuning):
     cp, cop = g["cp"], g["cop"]
     groups = pl.cdiv(g["n_pix"], block * steps)
     parts = _call(
-        functools.partial(_wgrad_kernel, block=block, steps=steps),
+        functools.partial(_wgrad_kernel, block=block, steps=steps, full=bool(tuning.full_masks)),
         g,
         tuning,
         out_shape=jax.ShapeDtypeStruct((groups, 9, cp, cop), jnp.float32),

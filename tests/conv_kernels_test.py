@@ -50,6 +50,14 @@ def test_conv3x3_and_its_gradients_equal_xlas(shape):
         assert err <= TOL * float(jnp.abs(b).max()), (name, err)
 
 
+def test_per_element_masks_give_the_same_conv(monkeypatch):
+    """Tuning.full_masks=1 (the masks the session-17 GPU runs used) and the row masks agree."""
+    x, k, _ = _operands(2, 6, 6, 16, 16)
+    rows = conv_kernels.conv3x3(x, k)
+    monkeypatch.setattr(conv_kernels, "TUNING", conv_kernels.Tuning(full_masks=1))
+    np.testing.assert_array_equal(np.asarray(conv_kernels.conv3x3(x, k), np.float32), np.asarray(rows, np.float32))
+
+
 def test_no_pixel_leaks_across_image_rows_or_images():
     """One bright pixel at an image's right edge: only its 3x3 neighbourhood in that image sees it."""
     x = jnp.zeros((2, 4, 4, 16), jnp.bfloat16).at[0, 1, 3, :].set(1.0)
