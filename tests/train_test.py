@@ -377,5 +377,6 @@ def test_phase_programs_train_as_the_traced_switch_does():
 def test_conv_impl_auto_means_pallas_only_on_one_gpu():
     assert train.conv_impl("auto") == "xla"  # this CPU
     assert (train.conv_impl("xla"), train.conv_impl("pallas")) == ("xla", "pallas")
+    cfg = config_lib.load_config(SMOKE, ["--config.model.conv_impl=cudnn"])
     with pytest.raises(train.TrainError, match="model.conv_impl='cudnn' must be auto, xla or pallas"):
-        train.conv_impl("cudnn")
+        train.make_run_spec(cfg, cfg.dataset.synthetic_train)

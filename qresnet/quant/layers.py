@@ -210,7 +210,7 @@ class QConv(nn.Module):
         (0 = no padding).
       conv_impl: "xla" (lax.conv_general_dilated, cuDNN on GPUs) or "pallas": 3x3 stride-1
         convs with padding 1 over bf16 inputs run as `conv_kernels.conv3x3` (Triton kernels,
-        faster for narrow layers on an H200, docs/BENCHMARKS.md; no channel padding needed),
+        faster for narrow layers on an H200, docs/RESULTS.md; no channel padding needed),
         other convs as "xla". Off the GPU "pallas" runs in Pallas's interpreter (slow; tests).
       pallas_max_channels: with "pallas", convs with more input or output channels stay "xla".
     """
