@@ -41,6 +41,8 @@ class Tuning:
       stages: Triton's software-pipelining stages.
       full_masks: 1 masks every element of a load or store, as the kernels measured in session 17
         did; 0 (default) masks whole rows where all columns are real (see `_mask`).
+      wgrad_all_taps: 1 computes the kernel gradient's 9 taps in one program
+        (`_wgrad_all_taps_kernel`); 0 (default, as measured) one program per tap.
     """
 
     fwd_block: int = 128
@@ -49,6 +51,7 @@ class Tuning:
     warps: int = 4
     stages: int = 1
     full_masks: int = 0
+    wgrad_all_taps: int = 0
 
 
 TUNING = Tuning()  # read when a conv is traced; `benchmarks.train_step --conv-tuning` sets others
@@ -142,6 +145,25 @@ def _wgrad_kernel(x_ref, dy_ref, dw_ref, *, n_pix, h_size, w_size, c, co, cp, co
     dw_ref[0, 0] = acc
 
 
+def _wgrad_all_taps_kernel(x_ref, dy_ref, dw_ref, *, n_pix, h_size, w_size, c, co, cp, cop, block, steps, full):
+    """The kernel gradient with the 9 taps in one program: each output-gradient block is read
+    once for all taps (9 times in `_wgrad_kernel`), at the cost of 9 accumulators in registers."""
+    g = pl.program_id(0)
+
+    def body(s, accs):
+        p = (g * steps + s) * block + jnp.arange(block)
+        valid = p < n_pix
+        dyt = _rows(dy_ref, p, valid, cop, co, full)
+        return tuple(
+            acc + plt.dot(_rows(x_ref, rows, ok, cp, c, full), dyt, trans_a=True)
+            for acc, (rows, ok) in zip(accs, _taps(p, h_size, w_size, valid))
+        )
+
+    accs = jax.lax.fori_loop(0, steps, body, tuple(jnp.zeros((cp, cop), jnp.float32) for _ in range(9)))
+    for t, acc in enumerate(accs):
+        dw_ref[0, t] = acc
+
+
 def _geometry(x, c_out: int) -> dict:
     """The kernels' static shape arguments for input x and c_out output channels."""
     n, h, w, c = x.shape
@@ -183,13 +205,20 @@ def _weight_grad(x, dy, tuning: Tuning):
     g = _geometry(x, dy.shape[-1])
     cp, cop = g["cp"], g["cop"]
     groups = pl.cdiv(g["n_pix"], block * steps)
+    kw = dict(block=block, steps=steps, full=bool(tuning.full_masks))
+    if tuning.wgrad_all_taps:
+        kernel = functools.partial(_wgrad_all_taps_kernel, **kw)
+        grid, out_specs = (groups,), pl.BlockSpec((1, 9, cp, cop), lambda i: (i, 0, 0, 0))
+    else:
+        kernel = functools.partial(_wgrad_kernel, **kw)
+        grid, out_specs = (groups, 9), pl.BlockSpec((1, 1, cp, cop), lambda i, t: (i, t, 0, 0))
     parts = _call(
-        functools.partial(_wgrad_kernel, block=block, steps=steps, full=bool(tuning.full_masks)),
+        kernel,
         g,
         tuning,
         out_shape=jax.ShapeDtypeStruct((groups, 9, cp, cop), jnp.float32),
-        grid=(groups, 9),
-        out_specs=pl.BlockSpec((1, 1, cp, cop), lambda i, t: (i, t, 0, 0)),
+        grid=grid,
+        out_specs=out_specs,
     )(x.reshape(-1), dy.reshape(-1))
     return parts.sum(0)[:, : g["c"], : g["co"]].reshape(3, 3, g["c"], g["co"])
 

@@ -50,12 +50,24 @@ def test_conv3x3_and_its_gradients_equal_xlas(shape):
         assert err <= TOL * float(jnp.abs(b).max()), (name, err)
 
 
-def test_per_element_masks_give_the_same_conv(monkeypatch):
-    """Tuning.full_masks=1 (the masks the session-17 GPU runs used) and the row masks agree."""
-    x, k, _ = _operands(2, 6, 6, 16, 16)
-    rows = conv_kernels.conv3x3(x, k)
-    monkeypatch.setattr(conv_kernels, "TUNING", conv_kernels.Tuning(full_masks=1))
-    np.testing.assert_array_equal(np.asarray(conv_kernels.conv3x3(x, k), np.float32), np.asarray(rows, np.float32))
+@pytest.mark.parametrize(
+    "tuning",
+    [conv_kernels.Tuning(full_masks=1), conv_kernels.Tuning(wgrad_all_taps=1, wgrad_steps=3, fwd_block=32)],
+    ids=["per_element_masks", "all_taps_kernel_gradient"],
+)
+def test_tuning_variants_give_the_same_conv_and_gradients(monkeypatch, tuning):
+    """The launch variants compute the same conv: against the defaults, to float32 summation order."""
+    x, k, g = _operands(2, 6, 6, 16, 24)
+
+    def run():
+        y = conv_kernels.conv3x3(x, k)
+        return (y, *jax.grad(lambda x, k: jnp.sum(conv_kernels.conv3x3(x, k).astype(jnp.float32) * g), (0, 1))(x, k))
+
+    default = run()
+    monkeypatch.setattr(conv_kernels, "TUNING", tuning)
+    for a, b in zip(run(), default):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-2 * np.abs(b).max())
 
 
 def test_no_pixel_leaks_across_image_rows_or_images():
@@ -89,3 +101,6 @@ def test_kernels_lower_for_cuda(monkeypatch):
     f = jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(conv_kernels.conv3x3(x, k).astype(jnp.float32)), (0, 1)))
     text = f.trace(x, k).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 3  # forward, input gradient, kernel gradient
+    monkeypatch.setattr(conv_kernels, "TUNING", conv_kernels.Tuning(wgrad_all_taps=1))
+    text = f.trace(x, k).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 3
