@@ -623,3 +623,16 @@ def test_decode_phases_are_per_batch_ms_and_absent_without_nvjpeg(monkeypatch):
     monkeypatch.setattr(nvjpeg, "_phases", nvjpeg.collections.Counter({"batches": 4, "decode": 0.2, "sync": 0.04}))
     assert input_pipeline._decode_phases() == {"decode_ms_per_batch": {"decode": 50.0, "sync": 10.0}}
     assert nvjpeg.phase_seconds(reset=True)["batches"] == 4 and nvjpeg.phase_seconds() == {}
+
+
+def test_conv3x3_benchmark_rows_and_bad_shapes(tmp_path, capsys):
+    from benchmarks import conv3x3
+
+    out = tmp_path / "conv.jsonl"
+    assert conv3x3.main(["--shapes", "2:4:4:3:16", "--iters", "1", "--out", str(out)]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["shape"] == "2x4x4x3x16" and row["iters"] == 1
+    assert row["xla_fwd_ms"] > 0 and row["pallas_grad_ms"] > 0 and row["fwd_speedup"] > 0
+    assert max(row["rel_err_y"], row["rel_err_dx"], row["rel_err_dw"]) < 1e-2
+    assert conv3x3.main(["--shapes", "2:4:4:3"]) == 2
+    assert "N:H:W:C:COUT" in capsys.readouterr().err
