@@ -9,7 +9,7 @@ from TFDS instead (`imagenet_input`), one jitted step per batch.
 Activation quantization starts at `act_start_step`: the steps before it (bounds
 calibrating) and after it (bounds frozen, inputs quantized) are separate
 compiled programs (`act_quant_phase`), so quantized steps carry no bound
-bookkeeping; the next phase's program compiles in the background.
+bookkeeping; the evaluation program and the next phase's program compile in the background.
 
 The workdir is the record: config.json (resolved config and per-layer specs),
 metrics.jsonl (one line per epoch), tb/ (TensorBoard events), ckpt/ (Orbax),
@@ -639,10 +639,11 @@ def train_and_evaluate(
         "images_per_s": timed_images / timed_s if timed_s else history[-1]["images_per_s"],
         "wall_s": time.perf_counter() - t_run,
         # Fixed costs of this process: data, model and checkpoint set-up before the first epoch,
-        # and that epoch (which includes compiling the train and eval programs).
+        # and that epoch (compiling its train program, and its evaluation waiting for the evaluation
+        # program's background compilation if that is not done).
         "setup_s": setup_s,
         "first_epoch_s": first_epoch_s,
-        # Background compilations of later phases' programs in this process, seconds by phase.
+        # Background compilations in this process, seconds by program: evaluation ("eval"), later phases.
         "compile_s": dict(feed.programs.compile_s) if feed.programs else {},
         **(
             {"float_first_compile_s": feed.programs.float_first_s}
@@ -847,6 +848,26 @@ class _PhasePrograms:
             self._fns[phase] = self._make(phase)
         return self._fns[phase]
 
+    def prepare_eval(self, jitted, args) -> None:
+        """Starts compiling the evaluation program `jitted` for arguments shaped like `args`, ahead
+        of the phases `prepare` queues after it: the first epoch needs it once it has trained."""
+        if "eval" in self._fns or "eval" in self._pending:
+            return
+        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args)
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile")
+        self._pending["eval"] = self._pool.submit(self._compile_eval, jitted, shapes)
+
+    def _compile_eval(self, jitted, shapes):
+        compiled, self.compile_s["eval"] = _timed_compile(jitted, shapes)
+        return compiled
+
+    def get_eval(self, jitted):
+        """The evaluation program: compiled in the background, or `jitted` itself."""
+        if "eval" in self._pending:
+            self._fns["eval"] = self._pending.pop("eval").result()
+        return self._fns.get("eval", jitted)
+
 
 def _in_memory_feed(config, run: RunSpec, mesh, key, arrays: data.Arrays) -> _Feed:
     """The whole dataset on the devices; an epoch is one compiled scan."""
@@ -873,14 +894,17 @@ def _in_memory_feed(config, run: RunSpec, mesh, key, arrays: data.Arrays) -> _Fe
         if float_first:
             float_first = False
             programs.float_first_s = _compile_float_program(run, mesh, args, arrays.train_images[:8])
-        # The other phases' programs compile in the background while this one trains, in the order
-        # the epochs need them (one thread compiles them one after another).
+        # The evaluation program and the other phases' programs compile in the background while this
+        # one compiles and trains, in the order the epochs need them (one thread, one after another).
+        programs.prepare_eval(eval_fn, (state, *ev))
         later = dict.fromkeys(act_quant_phase(run, e * spe, spe) for e in range(epoch + 1, run.num_epochs))
         programs.prepare(list(later), args)
         state, (losses, correct) = programs.get(act_quant_phase(run, epoch * spe, spe))(*args)
         return state, np.asarray(losses), np.asarray(correct)
 
-    return _Feed(arrays.train_images[: run.batch_size], one_epoch, lambda state: eval_fn(state, *ev), programs)
+    return _Feed(
+        arrays.train_images[: run.batch_size], one_epoch, lambda state: programs.get_eval(eval_fn)(state, *ev), programs
+    )
 
 
 def _compile_float_program(run: RunSpec, mesh, args, sample) -> float:

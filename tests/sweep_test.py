@@ -56,8 +56,8 @@ def test_sweep_runs_then_skips_finished_runs(tmp_path, capsys):
     import csv
 
     rows = {r["name"]: r for r in csv.DictReader((root / "index.csv").open())}
-    # one-epoch runs compile one program each, none in the background (train_test has one that does)
-    assert [rows[n]["background_compile_s"] for n in sorted(rows)] == ["0", "0"]
+    # one-epoch runs compile one training program each, and their evaluation program in the background
+    assert all(float(rows[n]["background_compile_s"]) > 0 for n in rows)
     assert (root / "pareto" / "pareto_linear.png").exists() and (root / "pareto" / "report.md").exists()
     log = [json.loads(line) for line in (root / sweep.SWEEP_LOG).read_text().splitlines()]
     assert len(log) == 1 and log[0]["jobs_per_gpu"] == 2 and log[0]["wall_s"] > 0
