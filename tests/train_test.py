@@ -381,3 +381,19 @@ def test_conv_impl_auto_means_pallas_only_on_one_gpu():
     cfg = config_lib.load_config(SMOKE, ["--config.model.conv_impl=cudnn"])
     with pytest.raises(train.TrainError, match="model.conv_impl='cudnn' must be auto, xla or pallas"):
         train.make_run_spec(cfg, cfg.dataset.synthetic_train)
+
+
+def test_triton_convs_train_as_xlas_do(tmp_path):
+    """model.conv_impl=pallas through the whole trainer (epoch scans, the background compilations,
+    evaluation, checkpoints; Pallas's interpreter here): the same losses as XLA's convs, epoch by
+    epoch, to bf16 summation order."""
+    losses = {}
+    for impl in ("pallas", "xla"):
+        config = config_lib.load_config(SMOKE, ["--config.model.dtype=bfloat16", f"--config.model.conv_impl={impl}"])
+        result = train.train_and_evaluate(config, tmp_path / impl, quiet=True)
+        assert result["conv_impl"] == impl
+        rows = [json.loads(line) for line in (tmp_path / impl / "metrics.jsonl").read_text().splitlines()]
+        losses[impl] = [(r["train_loss"], r["eval_loss"]) for r in rows]
+    assert len(losses["pallas"]) == len(losses["xla"]) == 2
+    for mine, theirs in zip(losses["pallas"], losses["xla"]):
+        assert mine == pytest.approx(theirs, rel=1e-2)
