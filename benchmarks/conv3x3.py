@@ -41,8 +41,7 @@ DEFAULT_SHAPES = (
 
 def _xla(x, k):
     x, k = pad_channels(x, k, 8)
-    y = lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y
+    return lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _fns(impl, cout):

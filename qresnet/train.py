@@ -824,26 +824,33 @@ class _PhasePrograms:
         self.compile_s: dict[str, float] = {}
         self.float_first_s: float | None = None  # `config.compile_float_first`'s compilation, if any
 
-    def _compile(self, phase, shapes):
-        compiled, self.compile_s[self.PHASE_NAMES[phase]] = _timed_compile(self._make(phase), shapes)
+    def _submit(self, key, name: str, jitted, args) -> None:
+        """Queues the compilation of `jitted` for arguments shaped like `args` on the one
+        background thread; its seconds go to compile_s[name]."""
+        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args)
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile")
+        self._pending[key] = self._pool.submit(self._timed, name, jitted, shapes)
+
+    def _timed(self, name, jitted, shapes):
+        compiled, self.compile_s[name] = _timed_compile(jitted, shapes)
         return compiled
+
+    def _take(self, key) -> None:
+        """Moves a finished (or waited-for) background compilation of `key` to the programs."""
+        if key in self._pending:
+            self._fns[key] = self._pending.pop(key).result()
 
     def prepare(self, phases, args) -> None:
         """Starts compiling each phase in `phases` not yet compiled, in that order (one thread
         compiles them one after another), for arguments shaped like `args`."""
-        todo = [p for p in phases if p not in self._fns and p not in self._pending]
-        if not todo:
-            return
-        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args)
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile")
-        for phase in todo:
-            self._pending[phase] = self._pool.submit(self._compile, phase, shapes)
+        for phase in phases:
+            if phase not in self._fns and phase not in self._pending:
+                self._submit(phase, self.PHASE_NAMES[phase], self._make(phase), args)
 
     def get(self, phase: bool | None):
         """The program for `phase`: compiled in the background, or jitted now."""
-        if phase in self._pending:
-            self._fns[phase] = self._pending.pop(phase).result()
+        self._take(phase)
         if phase not in self._fns:
             self._fns[phase] = self._make(phase)
         return self._fns[phase]
@@ -851,21 +858,12 @@ class _PhasePrograms:
     def prepare_eval(self, jitted, args) -> None:
         """Starts compiling the evaluation program `jitted` for arguments shaped like `args`, ahead
         of the phases `prepare` queues after it: the first epoch needs it once it has trained."""
-        if "eval" in self._fns or "eval" in self._pending:
-            return
-        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args)
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile")
-        self._pending["eval"] = self._pool.submit(self._compile_eval, jitted, shapes)
-
-    def _compile_eval(self, jitted, shapes):
-        compiled, self.compile_s["eval"] = _timed_compile(jitted, shapes)
-        return compiled
+        if "eval" not in self._fns and "eval" not in self._pending:
+            self._submit("eval", "eval", jitted, args)
 
     def get_eval(self, jitted):
         """The evaluation program: compiled in the background, or `jitted` itself."""
-        if "eval" in self._pending:
-            self._fns["eval"] = self._pending.pop("eval").result()
+        self._take("eval")
         return self._fns.get("eval", jitted)
 
 
