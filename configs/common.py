@@ -17,11 +17,11 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # Compute dtype; quantizers run in float32.
     c.model.channel_multiple = 8  # Convs pad channel counts above this to multiples of it (same model; GPU speed).
     # "xla" (cuDNN on GPUs), "pallas" (3x3 stride-1 convs as Triton kernels, qresnet/conv_kernels.py;
-    # off the GPU in Pallas's interpreter, slow) or "auto" ("pallas" on one GPU, else "xla"). A ResNet-20
-    # epoch program on one H200 trained 1.21-1.23x as fast with "pallas" at widths 0.5-1 and
-    # 1.02-1.04x at 1.5-2 (docs/RESULTS.md); "xla" stays the default until a full GPU training run
-    # with "auto" is shown as accurate.
-    c.model.conv_impl = "xla"
+    # off the GPU in Pallas's interpreter, slow) or "auto" ("pallas" on one CUDA GPU of compute
+    # capability >= 8.0, else "xla"). A ResNet-20 epoch program on one H200 trained 1.21-1.23x as fast
+    # with "pallas" at widths 0.5-1 and 1.02-1.04x at 1.5-2; the paper's CIFAR sweep with "auto" was as
+    # accurate as six sweeps with "xla" (docs/RESULTS.md).
+    c.model.conv_impl = "auto"
     # With "pallas": convs wider than this stay on cuDNN (32 beat 64 at widths 1.5 and 2).
     c.model.pallas_max_channels = 32
 

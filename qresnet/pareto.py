@@ -14,6 +14,7 @@ import io
 import math
 import re
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -367,7 +368,10 @@ def write_report(*, root: str | Sequence[str] | None, points: str | None, cost_k
         rows = [[p.name, p.setting, p.cost, p.accuracy, p.train_accuracy, len(accs[p.name])] for p in pts]
         results.atomic_write_text(out_dir / "points.csv", _csv(cols, rows))
     for r in roots:
-        index.write_index(r)
+        try:
+            index.write_index(r)
+        except OSError as e:  # A read-only root (e.g. someone else's results) still gets its report.
+            print(f"pareto: {r}/index.csv not refreshed ({e}); the report does not need it", file=sys.stderr)
     print(f"pareto: {len(front)} of {len(pts)} points on the frontier; wrote {out_dir}/report.md")
     return front
 

@@ -208,13 +208,25 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
 
 
 def conv_impl(name: str) -> str:
-    """QConv's conv_impl for model.conv_impl: "auto" is "pallas" on one GPU (the Triton kernels are
-    GPU-only, and a pallas_call does not split over a sharded batch), else "xla"."""
+    """QConv's conv_impl for model.conv_impl: "auto" is "pallas" on one CUDA GPU of compute
+    capability 8.0 or newer (the Triton kernels are GPU-only, their bf16 dots need Ampere or
+    newer, and a pallas_call does not split over a sharded batch), else "xla"."""
     if name not in ("auto", "xla", "pallas"):
         raise TrainError(f"model.conv_impl={name!r} must be auto, xla or pallas (e.g. --config.model.conv_impl=auto)")
     if name == "auto":
-        return "pallas" if jax.default_backend() == "gpu" and jax.device_count() == 1 else "xla"
+        devices = jax.devices()
+        return "pallas" if len(devices) == 1 and _triton_bf16_gpu(devices[0]) else "xla"
     return name
+
+
+def _triton_bf16_gpu(device) -> bool:
+    """Whether `device` is a CUDA GPU of compute capability >= 8.0 (ROCm GPUs report no "major.minor")."""
+    if device.platform != "gpu":
+        return False
+    try:
+        return int(str(getattr(device, "compute_capability", "")).split(".")[0]) >= 8
+    except ValueError:
+        return False
 
 
 def learning_rate(run: RunSpec, step: jax.Array) -> jax.Array:

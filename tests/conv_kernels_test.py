@@ -33,8 +33,8 @@ TOL = 1e-2
 
 @pytest.mark.parametrize(
     "shape",
-    [(2, 5, 7, 3, 5), (2, 6, 6, 16, 16), (1, 4, 4, 24, 40)],
-    ids=["rgb_stem_odd_sizes", "narrow_square", "channels_padded_to_32_and_64"],
+    [(2, 5, 7, 3, 5), (2, 4, 5, 1, 16), (2, 6, 6, 16, 16), (1, 4, 4, 24, 40)],
+    ids=["rgb_stem_odd_sizes", "grey_stem", "narrow_square", "channels_padded_to_32_and_64"],
 )
 def test_conv3x3_and_its_gradients_equal_xlas(shape):
     x, k, g = _operands(*shape)

@@ -157,6 +157,18 @@ def test_replicate_roots_give_each_runs_mean(tmp_path, write_run):
     assert "Replicates" not in (tmp_path / "one" / "report.md").read_text()
 
 
+def test_a_root_that_cannot_take_its_index_still_gets_the_report(tmp_path, write_run, monkeypatch, capsys):
+    write_run(tmp_path / "a", "w4", "w4a4", 0.25, 0.88, 0.95)
+
+    def read_only(root):
+        raise PermissionError(13, "Permission denied", str(root))
+
+    monkeypatch.setattr(pareto.index, "write_index", read_only)
+    front = pareto.write_report(root=str(tmp_path / "a"), points=None, cost_key="linear", out=str(tmp_path / "out"))
+    assert _names(front) == ["w4"] and (tmp_path / "out" / "report.md").exists()
+    assert "index.csv not refreshed" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "change,message",
     [

@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import jax
 import pytest
 
 from qresnet import config_lib, train
@@ -375,7 +376,29 @@ def test_phase_programs_train_as_the_traced_switch_does():
     assert any(float(np.max(x)) > 0 for x in jax.tree.leaves(b.quant_stats))  # the bounds calibrated
 
 
-def test_conv_impl_auto_means_pallas_only_on_one_gpu():
+class _Device:
+    def __init__(self, platform, compute_capability=None):
+        self.platform, self.compute_capability = platform, compute_capability
+
+
+@pytest.mark.parametrize(
+    "devices, impl",
+    [
+        ([_Device("gpu", "9.0")], "pallas"),
+        ([_Device("gpu", "8.0")], "pallas"),
+        ([_Device("gpu", "7.5")], "xla"),  # Turing: no bf16 dots for Triton
+        ([_Device("gpu", "gfx90a")], "xla"),  # ROCm
+        ([_Device("gpu", "9.0"), _Device("gpu", "9.0")], "xla"),  # a sharded batch
+        ([_Device("cpu")], "xla"),
+    ],
+    ids=["hopper", "ampere", "turing", "rocm", "two_gpus", "cpu"],
+)
+def test_conv_impl_auto_means_pallas_only_on_one_recent_cuda_gpu(monkeypatch, devices, impl):
+    monkeypatch.setattr(jax, "devices", lambda: devices)
+    assert train.conv_impl("auto") == impl
+
+
+def test_conv_impl_values():
     assert train.conv_impl("auto") == "xla"  # this CPU
     assert (train.conv_impl("xla"), train.conv_impl("pallas")) == ("xla", "pallas")
     cfg = config_lib.load_config(SMOKE, ["--config.model.conv_impl=cudnn"])
