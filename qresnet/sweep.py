@@ -13,16 +13,22 @@ SIGTERM to the sweep launches nothing more and stops
 the running runs at their next epoch's end with a checkpoint (exit code 143).
 Each invocation that runs anything appends its wall time and each run's time to
 `root/sweep_log.jsonl`, so a sweep finished over several invocations (preempted,
-time-limited jobs) still reports its whole wall time.
+time-limited jobs) still reports its whole wall time. While it runs, an invocation keeps
+`root/.sweep_running.json` (rewritten every HEARTBEAT_S and at each run's end): one killed
+outright (SIGKILL, a lost machine) leaves it behind, and the next invocation logs it, its wall
+time counted up to its last heartbeat; one still alive on this host keeps a second sweep off
+the root.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +42,8 @@ from qresnet import config_lib, results
 # Exit code of a run or sweep stopped by SIGTERM (128 + 15, as a shell reports it).
 INTERRUPTED = 128 + signal.SIGTERM
 SWEEP_LOG = "sweep_log.jsonl"
+RUNNING = ".sweep_running.json"
+HEARTBEAT_S = 10.0
 
 
 class SweepError(ValueError):
@@ -192,6 +200,7 @@ def run_sweep(
             status = "done" if (root_path / name / "result.json").exists() else "to run"
             print(f"{name:28s} {ratio['linear']:8.4f} {ratio['quadratic']:9.4f} {ratio['memory']:8.4f}  {status}")
         return 0
+    _take_over(root_path)
     todo = []
     for name, args, cfg in runs:
         try:
@@ -216,16 +225,22 @@ def run_sweep(
             env = stack.enter_context(mps_daemon())
         elif mps:
             print("sweep: --mps ignored: no GPU found" if not devices else "sweep: nothing to run", flush=True)
-        using_mps = bool(env)
         if command_buffers:
             env = {**env, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {COMMAND_BUFFER_FLAG}".strip()}
+        xla_flags = env.get("XLA_FLAGS", os.environ.get("XLA_FLAGS"))  # what the runs ran under
+        running = None
+        if todo:
+            entry = _entry(started, per_device, "CUDA_MPS_PIPE_DIRECTORY" in env, devices, xla_flags)
+            running = _Running(root_path, entry)
         with train.stop_requests() as stop:
-            timings = _run_all(config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop)
+            timings = _run_all(
+                config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop, running
+            )
     failed = [t["name"] for t in timings if t["status"] == "FAILED"]
     stopped = [t["name"] for t in timings if t["status"] == "stopped"]
-    if todo:
-        xla_flags = env.get("XLA_FLAGS", os.environ.get("XLA_FLAGS"))  # what the runs ran under
-        _log_invocation(root_path, started, per_device, using_mps, devices, timings, xla_flags)
+    if running is not None:
+        _log_invocation(root_path, {**entry, "wall_s": round(time.time() - started, 1), "runs": timings})
+        running.path.unlink(missing_ok=True)
     index.write_index(root_path)
     if stop:
         print(
@@ -250,32 +265,116 @@ def run_sweep(
     return 0
 
 
-def _log_invocation(root: Path, started: float, jobs: int, mps: bool, devices, timings, xla_flags) -> None:
-    """Appends this invocation to root/sweep_log.jsonl and prints the sweep's wall time so far."""
+def _entry(started: float, jobs: int, mps: bool, devices, xla_flags) -> dict[str, Any]:
+    """The fields of this invocation's sweep_log entry known at its start."""
     from qresnet import train
 
-    wall = time.time() - started
-    entry = {
+    return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "wall_s": round(wall, 1),
+        "started_unix": round(started, 1),
         "jobs_per_gpu": jobs,
         "mps": mps,
         "gpus": list(devices),
         **({"xla_flags": xla_flags} if xla_flags else {}),
-        "runs": timings,
         "commit": train.git_commit(),
     }
+
+
+def _log_invocation(root: Path, entry: Mapping[str, Any]) -> None:
+    """Appends an invocation to root/sweep_log.jsonl and prints the sweep's wall time so far."""
     log = root / SWEEP_LOG
     results.append_jsonl(log, entry)
     entries = results.read_jsonl(log)
     total = sum(e.get("wall_s", 0.0) for e in entries)
-    print(f"sweep: {wall:.0f} s this time; {total:.0f} s over {len(entries)} invocation(s) of {root} ({log})")
+    killed = sum(bool(e.get("killed")) for e in entries)
+    note = f", {killed} of them killed (counted to their last heartbeat)" if killed else ""
+    print(
+        f"sweep: {entry['wall_s']:.0f} s this time; {total:.0f} s over {len(entries)} invocation(s){note} "
+        f"of {root} ({log})"
+    )
 
 
-def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, stop):
+class _Running:
+    """root/RUNNING while an invocation runs: its entry, the runs ended so far, and when it was
+    last seen alive; rewritten at most every HEARTBEAT_S, and whenever a run ends."""
+
+    def __init__(self, root: Path, entry: Mapping[str, Any]):
+        self.path, self.ended, self.written = root / RUNNING, -1, 0.0
+        self.entry = {**entry, "host": socket.gethostname(), "pid": os.getpid(), "pid_start": _pid_start(os.getpid())}
+        root.mkdir(parents=True, exist_ok=True)
+        self.beat([])
+
+    def beat(self, timings: list[dict[str, Any]]) -> None:
+        now = time.time()
+        if len(timings) == self.ended and now - self.written < HEARTBEAT_S:
+            return
+        self.ended, self.written = len(timings), now
+        results.atomic_write_json(self.path, {**self.entry, "last_seen_unix": round(now, 1), "runs": timings})
+
+
+def _pid_start(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since boot (Linux's /proc), or None: with the
+    pid, it names one process (pids are reused)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(record: Mapping[str, Any]) -> bool:
+    """Whether the invocation that wrote a RUNNING record is still running: on this host, its
+    process; on another (a shared file system), a heartbeat within the last 3 HEARTBEAT_S."""
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname():
+        return time.time() - float(record["last_seen_unix"]) < 3 * HEARTBEAT_S
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    if record.get("pid_start") is not None:
+        return _pid_start(pid) == record["pid_start"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _take_over(root: Path) -> None:
+    """Logs an earlier invocation that was killed before it could log itself (its RUNNING record
+    left behind); raises SweepError if that invocation is still running."""
+    path = root / RUNNING
+    if not path.exists():
+        return
+    try:
+        record = json.loads(path.read_text())
+        wall = float(record["last_seen_unix"]) - float(record["started_unix"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"sweep: {path} is unreadable ({e}); an earlier invocation's time is lost", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return
+    if _alive(record):
+        raise SweepError(
+            f"{root} is being swept by process {record.get('pid')} on {record.get('host')} (started "
+            f"{record.get('started')}); wait for it, or stop it with `kill -TERM {record.get('pid')}` there "
+            "(its runs save a checkpoint) and re-run"
+        )
+    skip = ("host", "pid", "pid_start", "last_seen_unix")
+    entry = {**{k: v for k, v in record.items() if k not in skip}, "wall_s": round(wall, 1), "killed": True}
+    print(
+        f"sweep: the invocation started {record.get('started')} was killed before it logged itself; "
+        f"logging its {wall:.0f} s up to its last heartbeat and {len(record.get('runs', []))} ended run(s)",
+        file=sys.stderr,
+    )
+    _log_invocation(root, entry)
+    path.unlink()
+
+
+def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, stop, heartbeat=None):
     """Runs `todo` on `slots`; once `stop` is non-empty, launches nothing more and passes SIGTERM
     on to the running runs, which checkpoint and exit. Returns [{name, status, s}] of the runs
-    that ended, status ok, stopped or FAILED, s the time from launch to exit."""
+    that ended, status ok, stopped or FAILED, s the time from launch to exit; `heartbeat` (a
+    _Running) hears of them as they end."""
     queue, running, timings, failed = list(todo), {}, [], 0
     t0, signalled = time.time(), False
     while queue or running:
@@ -288,6 +387,8 @@ def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, s
                 name, args = queue.pop(0)
                 running[slot] = (name, _launch(config_path, root / name, args, slot[0], env), time.time())
         time.sleep(0.5)
+        if heartbeat is not None:
+            heartbeat.beat(timings)
         for slot, (name, proc, launched) in list(running.items()):
             if proc.poll() is None:
                 continue

@@ -1,6 +1,7 @@
 """Sweep names, dry runs, and a real two-run sweep that a re-run skips."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,83 @@ def test_sweep_runs_then_skips_finished_runs(tmp_path, capsys):
     assert "2 done, 0 to run" in capsys.readouterr().out
     assert len((root / sweep.SWEEP_LOG).read_text().splitlines()) == 1  # nothing ran, nothing logged
     assert [p.stat().st_mtime_ns for p in results] == mtimes
-    assert not list(root.rglob("*.tmp"))
+    assert not list(root.rglob("*.tmp")) and not (root / sweep.RUNNING).exists()
+    # An invocation killed outright left its record: the next one logs it, to its last heartbeat.
+    _plant_record(root, pid=_dead_pid(), pid_start="1")
+    assert sweep.run_sweep(SMOKE_SWEEP, str(root)) == 0
+    out, err = capsys.readouterr()
+    assert "was killed before it logged itself; logging its 592 s up to its last heartbeat and 1 ended run" in err
+    log = [json.loads(line) for line in (root / sweep.SWEEP_LOG).read_text().splitlines()]
+    assert len(log) == 2 and log[1]["killed"] is True and log[1]["wall_s"] == 591.5
+    assert log[1]["runs"] == [{"name": "bf16_width0.25", "status": "ok", "s": 300.0}] and "pid" not in log[1]
+    assert f"{log[0]['wall_s'] + 591.5:.0f} s over 2 invocation(s), 1 of them killed" in out
+    assert not (root / sweep.RUNNING).exists()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _plant_record(root, **fields):
+    """root/RUNNING as an invocation writes it (started 591.5 s before its last heartbeat)."""
+    import socket
+
+    record = {
+        "started": "2026-12-02T18:23:20+0000",
+        "started_unix": 1000.0,
+        "jobs_per_gpu": 8,
+        "mps": True,
+        "gpus": ["0"],
+        "commit": "abc1234",
+        "host": socket.gethostname(),
+        "last_seen_unix": 1591.5,
+        "runs": [{"name": "bf16_width0.25", "status": "ok", "s": 300.0}],
+        **fields,
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    (root / sweep.RUNNING).write_text(json.dumps(record))
+
+
+def test_a_sweep_still_running_keeps_a_second_one_off_its_root(tmp_path):
+    import subprocess
+    import time
+
+    root = tmp_path / "sw"
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        _plant_record(root, pid=alive.pid, pid_start=sweep._pid_start(alive.pid))
+        with pytest.raises(sweep.SweepError, match=f"is being swept by process {alive.pid} on .*kill -TERM"):
+            sweep.run_sweep(SMOKE_SWEEP, str(root))
+    finally:
+        alive.kill()
+        alive.wait()
+    # The same pid started at another time is another process: that record is a killed invocation's.
+    _plant_record(root, pid=os.getppid(), pid_start="1")
+    assert not sweep._alive(json.loads((root / sweep.RUNNING).read_text()))
+    # On another host (a shared file system) only a recent heartbeat says it is alive.
+    for seen, alive_there in ((time.time(), True), (time.time() - 4 * sweep.HEARTBEAT_S, False)):
+        _plant_record(root, host="another-host", pid=1, last_seen_unix=seen)
+        assert sweep._alive(json.loads((root / sweep.RUNNING).read_text())) is alive_there
+    assert not list(root.glob("*/result.json"))
+
+
+def test_the_running_record_is_rewritten_at_run_ends_and_heartbeats(tmp_path, monkeypatch):
+    running = sweep._Running(tmp_path, {"started_unix": 5.0})
+    first = json.loads((tmp_path / sweep.RUNNING).read_text())
+    assert first["pid"] == os.getpid() and first["runs"] == [] and first["last_seen_unix"] >= 5.0
+    running.beat([])  # nothing ended, heartbeat not due: not rewritten
+    assert json.loads((tmp_path / sweep.RUNNING).read_text()) == first
+    running.beat([{"name": "a", "status": "ok", "s": 1.0}])  # a run ended
+    assert json.loads((tmp_path / sweep.RUNNING).read_text())["runs"] == [{"name": "a", "status": "ok", "s": 1.0}]
+    monkeypatch.setattr(sweep, "HEARTBEAT_S", 0.0)
+    written = (tmp_path / sweep.RUNNING).stat().st_mtime_ns
+    running.beat([{"name": "a", "status": "ok", "s": 1.0}])  # heartbeat due
+    assert (tmp_path / sweep.RUNNING).stat().st_mtime_ns > written
 
 
 def test_command_buffers_reach_every_run_and_the_records(tmp_path, monkeypatch):
@@ -128,6 +205,8 @@ def test_sigterm_stops_the_sweep_and_its_runs_at_a_checkpoint(tmp_path):
     deadline = time.time() + 600
     while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
+    record = json.loads((root / sweep.RUNNING).read_text())  # the running invocation's record
+    assert record["pid"] == proc.pid and sweep._alive(record)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == sweep.INTERRUPTED, err
@@ -138,3 +217,4 @@ def test_sigterm_stops_the_sweep_and_its_runs_at_a_checkpoint(tmp_path):
     assert not list(root.glob("*/result.json")) and not (root / "w4a4-ends8_width0.25").exists()
     (entry,) = [json.loads(line) for line in (root / sweep.SWEEP_LOG).read_text().splitlines()]
     assert entry["runs"] == [{"name": "bf16_width0.25", "status": "stopped", "s": entry["runs"][0]["s"]}]
+    assert "killed" not in entry and not (root / sweep.RUNNING).exists()
