@@ -199,6 +199,7 @@ def run_sweep(
             ratio = train.config_cost(cfg)["ratio"]
             status = "done" if (root_path / name / "result.json").exists() else "to run"
             print(f"{name:28s} {ratio['linear']:8.4f} {ratio['quadratic']:9.4f} {ratio['memory']:8.4f}  {status}")
+        print(_running_status(root_path))
         return 0
     _take_over(root_path)
     todo = []
@@ -338,6 +339,24 @@ def _alive(record: Mapping[str, Any]) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _running_status(root: Path) -> str:
+    """One line on the invocation that holds `root`, if any (for --dry-run)."""
+    try:
+        record = json.loads((root / RUNNING).read_text())
+        seen = time.time() - float(record["last_seen_unix"])
+        since = float(record["last_seen_unix"]) - float(record["started_unix"])
+    except FileNotFoundError:
+        return "no sweep is running on this root"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{root / RUNNING} is unreadable ({e})"
+    state = "running" if _alive(record) else "killed (the next invocation logs it)"
+    return (
+        f"invocation started {record.get('started')} by process {record.get('pid')} on {record.get('host')}: "
+        f"{state}; last heartbeat {seen:.0f} s ago, {since:.0f} s after its start; "
+        f"{len(record.get('runs', []))} run(s) ended since"
+    )
 
 
 def _take_over(root: Path) -> None:

@@ -21,7 +21,8 @@ def test_run_names_are_deterministic_and_readable():
 def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
     assert sweep.run_sweep(str(ROOT / "configs/cifar10/sweep_paper.py"), str(tmp_path), dry_run=True) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 1 + 36 and out[1].startswith("bf16_width0.5") and out[1].endswith("to run")
+    assert len(out) == 1 + 36 + 1 and out[1].startswith("bf16_width0.5") and out[1].endswith("to run")
+    assert out[-1] == "no sweep is running on this root"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -31,7 +32,7 @@ def test_only_selects_runs_by_name_and_rejects_a_regex_that_matches_none(tmp_pat
     assert names == ["w4a4_width1", "w4a4_width1.25", "w4a4_width1.5", "w4a4_width1.75"]
     assert sweep.run_sweep(paper, str(tmp_path), dry_run=True, only="width2$") == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out[1:]] == ["bf16_width2", "w8a8_width2", "w4a4_width2", "w4a4-ends8_width2"]
+    assert [line.split()[0] for line in out[1:-1]] == ["bf16_width2", "w8a8_width2", "w4a4_width2", "w4a4-ends8_width2"]
     with pytest.raises(sweep.SweepError, match=r"--only 'width3' matches none of the sweep's runs: bf16_width0.5, "):
         sweep.expand(paper, only="width3")
     with pytest.raises(sweep.SweepError, match=r"--only 'seed\[' is not a regular expression"):
@@ -111,7 +112,9 @@ def _plant_record(root, **fields):
     (root / sweep.RUNNING).write_text(json.dumps(record))
 
 
-def test_a_sweep_still_running_keeps_a_second_one_off_its_root(tmp_path):
+def test_a_sweep_still_running_keeps_a_second_one_off_its_root(tmp_path, capsys):
+    import re
+    import socket
     import subprocess
     import time
 
@@ -119,6 +122,13 @@ def test_a_sweep_still_running_keeps_a_second_one_off_its_root(tmp_path):
     alive = subprocess.Popen(["sleep", "60"])
     try:
         _plant_record(root, pid=alive.pid, pid_start=sweep._pid_start(alive.pid))
+        assert sweep.run_sweep(SMOKE_SWEEP, str(root), dry_run=True) == 0  # --dry-run says who holds the root
+        host = re.escape(socket.gethostname())
+        assert re.fullmatch(
+            f"invocation started 2026-12-02T18:23:20\\+0000 by process {alive.pid} on {host}: "
+            r"running; last heartbeat \d+ s ago, 592 s after its start; 1 run\(s\) ended since",
+            capsys.readouterr().out.splitlines()[-1],
+        )
         with pytest.raises(sweep.SweepError, match=f"is being swept by process {alive.pid} on .*kill -TERM"):
             sweep.run_sweep(SMOKE_SWEEP, str(root))
     finally:
