@@ -57,6 +57,7 @@ from benchmarks.plain_resnet import PlainResNet
 from configs import settings
 from qresnet import conv_kernels, data, resnet, results, train
 from qresnet.quant import specs as specs_lib
+from qresnet.quant.layers import CONV_IMPLS
 
 DEFAULT_CASES = ("resnet20:32:512:float32", "resnet20:32:512:bfloat16", "resnet50:224:256:bfloat16")
 QRESNET_SETTINGS = ("float", "w8a8", "w4a4", "w4a4_ends8")
@@ -445,7 +446,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--conv-impl",
         default="xla",
-        choices=("xla", "pallas"),
+        choices=CONV_IMPLS,
         help="QConv's conv_impl: pallas runs 3x3 stride-1 convs as Triton kernels",
     )
     p.add_argument(

@@ -22,7 +22,8 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     # with "pallas" at widths 0.5-1 and 1.02-1.04x at 1.5-2; the paper's CIFAR sweep with "auto" was as
     # accurate as six sweeps with "xla" (docs/RESULTS.md).
     c.model.conv_impl = "auto"
-    # With "pallas": convs wider than this stay on cuDNN (32 beat 64 at widths 1.5 and 2).
+    # With "pallas": convs wider than this stay on cuDNN (64 was slower at widths 1.5 and 2 on an H200,
+    # and at width 1 on an H100, where it was 1% faster at 1.5).
     c.model.pallas_max_channels = 32
 
     # Data

@@ -211,7 +211,7 @@ def conv_impl(name: str) -> str:
     """QConv's conv_impl for model.conv_impl: "auto" is "pallas" on one CUDA GPU of compute
     capability 8.0 or newer (the Triton kernels are GPU-only, their bf16 dots need Ampere or
     newer, and a pallas_call does not split over a sharded batch), else "xla"."""
-    if name not in ("auto", "xla", "pallas"):
+    if name not in ("auto", *resnet.CONV_IMPLS):
         raise TrainError(f"model.conv_impl={name!r} must be auto, xla or pallas (e.g. --config.model.conv_impl=auto)")
     if name == "auto":
         devices = jax.devices()
