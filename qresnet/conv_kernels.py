@@ -39,10 +39,6 @@ class Tuning:
       wgrad_steps: its steps per program (the pixels a partial sum covers: block x steps).
       warps: Triton warps per program.
       stages: Triton's software-pipelining stages.
-      full_masks: 1 masks every element of a load or store, as the kernels measured in session 17
-        did; 0 (default) masks whole rows where all columns are real (see `_mask`).
-      wgrad_all_taps: 1 computes the kernel gradient's 9 taps in one program
-        (`_wgrad_all_taps_kernel`); 0 (default, as measured) one program per tap.
     """
 
     fwd_block: int = 128
@@ -50,8 +46,6 @@ class Tuning:
     wgrad_steps: int = 16
     warps: int = 4
     stages: int = 1
-    full_masks: int = 0
-    wgrad_all_taps: int = 0
 
 
 TUNING = Tuning()  # read when a conv is traced; `benchmarks.train_step --conv-tuning` sets others
@@ -101,33 +95,32 @@ def _taps(p, h_size: int, w_size: int, valid):
     return out
 
 
-def _mask(ok, cols: int, c_real: int, full: bool):
+def _mask(ok, cols: int, c_real: int):
     """(rows, cols) mask: ok per row, and columns < c_real. Where every column is real the mask
-    is ok broadcast along the columns (constant along them, so Triton may vectorise the row's
-    access) unless `full` (Tuning.full_masks: the per-element mask the session-17 runs used)."""
-    if cols == c_real and not full:
+    is ok broadcast along the columns (as fast as a per-element mask on an H200, docs/RESULTS.md)."""
+    if cols == c_real:
         return jnp.broadcast_to(ok[:, None], (ok.shape[0], cols))
     return ok[:, None] & (jnp.arange(cols)[None, :] < c_real)
 
 
-def _rows(ref, rows, ok, cols: int, c_real: int, full: bool):
+def _rows(ref, rows, ok, cols: int, c_real: int):
     """ref[rows, :cols] from a flat (P * c_real,) ref, zero where masked or past c_real."""
     offsets = rows[:, None] * c_real + jnp.arange(cols)[None, :]
-    return plt.load(ref.at[offsets], mask=_mask(ok, cols, c_real, full), other=0)
+    return plt.load(ref.at[offsets], mask=_mask(ok, cols, c_real), other=0)
 
 
-def _fwd_kernel(x_ref, w_ref, y_ref, *, n_pix, h_size, w_size, c, co, cp, cop, block, full):
+def _fwd_kernel(x_ref, w_ref, y_ref, *, n_pix, h_size, w_size, c, co, cp, cop, block):
     p = pl.program_id(0) * block + jnp.arange(block)
     valid = p < n_pix
     acc = jnp.zeros((block, cop), jnp.float32)
     for t, (rows, ok) in enumerate(_taps(p, h_size, w_size, valid)):
-        xt = _rows(x_ref, rows, ok, cp, c, full)
+        xt = _rows(x_ref, rows, ok, cp, c)
         acc += plt.dot(xt, w_ref[t])  # w_ref: (9, cp, cop)
     offsets = p[:, None] * co + jnp.arange(cop)[None, :]
-    plt.store(y_ref.at[offsets], acc.astype(y_ref.dtype), mask=_mask(valid, cop, co, full))
+    plt.store(y_ref.at[offsets], acc.astype(y_ref.dtype), mask=_mask(valid, cop, co))
 
 
-def _wgrad_kernel(x_ref, dy_ref, dw_ref, *, n_pix, h_size, w_size, c, co, cp, cop, block, steps, full):
+def _wgrad_kernel(x_ref, dy_ref, dw_ref, *, n_pix, h_size, w_size, c, co, cp, cop, block, steps):
     g, t = pl.program_id(0), pl.program_id(1)
     dh, dw = t // 3 - 1, t % 3 - 1
 
@@ -137,31 +130,12 @@ def _wgrad_kernel(x_ref, dy_ref, dw_ref, *, n_pix, h_size, w_size, c, co, cp, co
         hw = p % (h_size * w_size)
         h, w = hw // w_size, hw % w_size
         ok = valid & (h + dh >= 0) & (h + dh < h_size) & (w + dw >= 0) & (w + dw < w_size)
-        xt = _rows(x_ref, jnp.where(ok, p + dh * w_size + dw, 0), ok, cp, c, full)
-        dyt = _rows(dy_ref, p, valid, cop, co, full)
+        xt = _rows(x_ref, jnp.where(ok, p + dh * w_size + dw, 0), ok, cp, c)
+        dyt = _rows(dy_ref, p, valid, cop, co)
         return acc + plt.dot(xt, dyt, trans_a=True)
 
     acc = jax.lax.fori_loop(0, steps, body, jnp.zeros((cp, cop), jnp.float32))
     dw_ref[0, 0] = acc
-
-
-def _wgrad_all_taps_kernel(x_ref, dy_ref, dw_ref, *, n_pix, h_size, w_size, c, co, cp, cop, block, steps, full):
-    """The kernel gradient with the 9 taps in one program: each output-gradient block is read
-    once for all taps (9 times in `_wgrad_kernel`), at the cost of 9 accumulators in registers."""
-    g = pl.program_id(0)
-
-    def body(s, accs):
-        p = (g * steps + s) * block + jnp.arange(block)
-        valid = p < n_pix
-        dyt = _rows(dy_ref, p, valid, cop, co, full)
-        return tuple(
-            acc + plt.dot(_rows(x_ref, rows, ok, cp, c, full), dyt, trans_a=True)
-            for acc, (rows, ok) in zip(accs, _taps(p, h_size, w_size, valid))
-        )
-
-    accs = jax.lax.fori_loop(0, steps, body, tuple(jnp.zeros((cp, cop), jnp.float32) for _ in range(9)))
-    for t, acc in enumerate(accs):
-        dw_ref[0, t] = acc
 
 
 def _geometry(x, c_out: int) -> dict:
@@ -190,7 +164,7 @@ def _forward(x, kernel, tuning: Tuning):
     c, co, cp, cop = g["c"], g["co"], g["cp"], g["cop"]
     wk = jnp.pad(kernel.reshape(9, c, co), ((0, 0), (0, cp - c), (0, cop - co))).astype(x.dtype)
     y = _call(
-        functools.partial(_fwd_kernel, block=block, full=bool(tuning.full_masks)),
+        functools.partial(_fwd_kernel, block=block),
         g,
         tuning,
         out_shape=jax.ShapeDtypeStruct((g["n_pix"] * co,), x.dtype),
@@ -205,20 +179,13 @@ def _weight_grad(x, dy, tuning: Tuning):
     g = _geometry(x, dy.shape[-1])
     cp, cop = g["cp"], g["cop"]
     groups = pl.cdiv(g["n_pix"], block * steps)
-    kw = dict(block=block, steps=steps, full=bool(tuning.full_masks))
-    if tuning.wgrad_all_taps:
-        kernel = functools.partial(_wgrad_all_taps_kernel, **kw)
-        grid, out_specs = (groups,), pl.BlockSpec((1, 9, cp, cop), lambda i: (i, 0, 0, 0))
-    else:
-        kernel = functools.partial(_wgrad_kernel, **kw)
-        grid, out_specs = (groups, 9), pl.BlockSpec((1, 1, cp, cop), lambda i, t: (i, t, 0, 0))
     parts = _call(
-        kernel,
+        functools.partial(_wgrad_kernel, block=block, steps=steps),
         g,
         tuning,
         out_shape=jax.ShapeDtypeStruct((groups, 9, cp, cop), jnp.float32),
-        grid=grid,
-        out_specs=out_specs,
+        grid=(groups, 9),
+        out_specs=pl.BlockSpec((1, 1, cp, cop), lambda i, t: (i, t, 0, 0)),
     )(x.reshape(-1), dy.reshape(-1))
     return parts.sum(0)[:, : g["c"], : g["co"]].reshape(3, 3, g["c"], g["co"])
 
