@@ -1,6 +1,6 @@
 """Can the ImageNet input pipeline keep a GPU fed? Images/s of `imagenet_input.train_batches`.
 
-    python -m benchmarks.input_pipeline --workers 0,8,16 [--decode full,draft] [--backend opencv,pillow]
+    python -m benchmarks.input_pipeline --workers 0,8,16 [--decode full,draft,window] [--backend opencv,pillow]
         --out F.jsonl [--target 6258]
     python -m benchmarks.input_pipeline --per-image 400 [--image-size 224] [--backend opencv,pillow] --out F.jsonl
     python -m benchmarks.input_pipeline --feed resnet50:224:256:bfloat16 --workers 15 --backend opencv,nvjpeg --out F
@@ -11,8 +11,9 @@ Times qresnet's streaming train pipeline (grain worker processes; JPEG decode,
 Inception crop, bicubic resize to 224, flip, batching) on synthetic JPEGs of
 ImageNet's typical sizes (300-500 x 350-600 pixels, quality 90, photo-like
 content), handed to the workers as bytes as `open_source` hands them over, for
-each worker count, decoding (full size, or `jpeg_draft`: reduced-scale decoding where
-the crop allows) and image library (`image_backend`: opencv, pillow, or nvjpeg on the
+each worker count, decoding (`full` size; `draft`: `jpeg_draft`, reduced-scale decoding where
+the crop allows; `window`: `jpeg_draft` and `jpeg_window`, only the crop's window decoded on
+the CPU, through nvImageCodec) and image library (`image_backend`: opencv, pillow, or nvjpeg on the
 GPU), side by side. `--nvjpeg-stub` replaces nvjpeg's GPU decoder by a no-op, to time
 that path's host side on any machine; `--decode-threads 1,2` and `--placement host,device`
 (decoded batches copied to the host, or kept on the GPU through DLPack) vary its GPU side.
@@ -22,10 +23,11 @@ step on fixed device data, in one process; `--profile N` then runs N steps of ea
 profiler and adds their wall and kernel ms per step to the row: XLA's kernels, other kernels
 such as nvJPEG's, and the time any kernel ran). `--per-image`: the cost of one image's
 preprocessing in one thread, per CPU library, from the bytes with full-size and with
-draft decoding, and (Pillow) from a decoded array (what the source handed over before
-it passed bytes). Nothing here needs TensorFlow or TFDS, so it runs where only grain is
-installed. `--target` is the training step's images/s to compare with (e.g. 6258:
-qresnet's ResNet-50 bf16 batch 256 float step on an H200, docs/BENCHMARKS.md).
+draft decoding (OpenCV, where nvImageCodec is installed: also with window decoding),
+and (Pillow) from a decoded array (what the source handed over before it passed bytes).
+Nothing here needs TensorFlow or TFDS, so it runs where only grain is installed.
+`--target` is the training step's images/s to compare with (e.g. 6258: qresnet's ResNet-50
+bf16 batch 256 float step on an H200, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -99,10 +101,16 @@ class JpegSource:
         return {"path": self.path, "_n": self._n, "_distinct": self._distinct, "_z": None}
 
 
+# --decode's modes: (jpeg_draft, jpeg_window).
+DECODES = {"full": (False, False), "draft": (True, False), "window": (True, True)}
+
+
 def _spec(
-    size, batch, workers, draft, backend, decode_threads, on_device, priority, per_call=1, cpu_share=0.0
+    size, batch, workers, decode, backend, decode_threads, on_device, priority, per_call=1, cpu_share=0.0
 ) -> imagenet_input.StreamSpec:
-    """The stream settings of a timed pipeline (synthetic source, train and eval batch `batch`)."""
+    """The stream settings of a timed pipeline (synthetic source, train and eval batch `batch`;
+    `decode` one of DECODES)."""
+    draft, window = DECODES[decode]
     return imagenet_input.StreamSpec(
         "synthetic",
         "",
@@ -111,6 +119,7 @@ def _spec(
         batch,
         workers=workers,
         jpeg_draft=draft,
+        jpeg_window=window,
         image_backend=backend,
         decode_threads=decode_threads,
         decode_on_device=on_device,
@@ -139,7 +148,7 @@ def time_pipeline(
     size: int,
     batches: int,
     warmup: int = 24,
-    draft: bool = True,
+    decode: str = "draft",
     backend: str = "opencv",
     decode_threads: int = 3,
     on_device: bool = True,
@@ -154,7 +163,7 @@ def time_pipeline(
     timed batches come from that backlog."""
     if len(source) < (warmup + batches) * batch:
         raise ValueError(f"source has {len(source)} examples, fewer than {(warmup + batches) * batch}")
-    spec = _spec(size, batch, workers, draft, backend, decode_threads, on_device, priority, per_call, cpu_share)
+    spec = _spec(size, batch, workers, decode, backend, decode_threads, on_device, priority, per_call, cpu_share)
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
         next(it)
@@ -170,7 +179,7 @@ def time_pipeline(
     assert b["image"].shape == (batch, size, size, 3)
     return {
         "workers": workers,
-        "decode": "draft" if draft else "full",
+        "decode": decode,
         "backend": backend,
         **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call, cpu_share),
         "batch": batch,
@@ -185,6 +194,15 @@ def time_pipeline(
 CPU_BACKENDS = imagenet_input.CPU_BACKENDS
 
 
+def _has_window() -> bool:
+    """Whether window decoding (nvImageCodec) is installed."""
+    try:
+        imagenet_input.check_window()
+    except imagenet_input.InputError:
+        return False
+    return True
+
+
 def time_per_image(source, *, size: int, images: int, backends=CPU_BACKENDS) -> dict:
     """One thread, no grain: ms per image of `train_example` (decode, Inception crop, resize,
     flip) per backend, from the bytes with full-size and with draft decoding, and (Pillow) from a
@@ -192,7 +210,8 @@ def time_per_image(source, *, size: int, images: int, backends=CPU_BACKENDS) -> 
     by image (same crops); and the share of crops that draft decoding can shrink."""
     from PIL import Image
 
-    ms = {f"{b}_{m}": 0.0 for b in backends for m in ("full", "draft", "array") if (b, m) != ("opencv", "array")}
+    modes = {"opencv": ("full", "draft") + (("window",) if _has_window() else ()), "pillow": ("full", "draft", "array")}
+    ms = {f"{b}_{m}": 0.0 for b in backends for m in modes[b]}
     shrunk = 0
     for i in range(images):
         example = source[i]
@@ -204,7 +223,8 @@ def time_per_image(source, *, size: int, images: int, backends=CPU_BACKENDS) -> 
                 image = np.asarray(Image.open(io.BytesIO(example["image"])).convert("RGB"))
                 imagenet_input.train_example({**example, "image": image}, rng, size, backend=backend)
             else:
-                imagenet_input.train_example(example, rng, size, draft=mode == "draft", backend=backend)
+                draft, window = DECODES[mode]
+                imagenet_input.train_example(example, rng, size, draft, backend, window)
             ms[key] += (time.perf_counter() - t0) * 1000 / images
         width, height = Image.open(io.BytesIO(example["image"])).size
         _, _, h, w = imagenet_input.inception_crop_box(np.random.default_rng(i), height, width, size)
@@ -222,7 +242,7 @@ def time_fed(
     workers: int,
     batches: int,
     warmup: int,
-    draft: bool,
+    decode: str,
     backend: str,
     decode_threads: int = 3,
     on_device: bool = True,
@@ -249,7 +269,7 @@ def time_fed(
     fixed = iter(lambda: dict(zip(("image", "label"), row.args)), None)
     alone_async, _ = _steps_per_s(row, fixed, batches)
     spec = _spec(
-        case.image_size, case.batch, workers, draft, backend, decode_threads, on_device, priority, per_call, cpu_share
+        case.image_size, case.batch, workers, decode, backend, decode_threads, on_device, priority, per_call, cpu_share
     )
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     _steps_per_s(row, it, warmup)
@@ -269,7 +289,7 @@ def time_fed(
         "mode": "fed",
         "feed": feed,
         "workers": workers,
-        "decode": "draft" if draft else "full",
+        "decode": decode,
         "backend": backend,
         **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call, cpu_share),
         "batches": batches,
@@ -335,7 +355,9 @@ def _stub_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", default="0,8,16", help="comma-separated worker counts to time")
-    p.add_argument("--decode", default="full,draft", help="train-crop decoding to time: full, draft or both")
+    p.add_argument(
+        "--decode", default="full,draft", help="train-crop decoding to time: full, draft, window (comma-separated)"
+    )
     p.add_argument(
         "--backend", default="opencv,pillow", help="image libraries to time: opencv, pillow, nvjpeg (comma-separated)"
     )
@@ -403,8 +425,11 @@ def main(argv=None) -> int:
         print(f"error: --workers {args.workers!r} must be comma-separated counts >= 0, e.g. 0,8,16", file=sys.stderr)
         return 2
     decodes = args.decode.split(",")
-    if not decodes or set(decodes) - {"full", "draft"}:
-        print(f"error: --decode {args.decode!r} must be full, draft or full,draft", file=sys.stderr)
+    if not decodes or set(decodes) - set(DECODES):
+        print(f"error: --decode {args.decode!r} must name some of {', '.join(DECODES)}", file=sys.stderr)
+        return 2
+    if "window" in decodes and not _has_window():
+        print("error: --decode window needs nvImageCodec: pip install nvidia-nvimgcodec-cu12", file=sys.stderr)
         return 2
     backends = args.backend.split(",")
     if not backends or set(backends) - set(imagenet_input.BACKENDS):
@@ -489,6 +514,8 @@ def main(argv=None) -> int:
             firsts = (threads[0], placements[0] == "device", priorities[0], per_calls[0], shares[0])
             if backend != "nvjpeg" and tuple(nv.values()) != firsts:
                 continue  # the CPU backends have no decoding threads, placement, stream, calls or shares to vary
+            if backend == "pillow" and decode == "window":
+                continue  # window decoding is OpenCV's (and the nvjpeg backend's CPU share)
             if args.feed:
                 row = time_fed(
                     source,
@@ -496,7 +523,7 @@ def main(argv=None) -> int:
                     workers=w,
                     batches=args.batches,
                     warmup=args.warmup,
-                    draft=decode == "draft",
+                    decode=decode,
                     backend=backend,
                     profile=args.profile,
                     sample_threads=args.sample_threads,
@@ -511,7 +538,7 @@ def main(argv=None) -> int:
                 size=args.image_size,
                 batches=args.batches,
                 warmup=args.warmup,
-                draft=decode == "draft",
+                decode=decode,
                 backend=backend,
                 **nv,
             )

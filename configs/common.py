@@ -43,6 +43,9 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.dataset.image_size = 0  # Crop size (0 = the dataset's, 224).
     c.dataset.workers = 8  # Decoding processes (0 = in the training process).
     c.dataset.jpeg_draft = True  # Train crops decode JPEGs at 1/2-1/8 scale where the crop stays >= image_size.
+    # Decode only each crop's window of the JPEG on the CPU (nvImageCodec's libjpeg-turbo, the [nvimgcodec]
+    # extra): the same pixels as a whole decode, in less time (BENCHMARKS.md).
+    c.dataset.jpeg_window = False
     # Decodes and resizes: "opencv" (no antialiasing, as TF's resize), "pillow", or "nvjpeg" (on the GPU).
     c.dataset.image_backend = "opencv"
     # nvjpeg only: how the GPU decoding runs. Threads of the training process that call nvJPEG;

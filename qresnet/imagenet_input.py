@@ -31,6 +31,13 @@ those crops' pixels slightly (the reduction is a block average before the bicubi
 resize; OpenCV rounds the crop to whole pixels of the reduced image); off, train
 crops decode at full size as eval crops always do.
 
+`jpeg_window` has the CPU decode only the crop's window of each JPEG (the rows and
+columns outside it skipped, as TensorFlow's `decode_and_crop_jpeg` does), through
+nvImageCodec's libjpeg-turbo decoder (`pip install nvidia-nvimgcodec-cu12`; no GPU
+needed): the same pixels as decoding the whole image and cropping it, in less time
+(docs/BENCHMARKS.md). Where the crop decodes at reduced scale (`jpeg_draft`), or the
+decoder cannot take the file, OpenCV decodes it as without the option.
+
 Batches leave as uint8 (N, S, S, 3) with int32 labels; mean/std normalisation
 happens on the device (`data.normalize`). Every random choice is a function of
 (seed, epoch, example), so an epoch is reproducible and a run resumed at an epoch
@@ -76,6 +83,7 @@ class StreamSpec:
     eval_batch_size: int
     workers: int = 0
     jpeg_draft: bool = True
+    jpeg_window: bool = False  # CPU decoding of the crop's window only (nvImageCodec; module docstring)
     image_backend: str = "opencv"
     decode_threads: int = 3  # nvjpeg: threads of the training process that launch the GPU decoding
     decode_on_device: bool = True  # nvjpeg: train batches stay on the GPU (DLPack), not copied to the host
@@ -164,6 +172,61 @@ def _cv2():
     return cv2
 
 
+def check_window() -> None:
+    """Raises InputError unless the crop-window decoder (`jpeg_window`) imports."""
+    _window_decoder()
+
+
+@functools.cache
+def _window_decoder():
+    """This process's nvImageCodec decoder: libjpeg-turbo on the CPU, one thread (the workers are
+    the parallelism), EXIF orientation ignored as by the other backends."""
+    import importlib
+    import os
+
+    # Importing it loads every codec extension, and each one whose CUDA library is absent (nvJPEG2000,
+    # nvTIFF; all of them off the GPU) prints to the C stderr; only the CPU JPEG decoder is used here.
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            nvimgcodec = importlib.import_module("nvidia.nvimgcodec")
+    except ImportError as e:
+        raise InputError(
+            "dataset.jpeg_window needs nvImageCodec: pip install nvidia-nvimgcodec-cu12 "
+            "(or qresnet's [nvimgcodec] extra), or set --config.dataset.jpeg_window=False"
+        ) from e
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    decoder = nvimgcodec.Decoder(
+        device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
+        max_num_cpu_threads=1,
+        backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)],
+    )
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
+    return nvimgcodec, decoder, params
+
+
+def decode_window(data: bytes, box: tuple[int, int, int, int]) -> np.ndarray | None:
+    """The box (top, left, h, w) of a JPEG decoded alone, uint8 RGB (h, w, 3); None where the
+    decoder cannot take the file (the caller then decodes it whole)."""
+    nvimgcodec, decoder, params = _window_decoder()
+    top, left, h, w = box
+    try:
+        stream = nvimgcodec.CodeStream(data)
+        if stream.codec_name != "jpeg":
+            return None
+        region = nvimgcodec.Region(top, left, top + h, left + w)
+        image = decoder.decode(stream.get_sub_code_stream(region=region), params=params)
+    except RuntimeError:
+        return None
+    if image is None:
+        return None
+    out = np.asarray(image.cpu())
+    return out if out.shape == (h, w, 3) else None
+
+
 def _cpu_backend(backend: str) -> None:
     if backend not in CPU_BACKENDS:
         raise InputError(f"image_backend {backend!r} does not prepare single images; use one of {CPU_BACKENDS}")
@@ -197,7 +260,9 @@ def draft_reduction(h: int, w: int, size: int) -> int:
     return 1
 
 
-def decode_crop_resize(data: bytes, box_of, size: int, draft: bool, backend: str = "opencv") -> np.ndarray:
+def decode_crop_resize(
+    data: bytes, box_of, size: int, draft: bool, backend: str = "opencv", window: bool = False
+) -> np.ndarray:
     """Decodes a JPEG, crops it and bicubic-resizes the crop to size x size, uint8 RGB.
 
     Args:
@@ -207,6 +272,8 @@ def decode_crop_resize(data: bytes, box_of, size: int, draft: bool, backend: str
       draft: decode at 1/`draft_reduction` scale (output pixel i covers full-size pixels
         [i*r, (i+1)*r)), the crop mapped onto that grid (OpenCV: rounded to whole pixels of it).
       backend: "opencv" or "pillow" (module docstring).
+      window: with "opencv", decode only the crop's window where the crop decodes at full size
+        (`decode_window`; the same pixels).
 
     Returns:
       (size, size, 3) uint8.
@@ -220,6 +287,10 @@ def decode_crop_resize(data: bytes, box_of, size: int, draft: bool, backend: str
     r = draft_reduction(h, w, size) if draft else 1
     if backend == "opencv":
         cv2 = _cv2()
+        if window and r == 1:
+            crop = decode_window(data, (top, left, h, w))
+            if crop is not None:
+                return _cv2_resize(cv2, crop, size)
         flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}.get(
             r, cv2.IMREAD_REDUCED_COLOR_8
         )
@@ -238,28 +309,35 @@ def decode_crop_resize(data: bytes, box_of, size: int, draft: bool, backend: str
     return np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC, box=box), np.uint8)
 
 
-def _crop(example: dict[str, Any], box_of, size: int, draft: bool, backend: str) -> np.ndarray:
+def _crop(example: dict[str, Any], box_of, size: int, draft: bool, backend: str, window: bool) -> np.ndarray:
     """The example's image (JPEG bytes or a decoded array) cropped and resized."""
     image = example["image"]
     if isinstance(image, bytes):  # np.bytes_ is a subclass
-        return decode_crop_resize(bytes(image), box_of, size, draft, backend)
+        return decode_crop_resize(bytes(image), box_of, size, draft, backend, window)
     image = np.asarray(image)
     return crop_and_resize(image, box_of(image.shape[0], image.shape[1]), size, backend)
 
 
 def train_example(
-    example: dict[str, Any], rng: np.random.Generator, size: int, draft: bool = True, backend: str = "opencv"
+    example: dict[str, Any],
+    rng: np.random.Generator,
+    size: int,
+    draft: bool = True,
+    backend: str = "opencv",
+    window: bool = False,
 ) -> dict[str, np.ndarray]:
     """Inception crop, resize and random flip of one example (JPEG bytes or decoded)."""
-    out = _crop(example, lambda h, w: inception_crop_box(rng, h, w, size), size, draft, backend)
+    out = _crop(example, lambda h, w: inception_crop_box(rng, h, w, size), size, draft, backend, window)
     if rng.random() < 0.5:
         out = out[:, ::-1]
     return {"image": np.ascontiguousarray(out), "label": np.int32(example["label"])}
 
 
-def eval_example(example: dict[str, Any], size: int, backend: str = "opencv") -> dict[str, np.ndarray]:
+def eval_example(
+    example: dict[str, Any], size: int, backend: str = "opencv", window: bool = False
+) -> dict[str, np.ndarray]:
     """Center crop and resize of one example (JPEG bytes or decoded; always decoded at full size)."""
-    out = _crop(example, lambda h, w: center_crop_box(h, w, size), size, False, backend)
+    out = _crop(example, lambda h, w: center_crop_box(h, w, size), size, False, backend, window)
     return {"image": out, "label": np.int32(example["label"])}
 
 
@@ -295,7 +373,7 @@ def plan_eval(example: dict[str, Any], size: int) -> dict[str, Any]:
 
 
 def collate_plans(
-    plans: list[dict[str, Any]], cpu_images: int = 0, size: int = 0, draft: bool = False
+    plans: list[dict[str, Any]], cpu_images: int = 0, size: int = 0, draft: bool = False, window: bool = False
 ) -> dict[str, np.ndarray]:
     """A batch of plans as arrays (the JPEGs concatenated, with offsets), so that grain's workers
     hand over one batch at a time through shared memory rather than one example at a time.
@@ -303,7 +381,8 @@ def collate_plans(
     Args:
       plans: `plan_train` or `plan_eval` of each example, in batch order.
       cpu_images: decode the first this many here, on the CPU with OpenCV (as the opencv backend
-        would, from the same draws: `draft` as its `jpeg_draft`, `size` the output side), into
+        would, from the same draws: `draft` and `window` as its `jpeg_draft` and `jpeg_window`,
+        `size` the output side), into
         "cpu_image"; the JPEGs, boxes and flips then cover the others only (labels: all).
 
     Returns:
@@ -314,7 +393,7 @@ def collate_plans(
         images = []
         for p in plans[:cpu_images]:
             box = tuple(int(v) for v in p["box"])
-            image = decode_crop_resize(p["jpeg"], lambda h, w, box=box: box, size, draft, "opencv")
+            image = decode_crop_resize(p["jpeg"], lambda h, w, box=box: box, size, draft, "opencv", window)
             images.append(image[:, ::-1] if p["flip"] else image)
         out["cpu_image"] = np.ascontiguousarray(np.stack(images))
         plans = plans[cpu_images:]
@@ -461,13 +540,13 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
     """
     grain = _grain()
     epoch_seed = _epoch_seed(seed, epoch)
-    size, draft, backend = spec.image_size, spec.jpeg_draft, spec.image_backend
+    size, draft, backend, window = spec.image_size, spec.jpeg_draft, spec.image_backend, spec.jpeg_window
     if backend == "nvjpeg":  # the workers plan (and decode the CPU's share); the GPU decodes the rest
         ds = grain.MapDataset.source(source).shuffle(seed=epoch_seed)
         ds = ds.random_map(lambda ex, rng: plan_train(ex, rng, size), seed=epoch_seed)
         # The CPU's share of each batch is decoded where it is collated, in the worker processes.
         cpu = min(round(spec.cpu_decode_share * spec.batch_size), spec.batch_size - 1)
-        collate = functools.partial(collate_plans, cpu_images=cpu, size=size, draft=draft)
+        collate = functools.partial(collate_plans, cpu_images=cpu, size=size, draft=draft, window=window)
         ds = ds.batch(spec.batch_size, drop_remainder=True, batch_fn=collate)
         batches = _parallel(grain, ds, spec.workers)
         return _gpu_batches(
@@ -481,7 +560,7 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
     ds = (
         grain.MapDataset.source(source)
         .shuffle(seed=epoch_seed)
-        .random_map(lambda ex, rng: train_example(ex, rng, size, draft, backend), seed=epoch_seed)
+        .random_map(lambda ex, rng: train_example(ex, rng, size, draft, backend, window), seed=epoch_seed)
         .batch(spec.batch_size, drop_remainder=True)
     )
     return iter(_parallel(grain, ds, spec.workers))
@@ -502,7 +581,7 @@ def eval_batches(spec: StreamSpec, source) -> Iterator[dict[str, np.ndarray]]:
             _parallel(grain, ds, spec.workers), size, spec.decode_threads, priority=spec.decode_priority
         )
     else:
-        ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size, backend))
+        ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size, backend, spec.jpeg_window))
         batches = _parallel(grain, ds.batch(batch, drop_remainder=False), spec.workers)
     for b in batches:
         n = len(b["label"])

@@ -953,12 +953,15 @@ def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
         workers=config.dataset.workers,
         # Absent in older records, which ran with these.
         jpeg_draft=bool(config.dataset.get("jpeg_draft", True)),
+        jpeg_window=bool(config.dataset.get("jpeg_window", False)),
         image_backend=config.dataset.get("image_backend", "pillow"),
         decode_threads=config.dataset.get("decode_threads", 1),
         decode_batches_per_call=config.dataset.get("decode_batches_per_call", 1),
         cpu_decode_share=config.dataset.get("cpu_decode_share", 0.0),
     )
     imagenet_input.check_backend(spec.image_backend)
+    if spec.jpeg_window:
+        imagenet_input.check_window()
     for key in ("decode_threads", "decode_batches_per_call"):
         if getattr(spec, key) < 1:
             raise TrainError(f"dataset.{key}={getattr(spec, key)} must be >= 1")

@@ -191,6 +191,81 @@ def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch, backend):
     assert not asked
 
 
+@pytest.fixture
+def fresh_window_decoder():
+    """The crop-window decoder made anew in the test and after it (it is cached per process)."""
+    imagenet_input._window_decoder.cache_clear()
+    yield
+    imagenet_input._window_decoder.cache_clear()
+
+
+def _jpeg(img, **kw):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def test_window_decoding_gives_the_whole_decodes_pixels(fresh_window_decoder):
+    """Decoding only the crop's window gives the pixels of OpenCV's whole decode, cropped: colour
+    (4:2:0 and 4:4:4 chroma), greyscale, odd sizes, boxes at every edge and at odd offsets."""
+    pytest.importorskip("nvidia.nvimgcodec")
+    rng = np.random.default_rng(0)
+    photo = np.asarray(Image.open(io.BytesIO(_photo_jpeg(203, 317))))
+    files = {
+        "420": _jpeg(photo, quality=90),
+        "444": _jpeg(photo, quality=90, subsampling=0),
+        "grey": _photo_jpeg(203, 317, grey=True),
+        "noise": _jpeg(rng.integers(0, 256, (77, 131, 3), dtype=np.uint8), quality=75),
+    }
+    for name, jpeg in files.items():
+        whole = _decoded(jpeg, "opencv")
+        h, w = whole.shape[:2]
+        boxes = [(0, 0, h, w), (0, 0, 17, 23), (h - 19, w - 29, 19, 29), (5, 3, h - 10, 1), (1, 7, 1, w - 7)]
+        boxes += [imagenet_input.inception_crop_box(rng, h, w, 32) for _ in range(20)]
+        for top, left, bh, bw in boxes:
+            window = imagenet_input.decode_window(jpeg, (top, left, bh, bw))
+            np.testing.assert_array_equal(window, whole[top : top + bh, left : left + bw], err_msg=name)
+        for seed in range(3):
+            a = imagenet_input.train_example({"image": jpeg, "label": 1}, np.random.default_rng(seed), 48, False)
+            b = imagenet_input.train_example(
+                {"image": jpeg, "label": 1}, np.random.default_rng(seed), 48, False, window=True
+            )
+            np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_window_decoding_leaves_draft_crops_and_other_files_to_opencv(monkeypatch, fresh_window_decoder):
+    """A crop that decodes at reduced scale, and a file the decoder does not take (PNG), go the
+    OpenCV way: the same output as without the option."""
+    pytest.importorskip("nvidia.nvimgcodec")
+    data = _photo_jpeg(480, 640)
+    box = lambda h, w: (10, 20, 460, 600)  # noqa: E731 - 1/4 scale at 96
+    calls = []
+    real = imagenet_input.decode_window
+    monkeypatch.setattr(imagenet_input, "decode_window", lambda *a: calls.append(a) or real(*a))
+    draft = imagenet_input.decode_crop_resize(data, box, 96, True, window=True)
+    assert not calls
+    np.testing.assert_array_equal(draft, imagenet_input.decode_crop_resize(data, box, 96, True))
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(buf, "PNG")
+    png = imagenet_input.decode_crop_resize(buf.getvalue(), box, 96, False, window=True)
+    assert len(calls) == 1 and real(buf.getvalue(), (10, 20, 460, 600)) is None
+    np.testing.assert_array_equal(png, imagenet_input.decode_crop_resize(buf.getvalue(), box, 96, False))
+
+
+def test_window_decoding_without_nvimgcodec_is_a_clear_error(
+    tfds_dir, tmp_path, capsys, monkeypatch, fresh_window_decoder
+):
+    from qresnet import cli
+
+    monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", None)  # as if it were not installed
+    with pytest.raises(imagenet_input.InputError, match=r"pip install nvidia-nvimgcodec-cu12.*jpeg_window=False"):
+        imagenet_input.check_window()
+    args = ["train", "--config", str(ROOT / "configs/imagenet/base.py"), "--workdir", str(tmp_path / "run")]
+    assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.jpeg_window=True")]) == 1
+    assert "dataset.jpeg_window needs nvImageCodec" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 _PRIORITIES = []  # the stream priorities the stand-in decoder was asked for
 _CALL_SIZES = []  # the images of each call to the stand-in decoder (train and eval)
 
@@ -333,6 +408,25 @@ def test_train_batches_are_uint8_full_and_a_function_of_seed_and_epoch(tfds_dir)
     assert not all((x["label"] == y["label"]).all() for x, y in zip(a, c))
     # Every example once per epoch.
     assert sorted(np.concatenate([x["label"] for x in a])) == sorted(src[i]["label"] for i in range(40))
+
+
+def test_window_decoding_streams_the_same_batches(tfds_dir, fresh_window_decoder):
+    """With `jpeg_window` the train and eval batches (worker processes, a greyscale image among
+    them) are those without it, to the bit."""
+    pytest.importorskip("nvidia.nvimgcodec")
+    src = imagenet_input.open_source(spec(tfds_dir), "train")
+    on = dataclasses.replace(spec(tfds_dir, workers=2), jpeg_window=True)
+    for a, b in zip(
+        imagenet_input.train_batches(spec(tfds_dir), src, seed=1, epoch=0),
+        imagenet_input.train_batches(on, src, seed=1, epoch=0),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    val = imagenet_input.open_source(spec(tfds_dir), "validation")
+    for a, b in zip(
+        imagenet_input.eval_batches(spec(tfds_dir), val), imagenet_input.eval_batches(on, val), strict=True
+    ):
+        np.testing.assert_array_equal(a["image"], b["image"])
 
 
 def test_worker_processes_give_the_same_batches(tfds_dir):
