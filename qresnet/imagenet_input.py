@@ -174,13 +174,12 @@ def _cv2():
 
 def check_window() -> None:
     """Raises InputError unless the crop-window decoder (`jpeg_window`) imports."""
-    _window_decoder()
+    _nvimgcodec()
 
 
 @functools.cache
-def _window_decoder():
-    """This process's nvImageCodec decoder: libjpeg-turbo on the CPU, one thread (the workers are
-    the parallelism), EXIF orientation ignored as by the other backends."""
+def _nvimgcodec():
+    """nvImageCodec's module, imported once per process."""
     import importlib
     import os
 
@@ -190,7 +189,7 @@ def _window_decoder():
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
-            nvimgcodec = importlib.import_module("nvidia.nvimgcodec")
+            return importlib.import_module("nvidia.nvimgcodec")
     except ImportError as e:
         raise InputError(
             "dataset.jpeg_window needs nvImageCodec: pip install nvidia-nvimgcodec-cu12 "
@@ -199,13 +198,27 @@ def _window_decoder():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-    decoder = nvimgcodec.Decoder(
-        device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
-        max_num_cpu_threads=1,
-        backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)],
-    )
-    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
-    return nvimgcodec, decoder, params
+
+
+_WINDOW = threading.local()  # each thread's decoder, and the process it was made in
+
+
+def _window_decoder():
+    """This thread's nvImageCodec decoder: libjpeg-turbo on the CPU, one thread (the workers are
+    the parallelism), EXIF orientation ignored as by the other backends. Made in the thread and
+    process that use it: a decoder's own threads do not survive a fork into a worker process."""
+    import os
+
+    nvimgcodec = _nvimgcodec()
+    if getattr(_WINDOW, "pid", None) != os.getpid():
+        _WINDOW.decoder = nvimgcodec.Decoder(
+            device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
+            max_num_cpu_threads=1,
+            backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)],
+        )
+        _WINDOW.params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
+        _WINDOW.pid = os.getpid()
+    return nvimgcodec, _WINDOW.decoder, _WINDOW.params
 
 
 def decode_window(data: bytes, box: tuple[int, int, int, int]) -> np.ndarray | None:
@@ -219,7 +232,7 @@ def decode_window(data: bytes, box: tuple[int, int, int, int]) -> np.ndarray | N
             return None
         region = nvimgcodec.Region(top, left, top + h, left + w)
         image = decoder.decode(stream.get_sub_code_stream(region=region), params=params)
-    except RuntimeError:
+    except (RuntimeError, ValueError):  # what nvImageCodec raises for a file it cannot parse
         return None
     if image is None:
         return None

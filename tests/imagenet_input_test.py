@@ -193,10 +193,13 @@ def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch, backend):
 
 @pytest.fixture
 def fresh_window_decoder():
-    """The crop-window decoder made anew in the test and after it (it is cached per process)."""
-    imagenet_input._window_decoder.cache_clear()
+    """The crop-window decoder imported and made anew in the test and after it (cached per process
+    and thread)."""
+    imagenet_input._nvimgcodec.cache_clear()
+    imagenet_input._WINDOW.__dict__.clear()
     yield
-    imagenet_input._window_decoder.cache_clear()
+    imagenet_input._nvimgcodec.cache_clear()
+    imagenet_input._WINDOW.__dict__.clear()
 
 
 def _jpeg(img, **kw):
@@ -412,8 +415,10 @@ def test_train_batches_are_uint8_full_and_a_function_of_seed_and_epoch(tfds_dir)
 
 def test_window_decoding_streams_the_same_batches(tfds_dir, fresh_window_decoder):
     """With `jpeg_window` the train and eval batches (worker processes, a greyscale image among
-    them) are those without it, to the bit."""
+    them) are those without it, to the bit; also when this process decoded before the workers
+    started (a decoder does not survive a fork)."""
     pytest.importorskip("nvidia.nvimgcodec")
+    assert imagenet_input.decode_window(_photo_jpeg(40, 50), (0, 0, 8, 8)).shape == (8, 8, 3)
     src = imagenet_input.open_source(spec(tfds_dir), "train")
     on = dataclasses.replace(spec(tfds_dir, workers=2), jpeg_window=True)
     for a, b in zip(
