@@ -35,8 +35,8 @@ crops decode at full size as eval crops always do.
 columns outside it skipped, as TensorFlow's `decode_and_crop_jpeg` does), through
 nvImageCodec's libjpeg-turbo decoder (`pip install nvidia-nvimgcodec-cu12`; no GPU
 needed): the same pixels as decoding the whole image and cropping it, in less time
-(docs/BENCHMARKS.md). Where the crop decodes at reduced scale (`jpeg_draft`), or the
-decoder cannot take the file, OpenCV decodes it as without the option.
+(docs/BENCHMARKS.md). Where the crop decodes at reduced scale (`jpeg_draft`), the
+file is CMYK, or the decoder cannot take it, OpenCV decodes it as without the option.
 
 Batches leave as uint8 (N, S, S, 3) with int32 labels; mean/std normalisation
 happens on the device (`data.normalize`). Every random choice is a function of
@@ -223,12 +223,14 @@ def _window_decoder():
 
 def decode_window(data: bytes, box: tuple[int, int, int, int]) -> np.ndarray | None:
     """The box (top, left, h, w) of a JPEG decoded alone, uint8 RGB (h, w, 3); None where the
-    decoder cannot take the file (the caller then decodes it whole)."""
+    decoder cannot take the file, or the file is not greyscale or colour (the caller then decodes it
+    whole)."""
     nvimgcodec, decoder, params = _window_decoder()
     top, left, h, w = box
     try:
         stream = nvimgcodec.CodeStream(data)
-        if stream.codec_name != "jpeg":
+        # CMYK files (a few in ImageNet) convert to RGB up to 1 level off OpenCV's: those go OpenCV's way.
+        if stream.codec_name != "jpeg" or stream.num_channels not in (1, 3):
             return None
         region = nvimgcodec.Region(top, left, top + h, left + w)
         image = decoder.decode(stream.get_sub_code_stream(region=region), params=params)

@@ -961,6 +961,11 @@ def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
     )
     imagenet_input.check_backend(spec.image_backend)
     if spec.jpeg_window:
+        if spec.image_backend == "pillow":
+            raise TrainError(
+                "dataset.jpeg_window=True decodes with OpenCV's pixels; image_backend 'pillow' would ignore it: "
+                "set dataset.image_backend=opencv (or nvjpeg), or dataset.jpeg_window=False"
+            )
         imagenet_input.check_window()
     for key in ("decode_threads", "decode_batches_per_call"):
         if getattr(spec, key) < 1:

@@ -237,8 +237,8 @@ def test_window_decoding_gives_the_whole_decodes_pixels(fresh_window_decoder):
 
 
 def test_window_decoding_leaves_draft_crops_and_other_files_to_opencv(monkeypatch, fresh_window_decoder):
-    """A crop that decodes at reduced scale, and a file the decoder does not take (PNG), go the
-    OpenCV way: the same output as without the option."""
+    """A crop that decodes at reduced scale, a CMYK JPEG (converted 1 level off OpenCV's) and a
+    file the decoder does not take (PNG) go the OpenCV way: the same output as without the option."""
     pytest.importorskip("nvidia.nvimgcodec")
     data = _photo_jpeg(480, 640)
     box = lambda h, w: (10, 20, 460, 600)  # noqa: E731 - 1/4 scale at 96
@@ -253,6 +253,11 @@ def test_window_decoding_leaves_draft_crops_and_other_files_to_opencv(monkeypatc
     png = imagenet_input.decode_crop_resize(buf.getvalue(), box, 96, False, window=True)
     assert len(calls) == 1 and real(buf.getvalue(), (10, 20, 460, 600)) is None
     np.testing.assert_array_equal(png, imagenet_input.decode_crop_resize(buf.getvalue(), box, 96, False))
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("CMYK").save(buf, "JPEG", quality=90)
+    assert real(buf.getvalue(), (10, 20, 460, 600)) is None
+    cmyk = imagenet_input.decode_crop_resize(buf.getvalue(), box, 96, False, window=True)
+    np.testing.assert_array_equal(cmyk, imagenet_input.decode_crop_resize(buf.getvalue(), box, 96, False))
 
 
 def test_window_decoding_without_nvimgcodec_is_a_clear_error(
@@ -266,6 +271,9 @@ def test_window_decoding_without_nvimgcodec_is_a_clear_error(
     args = ["train", "--config", str(ROOT / "configs/imagenet/base.py"), "--workdir", str(tmp_path / "run")]
     assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.jpeg_window=True")]) == 1
     assert "dataset.jpeg_window needs nvImageCodec" in capsys.readouterr().err
+    pillow = ("--config.dataset.jpeg_window=True", "--config.dataset.image_backend=pillow")
+    assert cli.main([*args, *stream_overrides(tfds_dir, *pillow)]) == 1
+    assert "image_backend 'pillow' would ignore it" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
