@@ -1,6 +1,7 @@
 """Could the GPU decode ImageNet's JPEGs? Images/s of nvJPEG (through torchvision) on batches.
 
     python -m benchmarks.gpu_decode_probe [--batch 256 --batches 20 --image-size 224] --out F.jsonl
+    python -m benchmarks.gpu_decode_probe --decoders nvimgcodec --out F.jsonl
 
 The CPU pipeline (`benchmarks.input_pipeline`) prepares about three quarters of what an H200
 trains ResNet-50 at on its host's 16 cores (docs/BENCHMARKS.md). This probe asks whether decoding
@@ -12,6 +13,13 @@ flip), in one thread and in two at once, and how busy the CPU is meanwhile (nvJP
 Huffman codes on the host). Then it compares qresnet's `nvjpeg.decode_batch` (`image_backend="nvjpeg"`) with the
 opencv backend on the same crops, and times it. It needs PyTorch and torchvision with CUDA
 (`pip install "qresnet[nvjpeg]"`).
+
+`--decoders nvimgcodec` asks the same of nvImageCodec (`nvidia-nvimgcodec-cu13` and `nvidia-nvjpeg`
+on CUDA 13), which qresnet does not yet use on the GPU: it decodes a whole batch in one call, on the
+GPU's hardware JPEG decoder where it has one, and only each Inception crop's window (as
+`dataset.jpeg_window` does on the CPU). Its rows: the window decoding alone and with the resize and
+flip (PyTorch, as `nvjpeg.decode_batch` does), in one thread and in two (a decoder each), and its
+pixels against the CPU's window decoding (libjpeg-turbo) and against the opencv backend's batch.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -134,18 +143,148 @@ def compare_with_opencv(blobs, *, batch: int, size: int, batches: int) -> dict:
     }
 
 
+def _nvimgcodec_decoder():
+    """nvImageCodec and a decoder of its own for this thread, every backend allowed (the GPU's
+    hardware decoder first, where there is one)."""
+    nvimgcodec = imagenet_input._nvimgcodec()
+    return nvimgcodec, nvimgcodec.Decoder(device_id=0)
+
+
+def _windows(nvimgcodec, decoder, torch, jpegs, boxes, stream):
+    """Each box's window of each JPEG decoded on the GPU in one call, as HWC uint8 CUDA tensors
+    (None where nvImageCodec could not decode an image)."""
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
+    streams = [
+        nvimgcodec.CodeStream(b).get_sub_code_stream(region=nvimgcodec.Region(t, left, t + h, left + w))
+        for b, (t, left, h, w) in zip(jpegs, boxes)
+    ]
+    images = decoder.decode(streams, params=params, cuda_stream=stream.cuda_stream)
+    return [None if im is None else torch.as_tensor(im, device="cuda") for im in images]
+
+
+def _resize_flip(torch, windows, flips, size):
+    """The decoded windows bicubic-resized (no antialiasing) and flipped: (N, size, size, 3) uint8."""
+    out = []
+    for x, flip in zip(windows, flips):
+        y = torch.nn.functional.interpolate(
+            x.permute(2, 0, 1)[None].float(), size=(size, size), mode="bicubic", align_corners=False
+        )
+        out.append(y.flip(-1) if flip else y)
+    return torch.cat(out).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _draws(blobs, batch: int, k: int, size: int):
+    """Batch k's JPEGs (cycling through blobs), Inception crop boxes and flips."""
+    rng = np.random.default_rng(k)
+    jpegs = [blobs[(k * batch + i) % len(blobs)] for i in range(batch)]
+    boxes = [imagenet_input.inception_crop_box(rng, *imagenet_input._jpeg_size(b), size) for b in jpegs]
+    return jpegs, boxes, rng.random(batch) < 0.5
+
+
+def time_nvimgcodec(blobs, *, batch: int, batches: int, size: int, resize: bool, threads: int = 1) -> dict:
+    """`time_decode` for nvImageCodec's window decoding: images/s over `batches` batches per thread
+    (crop boxes and flips drawn beforehand, outside the timing), in `threads` threads with a decoder
+    and a CUDA stream each, after two warm-up batches; `resize` adds the resize and flip."""
+    import concurrent.futures
+
+    torch, _, _ = _torch()
+    draws = [_draws(blobs, batch, k, size) for k in range(batches + 2)]
+    barrier = threading.Barrier(threads + 1)
+
+    def loop(_):
+        try:
+            nvimgcodec, decoder = _nvimgcodec_decoder()
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream):
+                for k, (jpegs, boxes, flips) in enumerate(draws):
+                    if k == 2:
+                        stream.synchronize()
+                        barrier.wait()
+                    windows = _windows(nvimgcodec, decoder, torch, jpegs, boxes, stream)
+                    if any(x is None for x in windows):
+                        raise RuntimeError("nvImageCodec could not decode an image of the batch")
+                    if resize:
+                        _resize_flip(torch, windows, flips, size)
+                stream.synchronize()
+        except BaseException:
+            barrier.abort()  # the timing thread then stops waiting and reports this error
+            raise
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(loop, i) for i in range(threads)]
+        try:
+            barrier.wait()  # every thread warmed up
+        except threading.BrokenBarrierError:
+            for f in futures:
+                f.result()  # raises the thread's error
+        t0, c0 = time.perf_counter(), time.process_time()
+        for f in futures:
+            f.result()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {
+        "mode": "nvimgcodec_window_and_preprocess" if resize else "nvimgcodec_window",
+        "threads": threads,
+        "batch": batch,
+        "batches": batches,
+        "image_size": size,
+        "images_per_s": batch * batches * threads / wall,
+        "cpu_s_per_s": cpu / wall,
+    }
+
+
+def compare_nvimgcodec(blobs, *, batch: int, size: int) -> dict:
+    """nvImageCodec's GPU window decoding against the CPU's (libjpeg-turbo, `decode_window`) on one
+    batch's crops, and its resized batch against the opencv backend's (`decode_crop_resize`)."""
+    torch, _, _ = _torch()
+    nvimgcodec, decoder = _nvimgcodec_decoder()
+    jpegs, boxes, _ = _draws(blobs, batch, 0, size)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        windows = _windows(nvimgcodec, decoder, torch, jpegs, boxes, stream)
+        if any(x is None for x in windows):
+            raise RuntimeError("nvImageCodec could not decode an image of the batch")
+        resized = _resize_flip(torch, windows, np.zeros(batch, bool), size).cpu().numpy().astype(int)
+    diffs = [
+        np.abs(x.cpu().numpy().astype(int) - imagenet_input.decode_window(b, box))
+        for x, b, box in zip(windows, jpegs, boxes)
+    ]
+    cpu = np.stack(
+        [imagenet_input.decode_crop_resize(b, lambda h, w, box=box: box, size, False) for b, box in zip(jpegs, boxes)]
+    ).astype(int)
+    return {
+        "mode": "nvimgcodec_vs_cpu",
+        "batch": batch,
+        "image_size": size,
+        "window_mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
+        "window_max_abs_diff": int(max(d.max() for d in diffs)),
+        "resized_mean_abs_diff": float(np.abs(resized - cpu).mean()),
+        "resized_share_over_2": float((np.abs(resized - cpu) > 2).mean()),
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--examples", type=int, default=1024, help="distinct synthetic JPEGs (then cycled)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--decoders", default="torchvision", help="torchvision, nvimgcodec (comma-separated)")
     p.add_argument("--out", help="also write the rows as JSON lines here")
     args = p.parse_args(argv)
     if min(args.examples, args.batch, args.batches, args.image_size) < 1:
         print("error: --examples, --batch, --batches and --image-size must be >= 1", file=sys.stderr)
         return 2
+    decoders = args.decoders.split(",")
+    if not decoders or set(decoders) - {"torchvision", "nvimgcodec"}:
+        print(f"error: --decoders {args.decoders!r} must name some of torchvision, nvimgcodec", file=sys.stderr)
+        return 2
     torch, torchvision, _ = _torch()
+    if "nvimgcodec" in decoders:
+        try:
+            imagenet_input.check_window()
+        except imagenet_input.InputError:
+            print("error: --decoders nvimgcodec needs nvidia-nvimgcodec-cu13 (and nvidia-nvjpeg)", file=sys.stderr)
+            return 2
     from benchmarks import input_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,13 +300,17 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     rows = []
-    for crop, threads in ((False, 1), (True, 1), (True, 2)):
-        row = time_decode(
-            blobs, batch=args.batch, batches=args.batches, size=args.image_size, crop=crop, threads=threads
-        )
+    sizes = {"batch": args.batch, "batches": args.batches, "size": args.image_size}
+    if "torchvision" in decoders:
+        for crop, threads in ((False, 1), (True, 1), (True, 2)):
+            record(rows, time_decode(blobs, crop=crop, threads=threads, **sizes) | extra, args.out)
+        row = compare_with_opencv(blobs, batch=args.batch, size=args.image_size, batches=args.batches)
         record(rows, row | extra, args.out)
-    row = compare_with_opencv(blobs, batch=args.batch, size=args.image_size, batches=args.batches)
-    record(rows, row | extra, args.out)
+    if "nvimgcodec" in decoders:
+        extra["nvimgcodec"] = imagenet_input._nvimgcodec().__version__
+        record(rows, compare_nvimgcodec(blobs, batch=args.batch, size=args.image_size) | extra, args.out)
+        for resize, threads in ((False, 1), (True, 1), (True, 2)):
+            record(rows, time_nvimgcodec(blobs, resize=resize, threads=threads, **sizes) | extra, args.out)
     return 0
 
 

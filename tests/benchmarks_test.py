@@ -471,6 +471,8 @@ def test_gpu_decode_probe_checks_its_arguments_and_says_what_it_needs(capsys, mo
 
     assert gpu_decode_probe.main(["--batch", "0"]) == 2
     assert "must be >= 1" in capsys.readouterr().err
+    assert gpu_decode_probe.main(["--decoders", "nvjpeg"]) == 2
+    assert "--decoders 'nvjpeg' must name some of torchvision, nvimgcodec" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without PyTorch
     with pytest.raises(SystemExit, match="needs torch and torchvision with CUDA"):
         gpu_decode_probe.main(["--examples", "2"])
