@@ -15,11 +15,12 @@ opencv backend on the same crops, and times it. It needs PyTorch and torchvision
 (`pip install "qresnet[nvjpeg]"`).
 
 `--decoders nvimgcodec` asks the same of nvImageCodec (`nvidia-nvimgcodec-cu13` and `nvidia-nvjpeg`
-on CUDA 13), which qresnet does not yet use on the GPU: it decodes a whole batch in one call, on the
-GPU's hardware JPEG decoder where it has one, and only each Inception crop's window (as
-`dataset.jpeg_window` does on the CPU). Its rows: the window decoding alone and with the resize and
-flip (PyTorch, as `nvjpeg.decode_batch` does), in one thread and in two (a decoder each), and its
-pixels against the CPU's window decoding (libjpeg-turbo) and against the opencv backend's batch.
+on CUDA 13; `dataset.gpu_decoder="nvimgcodec"`): it decodes a whole batch in one call, on the GPU's
+hardware JPEG decoder where it has one, and only each Inception crop's window (as
+`dataset.jpeg_window` does on the CPU). Its rows: its pixels against the CPU's window decoding
+(libjpeg-turbo), and `decode_batch(..., decoder="nvimgcodec")` against the opencv backend's batch and
+torchvision's, with its images/s; then the window decoding alone and with the resize and flip, in
+one thread and in two (a decoder each).
 """
 
 from __future__ import annotations
@@ -143,32 +144,11 @@ def compare_with_opencv(blobs, *, batch: int, size: int, batches: int) -> dict:
     }
 
 
-def _nvimgcodec_decoder():
-    """nvImageCodec and a decoder of its own for this thread, every backend allowed (the GPU's
-    hardware decoder first, where there is one)."""
-    nvimgcodec = imagenet_input._nvimgcodec()
-    return nvimgcodec, nvimgcodec.Decoder(device_id=0)
-
-
-def _windows(nvimgcodec, decoder, torch, jpegs, boxes, stream):
-    """Each box's window of each JPEG decoded on the GPU in one call, as HWC uint8 CUDA tensors
-    (None where nvImageCodec could not decode an image)."""
-    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
-    streams = [
-        nvimgcodec.CodeStream(b).get_sub_code_stream(region=nvimgcodec.Region(t, left, t + h, left + w))
-        for b, (t, left, h, w) in zip(jpegs, boxes)
-    ]
-    images = decoder.decode(streams, params=params, cuda_stream=stream.cuda_stream)
-    return [None if im is None else torch.as_tensor(im, device="cuda") for im in images]
-
-
-def _resize_flip(torch, windows, flips, size):
-    """The decoded windows bicubic-resized (no antialiasing) and flipped: (N, size, size, 3) uint8."""
+def _resize_flip(torch, crops, flips, size):
+    """CHW uint8 crops bicubic-resized (no antialiasing) and flipped: (N, size, size, 3) uint8."""
     out = []
-    for x, flip in zip(windows, flips):
-        y = torch.nn.functional.interpolate(
-            x.permute(2, 0, 1)[None].float(), size=(size, size), mode="bicubic", align_corners=False
-        )
+    for x, flip in zip(crops, flips):
+        y = torch.nn.functional.interpolate(x[None].float(), size=(size, size), mode="bicubic", align_corners=False)
         out.append(y.flip(-1) if flip else y)
     return torch.cat(out).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
@@ -182,29 +162,29 @@ def _draws(blobs, batch: int, k: int, size: int):
 
 
 def time_nvimgcodec(blobs, *, batch: int, batches: int, size: int, resize: bool, threads: int = 1) -> dict:
-    """`time_decode` for nvImageCodec's window decoding: images/s over `batches` batches per thread
-    (crop boxes and flips drawn beforehand, outside the timing), in `threads` threads with a decoder
-    and a CUDA stream each, after two warm-up batches; `resize` adds the resize and flip."""
+    """`time_decode` for nvImageCodec's window decoding (`nvjpeg._windows`, what
+    `decode_batch(..., decoder="nvimgcodec")` decodes with): images/s over `batches` batches per
+    thread (crop boxes and flips drawn beforehand, outside the timing), in `threads` threads with a
+    decoder and a CUDA stream each, after two warm-up batches; `resize` adds the resize and flip."""
     import concurrent.futures
 
-    torch, _, _ = _torch()
+    from qresnet import nvjpeg
+
+    torch, torchvision, _ = _torch()
     draws = [_draws(blobs, batch, k, size) for k in range(batches + 2)]
     barrier = threading.Barrier(threads + 1)
 
     def loop(_):
         try:
-            nvimgcodec, decoder = _nvimgcodec_decoder()
             stream = torch.cuda.Stream()
             with torch.cuda.stream(stream):
                 for k, (jpegs, boxes, flips) in enumerate(draws):
                     if k == 2:
                         stream.synchronize()
                         barrier.wait()
-                    windows = _windows(nvimgcodec, decoder, torch, jpegs, boxes, stream)
-                    if any(x is None for x in windows):
-                        raise RuntimeError("nvImageCodec could not decode an image of the batch")
+                    crops = nvjpeg._windows(torch, torchvision.io, jpegs, boxes)
                     if resize:
-                        _resize_flip(torch, windows, flips, size)
+                        _resize_flip(torch, crops, flips, size)
                 stream.synchronize()
         except BaseException:
             barrier.abort()  # the timing thread then stops waiting and reports this error
@@ -232,33 +212,47 @@ def time_nvimgcodec(blobs, *, batch: int, batches: int, size: int, resize: bool,
     }
 
 
-def compare_nvimgcodec(blobs, *, batch: int, size: int) -> dict:
+def compare_nvimgcodec(blobs, *, batch: int, size: int, batches: int) -> dict:
     """nvImageCodec's GPU window decoding against the CPU's (libjpeg-turbo, `decode_window`) on one
-    batch's crops, and its resized batch against the opencv backend's (`decode_crop_resize`)."""
-    torch, _, _ = _torch()
-    nvimgcodec, decoder = _nvimgcodec_decoder()
+    batch's crops, and `decode_batch(..., decoder="nvimgcodec")` against the opencv backend's
+    `decode_crop_resize` and against torchvision's decode_batch; its images/s as `compare_with_opencv`
+    times torchvision's."""
+    from qresnet import nvjpeg
+
+    torch, torchvision, _ = _torch()
     jpegs, boxes, _ = _draws(blobs, batch, 0, size)
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        windows = _windows(nvimgcodec, decoder, torch, jpegs, boxes, stream)
-        if any(x is None for x in windows):
-            raise RuntimeError("nvImageCodec could not decode an image of the batch")
-        resized = _resize_flip(torch, windows, np.zeros(batch, bool), size).cpu().numpy().astype(int)
-    diffs = [
-        np.abs(x.cpu().numpy().astype(int) - imagenet_input.decode_window(b, box))
-        for x, b, box in zip(windows, jpegs, boxes)
-    ]
+    flips = np.zeros(batch, bool)
+    with torch.cuda.stream(torch.cuda.Stream()):
+        crops = nvjpeg._windows(torch, torchvision.io, jpegs, boxes)
+        window_diffs = [
+            np.abs(x.permute(1, 2, 0).cpu().numpy().astype(int) - imagenet_input.decode_window(b, box))
+            for x, b, box in zip(crops, jpegs, boxes)
+        ]
+    ours = nvjpeg.decode_batch(jpegs, np.asarray(boxes), flips, size, decoder="nvimgcodec").astype(int)
+    theirs = nvjpeg.decode_batch(jpegs, np.asarray(boxes), flips, size).astype(int)
     cpu = np.stack(
         [imagenet_input.decode_crop_resize(b, lambda h, w, box=box: box, size, False) for b, box in zip(jpegs, boxes)]
     ).astype(int)
+
+    def rate(**kw):
+        out = nvjpeg.decode_batch(jpegs, np.asarray(boxes), flips, size, decoder="nvimgcodec", **kw)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            out = nvjpeg.decode_batch(jpegs, np.asarray(boxes), flips, size, decoder="nvimgcodec", **kw)
+        np.asarray(out)  # waits for the last batch
+        return batch * batches / (time.perf_counter() - t0)
+
     return {
         "mode": "nvimgcodec_vs_cpu",
         "batch": batch,
         "image_size": size,
-        "window_mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
-        "window_max_abs_diff": int(max(d.max() for d in diffs)),
-        "resized_mean_abs_diff": float(np.abs(resized - cpu).mean()),
-        "resized_share_over_2": float((np.abs(resized - cpu) > 2).mean()),
+        "window_mean_abs_diff": float(np.mean([d.mean() for d in window_diffs])),
+        "window_max_abs_diff": int(max(d.max() for d in window_diffs)),
+        "resized_vs_opencv_mean_abs_diff": float(np.abs(ours - cpu).mean()),
+        "resized_vs_opencv_share_over_2": float((np.abs(ours - cpu) > 2).mean()),
+        "resized_vs_torchvision_mean_abs_diff": float(np.abs(ours - theirs).mean()),
+        "decode_batch_images_per_s": rate(),
+        "decode_batch_on_device_images_per_s": rate(on_device=True),
     }
 
 
@@ -308,7 +302,8 @@ def main(argv=None) -> int:
         record(rows, row | extra, args.out)
     if "nvimgcodec" in decoders:
         extra["nvimgcodec"] = imagenet_input._nvimgcodec().__version__
-        record(rows, compare_nvimgcodec(blobs, batch=args.batch, size=args.image_size) | extra, args.out)
+        row = compare_nvimgcodec(blobs, batch=args.batch, size=args.image_size, batches=args.batches)
+        record(rows, row | extra, args.out)
         for resize, threads in ((False, 1), (True, 1), (True, 2)):
             record(rows, time_nvimgcodec(blobs, resize=resize, threads=threads, **sizes) | extra, args.out)
     return 0

@@ -106,7 +106,17 @@ DECODES = {"full": (False, False), "draft": (True, False), "window": (True, True
 
 
 def _spec(
-    size, batch, workers, decode, backend, decode_threads, on_device, priority, per_call=1, cpu_share=0.0
+    size,
+    batch,
+    workers,
+    decode,
+    backend,
+    decode_threads,
+    on_device,
+    priority,
+    per_call=1,
+    cpu_share=0.0,
+    gpu_decoder="torchvision",
 ) -> imagenet_input.StreamSpec:
     """The stream settings of a timed pipeline (synthetic source, train and eval batch `batch`;
     `decode` one of DECODES)."""
@@ -126,16 +136,24 @@ def _spec(
         decode_priority=priority,
         decode_batches_per_call=per_call,
         cpu_decode_share=cpu_share,
+        gpu_decoder=gpu_decoder,
     )
 
 
 def _nvjpeg_fields(
-    backend: str, decode_threads: int, on_device: bool, priority: int, per_call: int = 1, cpu_share: float = 0.0
+    backend: str,
+    decode_threads: int,
+    on_device: bool,
+    priority: int,
+    per_call: int = 1,
+    cpu_share: float = 0.0,
+    gpu_decoder: str = "torchvision",
 ) -> dict:
     """A row's GPU-decoding settings (nvjpeg rows only)."""
     if backend != "nvjpeg":
         return {}
     fields = {"decode_threads": decode_threads, "on_device": on_device, "stream_priority": priority}
+    fields |= {"gpu_decoder": gpu_decoder} if gpu_decoder != "torchvision" else {}
     fields |= {"batches_per_call": per_call} if per_call != 1 else {}
     return fields | ({"cpu_decode_share": cpu_share} if cpu_share else {})
 
@@ -155,6 +173,7 @@ def time_pipeline(
     priority: int = 0,
     per_call: int = 2,
     cpu_share: float = 0.7,
+    gpu_decoder: str = "torchvision",
 ) -> dict:
     """Steady-state images/s of one epoch of `train_batches` over `batches` batches after `warmup`
     (the source must hold (warmup + batches) * batch examples: a new epoch restarts the workers).
@@ -163,7 +182,9 @@ def time_pipeline(
     timed batches come from that backlog."""
     if len(source) < (warmup + batches) * batch:
         raise ValueError(f"source has {len(source)} examples, fewer than {(warmup + batches) * batch}")
-    spec = _spec(size, batch, workers, decode, backend, decode_threads, on_device, priority, per_call, cpu_share)
+    spec = _spec(
+        size, batch, workers, decode, backend, decode_threads, on_device, priority, per_call, cpu_share, gpu_decoder
+    )
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     for _ in range(warmup):
         next(it)
@@ -181,7 +202,7 @@ def time_pipeline(
         "workers": workers,
         "decode": decode,
         "backend": backend,
-        **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call, cpu_share),
+        **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call, cpu_share, gpu_decoder),
         "batch": batch,
         "image_size": size,
         "batches": batches,
@@ -249,6 +270,7 @@ def time_fed(
     priority: int = 0,
     per_call: int = 2,
     cpu_share: float = 0.7,
+    gpu_decoder: str = "torchvision",
     profile: int = 0,
     sample_threads: bool = False,
 ) -> dict:
@@ -269,7 +291,17 @@ def time_fed(
     fixed = iter(lambda: dict(zip(("image", "label"), row.args)), None)
     alone_async, _ = _steps_per_s(row, fixed, batches)
     spec = _spec(
-        case.image_size, case.batch, workers, decode, backend, decode_threads, on_device, priority, per_call, cpu_share
+        case.image_size,
+        case.batch,
+        workers,
+        decode,
+        backend,
+        decode_threads,
+        on_device,
+        priority,
+        per_call,
+        cpu_share,
+        gpu_decoder,
     )
     it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
     _steps_per_s(row, it, warmup)
@@ -291,7 +323,7 @@ def time_fed(
         "workers": workers,
         "decode": decode,
         "backend": backend,
-        **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call, cpu_share),
+        **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call, cpu_share, gpu_decoder),
         "batches": batches,
         "warmup_batches": warmup,
         "alone_images_per_s": case.batch / alone,
@@ -342,7 +374,7 @@ def _profiled(run, steps: int) -> dict:
     return out | {k.replace("_ns", "_ms"): v / steps / 1e6 for k, v in device.items()}
 
 
-def _stub_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0):
+def _stub_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0, decoder="torchvision"):
     """`nvjpeg.decode_batch`'s shape and type with no decoding (`--nvjpeg-stub`)."""
     out = np.zeros((len(jpegs), size, size, 3), np.uint8)
     if on_device:
@@ -375,6 +407,11 @@ def main(argv=None) -> int:
         "--cpu-share",
         default="0.7",
         help="nvjpeg rows: shares of each train batch decoded on the CPU in the workers (comma-separated, in [0, 1))",
+    )
+    p.add_argument(
+        "--gpu-decoder",
+        default="torchvision",
+        help="nvjpeg rows: the GPU's decoder, torchvision or nvimgcodec (comma-separated)",
     )
     p.add_argument(
         "--placement",
@@ -441,10 +478,16 @@ def main(argv=None) -> int:
         print("error: --per-image times the CPU backends (opencv, pillow) only", file=sys.stderr)
         return 2
     if args.nvjpeg_stub:
-        nvjpeg.check = lambda: None
+        nvjpeg.check = lambda decoder="torchvision": None
         nvjpeg.decode_batch = _stub_decode_batch
+    gpu_decoders = args.gpu_decoder.split(",")
+    if not gpu_decoders or set(gpu_decoders) - set(nvjpeg.GPU_DECODERS):
+        names = ", ".join(nvjpeg.GPU_DECODERS)
+        print(f"error: --gpu-decoder {args.gpu_decoder!r} must name some of {names}", file=sys.stderr)
+        return 2
     for backend in backends:
-        imagenet_input.check_backend(backend)
+        for gpu_decoder in gpu_decoders if backend == "nvjpeg" else ["torchvision"]:
+            imagenet_input.check_backend(backend, gpu_decoder)
     if args.feed:  # the pipeline's batches take the training case's size
         from benchmarks import train_step
 
@@ -507,11 +550,13 @@ def main(argv=None) -> int:
                 args.out,
             )
             return 0
-        grid = itertools.product(workers, decodes, backends, threads, placements, priorities, per_calls, shares)
-        for w, decode, backend, t, place, prio, per_call, share in grid:
+        grid = itertools.product(
+            workers, decodes, backends, threads, placements, priorities, per_calls, shares, gpu_decoders
+        )
+        for w, decode, backend, t, place, prio, per_call, share, gpu_decoder in grid:
             nv = {"decode_threads": t, "on_device": place == "device", "priority": prio, "per_call": per_call}
-            nv["cpu_share"] = share
-            firsts = (threads[0], placements[0] == "device", priorities[0], per_calls[0], shares[0])
+            nv |= {"cpu_share": share, "gpu_decoder": gpu_decoder}
+            firsts = (threads[0], placements[0] == "device", priorities[0], per_calls[0], shares[0], gpu_decoders[0])
             if backend != "nvjpeg" and tuple(nv.values()) != firsts:
                 continue  # the CPU backends have no decoding threads, placement, stream, calls or shares to vary
             if backend == "pillow" and decode == "window":

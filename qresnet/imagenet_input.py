@@ -90,6 +90,7 @@ class StreamSpec:
     decode_priority: int = 0  # nvjpeg: CUDA priority of the decoding streams (-1: ahead of XLA's 0)
     decode_batches_per_call: int = 2  # nvjpeg: batches decoded together, in one nvJPEG call
     cpu_decode_share: float = 0.7  # nvjpeg: share of each train batch decoded in the workers (OpenCV)
+    gpu_decoder: str = "torchvision"  # nvjpeg: "torchvision" or "nvimgcodec" (nvjpeg.GPU_DECODERS)
     train_split: str = "train"
     eval_split: str = "validation"
 
@@ -145,8 +146,9 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return image[..., :3]
 
 
-def check_backend(name: str) -> None:
-    """Raises InputError unless `name` is one of BACKENDS and its library imports."""
+def check_backend(name: str, gpu_decoder: str = "torchvision") -> None:
+    """Raises InputError unless `name` is one of BACKENDS and its library (with "nvjpeg", that of
+    `gpu_decoder` too) imports."""
     if name not in BACKENDS:
         raise InputError(f"image_backend {name!r} is not one of {BACKENDS}; set --config.dataset.image_backend")
     if name == "opencv":
@@ -155,7 +157,7 @@ def check_backend(name: str) -> None:
         from qresnet import nvjpeg
 
         try:
-            nvjpeg.check()
+            nvjpeg.check(gpu_decoder)
         except nvjpeg.NvjpegError as e:
             raise InputError(str(e)) from e
 
@@ -174,7 +176,10 @@ def _cv2():
 
 def check_window() -> None:
     """Raises InputError unless the crop-window decoder (`jpeg_window`) imports."""
-    _nvimgcodec()
+    try:
+        _nvimgcodec()
+    except InputError as e:
+        raise InputError(f"dataset.jpeg_window needs {e}; or set --config.dataset.jpeg_window=False") from e
 
 
 @functools.cache
@@ -192,8 +197,8 @@ def _nvimgcodec():
             return importlib.import_module("nvidia.nvimgcodec")
     except ImportError as e:
         raise InputError(
-            "dataset.jpeg_window needs nvImageCodec: pip install nvidia-nvimgcodec-cu12 "
-            "(or qresnet's [nvimgcodec] extra), or set --config.dataset.jpeg_window=False"
+            "nvImageCodec, which is not installed: pip install nvidia-nvimgcodec-cu12 (-cu13 on CUDA 13; "
+            "qresnet's [nvimgcodec] extra)"
         ) from e
     finally:
         os.dup2(saved, 2)
@@ -422,10 +427,17 @@ def collate_plans(
 
 
 def _gpu_batches(
-    batches, size: int, threads: int = 1, ahead: int = 2, on_device: bool = False, priority: int = 0, per_call: int = 1
+    batches,
+    size: int,
+    threads: int = 1,
+    ahead: int = 2,
+    on_device: bool = False,
+    priority: int = 0,
+    per_call: int = 1,
+    decoder: str = "torchvision",
 ):
-    """Decodes the collated batches of plans on the GPU (`nvjpeg.decode_batch`, on streams of
-    `priority`), `per_call` batches in one call, in `threads` background threads, up to `ahead`
+    """Decodes the collated batches of plans on the GPU (`nvjpeg.decode_batch` with `decoder`, on
+    streams of `priority`), `per_call` batches in one call, in `threads` background threads, up to `ahead`
     (at least `threads`, so that every thread has work) calls ahead of the consumer; yields
     {"image", "label"} per batch, in order, images as host arrays or, with `on_device`, as
     jax.Arrays on the GPU. (torchvision decodes one call at a time per process, whatever the
@@ -439,7 +451,7 @@ def _gpu_batches(
             jpegs += [b["jpeg"][o[i] : o[i + 1]] for i in range(len(o) - 1)]  # views, not copies
         boxes = np.concatenate([b["box"] for b in group])
         flips = np.concatenate([b["flip"] for b in group])
-        images = nvjpeg.decode_batch(jpegs, boxes, flips, size, on_device, priority)
+        images = nvjpeg.decode_batch(jpegs, boxes, flips, size, on_device, priority, decoder=decoder)
         out, end = [], 0
         for b in group:
             start, end = end, end + len(b["box"])
@@ -571,6 +583,7 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
             on_device=spec.decode_on_device,
             priority=spec.decode_priority,
             per_call=spec.decode_batches_per_call,
+            decoder=spec.gpu_decoder,
         )
     ds = (
         grain.MapDataset.source(source)
@@ -593,7 +606,11 @@ def eval_batches(spec: StreamSpec, source) -> Iterator[dict[str, np.ndarray]]:
         ds = grain.MapDataset.source(source).map(lambda ex: plan_eval(ex, size))
         ds = ds.batch(batch, drop_remainder=False, batch_fn=collate_plans)
         batches = _gpu_batches(
-            _parallel(grain, ds, spec.workers), size, spec.decode_threads, priority=spec.decode_priority
+            _parallel(grain, ds, spec.workers),
+            size,
+            spec.decode_threads,
+            priority=spec.decode_priority,
+            decoder=spec.gpu_decoder,
         )
     else:
         ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size, backend, spec.jpeg_window))

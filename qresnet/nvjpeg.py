@@ -11,6 +11,13 @@ OpenCV's INTER_CUBIC) and flips on the GPU, on the calling thread's own CUDA str
 returns the uint8 batch as a JAX array on the GPU (the streamed train batches) or on the host
 (eval batches, which are padded there). PyTorch and torchvision with CUDA are an optional
 dependency (`pip install "qresnet[nvjpeg]"`); nothing else in qresnet needs them.
+
+`decoder="nvimgcodec"` (`dataset.gpu_decoder`; not yet measured on a GPU) decodes with
+nvImageCodec instead of torchvision: the batch in one call, on the GPU's hardware JPEG
+decoder where it has one, only each crop's window (`pip install nvidia-nvimgcodec-cu13
+nvidia-nvjpeg` on CUDA 13; -cu12 and nvidia-nvjpeg-cu12 on CUDA 12). torchvision decodes one
+call at a time per process, and that call is what the fed training loop waits for
+(docs/BENCHMARKS.md); the resize, flips and hand-over stay as they are.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import time
 
 import numpy as np
 
+GPU_DECODERS = ("torchvision", "nvimgcodec")
 _local = threading.local()
 _phases: collections.Counter = collections.Counter()  # seconds per phase of decode_batch, all threads
 _phases_lock = threading.Lock()
@@ -47,9 +55,24 @@ def _torch():
     return torch, torchvision.io
 
 
-def check() -> None:
-    """Raises NvjpegError unless PyTorch, torchvision and a CUDA GPU are there."""
+def check(decoder: str = "torchvision") -> None:
+    """Raises NvjpegError unless PyTorch, torchvision, a CUDA GPU and `decoder` are there."""
+    if decoder not in GPU_DECODERS:
+        raise NvjpegError(f"gpu_decoder {decoder!r} is not one of {GPU_DECODERS}; set --config.dataset.gpu_decoder")
     _torch()
+    if decoder == "nvimgcodec":
+        _nvimgcodec()
+
+
+def _nvimgcodec():
+    from qresnet import imagenet_input
+
+    try:
+        return imagenet_input._nvimgcodec()
+    except imagenet_input.InputError as e:
+        raise NvjpegError(
+            f"gpu_decoder 'nvimgcodec' needs it, and nvJPEG ({e}); or set --config.dataset.gpu_decoder=torchvision"
+        ) from e
 
 
 def _as_tensor(torch, jpeg):
@@ -74,6 +97,34 @@ def _decode(torch, tio, jpegs):
         return out
 
 
+def _windows(torch, tio, jpegs, boxes):
+    """nvImageCodec: each box's window of each JPEG, decoded on the GPU in one call on the current
+    stream, as CHW uint8 CUDA tensors; an image it cannot decode (e.g. CMYK) decodes with
+    torchvision, on the CPU, and is cropped."""
+    nvimgcodec = _nvimgcodec()
+    if getattr(_local, "nvimgcodec", None) is None:  # one decoder per thread, with its own state
+        _local.nvimgcodec = nvimgcodec.Decoder(device_id=torch.cuda.current_device())
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
+    streams = [
+        nvimgcodec.CodeStream(bytes(b)).get_sub_code_stream(region=nvimgcodec.Region(t, left, t + h, left + w))
+        for b, (t, left, h, w) in zip(jpegs, boxes)
+    ]
+    images = _local.nvimgcodec.decode(streams, params=params, cuda_stream=torch.cuda.current_stream().cuda_stream)
+    if all(im is None for im in images):
+        raise NvjpegError(
+            "nvImageCodec decoded none of the batch on the GPU: install nvJPEG for it (pip install nvidia-nvjpeg on "
+            "CUDA 13, nvidia-nvjpeg-cu12 on CUDA 12), or set --config.dataset.gpu_decoder=torchvision"
+        )
+    out = []
+    for im, b, (t, left, h, w) in zip(images, jpegs, boxes):
+        if im is None:
+            x = tio.decode_image(_as_tensor(torch, b), mode=tio.ImageReadMode.RGB)[:, t : t + h, left : left + w]
+            out.append(x.cuda())
+        else:
+            out.append(torch.as_tensor(im, device="cuda").permute(2, 0, 1))
+    return out
+
+
 def _stream(torch, priority: int = 0):
     """This thread's own CUDA stream of `priority` (lower is sooner; XLA's streams are 0).
     PyTorch's default (legacy) stream waits for, and is waited on by, every blocking stream of
@@ -85,7 +136,15 @@ def _stream(torch, priority: int = 0):
     return streams[priority]
 
 
-def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_device: bool = False, priority: int = 0):
+def decode_batch(
+    jpegs,
+    boxes: np.ndarray,
+    flips: np.ndarray,
+    size: int,
+    on_device: bool = False,
+    priority: int = 0,
+    decoder: str = "torchvision",
+):
     """Decodes, crops, resizes and flips a batch of JPEGs on the GPU.
 
     Args:
@@ -98,13 +157,14 @@ def decode_batch(jpegs, boxes: np.ndarray, flips: np.ndarray, size: int, on_devi
       priority: the CUDA priority of the decoding stream (0: as XLA's; -1: its kernels' blocks
         are scheduled before the training step's; that fed a ResNet-50 step worse, 0.72 of its
         fixed-data speed against 0.84, docs/BENCHMARKS.md).
+      decoder: "torchvision" (nvJPEG through torchvision) or "nvimgcodec" (module docstring).
 
     Returns:
       (N, size, size, 3) uint8 RGB, on the host (numpy) or, with `on_device`, a jax.Array.
     """
     torch, tio = _torch()
     with torch.cuda.stream(_stream(torch, priority)):
-        return _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device)
+        return _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device, decoder)
 
 
 def phase_seconds(reset: bool = False) -> dict[str, float]:
@@ -133,13 +193,18 @@ def _timed(phases: dict, name: str, start: float) -> float:
     return now
 
 
-def _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device):
+def _decode_crop_resize(torch, tio, jpegs, boxes, flips, size, on_device, decoder="torchvision"):
     phases, t = {"batches": 1}, time.perf_counter()
-    images = _decode(torch, tio, jpegs)
+    boxes = np.asarray(boxes).tolist()
+    if decoder == "nvimgcodec":
+        crops = _windows(torch, tio, jpegs, boxes)
+    else:
+        images = _decode(torch, tio, jpegs)
+        crops = [x[:, top : top + h, left : left + w] for x, (top, left, h, w) in zip(images, boxes)]
     t = _timed(phases, "decode", t)
     resized = []
-    for x, (top, left, h, w) in zip(images, np.asarray(boxes).tolist()):
-        crop = x[None, :, top : top + h, left : left + w].float()
+    for x in crops:
+        crop = x[None].float()
         resized.append(torch.nn.functional.interpolate(crop, size=(size, size), mode="bicubic", align_corners=False))
     y = torch.cat(resized).round_().clamp_(0, 255).to(torch.uint8)
     flip = torch.as_tensor(np.asarray(flips, bool), device=y.device)[:, None, None, None]

@@ -958,8 +958,13 @@ def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
         decode_threads=config.dataset.get("decode_threads", 1),
         decode_batches_per_call=config.dataset.get("decode_batches_per_call", 1),
         cpu_decode_share=config.dataset.get("cpu_decode_share", 0.0),
+        gpu_decoder=config.dataset.get("gpu_decoder", "torchvision"),
     )
-    imagenet_input.check_backend(spec.image_backend)
+    from qresnet import nvjpeg  # its GPU libraries are imported only when it decodes
+
+    if spec.gpu_decoder not in nvjpeg.GPU_DECODERS:
+        raise TrainError(f"dataset.gpu_decoder={spec.gpu_decoder!r} is not one of {nvjpeg.GPU_DECODERS}")
+    imagenet_input.check_backend(spec.image_backend, spec.gpu_decoder)
     if spec.jpeg_window:
         if spec.image_backend == "pillow":
             raise TrainError(

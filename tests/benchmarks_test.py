@@ -236,6 +236,8 @@ def test_input_pipeline_benchmark_times_the_streaming_train_batches(tmp_path, ca
     assert "--decode-threads and --decode-per-call must be counts >= 1" in capsys.readouterr().err
     assert input_pipeline.main(["--decode-per-call", "0"]) == 2
     assert "--decode-per-call must be counts >= 1" in capsys.readouterr().err
+    assert input_pipeline.main(["--gpu-decoder", "dali"]) == 2
+    assert "--gpu-decoder 'dali' must name some of torchvision, nvimgcodec" in capsys.readouterr().err
     assert input_pipeline.main(["--cpu-share", "1"]) == 2
     assert "--cpu-share '1' must be comma-separated shares in [0, 1)" in capsys.readouterr().err
 
@@ -532,6 +534,12 @@ def test_input_benchmark_times_the_nvjpeg_host_side_with_a_stub_decoder(tmp_path
     ]
     assert got == [(t, place, k, c) for t in (1, 2) for place in (False, True) for k in (1, 2) for c in (0, 0.5)]
     assert all(r["backend"] == "nvjpeg" and r["images_per_s"] > 0 for r in rows)
+    # the GPU decoder is a row setting too (the stub stands in for either)
+    one = ["--examples", "24", "--workers", "0", "--decode", "full", "--backend", "nvjpeg", "--nvjpeg-stub"]
+    one += ["--gpu-decoder", "torchvision,nvimgcodec", "--batch", "4", "--warmup", "2", "--batches", "3"]
+    assert input_pipeline.main([*one, "--image-size", "32", "--out", str(tmp_path / "dec.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "dec.jsonl").read_text().splitlines()]
+    assert [r.get("gpu_decoder", "torchvision") for r in rows] == ["torchvision", "nvimgcodec"]
 
 
 _XSPACE = """

@@ -279,11 +279,13 @@ def test_window_decoding_without_nvimgcodec_is_a_clear_error(
 
 _PRIORITIES = []  # the stream priorities the stand-in decoder was asked for
 _CALL_SIZES = []  # the images of each call to the stand-in decoder (train and eval)
+_DECODERS = []  # the GPU decoders the stand-in was asked for
 
 
-def _cpu_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0):
+def _cpu_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0, decoder="torchvision"):
     """nvjpeg.decode_batch's contract, on the CPU with OpenCV (the GPU path's stand-in in tests)."""
     _PRIORITIES.append(priority)
+    _DECODERS.append(decoder)
     _CALL_SIZES.append(len(jpegs))
     time.sleep(random.random() / 100)  # several decoding threads then finish out of order
     out = []
@@ -304,7 +306,7 @@ def test_every_decoding_thread_gets_a_batch_at_once(monkeypatch):
     threads = 5
     barrier = threading.Barrier(threads, timeout=5)
 
-    def decode(jpegs, boxes, flips, size, on_device=False, priority=0):
+    def decode(jpegs, boxes, flips, size, on_device=False, priority=0, decoder="torchvision"):
         barrier.wait()
         return np.zeros((len(boxes), size, size, 3), np.uint8)
 
@@ -319,25 +321,25 @@ def test_every_decoding_thread_gets_a_batch_at_once(monkeypatch):
 def cpu_nvjpeg(monkeypatch):
     from qresnet import nvjpeg
 
-    monkeypatch.setattr(nvjpeg, "check", lambda: None)
+    monkeypatch.setattr(nvjpeg, "check", lambda decoder="torchvision": None)
     monkeypatch.setattr(nvjpeg, "decode_batch", _cpu_decode_batch)
 
 
 @pytest.mark.parametrize(
-    "workers,threads,on_device,priority,per_call,cpu_share",
+    "workers,threads,on_device,priority,per_call,cpu_share,decoder",
     [
-        (0, 1, False, 0, 1, 0.0),
-        (2, 1, False, 0, 1, 0.0),
-        (0, 3, False, 0, 1, 0.0),
-        (0, 2, True, -1, 1, 0.0),
-        (0, 2, True, 0, 2, 0.0),
-        (2, 1, False, 0, 3, 0.0),
-        (2, 2, True, 0, 2, 0.3),
-        (0, 1, False, 0, 1, 0.3),
+        (0, 1, False, 0, 1, 0.0, "torchvision"),
+        (2, 1, False, 0, 1, 0.0, "torchvision"),
+        (0, 3, False, 0, 1, 0.0, "torchvision"),
+        (0, 2, True, -1, 1, 0.0, "torchvision"),
+        (0, 2, True, 0, 2, 0.0, "torchvision"),
+        (2, 1, False, 0, 3, 0.0, "torchvision"),
+        (2, 2, True, 0, 2, 0.3, "torchvision"),
+        (0, 1, False, 0, 1, 0.3, "nvimgcodec"),
     ],
 )
 def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
-    tfds_dir, cpu_nvjpeg, workers, threads, on_device, priority, per_call, cpu_share
+    tfds_dir, cpu_nvjpeg, workers, threads, on_device, priority, per_call, cpu_share, decoder
 ):
     """With image_backend nvjpeg the host plans (bytes, crop box, flip) with the CPU path's draws and
     the decoder gets whole batches, `decode_batches_per_call` train batches at a time (the last
@@ -345,7 +347,7 @@ def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
     (full-size decoding), train and eval, with worker processes or without, in order when several
     threads decode (finishing in any order), with train batches left on the device, and with a
     share of each train batch decoded in the workers instead (`cpu_decode_share`: the GPU then
-    gets the rest); the decoder is asked for the spec's stream priority."""
+    gets the rest); the decoder is asked for the spec's stream priority and GPU decoder."""
     cpu = imagenet_input.StreamSpec(NAME, tfds_dir, 32, 8, 4, workers=0, jpeg_draft=False)
     gpu = dataclasses.replace(
         cpu,
@@ -356,9 +358,11 @@ def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
         decode_priority=priority,
         decode_batches_per_call=per_call,
         cpu_decode_share=cpu_share,
+        gpu_decoder=decoder,
     )
     _PRIORITIES.clear()
     _CALL_SIZES.clear()
+    _DECODERS.clear()
     src = imagenet_input.open_source(cpu, "train")
     want = list(imagenet_input.train_batches(cpu, src, seed=3, epoch=1))
     got = list(imagenet_input.train_batches(gpu, src, seed=3, epoch=1))
@@ -375,12 +379,13 @@ def test_gpu_decoding_gets_the_same_crops_flips_order_and_batches(
         for k in ("image", "label", "mask"):
             np.testing.assert_array_equal(g[k], w[k])
     assert set(_PRIORITIES) == {priority}  # the decoding threads are this process's, workers or not
+    assert set(_DECODERS) == {decoder}
 
 
 def test_a_gpu_decoding_error_reaches_the_consumer(tfds_dir, monkeypatch):
     from qresnet import nvjpeg
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise ValueError("bad batch")
 
     monkeypatch.setattr(nvjpeg, "decode_batch", broken)
@@ -404,6 +409,18 @@ def test_unknown_or_missing_image_backend_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without PyTorch
     with pytest.raises(imagenet_input.InputError, match=r"qresnet\[nvjpeg\].*image_backend=opencv"):
         imagenet_input.check_backend("nvjpeg")
+
+
+def test_unknown_or_missing_gpu_decoder_is_a_clear_error(monkeypatch, fresh_window_decoder):
+    from qresnet import nvjpeg
+
+    monkeypatch.setattr(nvjpeg, "_torch", lambda: (None, None))  # as where PyTorch sees a GPU
+    with pytest.raises(imagenet_input.InputError, match="gpu_decoder 'dali' is not one of"):
+        imagenet_input.check_backend("nvjpeg", "dali")
+    monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", None)  # as if nvImageCodec were not installed
+    with pytest.raises(imagenet_input.InputError, match=r"'nvimgcodec' needs it.*nvidia-nvimgcodec.*gpu_decoder=torch"):
+        imagenet_input.check_backend("nvjpeg", "nvimgcodec")
+    imagenet_input.check_backend("nvjpeg", "torchvision")
 
 
 def test_train_batches_are_uint8_full_and_a_function_of_seed_and_epoch(tfds_dir):
@@ -514,6 +531,8 @@ def test_a_bad_image_backend_fails_before_anything_is_written(tfds_dir, tmp_path
     assert "dataset.decode_batches_per_call=0 must be >= 1" in capsys.readouterr().err
     assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.cpu_decode_share=1.0")]) == 1
     assert "dataset.cpu_decode_share=1.0 must be in [0, 1)" in capsys.readouterr().err
+    assert cli.main([*args, *stream_overrides(tfds_dir, "--config.dataset.gpu_decoder=dali")]) == 1
+    assert "dataset.gpu_decoder='dali' is not one of ('torchvision', 'nvimgcodec')" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
