@@ -103,7 +103,10 @@ def _windows(torch, tio, jpegs, boxes):
     torchvision, on the CPU, and is cropped."""
     nvimgcodec = _nvimgcodec()
     if getattr(_local, "nvimgcodec", None) is None:  # one decoder per thread, with its own state
-        _local.nvimgcodec = nvimgcodec.Decoder(device_id=torch.cuda.current_device())
+        # The GPU's backends only (the hardware decoder first): a CPU fallback would be silently slow.
+        kinds = ("HW_GPU_ONLY", "GPU_ONLY", "HYBRID_CPU_GPU")
+        backends = [nvimgcodec.Backend(getattr(nvimgcodec.BackendKind, k)) for k in kinds]
+        _local.nvimgcodec = nvimgcodec.Decoder(device_id=torch.cuda.current_device(), backends=backends)
     params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
     streams = [
         nvimgcodec.CodeStream(bytes(b)).get_sub_code_stream(region=nvimgcodec.Region(t, left, t + h, left + w))
