@@ -91,8 +91,13 @@ def time_decode(blobs, *, batch: int, batches: int, size: int, crop: bool, threa
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         list(pool.map(loop, range(threads)))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return _rate_row("decode_and_preprocess" if crop else "decode", threads, batch, batches, size, wall, cpu)
+
+
+def _rate_row(mode: str, threads: int, batch: int, batches: int, size: int, wall: float, cpu: float) -> dict:
+    """A timing row: images/s over all threads' batches, and the process's CPU seconds per second."""
     return {
-        "mode": "decode_and_preprocess" if crop else "decode",
+        "mode": mode,
         "threads": threads,
         "batch": batch,
         "batches": batches,
@@ -201,15 +206,8 @@ def time_nvimgcodec(blobs, *, batch: int, batches: int, size: int, resize: bool,
         for f in futures:
             f.result()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {
-        "mode": "nvimgcodec_window_and_preprocess" if resize else "nvimgcodec_window",
-        "threads": threads,
-        "batch": batch,
-        "batches": batches,
-        "image_size": size,
-        "images_per_s": batch * batches * threads / wall,
-        "cpu_s_per_s": cpu / wall,
-    }
+    mode = "nvimgcodec_window_and_preprocess" if resize else "nvimgcodec_window"
+    return _rate_row(mode, threads, batch, batches, size, wall, cpu)
 
 
 def compare_nvimgcodec(blobs, *, batch: int, size: int, batches: int) -> dict:
