@@ -174,8 +174,14 @@ def _cv2():
     return cv2
 
 
-def check_window() -> None:
-    """Raises InputError unless the crop-window decoder (`jpeg_window`) imports."""
+def check_window(backend: str = "opencv") -> None:
+    """Raises InputError unless the crop-window decoder (`jpeg_window`) imports and `backend`
+    (`image_backend`) uses it: OpenCV's decoding does, and so does nvjpeg's CPU share; Pillow's not."""
+    if backend == "pillow":
+        raise InputError(
+            "dataset.jpeg_window=True decodes with OpenCV's pixels; image_backend 'pillow' would ignore it: "
+            "set dataset.image_backend=opencv (or nvjpeg), or dataset.jpeg_window=False"
+        )
     try:
         _nvimgcodec()
     except InputError as e:

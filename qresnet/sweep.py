@@ -333,11 +333,11 @@ def _alive(record: Mapping[str, Any]) -> bool:
     if record.get("pid_start") is not None:
         return _pid_start(pid) == record["pid_start"]
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: alive, another user's
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

@@ -966,12 +966,7 @@ def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
         raise TrainError(f"dataset.gpu_decoder={spec.gpu_decoder!r} is not one of {nvjpeg.GPU_DECODERS}")
     imagenet_input.check_backend(spec.image_backend, spec.gpu_decoder)
     if spec.jpeg_window:
-        if spec.image_backend == "pillow":
-            raise TrainError(
-                "dataset.jpeg_window=True decodes with OpenCV's pixels; image_backend 'pillow' would ignore it: "
-                "set dataset.image_backend=opencv (or nvjpeg), or dataset.jpeg_window=False"
-            )
-        imagenet_input.check_window()
+        imagenet_input.check_window(spec.image_backend)
     for key in ("decode_threads", "decode_batches_per_call"):
         if getattr(spec, key) < 1:
             raise TrainError(f"dataset.{key}={getattr(spec, key)} must be >= 1")
