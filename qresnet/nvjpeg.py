@@ -12,12 +12,13 @@ returns the uint8 batch as a JAX array on the GPU (the streamed train batches) o
 (eval batches, which are padded there). PyTorch and torchvision with CUDA are an optional
 dependency (`pip install "qresnet[nvjpeg]"`); nothing else in qresnet needs them.
 
-`decoder="nvimgcodec"` (`dataset.gpu_decoder`; not yet measured on a GPU) decodes with
-nvImageCodec instead of torchvision: the batch in one call, on the GPU's hardware JPEG
-decoder where it has one, only each crop's window (`pip install nvidia-nvimgcodec-cu13
-nvidia-nvjpeg` on CUDA 13; -cu12 and nvidia-nvjpeg-cu12 on CUDA 12). torchvision decodes one
-call at a time per process, and that call is what the fed training loop waits for
-(docs/BENCHMARKS.md); the resize, flips and hand-over stay as they are.
+`decoder="nvimgcodec"` (`dataset.gpu_decoder`) decodes with nvImageCodec instead of
+torchvision: the batch in one call, on the GPU's hardware JPEG decoder where it has one, only
+each crop's window (`pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg` on CUDA 13; -cu12 and
+nvidia-nvjpeg-cu12 on CUDA 12); the resize, flips and hand-over stay as they are. Its pixels
+are the CPU decoders' (libjpeg-turbo, OpenCV) where torchvision's differ by 1.4 levels on
+average; on an H200 it is no faster than torchvision and feeds a ResNet-50 no better
+(docs/BENCHMARKS.md, "nvImageCodec for the GPU's share").
 """
 
 from __future__ import annotations
@@ -106,7 +107,12 @@ def _windows(torch, tio, jpegs, boxes):
         # The GPU's backends only (the hardware decoder first): a CPU fallback would be silently slow.
         kinds = ("HW_GPU_ONLY", "GPU_ONLY", "HYBRID_CPU_GPU")
         backends = [nvimgcodec.Backend(getattr(nvimgcodec.BackendKind, k)) for k in kinds]
-        _local.nvimgcodec = nvimgcodec.Decoder(device_id=torch.cuda.current_device(), backends=backends)
+        # Crop windows with fancy upsampling (the CPU decoders' chroma) are refused by nvJPEG < 13.2, which
+        # torchvision's own copy is: every image came back None. Allowed: at worst a 1-pixel edge differs.
+        options = " ".join(f"{d}:enable_roi_fancy_upsampling=1" for d in ("nvjpeg_hw_decoder", "nvjpeg_cuda_decoder"))
+        _local.nvimgcodec = nvimgcodec.Decoder(
+            device_id=torch.cuda.current_device(), backends=backends, options=options
+        )
     params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB)
     streams = [
         nvimgcodec.CodeStream(bytes(b)).get_sub_code_stream(region=nvimgcodec.Region(t, left, t + h, left + w))
