@@ -140,22 +140,18 @@ def _spec(
     )
 
 
-def _nvjpeg_fields(
-    backend: str,
-    decode_threads: int,
-    on_device: bool,
-    priority: int,
-    per_call: int = 1,
-    cpu_share: float = 0.0,
-    gpu_decoder: str = "torchvision",
-) -> dict:
-    """A row's GPU-decoding settings (nvjpeg rows only)."""
-    if backend != "nvjpeg":
+def _nvjpeg_fields(spec: imagenet_input.StreamSpec) -> dict:
+    """A row's GPU-decoding settings, read from its stream's (nvjpeg rows only)."""
+    if spec.image_backend != "nvjpeg":
         return {}
-    fields = {"decode_threads": decode_threads, "on_device": on_device, "stream_priority": priority}
-    fields |= {"gpu_decoder": gpu_decoder} if gpu_decoder != "torchvision" else {}
-    fields |= {"batches_per_call": per_call} if per_call != 1 else {}
-    return fields | ({"cpu_decode_share": cpu_share} if cpu_share else {})
+    fields = {
+        "decode_threads": spec.decode_threads,
+        "on_device": spec.decode_on_device,
+        "stream_priority": spec.decode_priority,
+    }
+    fields |= {"gpu_decoder": spec.gpu_decoder} if spec.gpu_decoder != "torchvision" else {}
+    fields |= {"batches_per_call": spec.decode_batches_per_call} if spec.decode_batches_per_call != 1 else {}
+    return fields | ({"cpu_decode_share": spec.cpu_decode_share} if spec.cpu_decode_share else {})
 
 
 def time_pipeline(
@@ -202,7 +198,7 @@ def time_pipeline(
         "workers": workers,
         "decode": decode,
         "backend": backend,
-        **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call, cpu_share, gpu_decoder),
+        **_nvjpeg_fields(spec),
         "batch": batch,
         "image_size": size,
         "batches": batches,
@@ -323,7 +319,7 @@ def time_fed(
         "workers": workers,
         "decode": decode,
         "backend": backend,
-        **_nvjpeg_fields(backend, decode_threads, on_device, priority, per_call, cpu_share, gpu_decoder),
+        **_nvjpeg_fields(spec),
         "batches": batches,
         "warmup_batches": warmup,
         "alone_images_per_s": case.batch / alone,

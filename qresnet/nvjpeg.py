@@ -107,8 +107,9 @@ def _windows(torch, tio, jpegs, boxes):
         # The GPU's backends only (the hardware decoder first): a CPU fallback would be silently slow.
         kinds = ("HW_GPU_ONLY", "GPU_ONLY", "HYBRID_CPU_GPU")
         backends = [nvimgcodec.Backend(getattr(nvimgcodec.BackendKind, k)) for k in kinds]
-        # Crop windows with fancy upsampling (the CPU decoders' chroma) are refused by nvJPEG < 13.2, which
-        # torchvision's own copy is: every image came back None. Allowed: at worst a 1-pixel edge differs.
+        # nvImageCodec refuses crop windows with fancy upsampling (the CPU decoders' chroma) on nvJPEG < 13.2, as
+        # the copy bundled with torchvision was on the H200 image once torchvision had decoded: every image came
+        # back None. Allowed: at worst a 1-pixel-wide image edge differs.
         options = " ".join(f"{d}:enable_roi_fancy_upsampling=1" for d in ("nvjpeg_hw_decoder", "nvjpeg_cuda_decoder"))
         _local.nvimgcodec = nvimgcodec.Decoder(
             device_id=torch.cuda.current_device(), backends=backends, options=options
