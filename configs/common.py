@@ -25,6 +25,11 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     # With "pallas": convs wider than this stay on cuDNN (64 was slower at widths 1.5 and 2 on an H200,
     # and at width 1 on an H100, where it was 1% faster at 1.5).
     c.model.pallas_max_channels = 32
+    # No BN (folded into each conv's bias) and each activation quantized once for all its readers:
+    # the network `qresnet export` turns into int8 codes from conv to conv (qresnet/fused.py). Use
+    # with a per-tensor setting (w8a8_fused, w4a4_ends8_fused), fine-tuned from a float run with BN
+    # (init_from: its BN is folded in). configs/cifar10/resnet20_w8a8_fused.py.
+    c.model.fold_bn = False
 
     # Data
     c.dataset = ml_collections.ConfigDict()

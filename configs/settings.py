@@ -13,6 +13,13 @@ SETTINGS = {
         ("stem|head", 8, 8, {"a_granularity": "per_tensor"}),
         (".*", 4, 4, {"a_granularity": "per_tensor"}),
     ],
+    # For fused integer deployment (model.fold_bn, qresnet/fused.py): one scale per tensor for the
+    # weights too, since BN is folded into them and a fused int8 conv applies one scale.
+    "w8a8_fused": [(".*", 8, 8, {"a_granularity": "per_tensor", "w_granularity": "per_tensor"})],
+    "w4a4_ends8_fused": [
+        ("stem|head", 8, 8, {"a_granularity": "per_tensor", "w_granularity": "per_tensor"}),
+        (".*", 4, 4, {"a_granularity": "per_tensor", "w_granularity": "per_tensor"}),
+    ],
     # Not the paper's bounds: LSQ learns each activation bound (step size) by gradient descent
     # instead of freezing the EMA of batch maxima; for the 4-bit accuracy gap of issue #3.
     "w4a4_ends8_lsq": [("stem|head", 8, 8, {"a_bound": "lsq"}), (".*", 4, 4, {"a_bound": "lsq"})],

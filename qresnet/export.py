@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qresnet import data, imagenet_input, resnet, results
+from qresnet import data, fused, imagenet_input, resnet, results
 from qresnet.quant import int_layers
 from qresnet.quant import specs as specs_lib
 
@@ -84,7 +84,10 @@ def integer_variables(variables: Mapping[str, Any], specs: Mapping[str, specs_li
     for name, path in resnet.kernel_paths(params).items():
         spec = specs[name]
         layer = _get(out_params, path)
-        if spec.a_bits is not None:
+        layer_stats = _get(stats, path) if _has(stats, path) else {}
+        if "out_bound" in layer_stats:  # a BN-folded projection's output quantizer
+            _set(out_stats, path, {"out_bound": np.asarray(layer_stats["out_bound"], np.float32)})
+        if spec.a_bits is not None and (spec.a_bound == "fixed" or "act_bound" in layer_stats):
             if spec.a_bound == "fixed":
                 bound = np.float32(spec.a_fixed_bound)
             else:
@@ -98,16 +101,27 @@ def integer_variables(variables: Mapping[str, Any], specs: Mapping[str, specs_li
                     "w8a8_deploy or w4a4_ends8_deploy in configs/settings.py)"
                 )
             _set(out_stats, path, {"act_bound": np.asarray(bound, np.float32)})
+        elif spec.a_bits is not None and "out_bound" not in layer_stats:
+            raise ExportError(f"layer {name!r} quantizes its input but the run has no bound for it (quant_stats)")
         if spec.w_bits is not None:
             q, s = int_layers.kernel_codes(jnp.asarray(layer.pop("kernel")), spec)
             layer["kernel_int"], layer["w_scale"] = np.asarray(q), np.asarray(s)
-    return {"params": out_params, "batch_stats": jax.device_get(variables["batch_stats"]), "quant_stats": out_stats}
+    batch_stats = jax.device_get(variables.get("batch_stats", {}))
+    return {"params": out_params, "batch_stats": batch_stats, "quant_stats": out_stats}
 
 
 def _get(tree, path):
     for p in path:
         tree = tree[p]
     return tree
+
+
+def _has(tree, path) -> bool:
+    for p in path:
+        if not isinstance(tree, Mapping) or p not in tree:
+            return False
+        tree = tree[p]
+    return True
 
 
 def _set(tree, path, value):
@@ -224,14 +238,28 @@ def size_check(path: str | Path, memory_bits: float) -> dict[str, Any]:
 
 
 def int_model(
-    header: Mapping[str, Any], *, pointwise_as_dot: bool = True, narrow_as_float: bool = True, dtype: str = "float32"
-) -> resnet.ResNet:
+    header: Mapping[str, Any],
+    variables: Mapping[str, Any] | None = None,
+    *,
+    pointwise_as_dot: bool = True,
+    narrow_as_float: bool = True,
+    dtype: str = "float32",
+):
     """The integer inference model an export describes (`pointwise_as_dot`, `narrow_as_float`: see `IntConv`).
 
     `dtype` is that of everything between the integer products (rescaled outputs, BN, ReLU,
     residual adds, pooling): "bfloat16" halves their memory traffic; the codes and the integer
     products are the same, the values that get quantized are rounded to bf16 first.
+
+    A BN-folded export (header "fold_bn") gives `fused.FusedResNet`, int8 codes from conv to
+    conv; it holds the export's scales, so it needs `variables` (and takes no other option).
     """
+    if header.get("fold_bn"):
+        if variables is None:
+            raise ExportError("a BN-folded export's integer model is built from its variables: pass them")
+        if dtype != "float32":
+            raise ExportError(f"a BN-folded export runs on int8 codes between layers; dtype {dtype!r} does not apply")
+        return fused.FusedResNet(header, variables)
     if dtype not in resnet.DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(resnet.DTYPES)}")
     specs = specs_lib.specs_from_json(header["specs"])
@@ -273,6 +301,7 @@ def export_run(workdir: str | Path, out: str | Path) -> Path:
         "input_shape": list(info.image_shape),
         "dataset": info.name,
         "setting": config.setting,
+        "fold_bn": bool(config.model.get("fold_bn", False)),  # absent in older records
     }
     if info.streaming:
         header |= {
@@ -340,7 +369,20 @@ def _provenance() -> dict[str, str]:
 
 
 def _apply_fn(model, info, **kw):
-    return jax.jit(lambda v, x: model.apply(v, data.normalize(x, info), train=False, **kw))
+    def fn(v, x):
+        return model.apply(v, data.normalize(x, info), train=False, **kw)
+
+    if not isinstance(model, fused.FusedResNet):
+        return jax.jit(fn)
+    jitted = []
+
+    def checked(v, x):  # the first batch checks that XLA fused the integer convs (fused.compile_forward)
+        if not jitted:
+            fused.compile_forward(model, v, x, fn)
+            jitted.append(jax.jit(fn))
+        return jitted[0](v, x)
+
+    return checked
 
 
 def evaluate(
@@ -351,7 +393,7 @@ def evaluate(
     Returns:
       {model, setting, dataset, dtype, n, top1_int, device, date, commit}.
     """
-    fn = _apply_fn(int_model(header, dtype=dtype), data.dataset_info(header["dataset"]))
+    fn = _apply_fn(int_model(header, variables, dtype=dtype), data.dataset_info(header["dataset"]))
     variables = jax.device_put(variables)  # once: numpy arguments would be copied to the GPU every batch
     correct = n = 0
     batches = test_batches(
@@ -390,14 +432,20 @@ def equivalence(
     from qresnet import train
 
     header, variables = read(export_path)
+    int_net = int_model(header, variables, dtype=dtype)
     variables = jax.device_put(variables)  # once, not with every batch
     config = train.run_config(workdir)
     state, specs = train.restore_final(config, workdir)
     info = data.dataset_info(config.dataset.name)
     fake = resnet.create_model(
-        config.model.name, num_classes=info.num_classes, width=float(config.model.width), specs=specs, dtype="float32"
+        config.model.name,
+        num_classes=info.num_classes,
+        width=float(config.model.width),
+        specs=specs,
+        dtype="float32",
+        fold_bn=bool(config.model.get("fold_bn", False)),
     )
-    fake_fn, int_fn = _apply_fn(fake, info, act_quant=True), _apply_fn(int_model(header, dtype=dtype), info)
+    fake_fn, int_fn = _apply_fn(fake, info, act_quant=True), _apply_fn(int_net, info)
     batches = test_batches(
         config.dataset.name,
         data_dir=data_dir or (config.dataset.tfds_dir if info.streaming else config.dataset.data_dir),

@@ -1,10 +1,18 @@
 """`qresnet bench-int`: bf16 against integer inference, in one process on one device.
 
-For each (model, image size, batch) it builds the w8a8 deployment model
-(per-tensor activation scales), times the jitted forward pass of the bf16
-float model and of the integer model (IntConv/IntDense) on the same random
-weights and input, and reports the median images/s of each. Weights and
-activation bounds are random, not trained: speed does not depend on them.
+For each (model, image size, batch) it builds two w8a8 integer models and their
+float counterparts on random weights and the same input, times the jitted
+forward passes and reports the median images/s of each, in two rows:
+
+- setting `w8a8_deploy` (per-tensor activation scales): the integer model of
+  `quant.int_layers` (float32 between the integer products) against the bf16
+  model with BN;
+- setting `w8a8_fused` (BN folded, one scale per tensor, `model.fold_bn`): the
+  fused integer model of `qresnet.fused` (int8 codes from conv to conv) against
+  the same bf16 model with BN, and against the bf16 network with BN folded
+  (`bf16_folded`, bias and ReLU in the conv's epilogue: the fastest bf16 form).
+
+Weights and activation bounds are random, not trained: speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -17,11 +25,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from qresnet import export, resnet
+from qresnet import export, fused, resnet
 from qresnet.quant import resolve_specs
 
 DEFAULT_CASES = ("resnet50:224:256", "resnet20:32:1024")
 W8A8_DEPLOY = [(".*", 8, 8, {"a_granularity": "per_tensor"})]
+W8A8_FUSED = [(".*", 8, 8, {"a_granularity": "per_tensor", "w_granularity": "per_tensor"})]
 
 
 def median_seconds(fn, *args, iters: int, warmup: int) -> float:
@@ -69,29 +78,58 @@ def forward_functions(name: str, image_size: int, batch: int) -> dict[str, tuple
     fns = {"bf16": (jax.jit(lambda v, x: bf16.apply(v, x)), (bf16_vars, x))}
     for key, model in models.items():
         fns[key] = (jax.jit(lambda v, x, model=model: model.apply(v, x)), (int_vars, x))
-    return fns
+    return fns | _fused_functions(name, classes, shape, names, x)
 
 
-def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmup: int = 3) -> dict[str, Any]:
-    """Times bf16 and integer inference of one model; returns the result row."""
+def _fused_functions(name, classes, shape, names, x) -> dict[str, tuple[Any, tuple]]:
+    """The BN-folded bf16 network and the fused integer model (w8a8_fused) of a model."""
+    specs = resolve_specs(W8A8_FUSED, names, resnet.signed_layers(names))
+    fake = resnet.create_model(name, num_classes=classes, specs=specs, fold_bn=True)
+    variables = fake.init(jax.random.key(1), jnp.zeros((1, *shape)))
+    variables = {**variables, "quant_stats": jax.tree.map(lambda b: jnp.full_like(b, 4.0), variables["quant_stats"])}
+    header = {"model": name, "num_classes": classes, "width": 1.0, "fold_bn": True}
+    header["specs"] = {n: s.to_dict() for n, s in specs.items()}
+    int_vars = export.integer_variables(variables, specs)
+    model = export.int_model(header, int_vars)
+    int_vars = jax.device_put(int_vars)
+    fused.compile_forward(model, int_vars, x)  # falls back to explicit rounding, with a warning, where unfused
+    folded = resnet.create_model(name, num_classes=classes, dtype="bfloat16", fold_bn=True)
+    folded_vars = {"params": variables["params"]}
+    return {
+        "bf16_folded": (jax.jit(lambda v, x: folded.apply(v, x)), (folded_vars, x)),
+        "int8_fused": (jax.jit(lambda v, x: model.apply(v, x)), (int_vars, x)),
+    }
+
+
+def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmup: int = 3) -> list[dict[str, Any]]:
+    """Times bf16 and integer inference of one model; returns the two result rows (module doc)."""
     fns = forward_functions(name, image_size, batch)
     t = {key: median_seconds(fn, *args, iters=iters, warmup=warmup) for key, (fn, args) in fns.items()}
-    t_bf16, t_int = t["bf16"], t["int8"]
+    t_bf16 = t["bf16"]
     devs = jax.local_devices()
-    return {
-        "model": name,
-        "image_size": image_size,
-        "batch": batch,
+    common = {"model": name, "image_size": image_size, "batch": batch, "bf16_images_per_s": batch / t_bf16}
+    env = {"iters": iters, "device": f"{devs[0].device_kind} ({devs[0].platform})", "date": time.strftime("%Y-%m-%d")}
+    deploy = {
+        **common,
         "setting": "w8a8_deploy",
-        "bf16_images_per_s": batch / t_bf16,
-        "int8_images_per_s": batch / t_int,
-        "speedup": t_bf16 / t_int,
-        **{f"{key}_ms": 1e3 * seconds for key, seconds in t.items()},  # every variant of `forward_functions`
+        "int8_images_per_s": batch / t["int8"],
+        "speedup": t_bf16 / t["int8"],
+        # every variant of `forward_functions` but the fused row's
+        **{f"{key}_ms": 1e3 * sec for key, sec in t.items() if key not in ("bf16_folded", "int8_fused")},
         "int8_bf16_speedup": t_bf16 / t["int8_bf16"],
-        "iters": iters,
-        "device": f"{devs[0].device_kind} ({devs[0].platform})",
-        "date": time.strftime("%Y-%m-%d"),
+        **env,
     }
+    fused_row = {
+        **common,
+        "setting": "w8a8_fused",
+        "int8_images_per_s": batch / t["int8_fused"],
+        "speedup": t_bf16 / t["int8_fused"],
+        "bf16_folded_images_per_s": batch / t["bf16_folded"],
+        "speedup_vs_bf16_folded": t["bf16_folded"] / t["int8_fused"],
+        **{f"{key}_ms": 1e3 * t[key] for key in ("bf16", "bf16_folded", "int8_fused")},
+        **env,
+    }
+    return [deploy, fused_row]
 
 
 def parse_case(text: str) -> tuple[str, int, int]:
@@ -112,9 +150,10 @@ def run(cases=DEFAULT_CASES, *, iters: int = 20, warmup: int = 3, out: str | Non
     rows = []
     for case in cases:
         name, size, batch = parse_case(case)
-        row = {**bench_case(name, size, batch, iters=iters, warmup=warmup), "commit": train.git_commit()}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for row in bench_case(name, size, batch, iters=iters, warmup=warmup):
+            row["commit"] = train.git_commit()
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     if out:
         results.atomic_write_jsonl(out, rows)
     return rows

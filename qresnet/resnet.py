@@ -7,6 +7,14 @@ and blocks count from 0. A width multiplier scales the residual stages
 never the stem. CIFAR nets use shortcut option B (a 1x1 projection + BN
 where shape changes, identity otherwise). The last BN of every block starts
 at scale 0.
+
+`fold_bn=True` gives the network an integer deployment runs with int8 codes from
+conv to conv (`qresnet.fused`): no BN (each conv has a bias: BN folded into it,
+`fold_batch_norm`), and every activation tensor quantized once for all its
+readers: a block's input by conv1's quantizer, whose codes the projection reads
+too and whose fake-quantized value is the identity shortcut; a projection's
+output to signed 8-bit codes (the residual a fused conv adds). Quantized layers
+need one weight and one activation scale per tensor (`check_fold_specs`).
 """
 
 from __future__ import annotations
@@ -21,8 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qresnet.quant.layers import CONV_IMPLS, QConv, QDense
-from qresnet.quant.specs import QuantSpec
+from qresnet.quant.layers import CONV_IMPLS, OUT_BITS, QConv, QDense
+from qresnet.quant.specs import FLOAT, QuantSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +60,13 @@ ARCHS: dict[str, Arch] = {
     "resnet110": Arch((18, 18, 18), False, True),
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+BN_EPSILON = 1e-5
+
+
+def _no_norm(name=None, **_):
+    """The stand-in for BatchNorm in a BN-folded network: the identity."""
+    del name
+    return lambda y: y
 
 
 def get_arch(name: str) -> Arch:
@@ -80,20 +95,19 @@ class Block(nn.Module):
     norm: Any
     prefix: str
     specs: Mapping[str, QuantSpec] | None
+    fold_bn: bool = False
 
-    def _conv(self, name, features, kernel, strides=1):
+    def _spec(self, name):
+        return (self.specs or {}).get(f"{self.prefix}/{name}")
+
+    def _conv(self, name, features, kernel, strides=1, **kw):
         pad = "SAME" if kernel == 1 else ((kernel // 2,) * 2,) * 2
-        return self.conv(
-            features,
-            (kernel, kernel),
-            (strides, strides),
-            pad,
-            name=name,
-            spec=(self.specs or {}).get(f"{self.prefix}/{name}"),
-        )
+        return self.conv(features, (kernel, kernel), (strides, strides), pad, name=name, spec=self._spec(name), **kw)
 
     @nn.compact
     def __call__(self, x, train: bool, act_quant):
+        if self.fold_bn:
+            return self._folded(x, train, act_quant)
         kw = dict(train=train, act_quant=act_quant)
         out_features = self.filters * 4 if self.bottleneck else self.filters
         shortcut = x
@@ -110,6 +124,28 @@ class Block(nn.Module):
             )
         if self.strides != 1 or x.shape[-1] != out_features:
             shortcut = self.norm(name="proj_bn")(self._conv("proj", out_features, 1, self.strides)(x, **kw))
+        return nn.relu(y + shortcut)
+
+    def _folded(self, x, train: bool, act_quant):
+        """The block without BN, its input quantized once (module doc)."""
+        kw = dict(train=train, act_quant=act_quant)
+        out_features = self.filters * 4 if self.bottleneck else self.filters
+        first = (1, 1) if self.bottleneck else (3, self.strides)
+        y, (q, s) = self._conv("conv1", self.filters, *first, return_codes=True)(x, **kw)
+        y = nn.relu(y)
+        if self.bottleneck:
+            y = nn.relu(self._conv("conv2", self.filters, 3, self.strides)(y, **kw))
+            y = self._conv("conv3", out_features, 1)(y, **kw)
+        else:
+            y = self._conv("conv2", self.filters, 3)(y, **kw)
+        if self.strides != 1 or x.shape[-1] != out_features:
+            if s is None:
+                shortcut = self._conv("proj", out_features, 1, self.strides)(x, **kw)
+            else:
+                proj = self._conv("proj", out_features, 1, self.strides, out_bits=OUT_BITS)
+                shortcut = proj(q.astype(y.dtype), x_scale=s, **kw)
+        else:
+            shortcut = x if s is None else (q / s).astype(y.dtype)
         return nn.relu(y + shortcut)
 
 
@@ -137,6 +173,7 @@ class ResNet(nn.Module):
     channel_multiple: int = 0
     conv_impl: str = "xla"
     pallas_max_channels: int = 32
+    fold_bn: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False, act_quant=True):
@@ -151,8 +188,11 @@ class ResNet(nn.Module):
         if self.conv_impl != "xla":
             conv = functools.partial(conv, conv_impl=self.conv_impl, pallas_max_channels=self.pallas_max_channels)
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON, dtype=self.dtype
         )
+        if self.fold_bn:
+            conv = functools.partial(conv, use_bias=True)
+            norm = _no_norm
         kw = dict(train=train, act_quant=act_quant)
         x = x.astype(self.dtype)
         if self.arch.cifar:
@@ -173,6 +213,7 @@ class ResNet(nn.Module):
                     norm,
                     f"stage{s}/block{b}",
                     self.specs,
+                    self.fold_bn,
                     name=f"stage{s}_block{b}",
                 )(x, **kw)
         x = jnp.mean(x, axis=(1, 2))
@@ -190,6 +231,7 @@ def create_model(
     channel_multiple: int = 0,
     conv_impl: str = "xla",
     pallas_max_channels: int = 32,
+    fold_bn: bool = False,
 ) -> ResNet:
     """Builds a ResNet by name ("resnet20", "resnet50", ...).
 
@@ -204,10 +246,14 @@ def create_model(
       conv_impl: "xla" (cuDNN on GPUs) or "pallas" (3x3 stride-1 convs as Triton kernels; same
         model, faster narrow layers on an H200).
       pallas_max_channels: with "pallas", convs with more input or output channels stay "xla".
+      fold_bn: the BN-folded network for fused integer deployment (module doc); its specs must
+        pass `check_fold_specs`.
 
     Returns:
       The Flax module.
     """
+    if fold_bn:
+        check_fold_specs(specs or {})
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -229,7 +275,79 @@ def create_model(
         channel_multiple=channel_multiple,
         conv_impl=conv_impl,
         pallas_max_channels=pallas_max_channels,
+        fold_bn=fold_bn,
     )
+
+
+def check_fold_specs(specs: Mapping[str, QuantSpec]) -> None:
+    """Raises ValueError unless a BN-folded network's specs can run as fused integer convs: every
+    layer float or quantized on both sides with one scale per tensor (weights and activations),
+    and each projection reading its block's input at conv1's activation width."""
+    for name, spec in specs.items():
+        if spec.is_float:
+            continue
+        if spec.w_bits is None or spec.a_bits is None:
+            raise ValueError(
+                f"model.fold_bn: layer {name!r} quantizes only one side (w_bits={spec.w_bits}, a_bits={spec.a_bits}); "
+                "quantize both or neither (e.g. setting w8a8_fused)"
+            )
+        if spec.w_granularity != "per_tensor" or spec.a_granularity != "per_tensor":
+            raise ValueError(
+                f"model.fold_bn: layer {name!r} has w_granularity={spec.w_granularity!r}, "
+                f"a_granularity={spec.a_granularity!r}; a fused integer conv applies one scale per tensor: "
+                "use per_tensor for both (settings w8a8_fused, w4a4_ends8_fused)"
+            )
+        if name != "stem" and max(spec.a_bits, spec.w_bits) > 8:
+            raise ValueError(
+                f"model.fold_bn: layer {name!r} has w_bits={spec.w_bits}, a_bits={spec.a_bits}; "
+                "int8 codes hold at most 8 bits"
+            )
+    for name, spec in specs.items():
+        if name.endswith("/proj"):
+            conv1 = specs.get(name[: -len("proj")] + "conv1", FLOAT)
+            if (spec.a_bits, spec.is_float) != (conv1.a_bits, conv1.is_float):
+                raise ValueError(
+                    f"model.fold_bn: {name!r} reads the codes of its block's conv1 (a_bits={conv1.a_bits}) but has "
+                    f"a_bits={spec.a_bits}; give both the same rule"
+                )
+
+
+FOLD_PAIRS = {"conv1": "bn1", "conv2": "bn2", "conv3": "bn3", "proj": "proj_bn", "stem": "stem_bn"}
+
+
+def fold_batch_norm(params: Mapping[str, Any], batch_stats: Mapping[str, Any]) -> dict[str, Any]:
+    """A trained network's parameters with each BN folded into the conv before it (inference
+    statistics): kernel * gamma / sqrt(var + eps) and bias beta - gamma * mean / sqrt(var + eps),
+    the parameters of the same network built with fold_bn=True (which then computes the same
+    function as the original in inference mode).
+
+    Args:
+      params, batch_stats: the BN network's variables.
+
+    Returns:
+      {module: {...}} params for fold_bn=True (the head and other layers copied).
+    """
+
+    def fold(p, stats):
+        out = {}
+        for key, value in p.items():
+            if key in FOLD_PAIRS.values():
+                continue
+            if key in FOLD_PAIRS and FOLD_PAIRS[key] in p:
+                bn, st = p[FOLD_PAIRS[key]], stats[FOLD_PAIRS[key]]
+                g = jnp.asarray(bn["scale"]) / jnp.sqrt(jnp.asarray(st["var"]) + BN_EPSILON)
+                out[key] = {
+                    "kernel": jnp.asarray(value["kernel"]) * g,
+                    "bias": jnp.asarray(bn["bias"]) - g * jnp.asarray(st["mean"]),
+                    **{k: v for k, v in value.items() if k != "kernel"},
+                }
+            elif isinstance(value, Mapping) and "kernel" not in value:
+                out[key] = fold(value, stats.get(key, {}))
+            else:
+                out[key] = value
+        return out
+
+    return fold(params, batch_stats)
 
 
 def _path_to_name(path: Sequence[str]) -> str:

@@ -119,6 +119,7 @@ class RunSpec:
     distill_temperature: float = 1.0
     conv_impl: str = "xla"  # QConv's: "xla" or "pallas" (model.conv_impl "auto" resolved)
     pallas_max_channels: int = 32
+    fold_bn: bool = False  # the BN-folded network for fused integer deployment (resnet.ResNet)
 
     @property
     def total_steps(self) -> int:
@@ -204,6 +205,7 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
         distill_temperature=float(distill["temperature"]),
         conv_impl=conv_impl(str(config.model.get("conv_impl", "xla"))),  # absent in older records
         pallas_max_channels=config.model.get("pallas_max_channels", 32),
+        fold_bn=bool(config.model.get("fold_bn", False)),  # absent in older records
     )
 
 
@@ -250,6 +252,7 @@ def create_model(run: RunSpec) -> resnet.ResNet:
         channel_multiple=run.channel_multiple,
         conv_impl=run.conv_impl,
         pallas_max_channels=run.pallas_max_channels,
+        fold_bn=run.fold_bn,
     )
 
 
@@ -272,8 +275,8 @@ def create_train_state(run: RunSpec, key: jax.Array, sample: jax.Array, model: n
 
 
 def teacher_model(run: RunSpec) -> resnet.ResNet:
-    """The run's architecture with every layer float: the distillation teacher."""
-    return create_model(dataclasses.replace(run, specs={name: specs_lib.FLOAT for name in run.specs}))
+    """The run's architecture with every layer float, with BN: the distillation teacher (a float run)."""
+    return create_model(dataclasses.replace(run, specs={name: specs_lib.FLOAT for name in run.specs}, fold_bn=False))
 
 
 def distill_loss(logits, teacher_logits, labels, weight: float, temperature: float) -> jax.Array:
@@ -706,7 +709,9 @@ def warm_start(state: TrainState, source: str | Path, run: RunSpec) -> TrainStat
     Every `params` and `batch_stats` leaf that the source run has is copied (cast to this run's
     dtype); leaves it lacks, such as learned (LSQ) bound offsets, keep their initial values. The
     step, the optimizer and the quantizers' state (`quant_stats`) start fresh: activation bounds
-    are calibrated again on the new weights before activation quantization starts.
+    are calibrated again on the new weights before activation quantization starts. A BN-folded
+    run (model.fold_bn) started from a run with BN gets its weights with BN folded in
+    (`resnet.fold_batch_norm`): the same function in inference mode.
 
     Args:
       state: a freshly initialised state of this run.
@@ -716,7 +721,11 @@ def warm_start(state: TrainState, source: str | Path, run: RunSpec) -> TrainStat
     Returns:
       The new state.
     """
-    src_state, _ = restore_final(_source_config(source, run), source)
+    src_config = _source_config(source, run)
+    src_state, _ = restore_final(src_config, source)
+    src_params, src_stats = src_state.params, src_state.batch_stats
+    if run.fold_bn and not src_config.model.get("fold_bn", False):
+        src_params, src_stats = resnet.fold_batch_norm(src_params, src_stats), {}
     copied = []
 
     def merge(mine, theirs, path):
@@ -735,8 +744,8 @@ def warm_start(state: TrainState, source: str | Path, run: RunSpec) -> TrainStat
         copied.append(path)
         return jnp.asarray(theirs, mine.dtype)
 
-    params = merge(state.params, src_state.params, "params")
-    batch_stats = merge(state.batch_stats, src_state.batch_stats, "batch_stats")
+    params = merge(state.params, src_params, "params")
+    batch_stats = merge(state.batch_stats, src_stats, "batch_stats")
     if not copied:
         raise TrainError(f"config.init_from={str(source)!r} shares no weights with this run")
     return state.replace(params=params, batch_stats=batch_stats)

@@ -147,24 +147,47 @@ def code_domain(spec: QuantSpec) -> bool:
     return spec.w_bits is not None and spec.a_bits is not None and spec.a_granularity == "per_tensor"
 
 
-def _quantized_operands(module, x, kernel_prefix: tuple[int, ...], train, act_quant):
-    """(input, kernel, bias, scale) in module.dtype: fake-quantized operands and scale None, or
-    codes and the scale s_x * s_w to divide the product by (`code_domain`)."""
+def _quantized_operands(module, x, kernel_prefix: tuple[int, ...], train, act_quant, x_scale=None):
+    """(input, kernel, bias, scale, (q, s_x)) in module.dtype: fake-quantized operands and scale None,
+    or codes and the scale s_x * s_w to divide the product by (`code_domain`); (q, s_x) are the
+    input's codes and scale ((x, None) outside the code domain). With `x_scale`, x are already
+    codes of that scale (quantized by another layer that reads the same tensor)."""
     spec = module.spec or FLOAT
     kshape = kernel_prefix + (x.shape[-1], module.features)
     kernel = module.param("kernel", module.kernel_init, kshape, module.param_dtype)
     bias = None
     if module.use_bias:
         bias = module.param("bias", module.bias_init, (module.features,), module.param_dtype)
-    scale = None
-    if code_domain(spec):
+    scale, codes = None, (x, None)
+    if x_scale is not None:
+        if spec.w_bits is None:
+            raise ValueError(f"{module.name}: given input codes, the layer needs quantized weights")
+        kernel, s_w = ops.weight_ste_codes(kernel, spec.w_bits, spec.w_granularity)
+        scale, codes = x_scale * s_w, (x, x_scale)
+    elif code_domain(spec):
         x, s_x = input_codes(module, x, spec, train, act_quant)
         kernel, s_w = ops.weight_ste_codes(kernel, spec.w_bits, spec.w_granularity)
-        scale = s_x * s_w
+        scale, codes = s_x * s_w, (x, s_x)
     else:
         x = quantize_input(module, x, spec, train, act_quant)
         kernel = quantize_kernel(kernel, spec)
-    return (*nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype), scale)
+        codes = (x, None)
+    return (*nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype), scale, codes)
+
+
+OUT_BITS = 8  # `QConv.out_bits`' only width: the signed 8-bit residual a fused integer conv takes
+
+
+def quantize_output(module: nn.Module, y: Array, bits: int, train: bool, act_quant) -> Array:
+    """Fake-quantizes a layer's output to signed codes with a per-tensor EMA-max bound
+    (`quant_stats/out_bound`, tracked while activation quantization is off, then frozen)."""
+    var = module.variable("quant_stats", "out_bound", jnp.zeros, (), jnp.float32)
+    if train and not module.is_initializing() and act_quant is not True:
+        m, nonzero = ops.batch_max_abs(y, "per_tensor")
+        var.value = _select(act_quant, var.value, ops.ema_max_update(var.value, m, nonzero))
+    if act_quant is False:
+        return y
+    return _select(act_quant, ops.fake_quant(y, bits, var.value, True).astype(y.dtype), y)
 
 
 def _rescale(y: Array, scale) -> Array:
@@ -213,6 +236,9 @@ class QConv(nn.Module):
         faster for narrow layers on an H200, docs/RESULTS.md; no channel padding needed),
         other convs as "xla". Off the GPU "pallas" runs in Pallas's interpreter (slow; tests).
       pallas_max_channels: with "pallas", convs with more input or output channels stay "xla".
+      out_bits: fake-quantize the output (after the bias) to signed codes of this width with a
+        per-tensor bound (`quantize_output`; a BN-folded projection, `resnet.ResNet.fold_bn`).
+      return_codes: also return the input's codes and scale (see __call__).
     """
 
     features: int
@@ -228,13 +254,18 @@ class QConv(nn.Module):
     channel_multiple: int = 0
     conv_impl: str = "xla"
     pallas_max_channels: int = 32
+    out_bits: int | None = None
+    return_codes: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
-        """Args: x (N, H, W, C); train: update bound statistics; act_quant: see module doc."""
+    def __call__(self, x: Array, *, train: bool = False, act_quant=True, x_scale=None):
+        """Args: x (N, H, W, C); train: update bound statistics; act_quant: see module doc;
+        x_scale: x are already integer codes of this scale (another layer's quantizer).
+        Returns y, or (y, (q, s_x)) with `return_codes`: the codes and scale of the input
+        ((x, None) if the layer does not quantize it), for other layers reading the same tensor."""
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
-        x, kernel, bias, scale = _quantized_operands(self, x, tuple(self.kernel_size), train, act_quant)
+        x, kernel, bias, scale, codes = _quantized_operands(self, x, tuple(self.kernel_size), train, act_quant, x_scale)
         padding = self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
         if self.conv_impl == "pallas" and conv_kernels.supported(
             x.shape, kernel.shape, self.strides, padding, x.dtype, self.pallas_max_channels
@@ -248,7 +279,9 @@ class QConv(nn.Module):
         y = _rescale(y[..., : self.features], scale)
         if bias is not None:
             y = y + bias
-        return y
+        if self.out_bits is not None:
+            y = quantize_output(self, y, self.out_bits, train, act_quant)
+        return (y, codes) if self.return_codes else y
 
 
 class QDense(nn.Module):
@@ -272,7 +305,7 @@ class QDense(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:
         """Args: x (..., C); train: update bound statistics; act_quant: see module doc."""
-        x, kernel, bias, scale = _quantized_operands(self, x, (), train, act_quant)
+        x, kernel, bias, scale, _ = _quantized_operands(self, x, (), train, act_quant)
         y = _rescale(lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ()))), scale)
         if bias is not None:
             y = y + bias

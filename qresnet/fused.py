@@ -1,0 +1,274 @@
+"""Integer inference with int8 codes from conv to conv: the fused deployment of a BN-folded ResNet.
+
+The integer model of `qresnet.quant.int_layers` writes float32 activations between its
+integer products and re-quantizes them in separate passes; on an H200 that runs a
+ResNet-50 at 0.6-0.7x of bf16 (docs/BENCHMARKS.md). A network trained with
+`model.fold_bn=True` (BN folded into per-tensor-quantized weights, each activation
+quantized once for all its readers: `resnet.ResNet`) can instead run every block conv as
+one call that takes int8 codes and gives the next tensor's int8 codes:
+
+    codes_out = round(clamp(alpha * conv(codes_in, w_codes) + bias + beta * side_codes))
+
+with ReLU where the network has one and the residual as the side input. Written as that
+HLO idiom with alpha and beta compile-time constants, XLA turns each such conv into one
+cuDNN int8 -> int8 convolution (benchmarks/int8_fused_probe.py: 52 of ResNet-50's 53
+convs, 1.44x qresnet's bf16 model on an H200). So `FusedResNet` holds an export's scales
+as Python floats and takes only the arrays (codes, biases) as arguments.
+
+Codes. An unsigned b-bit activation (after ReLU) has codes floor(clip(v * s, 0, 2^b - 1));
+8-bit ones (0..255) are stored shifted by -128 to fit int8, so convs reading them pad
+explicitly with the stored code of 0 and get 128 * sum(W) back in their bias. The
+projection's output has signed 8-bit codes (`quant.layers.quantize_output`).
+
+Rounding. cuDNN rounds the fused output to nearest, ties to even (measured on an H200);
+XLA's `convert` truncates. So with `rounding="cudnn"` the idiom carries no rounding op
+(the floor of the unsigned grid is round-half-even of v - 0.5) and is only right where
+XLA fuses it; `rounding="explicit"` rounds in the graph (floor(v + 0.5)) and is right
+everywhere. `rounding="auto"` picks "cudnn" on GPUs and "explicit" elsewhere, and
+`compile_forward` checks on the GPU that every conv was fused, else recompiles with
+"explicit". The two differ from each other, and from the fake-quant model, only where
+a value falls within float32 rounding of a rounding boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from qresnet import resnet
+from qresnet.quant import int_layers, ops
+from qresnet.quant.layers import OUT_BITS
+from qresnet.quant.specs import QuantSpec, specs_from_json
+
+_DN = ("NHWC", "HWIO", "NHWC")
+ROUNDINGS = ("auto", "cudnn", "explicit")
+
+
+class FusedError(ValueError):
+    """An export that cannot run as fused integer convs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """How a tensor's codes are stored: value = (stored + zero) / scale, stored in [lo, hi]."""
+
+    scale: float
+    zero: int  # 128 for unsigned 8-bit codes (stored shifted), else 0
+    lo: int
+    hi: int
+    floor: bool  # the unsigned grid rounds down; the signed one to nearest, half up (`ops`)
+
+    @classmethod
+    def of(cls, bits: int, bound: float, signed: bool) -> Grid:
+        """The grid of a b-bit quantizer with this bound, as `ops.int_codes` quantizes."""
+        scale = ops.scale_numerator(bits, signed) / bound if bound > 0 else 1.0
+        lo, hi = ops.int_range(bits, signed)
+        zero = 128 if hi > 127 else 0
+        return cls(scale, zero, lo - zero, hi - zero, not signed)
+
+    def quantize(self, v: jax.Array) -> jax.Array:
+        """Stored codes of float values v, exactly as the fake quantizer computes them."""
+        t = jnp.clip(v * self.scale, self.lo + self.zero, self.hi + self.zero)
+        return ((jnp.floor(t) if self.floor else jnp.floor(t + 0.5)) - self.zero).astype(jnp.int8)
+
+
+def _conv(x, w, stride: int, pads, out=None):
+    return lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=_DN, preferred_element_type=out)
+
+
+def _layer_scale(variables, path) -> float:
+    s = np.asarray(_get(variables["params"], path)["w_scale"], np.float64)
+    if not np.all(s == s.flat[0]):
+        raise FusedError(f"layer {'/'.join(path)} has per-channel weight scales; train with w_granularity='per_tensor'")
+    return float(s.flat[0])
+
+
+def _get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+class FusedResNet:
+    """The integer inference model of a BN-folded export (module doc).
+
+    Args:
+      header: the export's header (model, width, num_classes, specs, fold_bn).
+      variables: its variables (`export.read`); only the scales and bounds are read here.
+      rounding: "auto", "cudnn" or "explicit" (module doc).
+    """
+
+    def __init__(self, header: Mapping[str, Any], variables: Mapping[str, Any], rounding: str = "auto"):
+        if rounding not in ROUNDINGS:
+            raise FusedError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        if rounding == "auto":
+            rounding = "cudnn" if jax.default_backend() == "gpu" else "explicit"
+        self.rounding = rounding
+        self.arch = resnet.get_arch(header["model"])
+        self.specs: Mapping[str, QuantSpec] = specs_from_json(header["specs"])
+        convs = [n for n in self.specs if n != "head"]
+        floats = [n for n in convs if self.specs[n].is_float]
+        if floats:
+            raise FusedError(f"fused integer inference quantizes every conv; {floats[0]!r} is float")
+        self.head_spec = self.specs.get("head")
+        self.num_classes = int(header["num_classes"])
+        self.blocks = [
+            (f"stage{s}_block{b}", 2 if s > 0 and b == 0 else 1)
+            for s, n in enumerate(self.arch.stage_sizes)
+            for b in range(n)
+        ]
+        stats = variables["quant_stats"]
+        self.w_scale = {}
+        for path in _int_paths(variables["params"]):
+            if path[-1] != "head":
+                self.w_scale[path] = _layer_scale(variables, path)
+        self.act = {}  # (module path) of a conv -> the Grid of its input
+        for path in self.w_scale:
+            name = _name(path)
+            if path[-1] != "proj":
+                spec = self.specs[name]
+                bound = float(np.asarray(_get(stats, path)["act_bound"]))
+                self.act[path] = Grid.of(spec.a_bits, bound, bool(spec.a_signed))
+            else:
+                self.act[path + ("out",)] = Grid.of(OUT_BITS, float(np.asarray(_get(stats, path)["out_bound"])), True)
+        self.expected_fused = len(self.w_scale) - 2  # every conv but the stem and the last (float32 out)
+        terms = int(np.prod(np.shape(variables["params"]["stem"]["kernel_int"])[:3]))
+        if not int_layers.exact_in_float(self.specs["stem"], terms):
+            raise FusedError("the stem's integer sums can exceed float32's exact range; quantize it to <= 8 bits")
+
+    # One conv: int8 codes in, the next tensor's int8 codes (or float32 for the head) out.
+    def _fused(self, a, x, x_grid: Grid, path, stride, out: Grid | None, side=None, relu=True):
+        p = _get(a["params"], path)
+        w = p["kernel_int"]
+        k = w.shape[0]
+        if k > 1 and x_grid.zero:  # pad with the stored code of 0 (then the border needs no correction)
+            x = jnp.pad(x, [(0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)], constant_values=-x_grid.zero)
+            pads = [(0, 0), (0, 0)]
+        else:
+            pads = [(k // 2, k // 2)] * 2
+        s_in = x_grid.scale * self.w_scale[path]
+        bias = p["bias"].astype(jnp.float32)
+        if x_grid.zero:
+            bias = bias + x_grid.zero * jnp.sum(w.astype(jnp.float32), axis=(0, 1, 2)) / s_in
+        t_scale = 1.0 if out is None else out.scale
+        alpha = t_scale / s_in
+        offset = bias * t_scale
+        if side is not None:
+            side_codes, side_grid = side
+            beta = t_scale / side_grid.scale
+            offset = offset + beta * side_grid.zero
+        if out is not None:
+            # floor(t) is round-half-even(t - 0.5) and half-up rounding is round-half-even(t) but at ties
+            offset = offset - out.zero - (0.5 if out.floor else 0.0)
+        acc = _conv(x, w, stride, pads, jnp.float32)
+        v = acc * alpha + offset
+        if side is not None:
+            v = v + side_codes.astype(jnp.float32) * beta
+        if out is None:
+            return jax.nn.relu(v)
+        if relu and not out.zero:
+            v = jnp.maximum(v, 0.0)
+        if self.rounding == "explicit":
+            v = jnp.floor(v + 0.5)
+        codes = lax.clamp(jnp.broadcast_to(np.float32(-128), v.shape), v, jnp.broadcast_to(np.float32(127), v.shape))
+        codes = codes.astype(jnp.int8)
+        if out.hi < 127:
+            codes = jnp.minimum(codes, jnp.int8(out.hi))
+        if out.lo > -128:
+            codes = jnp.maximum(codes, jnp.int8(out.lo))
+        return codes
+
+    def _stem(self, a, x, out: Grid):
+        spec, path = self.specs["stem"], ("stem",)
+        p = a["params"]["stem"]
+        bound = a["quant_stats"]["stem"]["act_bound"]
+        q, s_x = ops.int_codes(x, spec.a_bits, bound, bool(spec.a_signed))
+        k = p["kernel_int"].shape[0]
+        stride = 1 if self.arch.cifar else 2
+        acc = _conv(q, p["kernel_int"].astype(jnp.float32), stride, [(k // 2, k // 2)] * 2)
+        codes = out.quantize(jax.nn.relu(acc / (s_x * self.w_scale[path]) + p["bias"]))
+        if not self.arch.cifar:
+            codes = lax.reduce_window(
+                codes, jnp.int8(-128), lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+            )
+        return codes
+
+    def apply(self, variables: Mapping[str, Any], x: jax.Array, train: bool = False, **_) -> jax.Array:
+        """Logits (float32) of normalized NHWC images x. Args: the export's variables; train must be False."""
+        if train:
+            raise FusedError("FusedResNet is an inference model (train=False)")
+        x = x.astype(jnp.float32)
+        first = self.blocks[0][0]
+        y = self._stem(variables, x, self.act[(first, "conv1")])
+        y_grid = self.act[(first, "conv1")]
+        convs = ("conv1", "conv2", "conv3") if self.arch.bottleneck else ("conv1", "conv2")
+        for i, (block, stride) in enumerate(self.blocks):
+            nxt = self.act[(self.blocks[i + 1][0], "conv1")] if i + 1 < len(self.blocks) else None
+            h, h_grid = y, y_grid
+            for j, conv in enumerate(convs[:-1]):
+                conv_stride = stride if (conv == "conv1") != self.arch.bottleneck else 1
+                out = self.act[(block, convs[j + 1])]
+                h = self._fused(variables, h, h_grid, (block, conv), conv_stride, out)
+                h_grid = out
+            if (block, "proj") in self.w_scale:
+                p_grid = self.act[(block, "proj", "out")]
+                side = (self._fused(variables, y, y_grid, (block, "proj"), stride, p_grid, relu=False), p_grid)
+            else:
+                side = (y, y_grid)
+            y = self._fused(variables, h, h_grid, (block, convs[-1]), 1, nxt, side=side)
+            y_grid = nxt
+        pooled = jnp.mean(y, axis=(1, 2))
+        head = int_layers.IntDense(self.num_classes, spec=self.head_spec)
+        hv = {"params": variables["params"]["head"], "quant_stats": variables["quant_stats"].get("head", {})}
+        return head.apply(hv, pooled).astype(jnp.float32)
+
+    def fused_convs(self, hlo: str) -> int:
+        """How many int8 -> int8 cuDNN convs an optimized HLO text has."""
+        return sum(
+            1
+            for line in hlo.splitlines()
+            if re.search(r'custom_call_target="__cudnn\$conv', line) and re.search(r"= \(s8\[", line)
+        )
+
+
+def _int_paths(params, prefix=()) -> list[tuple[str, ...]]:
+    """Paths of the layers with integer kernels in an export's params."""
+    out = []
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            out += [prefix + (key,)] if "kernel_int" in value else _int_paths(value, prefix + (key,))
+    return out
+
+
+def _name(path) -> str:
+    return "/".join(re.sub(r"stage(\d+)_block(\d+)", r"stage\1/block\2", p) for p in path)
+
+
+def compile_forward(model: FusedResNet, variables, sample, fn=None):
+    """Jits and compiles `fn(variables, x)` (default: model.apply) for inputs like `sample`. With
+    rounding "cudnn", checks that XLA fused every conv it must (`FusedResNet.expected_fused`); if
+    not, warns and recompiles with rounding "explicit" (exact everywhere, slower).
+
+    Returns:
+      (the compiled callable, the rounding it uses).
+    """
+    fn = fn or (lambda v, x: model.apply(v, x))
+    compiled = jax.jit(fn).lower(variables, sample).compile()
+    if model.rounding == "cudnn":
+        found = model.fused_convs(compiled.as_text())
+        if found < model.expected_fused:
+            warnings.warn(
+                f"XLA fused {found} of {model.expected_fused} integer convs; rounding them explicitly instead",
+                stacklevel=2,
+            )
+            model.rounding = "explicit"
+            compiled = jax.jit(fn).lower(variables, sample).compile()
+    return compiled, model.rounding
