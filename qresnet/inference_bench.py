@@ -30,7 +30,7 @@ from qresnet.quant import resolve_specs
 
 DEFAULT_CASES = ("resnet50:224:256", "resnet20:32:1024")
 W8A8_DEPLOY = [(".*", 8, 8, {"a_granularity": "per_tensor"})]
-W8A8_FUSED = [(".*", 8, 8, {"a_granularity": "per_tensor", "w_granularity": "per_tensor"})]
+W8A8_FUSED = [(".*", 8, 8, {"a_granularity": "per_tensor", "w_granularity": "per_tensor", "a_signed": True})]
 
 
 def median_seconds(fn, *args, iters: int, warmup: int) -> float:
