@@ -15,9 +15,9 @@ SETTINGS = {
     ],
     # For fused integer deployment (model.fold_bn, qresnet/fused.py): one scale per tensor for the
     # weights too, since BN is folded into them and a fused int8 conv applies one scale. 8-bit
-    # activations on the signed grid (codes 0..127 after ReLU, int8 as they are): unsigned codes
-    # 0..255 must be stored shifted by -128, and the shift's correction, large against the sum,
-    # leaves float32 rounding that moved codes on an H200 (logits 0.5% off, docs/BENCHMARKS.md).
+    # activations on the signed grid (codes 0..127 after ReLU, stored as they are): unsigned codes
+    # 0..255 would be stored shifted by -128, which costs an explicit padding pass before every 3x3
+    # conv and, by our estimate, more float32 rounding in the fused epilogue (a large correction term).
     "w8a8_fused": [(".*", 8, 8, {"a_granularity": "per_tensor", "w_granularity": "per_tensor", "a_signed": True})],
     "w4a4_ends8_fused": [
         ("stem|head", 8, 8, {"a_granularity": "per_tensor", "w_granularity": "per_tensor"}),

@@ -45,7 +45,6 @@ from jax import lax
 
 from qresnet import resnet
 from qresnet.quant import int_layers, ops
-from qresnet.quant.layers import OUT_BITS
 from qresnet.quant.specs import QuantSpec, specs_from_json
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -68,15 +67,22 @@ class Grid:
 
     @classmethod
     def of(cls, bits: int, bound: float, signed: bool) -> Grid:
-        """The grid of a b-bit quantizer with this bound, as `ops.int_codes` quantizes."""
-        scale = ops.scale_numerator(bits, signed) / bound if bound > 0 else 1.0
+        """The grid of a b-bit quantizer with this bound, as `ops.int_codes` quantizes (the scale in
+        float32, as the fake quantizer computes it)."""
+        scale = float(np.float32(ops.scale_numerator(bits, signed)) / np.float32(bound)) if bound > 0 else 1.0
         lo, hi = ops.int_range(bits, signed)
         zero = 128 if hi > 127 else 0
         return cls(scale, zero, lo - zero, hi - zero, not signed)
 
+    @classmethod
+    def output(cls, bound: float) -> Grid:
+        """The grid of a projection's output quantizer (`quant.layers.output_codes`): all of int8."""
+        scale = float(np.float32(127) / np.float32(bound)) if bound > 0 else 1.0
+        return cls(scale, 0, -128, 127, False)
+
     def quantize(self, v: jax.Array) -> jax.Array:
         """Stored codes of float values v, exactly as the fake quantizer computes them."""
-        t = jnp.clip(v * self.scale, self.lo + self.zero, self.hi + self.zero)
+        t = jnp.clip(v * np.float32(self.scale), self.lo + self.zero, self.hi + self.zero)
         return ((jnp.floor(t) if self.floor else jnp.floor(t + 0.5)) - self.zero).astype(jnp.int8)
 
 
@@ -138,7 +144,7 @@ class FusedResNet:
                 bound = float(np.asarray(_get(stats, path)["act_bound"]))
                 self.act[path] = Grid.of(spec.a_bits, bound, bool(spec.a_signed))
             else:
-                self.act[path + ("out",)] = Grid.of(OUT_BITS, float(np.asarray(_get(stats, path)["out_bound"])), True)
+                self.act[path + ("out",)] = Grid.output(float(np.asarray(_get(stats, path)["out_bound"])))
         self.expected_fused = len(self.w_scale) - 2  # every conv but the stem and the last (float32 out)
         terms = int(np.prod(np.shape(variables["params"]["stem"]["kernel_int"])[:3]))
         if not int_layers.exact_in_float(self.specs["stem"], terms):
@@ -154,37 +160,44 @@ class FusedResNet:
             pads = [(0, 0), (0, 0)]
         else:
             pads = [(k // 2, k // 2)] * 2
-        s_in = x_grid.scale * self.w_scale[path]
+        acc = _conv(x, w, stride, pads, jnp.float32)
+        if x_grid.zero:  # exact: integers below 2^24
+            acc = acc + x_grid.zero * jnp.sum(w.astype(jnp.float32), axis=(0, 1, 2))
+        s_in = np.float32(x_grid.scale) * np.float32(self.w_scale[path])  # float32, as the fake layer's
         bias = p["bias"].astype(jnp.float32)
-        if x_grid.zero:
-            bias = bias + x_grid.zero * jnp.sum(w.astype(jnp.float32), axis=(0, 1, 2)) / s_in
-        t_scale = 1.0 if out is None else out.scale
-        alpha = t_scale / s_in
-        offset = bias * t_scale
+        if self.rounding == "explicit" or out is None:
+            return self._rounded(acc, s_in, bias, out, side, relu)
+        # The idiom XLA fuses (module doc): nothing may follow the convert, or XLA folds it into the
+        # clamp, whose bounds must stay -128 and 127, and leaves the conv unfused.
+        alpha = float(np.float32(out.scale) / s_in)
+        offset = bias * np.float32(out.scale)
         if side is not None:
             side_codes, side_grid = side
-            beta = t_scale / side_grid.scale
+            beta = float(np.float32(out.scale) / np.float32(side_grid.scale))
             offset = offset + beta * side_grid.zero
-        if out is not None:
-            # floor(t) is round-half-even(t - 0.5) and half-up rounding is round-half-even(t) but at ties
-            offset = offset - out.zero - (0.5 if out.floor else 0.0)
-        acc = _conv(x, w, stride, pads, jnp.float32)
+        # floor(t) is round-half-even(t - 0.5), and half-up rounding is round-half-even(t) but at ties
+        offset = offset - out.zero - (0.5 if out.floor else 0.0)
         v = acc * alpha + offset
         if side is not None:
             v = v + side_codes.astype(jnp.float32) * beta
-        if out is None:
-            return jax.nn.relu(v)
         if relu and not out.zero:
             v = jnp.maximum(v, 0.0)
-        if self.rounding == "explicit":
-            v = jnp.floor(v + 0.5)
-        codes = lax.clamp(jnp.broadcast_to(np.float32(-128), v.shape), v, jnp.broadcast_to(np.float32(127), v.shape))
-        codes = codes.astype(jnp.int8)
-        if out.hi < 127:
+        lo, hi = jnp.broadcast_to(np.float32(-128), v.shape), jnp.broadcast_to(np.float32(127), v.shape)
+        codes = lax.clamp(lo, v, hi).astype(jnp.int8)
+        if out.hi < 127:  # a grid narrower than int8 (4 bits): XLA then leaves this conv unfused
             codes = jnp.minimum(codes, jnp.int8(out.hi))
-        if out.lo > -128:
-            codes = jnp.maximum(codes, jnp.int8(out.lo))
         return codes
+
+    def _rounded(self, acc, s_in, bias, out: Grid | None, side, relu):
+        """The conv's output computed in the fake-quant model's order and rounded in the graph:
+        (acc / (s_x * s_w) + bias + side value), ReLU, then the next quantizer."""
+        v = acc / s_in + bias
+        if side is not None:
+            side_codes, side_grid = side
+            v = v + (side_codes.astype(jnp.float32) + side_grid.zero) / np.float32(side_grid.scale)
+        if relu:
+            v = jax.nn.relu(v)
+        return v if out is None else out.quantize(v)
 
     def _stem(self, a, x, out: Grid):
         spec, path = self.specs["stem"], ("stem",)
@@ -270,5 +283,6 @@ def compile_forward(model: FusedResNet, variables, sample, fn=None):
                 stacklevel=2,
             )
             model.rounding = "explicit"
-            compiled = jax.jit(fn).lower(variables, sample).compile()
+            # A new function: jax keeps traces per function object, and `fn`'s has cuDNN's rounding.
+            compiled = jax.jit(lambda v, x: fn(v, x)).lower(variables, sample).compile()
     return compiled, model.rounding

@@ -202,8 +202,11 @@ def test_unsigned_8bit_shift_is_exact():
 def test_bench_int_reports_both_paths(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
     assert cli.main(["bench-int", "--case", "resnet20:32:4", "--iters", "1", "--warmup", "1", "--out", str(out)]) == 0
-    row = json.loads(out.read_text())
-    assert row["model"] == "resnet20" and row["batch"] == 4
+    row, fused_row = (json.loads(line) for line in out.read_text().splitlines())
+    assert fused_row["setting"] == "w8a8_fused" and fused_row["bf16_ms"] == row["bf16_ms"]
+    assert fused_row["int8_fused_ms"] > 0 and fused_row["bf16_folded_ms"] > 0
+    assert fused_row["speedup"] == pytest.approx(fused_row["bf16_ms"] / fused_row["int8_fused_ms"])
+    assert row["model"] == "resnet20" and row["batch"] == 4 and row["setting"] == "w8a8_deploy"
     assert row["bf16_images_per_s"] > 0 and row["int8_images_per_s"] > 0
     assert row["int8_conv_ms"] > 0 and row["int8_narrow_int_ms"] > 0 and row["int8_bf16_ms"] > 0
     assert row["speedup"] == pytest.approx(row["int8_images_per_s"] / row["bf16_images_per_s"])
@@ -216,7 +219,7 @@ def test_bench_int_keeps_every_argument_on_the_device():
     from qresnet import inference_bench
 
     fns = inference_bench.forward_functions("resnet20", 32, 2)
-    assert set(fns) == {"bf16", "int8", "int8_conv", "int8_narrow_int", "int8_bf16"}
+    assert set(fns) == {"bf16", "int8", "int8_conv", "int8_narrow_int", "int8_bf16", "bf16_folded", "int8_fused"}
     for key, (_, args) in fns.items():
         leaves = jax.tree.leaves(args)
         assert leaves and all(isinstance(leaf, jax.Array) for leaf in leaves), key

@@ -175,19 +175,36 @@ def _quantized_operands(module, x, kernel_prefix: tuple[int, ...], train, act_qu
     return (*nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype), scale, codes)
 
 
-OUT_BITS = 8  # `QConv.out_bits`' only width: the signed 8-bit residual a fused integer conv takes
+OUT_BITS = 8  # `QConv.out_bits`' only width: the int8 residual a fused integer conv takes
+
+
+def output_codes(y: Array, bound: Array) -> tuple[Array, Array]:
+    """(q, s) of `quantize_output`: s = 127 / bound, q = floor(clip(y * s, -128, 127) + 0.5), int8's
+    whole range (what a fused int8 conv's output clamp gives, so it needs no extra pass), with
+    straight-through gradients; q = 0 and s = 1 where bound <= 0."""
+    bound = lax.stop_gradient(jnp.asarray(bound, jnp.float32))
+    positive = bound > 0
+    s = jnp.where(positive, jnp.float32(127) / jnp.where(positive, bound, 1.0), 1.0)
+    v = y.astype(jnp.float32) * s
+    inside = (v >= -128) & (v <= 127)
+    v = jnp.where(inside, v, lax.stop_gradient(jnp.clip(v, -128, 127)))
+    q = v + lax.stop_gradient(jnp.floor(v + 0.5) - v)
+    return jnp.where(positive, q, 0.0), s
 
 
 def quantize_output(module: nn.Module, y: Array, bits: int, train: bool, act_quant) -> Array:
-    """Fake-quantizes a layer's output to signed codes with a per-tensor EMA-max bound
-    (`quant_stats/out_bound`, tracked while activation quantization is off, then frozen)."""
+    """Fake-quantizes a layer's output to int8 codes (`output_codes`) with a per-tensor EMA-max
+    bound (`quant_stats/out_bound`, tracked while activation quantization is off, then frozen)."""
+    if bits != OUT_BITS:
+        raise ValueError(f"{module.name}: out_bits must be {OUT_BITS} (int8 codes), got {bits}")
     var = module.variable("quant_stats", "out_bound", jnp.zeros, (), jnp.float32)
     if train and not module.is_initializing() and act_quant is not True:
         m, nonzero = ops.batch_max_abs(y, "per_tensor")
         var.value = _select(act_quant, var.value, ops.ema_max_update(var.value, m, nonzero))
     if act_quant is False:
         return y
-    return _select(act_quant, ops.fake_quant(y, bits, var.value, True).astype(y.dtype), y)
+    q, s = output_codes(y, var.value)
+    return _select(act_quant, (q / s).astype(y.dtype), y)
 
 
 def _rescale(y: Array, scale) -> Array:

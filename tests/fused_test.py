@@ -1,0 +1,188 @@
+"""The BN-folded network (resnet fold_bn) and its fused integer model (qresnet.fused), on the CPU."""
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import settings
+from qresnet import config_lib, export, fused, resnet, train
+from qresnet.quant import layers, resolve_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+UNSIGNED_W8A8 = [(".*", 8, 8, {"a_granularity": "per_tensor", "w_granularity": "per_tensor", "a_signed": False})]
+
+
+def _specs(rules, name, width, shape, classes=10):
+    names = resnet.layer_names(name, width, classes, shape)
+    return resolve_specs(rules, names, resnet.signed_layers(names))
+
+
+@pytest.mark.parametrize("name,width", [("resnet8", 1.0), ("resnet50", 0.125)])
+def test_folding_bn_gives_the_same_function(name, width):
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    bn = resnet.create_model(name, num_classes=10, width=width)
+    v = bn.init(jax.random.key(1), x)
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), v["params"])
+    stats = jax.tree.map(lambda a: a + jax.random.uniform(jax.random.key(3), a.shape), v["batch_stats"])
+    folded = resnet.create_model(name, num_classes=10, width=width, fold_bn=True)
+    fparams = resnet.fold_batch_norm(params, stats)
+    assert jax.tree.structure(fparams) == jax.tree.structure(folded.init(jax.random.key(1), x)["params"])
+    y_bn = bn.apply({"params": params, "batch_stats": stats}, x)
+    y_fold = folded.apply({"params": fparams}, x)
+    np.testing.assert_allclose(y_fold, y_bn, rtol=1e-4, atol=1e-4 * float(jnp.abs(y_bn).max()))
+    assert float(jnp.abs(y_bn).max()) > 0.1  # not a vacuous comparison
+
+
+def test_fold_specs_are_checked_with_the_fix():
+    per_channel = _specs(settings.SETTINGS["w8a8_deploy"], "resnet8", 1.0, (32, 32, 3))
+    with pytest.raises(ValueError, match="per_tensor for both"):
+        resnet.create_model("resnet8", num_classes=10, specs=per_channel, fold_bn=True)
+    mixed = _specs(
+        [("stage1/block0/proj", 8, 4, {"a_granularity": "per_tensor", "w_granularity": "per_tensor"})]
+        + settings.SETTINGS["w8a8_fused"],
+        "resnet8",
+        1.0,
+        (32, 32, 3),
+    )
+    with pytest.raises(ValueError, match="reads the codes of its block's conv1"):
+        resnet.create_model("resnet8", num_classes=10, specs=mixed, fold_bn=True)
+    resnet.create_model("resnet8", num_classes=10, specs=per_channel)  # fine with BN
+
+
+def test_output_codes_use_all_of_int8_and_round_half_up():
+    q, s = layers.output_codes(jnp.array([-5.0, -1.0, 0.5 / 127, 1.5 / 127, 1.0, 3.0]), 1.0)
+    np.testing.assert_array_equal(q, [-128, -127, 1, 2, 127, 127])
+    assert float(s) == 127.0
+    q0, s0 = layers.output_codes(jnp.array([1.0]), 0.0)  # no bound yet: zero codes, scale 1
+    assert float(q0[0]) == 0.0 and float(s0) == 1.0
+
+
+def _fused_case(rules, name, width, shape=(32, 32, 3), n=8):
+    """A fold_bn fake-quant model with bounds calibrated on random data, its export and the fused model."""
+    specs = _specs(rules, name, width, shape)
+    fake = resnet.create_model(name, num_classes=10, width=width, specs=specs, fold_bn=True)
+    x = jax.random.normal(jax.random.key(5), (n, *shape))
+    v = fake.init(jax.random.key(1), x[:1])
+    _, stats = fake.apply(v, x, train=True, act_quant=False, mutable=["quant_stats"])
+    v = {**v, **stats}
+    header = {"model": name, "num_classes": 10, "width": width, "fold_bn": True}
+    header["specs"] = {k: s.to_dict() for k, s in specs.items()}
+    int_vars = export.integer_variables(v, specs)
+    return fake, v, x, export.int_model(header, int_vars), int_vars
+
+
+@pytest.mark.parametrize(
+    "rules,name,width",
+    [
+        (settings.SETTINGS["w8a8_fused"], "resnet8", 1.0),  # signed 8-bit codes
+        (settings.SETTINGS["w4a4_ends8_fused"], "resnet8", 1.0),  # 4-bit codes inside
+        (UNSIGNED_W8A8, "resnet8", 1.0),  # 0..255 stored shifted, explicit padding
+        (settings.SETTINGS["w8a8_fused"], "resnet50", 0.125),  # bottlenecks, max-pool
+    ],
+)
+def test_fused_model_equals_the_fake_quant_model_to_the_bit(rules, name, width):
+    fake, v, x, model, int_vars = _fused_case(rules, name, width)
+    assert isinstance(model, fused.FusedResNet) and model.rounding == "explicit"  # CPU
+    logits_fake = fake.apply(v, x, act_quant=True)
+    logits_int = model.apply(int_vars, x)
+    np.testing.assert_array_equal(np.asarray(logits_int), np.asarray(logits_fake))
+    assert float(jnp.std(logits_fake)) > 0
+
+
+def _hlo_ops_after_clamp(model, int_vars, grid, out, relu, side=None):
+    x = jnp.zeros((1, 8, 8, 16), jnp.int8)
+    path = next(iter(model.w_scale))
+    a = {"params": {path[0]: {"kernel_int": jnp.zeros((3, 3, 16, 16), jnp.int8), "bias": jnp.zeros((16,))}}}
+    model.w_scale[path[:1]] = 0.01
+    text = jax.jit(lambda a, x: model._fused(a, x, grid, path[:1], 1, out, side=side, relu=relu)).lower(a, x)
+    text = text.as_text(dialect="hlo").split("ENTRY", 1)[1]
+    root = re.search(r"ROOT \S+ = (\S+) (\w+)\(", text)
+    clamp = re.search(r"clamp\((\S+), \S+, (\S+)\)", text)
+    consts = dict(re.findall(r"(\S+) = f32\[\] constant\((-?\d+)\)", text))
+    bcasts = dict(re.findall(r"(\S+) = f32\[[\d,]+\]\{[\d,]+\} broadcast\((\S+)\)", text))
+    bounds = tuple(consts.get(bcasts.get(b, b)) for b in clamp.groups()) if clamp else None
+    return root.groups(), bounds, text
+
+
+def test_cudnn_rounding_writes_the_idiom_xla_fuses():
+    """XLA fuses a conv into one int8 -> int8 cuDNN call only if its output is convert<s8>(clamp(-128, .., 127))
+    with nothing after the convert (an op after it gets folded into the clamp, and the conv stays unfused)."""
+    _, _, _, model, int_vars = _fused_case(settings.SETTINGS["w8a8_fused"], "resnet8", 1.0, n=2)
+    model.rounding = "cudnn"
+    g8 = fused.Grid.of(8, 4.0, True)
+    for out, relu, side in [
+        (g8, True, None),  # conv1 -> ReLU -> signed 8-bit codes
+        (fused.Grid.output(4.0), False, None),  # a projection's output
+        (g8, True, (jnp.zeros((1, 8, 8, 16), jnp.int8), g8)),  # with the residual as side input
+        (fused.Grid.of(8, 4.0, False), True, None),  # unsigned 8-bit, stored shifted
+    ]:
+        (dtype, op), bounds, text = _hlo_ops_after_clamp(model, int_vars, g8, out, relu, side)
+        assert (dtype.split("[")[0], op, bounds) == ("s8", "convert", ("-128", "127")), text
+        assert "round" not in text and "floor" not in text  # cuDNN's epilogue rounds
+    (dtype, op), _, _ = _hlo_ops_after_clamp(model, int_vars, g8, fused.Grid.of(4, 4.0, False), True)
+    assert op == "minimum"  # 4-bit codes need a clip after the conv (documented: that conv stays unfused)
+
+
+def test_compile_forward_rounds_explicitly_where_xla_fused_nothing():
+    _, _, x, model, int_vars = _fused_case(settings.SETTINGS["w8a8_fused"], "resnet8", 1.0, n=2)
+    explicit = np.asarray(model.apply(int_vars, x))
+    model.rounding = "cudnn"  # as on a GPU; the CPU compiler fuses no conv into cuDNN
+    with pytest.warns(UserWarning, match=r"XLA fused 0 of \d+ integer convs"):
+        compiled, rounding = fused.compile_forward(model, int_vars, x)
+    assert rounding == "explicit" == model.rounding
+    np.testing.assert_array_equal(np.asarray(compiled(int_vars, x)), explicit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused.compile_forward(model, int_vars, x)  # already explicit: no check, no warning
+
+
+def test_fused_rejects_float_layers_and_bad_rounding():
+    _, _, _, model, int_vars = _fused_case(settings.SETTINGS["w8a8_fused"], "resnet8", 1.0, n=2)
+    header = {"model": "resnet8", "num_classes": 10, "width": 1.0, "fold_bn": True}
+    header["specs"] = {k: s.to_dict() for k, s in model.specs.items()}
+    with pytest.raises(fused.FusedError, match="rounding must be one of"):
+        fused.FusedResNet(header, int_vars, rounding="nearest")
+    header["specs"]["stem"] = {"w_bits": None, "a_bits": None}
+    with pytest.raises(fused.FusedError, match="'stem' is float"):
+        fused.FusedResNet(header, int_vars)
+    with pytest.raises(export.ExportError, match="pass them"):
+        export.int_model({**header, "specs": {}})
+
+
+def test_a_fused_run_fine_tunes_from_a_float_run_exports_and_matches(tmp_path, capsys):
+    """Smoke runs: a float run with BN, then w8a8_fused started from it (its BN folded in)."""
+    smoke = ROOT / "configs/smoke.py"
+    float_cfg = config_lib.load_config(smoke, ["--config.setting=bf16", "--config.quant.rules=[('.*', None, None)]"])
+    train.train_and_evaluate(float_cfg, tmp_path / "float", quiet=True)
+    args = [
+        "--config.setting=w8a8_fused",
+        f"--config.quant.rules={settings.SETTINGS['w8a8_fused']!r}",
+        "--config.model.fold_bn=True",
+        f"--config.init_from={tmp_path / 'float'}",
+    ]
+    cfg = config_lib.load_config(smoke, args)
+    run = train.make_run_spec(cfg, cfg.dataset.synthetic_train)
+    sample = jnp.zeros((2, 32, 32, 3))
+    state = train.warm_start(train.create_train_state(run, jax.random.key(0), sample), tmp_path / "float", run)
+    src, _ = train.restore_final(float_cfg, tmp_path / "float")
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    y_float = train.create_model(train.make_run_spec(float_cfg, 64)).apply(src.variables(), x)
+    y_folded = train.create_model(run).apply(state.variables(), x, act_quant=False)  # weights quantized only
+    assert float(jnp.abs(y_folded - y_float).max()) < 0.1 * float(jnp.abs(y_float).max())
+    train.train_and_evaluate(cfg, tmp_path / "fused", quiet=True)
+    path = export.export_run(tmp_path / "fused", tmp_path / "fused.qrx")
+    header, _ = export.read(path)
+    assert header["fold_bn"] is True and header["setting"] == "w8a8_fused"
+    eq = export.equivalence(tmp_path / "fused", path)
+    assert eq["prediction_agreement"] == 1.0 and eq["max_rel_logit_err"] == 0.0
+    from qresnet import cli
+
+    assert cli.main(["eval", "--export", str(path)]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["setting"] == "w8a8_fused" and 0.0 <= row["top1_int"] <= 1.0 and row["n"] > 0
