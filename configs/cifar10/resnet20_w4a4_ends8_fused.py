@@ -1,21 +1,12 @@
-"""CIFAR ResNet-20, setting w4a4_ends8_fused, BN folded (model.fold_bn): for fused integer deployment
-(`qresnet export` then int8 codes from conv to conv, qresnet/fused.py). Fine-tuned from a float
-run with BN, whose BN is folded in: 30 epochs, peak learning rate 0.001 (0.02 diverged within the
-first epoch on an H200: without BN the folded weights take far smaller steps), activation bounds calibrated
-for 2 epochs first. Name the float run on the command line:
+"""CIFAR ResNet-20, setting w4a4_ends8_fused: as resnet20_w8a8_fused.py (BN folded, fine-tuned from a
+float run), 4-bit inside, 8-bit stem and head. Name the float run on the command line:
 
     qresnet train --config configs/cifar10/resnet20_w4a4_ends8_fused.py --workdir R/w4a4_ends8_fused \
         --config.init_from=R/float
 """
 
-from configs.cifar10 import base
+from configs.cifar10 import resnet20_w8a8_fused
 
 
 def get_config():
-    c = base.get_config("w4a4_ends8_fused")
-    c.model.fold_bn = True
-    c.optim.num_epochs = 30
-    c.optim.base_lr = 0.001
-    c.optim.warmup_epochs = 1.0
-    c.quant.act_start_frac = 2 / 30
-    return c
+    return resnet20_w8a8_fused.get_config("w4a4_ends8_fused")

@@ -11,8 +11,8 @@ for 2 epochs first. Name the float run on the command line:
 from configs.cifar10 import base
 
 
-def get_config():
-    c = base.get_config("w8a8_fused")
+def get_config(setting: str = "w8a8_fused"):
+    c = base.get_config(setting)
     c.model.fold_bn = True
     c.optim.num_epochs = 30
     c.optim.base_lr = 0.001
