@@ -26,8 +26,11 @@ XLA's `convert` truncates. So with `rounding="cudnn"` the idiom carries no round
 XLA fuses it; `rounding="explicit"` rounds in the graph (floor(v + 0.5)) and is right
 everywhere. `rounding="auto"` picks "cudnn" on GPUs and "explicit" elsewhere, and
 `compile_forward` checks on the GPU that every conv was fused, else recompiles with
-"explicit". The two differ from each other, and from the fake-quant model, only where
-a value falls within float32 rounding of a rounding boundary.
+"explicit". Convs whose codes need a narrower clip than int8's (4-bit activations)
+round in the graph either way: an operation after the convert keeps XLA from fusing.
+"explicit" computes in the fake-quant model's float order and equals it to the bit;
+"cudnn" differs from it only where a value falls within float32 rounding of a rounding
+boundary.
 """
 
 from __future__ import annotations
@@ -145,10 +148,23 @@ class FusedResNet:
                 self.act[path] = Grid.of(spec.a_bits, bound, bool(spec.a_signed))
             else:
                 self.act[path + ("out",)] = Grid.output(float(np.asarray(_get(stats, path)["out_bound"])))
-        self.expected_fused = len(self.w_scale) - 2  # every conv but the stem and the last (float32 out)
+        self.expected_fused = self._count_fusable()
         terms = int(np.prod(np.shape(variables["params"]["stem"]["kernel_int"])[:3]))
         if not int_layers.exact_in_float(self.specs["stem"], terms):
             raise FusedError("the stem's integer sums can exceed float32's exact range; quantize it to <= 8 bits")
+
+    def _count_fusable(self) -> int:
+        """How many convs the cuDNN path leaves to XLA to fuse (`_fusable` outputs)."""
+        convs = ("conv1", "conv2", "conv3") if self.arch.bottleneck else ("conv1", "conv2")
+        n = 0
+        for i, (block, _) in enumerate(self.blocks):
+            outs = [(self.act[(block, c)], True) for c in convs[1:]]
+            if i + 1 < len(self.blocks):
+                outs.append((self.act[(self.blocks[i + 1][0], "conv1")], True))
+            if (block, "proj") in self.w_scale:
+                outs.append((self.act[(block, "proj", "out")], False))
+            n += sum(_fusable(g, relu) for g, relu in outs)
+        return n
 
     # One conv: int8 codes in, the next tensor's int8 codes (or float32 for the head) out.
     def _fused(self, a, x, x_grid: Grid, path, stride, out: Grid | None, side=None, relu=True):
@@ -165,7 +181,7 @@ class FusedResNet:
             acc = acc + x_grid.zero * jnp.sum(w.astype(jnp.float32), axis=(0, 1, 2))
         s_in = np.float32(x_grid.scale) * np.float32(self.w_scale[path])  # float32, as the fake layer's
         bias = p["bias"].astype(jnp.float32)
-        if self.rounding == "explicit" or out is None:
+        if self.rounding == "explicit" or not _fusable(out, relu):
             return self._rounded(acc, s_in, bias, out, side, relu)
         # The idiom XLA fuses (module doc): nothing may follow the convert, or XLA folds it into the
         # clamp, whose bounds must stay -128 and 127, and leaves the conv unfused.
@@ -183,10 +199,7 @@ class FusedResNet:
         if relu and not out.zero:
             v = jnp.maximum(v, 0.0)
         lo, hi = jnp.broadcast_to(np.float32(-128), v.shape), jnp.broadcast_to(np.float32(127), v.shape)
-        codes = lax.clamp(lo, v, hi).astype(jnp.int8)
-        if out.hi < 127:  # a grid narrower than int8 (4 bits): XLA then leaves this conv unfused
-            codes = jnp.minimum(codes, jnp.int8(out.hi))
-        return codes
+        return lax.clamp(lo, v, hi).astype(jnp.int8)
 
     def _rounded(self, acc, s_in, bias, out: Grid | None, side, relu):
         """The conv's output computed in the fake-quant model's order and rounded in the graph:
@@ -250,6 +263,13 @@ class FusedResNet:
             for line in hlo.splitlines()
             if re.search(r'custom_call_target="__cudnn\$conv', line) and re.search(r"= \(s8\[", line)
         )
+
+
+def _fusable(out: Grid | None, relu: bool) -> bool:
+    """Whether cuDNN's int8 output can give a conv's codes: int8 out, clipped by int8's own range (a
+    narrower grid, such as 4 bits, needs a clip after the convert, which keeps XLA from fusing, so
+    those convs round in the graph; ReLU makes a signed grid's lower clip moot)."""
+    return out is not None and out.hi == 127 and (out.lo == -128 or relu)
 
 
 def _int_paths(params, prefix=()) -> list[tuple[str, ...]]:

@@ -13,7 +13,7 @@ conv to conv (`qresnet.fused`): no BN (each conv has a bias: BN folded into it,
 `fold_batch_norm`), and every activation tensor quantized once for all its
 readers: a block's input by conv1's quantizer, whose codes the projection reads
 too and whose fake-quantized value is the identity shortcut; a projection's
-output to signed 8-bit codes (the residual a fused conv adds). Quantized layers
+output to int8 codes, -128..127 (the residual a fused conv adds). Quantized layers
 need one weight and one activation scale per tensor (`check_fold_specs`).
 """
 

@@ -726,6 +726,11 @@ def warm_start(state: TrainState, source: str | Path, run: RunSpec) -> TrainStat
     src_params, src_stats = src_state.params, src_state.batch_stats
     if run.fold_bn and not src_config.model.get("fold_bn", False):
         src_params, src_stats = resnet.fold_batch_norm(src_params, src_stats), {}
+    elif src_config.model.get("fold_bn", False) and not run.fold_bn:
+        raise TrainError(
+            f"config.init_from={str(source)!r} is a BN-folded run (model.fold_bn) and this run has BN; "
+            "start it from a run with BN, or set --config.model.fold_bn=True"
+        )
     copied = []
 
     def merge(mine, theirs, path):

@@ -125,8 +125,13 @@ def test_cudnn_rounding_writes_the_idiom_xla_fuses():
         (dtype, op), bounds, text = _hlo_ops_after_clamp(model, int_vars, g8, out, relu, side)
         assert (dtype.split("[")[0], op, bounds) == ("s8", "convert", ("-128", "127")), text
         assert "round" not in text and "floor" not in text  # cuDNN's epilogue rounds
-    (dtype, op), _, _ = _hlo_ops_after_clamp(model, int_vars, g8, fused.Grid.of(4, 4.0, False), True)
-    assert op == "minimum"  # 4-bit codes need a clip after the conv (documented: that conv stays unfused)
+    # 4-bit codes need a clip after the conv, which keeps XLA from fusing it: that conv rounds in the graph
+    (dtype, op), _, text = _hlo_ops_after_clamp(model, int_vars, g8, fused.Grid.of(4, 4.0, False), True)
+    assert "floor" in text  # the in-graph rounding
+    assert not fused._fusable(fused.Grid.of(4, 4.0, False), True) and fused._fusable(g8, True)
+    assert not fused._fusable(g8, False) and fused._fusable(fused.Grid.output(4.0), False)
+    four = _fused_case(settings.SETTINGS["w4a4_ends8_fused"], "resnet8", 1.0, n=2)[3]
+    assert four.expected_fused == 2  # the two projections only: every other conv gives 4-bit codes
 
 
 def test_compile_forward_rounds_explicitly_where_xla_fused_nothing():

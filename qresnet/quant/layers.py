@@ -253,8 +253,8 @@ class QConv(nn.Module):
         faster for narrow layers on an H200, docs/RESULTS.md; no channel padding needed),
         other convs as "xla". Off the GPU "pallas" runs in Pallas's interpreter (slow; tests).
       pallas_max_channels: with "pallas", convs with more input or output channels stay "xla".
-      out_bits: fake-quantize the output (after the bias) to signed codes of this width with a
-        per-tensor bound (`quantize_output`; a BN-folded projection, `resnet.ResNet.fold_bn`).
+      out_bits: fake-quantize the output (after the bias) to int8 codes, -128..127, with a
+        per-tensor bound (`quantize_output`; 8 only; a BN-folded projection, `resnet.ResNet.fold_bn`).
       return_codes: also return the input's codes and scale (see __call__).
     """
 
