@@ -393,7 +393,8 @@ def evaluate(
     Returns:
       {model, setting, dataset, dtype, n, top1_int, device, date, commit}.
     """
-    fn = _apply_fn(int_model(header, variables, dtype=dtype), data.dataset_info(header["dataset"]))
+    model = int_model(header, variables, dtype=dtype)
+    fn = _apply_fn(model, data.dataset_info(header["dataset"]))
     variables = jax.device_put(variables)  # once: numpy arguments would be copied to the GPU every batch
     correct = n = 0
     batches = test_batches(
@@ -413,8 +414,16 @@ def evaluate(
         "dtype": dtype,
         "n": n,
         "top1_int": correct / max(n, 1),
+        **_fused_fields(model),
         **_provenance(),
     }
+
+
+def _fused_fields(model) -> dict[str, Any]:
+    """How a fused integer model rounded (`fused.compile_forward`); nothing for the others."""
+    if not isinstance(model, fused.FusedResNet):
+        return {}
+    return {"int_rounding": model.rounding, **{f"int_{k}": v for k, v in model.check.items()}}
 
 
 def equivalence(
@@ -481,5 +490,6 @@ def equivalence(
         "file_bytes": size["file_bytes"],
         "expected_bytes": size["expected_bytes"],
         "size_ratio": size["ratio"],
+        **_fused_fields(int_net),
         **_provenance(),
     }

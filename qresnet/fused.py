@@ -121,6 +121,7 @@ class FusedResNet:
         if rounding == "auto":
             rounding = "cudnn" if jax.default_backend() == "gpu" else "explicit"
         self.rounding = rounding
+        self.check: dict[str, Any] = {}  # what `compile_forward` found
         self.arch = resnet.get_arch(header["model"])
         self.specs: Mapping[str, QuantSpec] = specs_from_json(header["specs"])
         convs = [n for n in self.specs if n != "head"]
@@ -285,24 +286,43 @@ def _name(path) -> str:
     return "/".join(re.sub(r"stage(\d+)_block(\d+)", r"stage\1/block\2", p) for p in path)
 
 
+CHECK_TOLERANCE = 1e-2  # relative logit difference on the first batch beyond which cuDNN's path is refused
+
+
 def compile_forward(model: FusedResNet, variables, sample, fn=None):
     """Jits and compiles `fn(variables, x)` (default: model.apply) for inputs like `sample`. With
-    rounding "cudnn", checks that XLA fused every conv it must (`FusedResNet.expected_fused`); if
-    not, warns and recompiles with rounding "explicit" (exact everywhere, slower).
+    rounding "cudnn", checks that XLA fused every conv it must (`FusedResNet.expected_fused`) and
+    that on `sample` the logits are within `CHECK_TOLERANCE` (relative) of the in-graph rounding's
+    (rounding differs only at float32 ties; a conv whose int8 output truncated instead would move
+    them far more); otherwise it warns and recompiles with rounding "explicit" (exact everywhere,
+    slower). `model.check` records what was found.
 
     Returns:
       (the compiled callable, the rounding it uses).
     """
     fn = fn or (lambda v, x: model.apply(v, x))
     compiled = jax.jit(fn).lower(variables, sample).compile()
-    if model.rounding == "cudnn":
-        found = model.fused_convs(compiled.as_text())
-        if found < model.expected_fused:
-            warnings.warn(
-                f"XLA fused {found} of {model.expected_fused} integer convs; rounding them explicitly instead",
-                stacklevel=2,
-            )
-            model.rounding = "explicit"
-            # A new function: jax keeps traces per function object, and `fn`'s has cuDNN's rounding.
-            compiled = jax.jit(lambda v, x: fn(v, x)).lower(variables, sample).compile()
+    if model.rounding != "cudnn":
+        return compiled, model.rounding
+    found = model.fused_convs(compiled.as_text())
+    model.rounding = "explicit"
+    # A new function: jax keeps traces per function object, and `fn`'s has cuDNN's rounding.
+    explicit = jax.jit(lambda v, x: fn(v, x)).lower(variables, sample).compile()
+    model.check = {"fused_convs": found, "expected_fused": model.expected_fused}
+    if found < model.expected_fused:
+        warnings.warn(
+            f"XLA fused {found} of {model.expected_fused} integer convs; rounding them explicitly instead", stacklevel=2
+        )
+        return explicit, model.rounding
+    y_cudnn, y_explicit = np.asarray(compiled(variables, sample)), np.asarray(explicit(variables, sample))
+    rel = float(np.linalg.norm(y_cudnn - y_explicit) / max(np.linalg.norm(y_explicit), 1e-12))
+    model.check["first_batch_rel_diff"] = rel
+    if not rel <= CHECK_TOLERANCE:
+        warnings.warn(
+            f"cuDNN's fused convs gave logits {rel:.3g} (relative) off the in-graph rounding's on the first batch; "
+            "rounding explicitly instead",
+            stacklevel=2,
+        )
+        return explicit, model.rounding
+    model.rounding = "cudnn"
     return compiled, model.rounding

@@ -147,6 +147,19 @@ def test_compile_forward_rounds_explicitly_where_xla_fused_nothing():
         fused.compile_forward(model, int_vars, x)  # already explicit: no check, no warning
 
 
+def test_compile_forward_refuses_convs_that_truncate(monkeypatch):
+    """Were XLA to report the convs fused but their int8 output truncated (what the CPU's convert does),
+    the first batch's logits give it away."""
+    _, _, x, model, int_vars = _fused_case(settings.SETTINGS["w8a8_fused"], "resnet8", 1.0, n=4)
+    explicit = np.asarray(model.apply(int_vars, x))
+    model.rounding = "cudnn"
+    monkeypatch.setattr(model, "fused_convs", lambda hlo: model.expected_fused)
+    with pytest.warns(UserWarning, match="off the in-graph rounding's on the first batch"):
+        compiled, rounding = fused.compile_forward(model, int_vars, x)
+    assert rounding == "explicit" and model.check["first_batch_rel_diff"] > fused.CHECK_TOLERANCE
+    np.testing.assert_array_equal(np.asarray(compiled(int_vars, x)), explicit)
+
+
 def test_fused_rejects_float_layers_and_bad_rounding():
     _, _, _, model, int_vars = _fused_case(settings.SETTINGS["w8a8_fused"], "resnet8", 1.0, n=2)
     header = {"model": "resnet8", "num_classes": 10, "width": 1.0, "fold_bn": True}
@@ -186,6 +199,7 @@ def test_a_fused_run_fine_tunes_from_a_float_run_exports_and_matches(tmp_path, c
     assert header["fold_bn"] is True and header["setting"] == "w8a8_fused"
     eq = export.equivalence(tmp_path / "fused", path)
     assert eq["prediction_agreement"] == 1.0 and eq["max_rel_logit_err"] == 0.0
+    assert eq["int_rounding"] == "explicit"  # on the CPU
     from qresnet import cli
 
     assert cli.main(["eval", "--export", str(path)]) == 0
