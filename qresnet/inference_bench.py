@@ -45,13 +45,17 @@ def median_seconds(fn, *args, iters: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def forward_functions(name: str, image_size: int, batch: int) -> dict[str, tuple[Any, tuple]]:
+def forward_functions(
+    name: str, image_size: int, batch: int, report: dict | None = None
+) -> dict[str, tuple[Any, tuple]]:
     """The jitted bf16 and integer (w8a8, per-tensor activations) forward passes of a model and their
     arguments, on the same random weights and input, all already on the device:
     {"bf16": (fn, args), "int8": (fn, args), "int8_conv": ..., "int8_narrow_int": ...}.
     "int8" is the default integer model; "int8_conv" runs its 1x1 convs as integer convs instead
     of int8 dots, "int8_narrow_int" its RGB stem as an int8 conv instead of exact float32 products,
-    "int8_bf16" keeps everything between the integer products in bf16 instead of float32."""
+    "int8_bf16" keeps everything between the integer products in bf16 instead of float32;
+    "bf16_folded" and "int8_fused" are the BN-folded network and its fused integer model (w8a8_fused),
+    whose rounding and `fused.compile_forward` check go into `report` if given."""
     arch = resnet.get_arch(name)
     classes = 10 if arch.cifar else 1000
     shape = (image_size, image_size, 3)
@@ -78,10 +82,10 @@ def forward_functions(name: str, image_size: int, batch: int) -> dict[str, tuple
     fns = {"bf16": (jax.jit(lambda v, x: bf16.apply(v, x)), (bf16_vars, x))}
     for key, model in models.items():
         fns[key] = (jax.jit(lambda v, x, model=model: model.apply(v, x)), (int_vars, x))
-    return fns | _fused_functions(name, classes, shape, names, x)
+    return fns | _fused_functions(name, classes, shape, names, x, {} if report is None else report)
 
 
-def _fused_functions(name, classes, shape, names, x) -> dict[str, tuple[Any, tuple]]:
+def _fused_functions(name, classes, shape, names, x, report: dict) -> dict[str, tuple[Any, tuple]]:
     """The BN-folded bf16 network and the fused integer model (w8a8_fused) of a model."""
     specs = resolve_specs(W8A8_FUSED, names, resnet.signed_layers(names))
     fake = resnet.create_model(name, num_classes=classes, specs=specs, fold_bn=True)
@@ -93,6 +97,7 @@ def _fused_functions(name, classes, shape, names, x) -> dict[str, tuple[Any, tup
     model = export.int_model(header, int_vars)
     int_vars = jax.device_put(int_vars)
     fused.compile_forward(model, int_vars, x)  # falls back to explicit rounding, with a warning, where unfused
+    report.update({"int8_fused_rounding": model.rounding, **{f"int8_fused_{k}": v for k, v in model.check.items()}})
     folded = resnet.create_model(name, num_classes=classes, dtype="bfloat16", fold_bn=True)
     folded_vars = {"params": variables["params"]}
     return {
@@ -103,7 +108,8 @@ def _fused_functions(name, classes, shape, names, x) -> dict[str, tuple[Any, tup
 
 def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmup: int = 3) -> list[dict[str, Any]]:
     """Times bf16 and integer inference of one model; returns the two result rows (module doc)."""
-    fns = forward_functions(name, image_size, batch)
+    report: dict[str, Any] = {}
+    fns = forward_functions(name, image_size, batch, report)
     t = {key: median_seconds(fn, *args, iters=iters, warmup=warmup) for key, (fn, args) in fns.items()}
     t_bf16 = t["bf16"]
     devs = jax.local_devices()
@@ -127,6 +133,7 @@ def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmu
         "bf16_folded_images_per_s": batch / t["bf16_folded"],
         "speedup_vs_bf16_folded": t["bf16_folded"] / t["int8_fused"],
         **{f"{key}_ms": 1e3 * t[key] for key in ("bf16", "bf16_folded", "int8_fused")},
+        **report,
         **env,
     }
     return [deploy, fused_row]

@@ -205,6 +205,7 @@ def test_bench_int_reports_both_paths(tmp_path, capsys):
     row, fused_row = (json.loads(line) for line in out.read_text().splitlines())
     assert fused_row["setting"] == "w8a8_fused" and fused_row["bf16_ms"] == row["bf16_ms"]
     assert fused_row["int8_fused_ms"] > 0 and fused_row["bf16_folded_ms"] > 0
+    assert fused_row["int8_fused_rounding"] == "explicit"  # on the CPU
     assert fused_row["speedup"] == pytest.approx(fused_row["bf16_ms"] / fused_row["int8_fused_ms"])
     assert row["model"] == "resnet20" and row["batch"] == 4 and row["setting"] == "w8a8_deploy"
     assert row["bf16_images_per_s"] > 0 and row["int8_images_per_s"] > 0
