@@ -52,6 +52,9 @@ from qresnet.quant.specs import QuantSpec, specs_from_json
 
 _DN = ("NHWC", "HWIO", "NHWC")
 ROUNDINGS = ("auto", "cudnn", "explicit")
+# The stem's integer products: as float32 (exact; TF32 tensor cores on GPUs) or, for the 7x7 ImageNet stem,
+# as an int8 conv over space-to-depth blocks whose output is fused like the block convs'.
+STEMS = ("float", "s2d")
 
 
 class FusedError(ValueError):
@@ -113,11 +116,17 @@ class FusedResNet:
       header: the export's header (model, width, num_classes, specs, fold_bn).
       variables: its variables (`export.read`); only the scales and bounds are read here.
       rounding: "auto", "cudnn" or "explicit" (module doc).
+      stem: "float" or "s2d" (`STEMS`; "s2d" for 7x7 stems with at most 8-bit codes).
     """
 
-    def __init__(self, header: Mapping[str, Any], variables: Mapping[str, Any], rounding: str = "auto"):
+    def __init__(
+        self, header: Mapping[str, Any], variables: Mapping[str, Any], rounding: str = "auto", stem: str = "float"
+    ):
         if rounding not in ROUNDINGS:
             raise FusedError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        if stem not in STEMS:
+            raise FusedError(f"stem must be one of {STEMS}, got {stem!r}")
+        self.stem = stem
         if rounding == "auto":
             rounding = "cudnn" if jax.default_backend() == "gpu" else "explicit"
         self.rounding = rounding
@@ -149,7 +158,10 @@ class FusedResNet:
                 self.act[path] = Grid.of(spec.a_bits, bound, bool(spec.a_signed))
             else:
                 self.act[path + ("out",)] = Grid.output(float(np.asarray(_get(stats, path)["out_bound"])))
-        self.expected_fused = self._count_fusable()
+        if stem == "s2d" and (self.arch.cifar or max(self.specs["stem"].a_bits, self.specs["stem"].w_bits) > 8):
+            raise FusedError("stem 's2d' needs the 7x7 ImageNet stem with at most 8-bit codes; use stem 'float'")
+        first = self.act[(self.blocks[0][0], "conv1")]
+        self.expected_fused = self._count_fusable() + (stem == "s2d" and _fusable(first, True))
         terms = int(np.prod(np.shape(variables["params"]["stem"]["kernel_int"])[:3]))
         if not int_layers.exact_in_float(self.specs["stem"], terms):
             raise FusedError("the stem's integer sums can exceed float32's exact range; quantize it to <= 8 bits")
@@ -180,8 +192,12 @@ class FusedResNet:
         acc = _conv(x, w, stride, pads, jnp.float32)
         if x_grid.zero:  # exact: integers below 2^24
             acc = acc + x_grid.zero * jnp.sum(w.astype(jnp.float32), axis=(0, 1, 2))
+        return self._epilogue(acc, x_grid, path, p["bias"], out, side, relu)
+
+    def _epilogue(self, acc, x_grid: Grid, path, bias, out: Grid | None, side, relu):
+        """The output of a conv whose integer sums are `acc`: int8 codes on `out`'s grid (float32 if None)."""
         s_in = np.float32(x_grid.scale) * np.float32(self.w_scale[path])  # float32, as the fake layer's
-        bias = p["bias"].astype(jnp.float32)
+        bias = bias.astype(jnp.float32)
         if self.rounding == "explicit" or not _fusable(out, relu):
             return self._rounded(acc, s_in, bias, out, side, relu)
         # The idiom XLA fuses (module doc): nothing may follow the convert, or XLA folds it into the
@@ -220,8 +236,12 @@ class FusedResNet:
         q, s_x = ops.int_codes(x, spec.a_bits, bound, bool(spec.a_signed))
         k = p["kernel_int"].shape[0]
         stride = 1 if self.arch.cifar else 2
-        acc = _conv(q, p["kernel_int"].astype(jnp.float32), stride, [(k // 2, k // 2)] * 2)
-        codes = out.quantize(jax.nn.relu(acc / (s_x * self.w_scale[path]) + p["bias"]))
+        if self.stem == "s2d":
+            acc = _space_to_depth_conv(q.astype(jnp.int8), p["kernel_int"])
+            codes = self._epilogue(acc, self.act[path], path, p["bias"], out, None, True)
+        else:
+            acc = _conv(q, p["kernel_int"].astype(jnp.float32), stride, [(k // 2, k // 2)] * 2)
+            codes = out.quantize(jax.nn.relu(acc / (s_x * self.w_scale[path]) + p["bias"]))
         if not self.arch.cifar:
             codes = lax.reduce_window(
                 codes, jnp.int8(-128), lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
@@ -264,6 +284,29 @@ class FusedResNet:
             for line in hlo.splitlines()
             if re.search(r'custom_call_target="__cudnn\$conv', line) and re.search(r"= \(s8\[", line)
         )
+
+
+S2D_CHANNELS = 32  # the stem's space-to-depth input is zero-padded to this many channels (int8 tensor-core kernels)
+
+
+def _space_to_depth_conv(q, w):
+    """The 7x7 stride-2 stem conv (padding 3) over int8 codes as a 4x4 stride-1 int8 conv over 2x2
+    space-to-depth blocks: the same integer sums (the kernel padded to 8x8 with zeros), with 4 x 3
+    channels (zero-padded to `S2D_CHANNELS`) where cuDNN has no fast int8 kernel for 3. float32 out."""
+    n, h, wd, c = q.shape
+    k, f = w.shape[0], w.shape[-1]
+    if k != 7:
+        raise FusedError(f"a space-to-depth stem needs the 7x7 stride-2 stem, got a {k}x{k} kernel")
+    hp, wp = h + 6 + (h % 2), wd + 6 + (wd % 2)  # even sizes; the extra zero row/column is never read
+    x = jnp.pad(q, [(0, 0), (3, hp - h - 3), (3, wp - wd - 3), (0, 0)])
+    x = x.reshape(n, hp // 2, 2, wp // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp // 2, wp // 2, 4 * c)
+    w8 = jnp.pad(w, [(0, 1), (0, 1), (0, 0), (0, 0)]).reshape(4, 2, 4, 2, c, f)
+    w8 = w8.transpose(0, 2, 1, 3, 4, 5).reshape(4, 4, 4 * c, f)
+    extra = max(S2D_CHANNELS - 4 * c, 0)
+    x = jnp.pad(x, [(0, 0), (0, 0), (0, 0), (0, extra)])
+    w8 = jnp.pad(w8, [(0, 0), (0, 0), (0, extra), (0, 0)])
+    out = _conv(x, w8, 1, [(0, 0), (0, 0)], jnp.float32)
+    return out[:, : (h - 1) // 2 + 1, : (wd - 1) // 2 + 1]
 
 
 def _fusable(out: Grid | None, relu: bool) -> bool:

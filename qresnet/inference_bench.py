@@ -55,7 +55,8 @@ def forward_functions(
     of int8 dots, "int8_narrow_int" its RGB stem as an int8 conv instead of exact float32 products,
     "int8_bf16" keeps everything between the integer products in bf16 instead of float32;
     "bf16_folded" and "int8_fused" are the BN-folded network and its fused integer model (w8a8_fused),
-    whose rounding and `fused.compile_forward` check go into `report` if given."""
+    and "int8_fused_s2d" (ImageNet stems) the same with the stem as an int8 space-to-depth conv; their
+    rounding and `fused.compile_forward` checks go into `report` if given."""
     arch = resnet.get_arch(name)
     classes = 10 if arch.cifar else 1000
     shape = (image_size, image_size, 3)
@@ -100,10 +101,18 @@ def _fused_functions(name, classes, shape, names, x, report: dict) -> dict[str, 
     report.update({"int8_fused_rounding": model.rounding, **{f"int8_fused_{k}": v for k, v in model.check.items()}})
     folded = resnet.create_model(name, num_classes=classes, dtype="bfloat16", fold_bn=True)
     folded_vars = {"params": variables["params"]}
-    return {
+    fns = {
         "bf16_folded": (jax.jit(lambda v, x: folded.apply(v, x)), (folded_vars, x)),
         "int8_fused": (jax.jit(lambda v, x: model.apply(v, x)), (int_vars, x)),
     }
+    if not resnet.get_arch(name).cifar:  # the 7x7 stem as an int8 space-to-depth conv too
+        s2d = fused.FusedResNet(header, int_vars, stem="s2d")
+        fused.compile_forward(s2d, int_vars, x)
+        report.update(
+            {"int8_fused_s2d_rounding": s2d.rounding, "int8_fused_s2d_fused_convs": s2d.check.get("fused_convs")}
+        )
+        fns["int8_fused_s2d"] = (jax.jit(lambda v, x: s2d.apply(v, x)), (int_vars, x))
+    return fns
 
 
 def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmup: int = 3) -> list[dict[str, Any]]:
@@ -121,7 +130,7 @@ def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmu
         "int8_images_per_s": batch / t["int8"],
         "speedup": t_bf16 / t["int8"],
         # every variant of `forward_functions` but the fused row's
-        **{f"{key}_ms": 1e3 * sec for key, sec in t.items() if key not in ("bf16_folded", "int8_fused")},
+        **{f"{key}_ms": 1e3 * sec for key, sec in t.items() if not key.startswith(("bf16_folded", "int8_fused"))},
         "int8_bf16_speedup": t_bf16 / t["int8_bf16"],
         **env,
     }
@@ -132,7 +141,8 @@ def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmu
         "speedup": t_bf16 / t["int8_fused"],
         "bf16_folded_images_per_s": batch / t["bf16_folded"],
         "speedup_vs_bf16_folded": t["bf16_folded"] / t["int8_fused"],
-        **{f"{key}_ms": 1e3 * t[key] for key in ("bf16", "bf16_folded", "int8_fused")},
+        **{f"{key}_ms": 1e3 * t[key] for key in ("bf16", "bf16_folded", "int8_fused", "int8_fused_s2d") if key in t},
+        **({"s2d_speedup": t_bf16 / t["int8_fused_s2d"]} if "int8_fused_s2d" in t else {}),
         **report,
         **env,
     }

@@ -205,3 +205,45 @@ def test_a_fused_run_fine_tunes_from_a_float_run_exports_and_matches(tmp_path, c
     assert cli.main(["eval", "--export", str(path)]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["setting"] == "w8a8_fused" and 0.0 <= row["top1_int"] <= 1.0 and row["n"] > 0
+
+
+@pytest.mark.parametrize("size", [32, 35])
+def test_space_to_depth_stem_gives_the_same_codes(size):
+    _, _, _, model, int_vars = _fused_case(settings.SETTINGS["w8a8_fused"], "resnet50", 0.125, n=2)
+    x = jax.random.normal(jax.random.key(7), (2, size, size, 3))
+    q = jax.random.randint(jax.random.key(8), (2, size, size, 3), -127, 128).astype(jnp.int8)
+    w = int_vars["params"]["stem"]["kernel_int"]
+    direct = fused._conv(q.astype(jnp.float32), jnp.asarray(w, jnp.float32), 2, [(3, 3), (3, 3)])
+    np.testing.assert_array_equal(np.asarray(fused._space_to_depth_conv(q, jnp.asarray(w))), np.asarray(direct))
+    s2d = fused.FusedResNet(_header(model), int_vars, stem="s2d")
+    assert s2d.expected_fused == model.expected_fused + 1
+    np.testing.assert_array_equal(np.asarray(s2d.apply(int_vars, x)), np.asarray(model.apply(int_vars, x)))
+
+
+def _header(model):
+    header = {"model": "resnet50", "num_classes": 10, "width": 0.125, "fold_bn": True}
+    return header | {"specs": {k: s.to_dict() for k, s in model.specs.items()}}
+
+
+def test_space_to_depth_stem_needs_the_imagenet_stem():
+    _, _, _, model, int_vars = _fused_case(settings.SETTINGS["w8a8_fused"], "resnet8", 1.0, n=2)
+    header = {"model": "resnet8", "num_classes": 10, "width": 1.0, "fold_bn": True}
+    header["specs"] = {k: s.to_dict() for k, s in model.specs.items()}
+    with pytest.raises(fused.FusedError, match="needs the 7x7 ImageNet stem"):
+        fused.FusedResNet(header, int_vars, stem="s2d")
+    with pytest.raises(fused.FusedError, match="stem must be one of"):
+        fused.FusedResNet(header, int_vars, stem="int4")
+
+
+def test_bench_int_times_the_space_to_depth_stem_on_imagenet_models():
+    from qresnet import inference_bench
+
+    shape = (32, 32, 3)
+    names = resnet.layer_names("resnet18", 1.0, 1000, shape)
+    report = {}
+    x = jax.random.normal(jax.random.key(0), (1, *shape))
+    fns = inference_bench._fused_functions("resnet18", 1000, shape, names, x, report)
+    assert set(fns) == {"bf16_folded", "int8_fused", "int8_fused_s2d"}
+    assert report["int8_fused_rounding"] == report["int8_fused_s2d_rounding"] == "explicit"  # CPU
+    (f, args), (g, gargs) = fns["int8_fused"], fns["int8_fused_s2d"]
+    np.testing.assert_array_equal(np.asarray(f(*args)), np.asarray(g(*gargs)))
