@@ -18,15 +18,15 @@ as Python floats and takes only the arrays (codes, biases) as arguments.
 Codes. An unsigned b-bit activation (after ReLU) has codes floor(clip(v * s, 0, 2^b - 1));
 8-bit ones (0..255) are stored shifted by -128 to fit int8, so convs reading them pad
 explicitly with the stored code of 0 and get 128 * sum(W) back in their bias. The
-projection's output has signed 8-bit codes (`quant.layers.quantize_output`).
+projection's output has int8 codes over all of -128..127 (`quant.layers.output_codes`).
 
 Rounding. cuDNN rounds the fused output to nearest, ties to even (measured on an H200);
 XLA's `convert` truncates. So with `rounding="cudnn"` the idiom carries no rounding op
 (the floor of the unsigned grid is round-half-even of v - 0.5) and is only right where
 XLA fuses it; `rounding="explicit"` rounds in the graph (floor(v + 0.5)) and is right
 everywhere. `rounding="auto"` picks "cudnn" on GPUs and "explicit" elsewhere, and
-`compile_forward` checks on the GPU that every conv was fused, else recompiles with
-"explicit". Convs whose codes need a narrower clip than int8's (4-bit activations)
+`compile_forward` checks on the GPU that every conv was fused and that the first batch
+agrees with "explicit", else recompiles with "explicit". Convs whose codes need a narrower clip than int8's (4-bit activations)
 round in the graph either way: an operation after the convert keeps XLA from fusing.
 "explicit" computes in the fake-quant model's float order and equals it to the bit;
 "cudnn" differs from it only where a value falls within float32 rounding of a rounding
@@ -297,7 +297,7 @@ def _space_to_depth_conv(q, w):
     k, f = w.shape[0], w.shape[-1]
     if k != 7:
         raise FusedError(f"a space-to-depth stem needs the 7x7 stride-2 stem, got a {k}x{k} kernel")
-    hp, wp = h + 6 + (h % 2), wd + 6 + (wd % 2)  # even sizes; the extra zero row/column is never read
+    hp, wp = h + 6 + (h % 2), wd + 6 + (wd % 2)  # even sizes; an odd size's extra zero row/column adds nothing
     x = jnp.pad(q, [(0, 0), (3, hp - h - 3), (3, wp - wd - 3), (0, 0)])
     x = x.reshape(n, hp // 2, 2, wp // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp // 2, wp // 2, 4 * c)
     w8 = jnp.pad(w, [(0, 1), (0, 1), (0, 0), (0, 0)]).reshape(4, 2, 4, 2, c, f)
@@ -306,7 +306,9 @@ def _space_to_depth_conv(q, w):
     x = jnp.pad(x, [(0, 0), (0, 0), (0, 0), (0, extra)])
     w8 = jnp.pad(w8, [(0, 0), (0, 0), (0, extra), (0, 0)])
     out = _conv(x, w8, 1, [(0, 0), (0, 0)], jnp.float32)
-    return out[:, : (h - 1) // 2 + 1, : (wd - 1) // 2 + 1]
+    # No slice may follow the conv (XLA fuses only an epilogue that reads it whole); none is needed.
+    assert out.shape[1:3] == ((h - 1) // 2 + 1, (wd - 1) // 2 + 1), out.shape
+    return out
 
 
 def _fusable(out: Grid | None, relu: bool) -> bool:
