@@ -26,8 +26,9 @@ XLA's `convert` truncates. So with `rounding="cudnn"` the idiom carries no round
 XLA fuses it; `rounding="explicit"` rounds in the graph (floor(v + 0.5)) and is right
 everywhere. `rounding="auto"` picks "cudnn" on GPUs and "explicit" elsewhere, and
 `compile_forward` checks on the GPU that every conv was fused and that the first batch
-agrees with "explicit", else recompiles with "explicit". Convs whose codes need a narrower clip than int8's (4-bit activations)
-round in the graph either way: an operation after the convert keeps XLA from fusing.
+agrees with "explicit", else recompiles with "explicit". Convs whose codes need a
+narrower clip than int8's (4-bit activations) round in the graph either way: an
+operation after the convert keeps XLA from fusing.
 "explicit" computes in the fake-quant model's float order and equals it to the bit;
 "cudnn" differs from it only where a value falls within float32 rounding of a rounding
 boundary.
