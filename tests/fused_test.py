@@ -77,6 +77,11 @@ def _fused_case(rules, name, width, shape=(32, 32, 3), n=8):
     return fake, v, x, export.int_model(header, int_vars), int_vars
 
 
+def _header(model, name="resnet50", width=0.125):
+    header = {"model": name, "num_classes": 10, "width": width, "fold_bn": True}
+    return header | {"specs": {k: s.to_dict() for k, s in model.specs.items()}}
+
+
 @pytest.mark.parametrize(
     "rules,name,width",
     [
@@ -162,8 +167,7 @@ def test_compile_forward_refuses_convs_that_truncate(monkeypatch):
 
 def test_fused_rejects_float_layers_and_bad_rounding():
     _, _, _, model, int_vars = _fused_case(settings.SETTINGS["w8a8_fused"], "resnet8", 1.0, n=2)
-    header = {"model": "resnet8", "num_classes": 10, "width": 1.0, "fold_bn": True}
-    header["specs"] = {k: s.to_dict() for k, s in model.specs.items()}
+    header = _header(model, "resnet8", 1.0)
     with pytest.raises(fused.FusedError, match="rounding must be one of"):
         fused.FusedResNet(header, int_vars, rounding="nearest")
     header["specs"]["stem"] = {"w_bits": None, "a_bits": None}
@@ -220,19 +224,12 @@ def test_space_to_depth_stem_gives_the_same_codes(size):
     np.testing.assert_array_equal(np.asarray(s2d.apply(int_vars, x)), np.asarray(model.apply(int_vars, x)))
 
 
-def _header(model):
-    header = {"model": "resnet50", "num_classes": 10, "width": 0.125, "fold_bn": True}
-    return header | {"specs": {k: s.to_dict() for k, s in model.specs.items()}}
-
-
 def test_space_to_depth_stem_needs_the_imagenet_stem():
     _, _, _, model, int_vars = _fused_case(settings.SETTINGS["w8a8_fused"], "resnet8", 1.0, n=2)
-    header = {"model": "resnet8", "num_classes": 10, "width": 1.0, "fold_bn": True}
-    header["specs"] = {k: s.to_dict() for k, s in model.specs.items()}
     with pytest.raises(fused.FusedError, match="needs the 7x7 ImageNet stem"):
-        fused.FusedResNet(header, int_vars, stem="s2d")
+        fused.FusedResNet(_header(model, "resnet8", 1.0), int_vars, stem="s2d")
     with pytest.raises(fused.FusedError, match="stem must be one of"):
-        fused.FusedResNet(header, int_vars, stem="int4")
+        fused.FusedResNet(_header(model, "resnet8", 1.0), int_vars, stem="int4")
 
 
 def test_bench_int_times_the_space_to_depth_stem_on_imagenet_models():
