@@ -378,8 +378,7 @@ def _apply_fn(model, info, **kw):
 
     def checked(v, x):  # the first batch checks that XLA fused the integer convs (fused.compile_forward)
         if not jitted:
-            fused.compile_forward(model, v, x, fn)
-            jitted.append(jax.jit(lambda v, x: fn(v, x)))  # traced anew: the check may change the rounding
+            jitted.append(fused.compile_forward(model, v, x, fn)[0])
         return jitted[0](v, x)
 
     return checked

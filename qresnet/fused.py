@@ -336,31 +336,31 @@ CHECK_TOLERANCE = 1e-2  # relative logit difference on the first batch beyond wh
 
 
 def compile_forward(model: FusedResNet, variables, sample, fn=None):
-    """Jits and compiles `fn(variables, x)` (default: model.apply) for inputs like `sample`. With
+    """The jitted forward pass `fn(variables, x)` (default: model.apply), checked on `sample`. With
     rounding "cudnn", checks that XLA fused every conv it must (`FusedResNet.expected_fused`) and
     that on `sample` the logits are within `CHECK_TOLERANCE` (relative) of the in-graph rounding's
     (rounding differs only at float32 ties; a conv whose int8 output truncated instead would move
-    them far more); otherwise it warns and recompiles with rounding "explicit" (exact everywhere,
-    slower). `model.check` records what was found.
+    them far more); otherwise it warns and returns the forward pass with rounding "explicit" (exact
+    everywhere, slower). `model.check` records what was found.
 
     Returns:
-      (the compiled callable, the rounding it uses).
+      (the jitted forward pass, already compiled for `sample`'s shapes when checked; its rounding).
     """
     fn = fn or (lambda v, x: model.apply(v, x))
-    compiled = jax.jit(fn).lower(variables, sample).compile()
+    forward = jax.jit(fn)
     if model.rounding != "cudnn":
-        return compiled, model.rounding
-    found = model.fused_convs(compiled.as_text())
+        return forward, model.rounding
+    found = model.fused_convs(forward.lower(variables, sample).compile().as_text())
     model.rounding = "explicit"
     # A new function: jax keeps traces per function object, and `fn`'s has cuDNN's rounding.
-    explicit = jax.jit(lambda v, x: fn(v, x)).lower(variables, sample).compile()
+    explicit = jax.jit(lambda v, x: fn(v, x))
     model.check = {"fused_convs": found, "expected_fused": model.expected_fused}
     if found < model.expected_fused:
         warnings.warn(
             f"XLA fused {found} of {model.expected_fused} integer convs; rounding them explicitly instead", stacklevel=2
         )
         return explicit, model.rounding
-    y_cudnn, y_explicit = np.asarray(compiled(variables, sample)), np.asarray(explicit(variables, sample))
+    y_cudnn, y_explicit = np.asarray(forward(variables, sample)), np.asarray(explicit(variables, sample))
     rel = float(np.linalg.norm(y_cudnn - y_explicit) / max(np.linalg.norm(y_explicit), 1e-12))
     model.check["first_batch_rel_diff"] = rel
     if not rel <= CHECK_TOLERANCE:
@@ -371,4 +371,4 @@ def compile_forward(model: FusedResNet, variables, sample, fn=None):
         )
         return explicit, model.rounding
     model.rounding = "cudnn"
-    return compiled, model.rounding
+    return forward, model.rounding

@@ -97,21 +97,21 @@ def _fused_functions(name, classes, shape, names, x, report: dict) -> dict[str, 
     int_vars = export.integer_variables(variables, specs)
     model = export.int_model(header, int_vars)
     int_vars = jax.device_put(int_vars)
-    fused.compile_forward(model, int_vars, x)  # falls back to explicit rounding, with a warning, where unfused
+    forward, _ = fused.compile_forward(model, int_vars, x)  # explicit rounding, with a warning, where unfused
     report.update({"int8_fused_rounding": model.rounding, **{f"int8_fused_{k}": v for k, v in model.check.items()}})
     folded = resnet.create_model(name, num_classes=classes, dtype="bfloat16", fold_bn=True)
     folded_vars = {"params": variables["params"]}
     fns = {
         "bf16_folded": (jax.jit(lambda v, x: folded.apply(v, x)), (folded_vars, x)),
-        "int8_fused": (jax.jit(lambda v, x: model.apply(v, x)), (int_vars, x)),
+        "int8_fused": (forward, (int_vars, x)),
     }
     if not resnet.get_arch(name).cifar:  # the 7x7 stem as an int8 space-to-depth conv too
         s2d = fused.FusedResNet(header, int_vars, stem="s2d")
-        fused.compile_forward(s2d, int_vars, x)
+        forward_s2d, _ = fused.compile_forward(s2d, int_vars, x)
         report.update(
             {"int8_fused_s2d_rounding": s2d.rounding, "int8_fused_s2d_fused_convs": s2d.check.get("fused_convs")}
         )
-        fns["int8_fused_s2d"] = (jax.jit(lambda v, x: s2d.apply(v, x)), (int_vars, x))
+        fns["int8_fused_s2d"] = (forward_s2d, (int_vars, x))
     return fns
 
 
