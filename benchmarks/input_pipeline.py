@@ -25,6 +25,8 @@ such as nvJPEG's, and the time any kernel ran). `--per-image`: the cost of one i
 preprocessing in one thread, per CPU library, from the bytes with full-size and with
 draft decoding (OpenCV, where nvImageCodec is installed: also with window decoding),
 and (Pillow) from a decoded array (what the source handed over before it passed bytes).
+`--max-side N` first shrinks the JPEGs to longer side N (quality 90), as a shrunk copy
+prepared with `qresnet shrink` holds them: decoding costs less with fewer pixels.
 Nothing here needs TensorFlow or TFDS, so it runs where only grain is installed.
 `--target` is the training step's images/s to compare with (e.g. 6258: qresnet's ResNet-50
 bf16 batch 256 float step on an H200, docs/BENCHMARKS.md).
@@ -66,6 +68,18 @@ def write_jpegs(path: Path, n: int, seed: int = 0, sizes=((300, 500), (350, 600)
     offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
     labels = rng.integers(0, 1000, n).astype(np.int32)
     results.atomic_write_npz(path, {"jpeg": np.concatenate(blobs), "offsets": offsets, "labels": labels})
+
+
+def shrink_jpegs(src: Path, dst: Path, max_side: int, quality: int = 90) -> None:
+    """The file's JPEGs as a prepared shrunk copy holds them (`imagenet_input.shrink_jpeg`)."""
+    with np.load(src) as z:
+        jpeg, offsets, labels = z["jpeg"], z["offsets"], z["labels"]
+    blobs = [
+        np.frombuffer(imagenet_input.shrink_jpeg(jpeg[a:b].tobytes(), max_side, quality), np.uint8)
+        for a, b in zip(offsets[:-1], offsets[1:])
+    ]
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+    results.atomic_write_npz(dst, {"jpeg": np.concatenate(blobs), "offsets": offsets, "labels": labels})
 
 
 class JpegSource:
@@ -447,6 +461,12 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=24, help="untimed batches first (see time_pipeline)")
     p.add_argument("--target", type=float, default=0.0, help="training images/s to compare with")
     p.add_argument("--data", default="", help="where to keep the synthetic JPEGs (default: a temporary file)")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=0,
+        help="shrink the JPEGs first to this longer side, as a prepared shrunk copy holds them (0: as made)",
+    )
     p.add_argument("--per-image", type=int, default=0, help="instead: ms per image of N images, one thread")
     p.add_argument("--out", help="also write the rows as JSON lines here")
     args = p.parse_args(argv)
@@ -527,6 +547,12 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.max_side < 0:
+        print(
+            f"error: --max-side {args.max_side} must be a side in pixels > 0 (0: leave the JPEGs as made)",
+            file=sys.stderr,
+        )
+        return 2
     if (args.profile or args.sample_threads) and not args.feed:
         print("error: --profile and --sample-threads watch the training steps of --feed; give --feed", file=sys.stderr)
         return 2
@@ -536,13 +562,20 @@ def main(argv=None) -> int:
         path = Path(args.data or Path(tmp) / "jpegs.npz")
         if not path.exists():
             write_jpegs(path, args.examples)
+        if args.max_side:
+            small = path.with_name(f"{path.stem}_max{args.max_side}.npz")
+            if not small.exists():
+                shrink_jpegs(path, small, args.max_side)
+            path = small
         source = JpegSource(path, length=(args.warmup + args.batches + args.profile) * args.batch)
         rows = []
         if args.per_image:
             row = time_per_image(source, size=args.image_size, images=args.per_image, backends=backends)
             record(
                 rows,
-                row | {"cpus": os.cpu_count(), "distinct_jpegs": args.examples, "date": time.strftime("%Y-%m-%d")},
+                row
+                | {"max_side": args.max_side, "cpus": os.cpu_count(), "distinct_jpegs": args.examples}
+                | {"date": time.strftime("%Y-%m-%d")},
                 args.out,
             )
             return 0
@@ -570,7 +603,8 @@ def main(argv=None) -> int:
                     sample_threads=args.sample_threads,
                     **nv,
                 )
-                record(rows, row | {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}, args.out)
+                row |= {"max_side": args.max_side, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+                record(rows, row, args.out)
                 continue
             row = time_pipeline(
                 source,
@@ -583,7 +617,8 @@ def main(argv=None) -> int:
                 backend=backend,
                 **nv,
             )
-            row |= {"cpus": os.cpu_count(), "distinct_jpegs": args.examples, "date": time.strftime("%Y-%m-%d")}
+            row |= {"max_side": args.max_side, "cpus": os.cpu_count(), "distinct_jpegs": args.examples}
+            row |= {"date": time.strftime("%Y-%m-%d")}
             if args.target:
                 row |= {"target_images_per_s": args.target, "feeds_target": row["images_per_s"] >= args.target}
             record(rows, row, args.out)
