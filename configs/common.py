@@ -49,8 +49,8 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.dataset.workers = 8  # Decoding processes (0 = in the training process).
     c.dataset.jpeg_draft = True  # Train crops decode JPEGs at 1/2-1/8 scale where the crop stays >= image_size.
     # Decode only each crop's window of the JPEG on the CPU (nvImageCodec's libjpeg-turbo, the [nvimgcodec]
-    # extra): the same pixels as a whole decode, 1.25x faster per image on an H200's host (BENCHMARKS.md).
-    # With nvjpeg, it fed best with cpu_decode_share=0.85 (0.943 of the fixed-data speed, one run).
+    # extra): the same pixels as a whole decode, 1.25x faster per image on an H200's host (BENCHMARKS.md); on
+    # by default in configs/imagenet (with OpenCV in 14 workers it kept an H200's ResNet-50 fed, session 22).
     c.dataset.jpeg_window = False
     # Decodes and resizes: "opencv" (no antialiasing, as TF's resize), "pillow", or "nvjpeg" (on the GPU).
     c.dataset.image_backend = "opencv"

@@ -73,24 +73,31 @@ class Grid:
     floor: bool  # the unsigned grid rounds down; the signed one to nearest, half up (`ops`)
 
     @classmethod
-    def of(cls, bits: int, bound: float, signed: bool) -> Grid:
+    def of(cls, bits: int, bound: float, signed: bool, pow2: bool = False) -> Grid:
         """The grid of a b-bit quantizer with this bound, as `ops.int_codes` quantizes (the scale in
-        float32, as the fake quantizer computes it)."""
-        scale = float(np.float32(ops.scale_numerator(bits, signed)) / np.float32(bound)) if bound > 0 else 1.0
+        float32, as the fake quantizer computes it; pow2: rounded down to a power of two)."""
+        scale = _scale(ops.scale_numerator(bits, signed), bound, pow2)
         lo, hi = ops.int_range(bits, signed)
         zero = 128 if hi > 127 else 0
         return cls(scale, zero, lo - zero, hi - zero, not signed)
 
     @classmethod
-    def output(cls, bound: float) -> Grid:
+    def output(cls, bound: float, pow2: bool = False) -> Grid:
         """The grid of a projection's output quantizer (`quant.layers.output_codes`): all of int8."""
-        scale = float(np.float32(127) / np.float32(bound)) if bound > 0 else 1.0
-        return cls(scale, 0, -128, 127, False)
+        return cls(_scale(127, bound, pow2), 0, -128, 127, False)
 
     def quantize(self, v: jax.Array) -> jax.Array:
         """Stored codes of float values v, exactly as the fake quantizer computes them."""
         t = jnp.clip(v * np.float32(self.scale), self.lo + self.zero, self.hi + self.zero)
         return ((jnp.floor(t) if self.floor else jnp.floor(t + 0.5)) - self.zero).astype(jnp.int8)
+
+
+def _scale(numerator: int, bound: float, pow2: bool) -> float:
+    """numerator / bound in float32 (as the fake quantizer computes it), with pow2 rounded down to a power of two."""
+    if not bound > 0:
+        return 1.0
+    s = np.float32(numerator) / np.float32(bound)
+    return float(np.ldexp(np.float32(1), np.frexp(s)[1] - 1)) if pow2 else float(s)
 
 
 def _conv(x, w, stride: int, pads, out=None):
@@ -151,14 +158,16 @@ class FusedResNet:
             if path[-1] != "head":
                 self.w_scale[path] = _layer_scale(variables, path)
         self.act = {}  # (module path) of a conv -> the Grid of its input
+        self.pow2 = {}  # (module path) of a conv -> its spec's pow2_scale (its bias then goes on the grid)
         for path in self.w_scale:
-            name = _name(path)
+            spec = self.specs[_name(path)]
+            self.pow2[path] = spec.pow2_scale
             if path[-1] != "proj":
-                spec = self.specs[name]
                 bound = float(np.asarray(_get(stats, path)["act_bound"]))
-                self.act[path] = Grid.of(spec.a_bits, bound, bool(spec.a_signed))
+                self.act[path] = Grid.of(spec.a_bits, bound, bool(spec.a_signed), spec.pow2_scale)
             else:
-                self.act[path + ("out",)] = Grid.output(float(np.asarray(_get(stats, path)["out_bound"])))
+                out_bound = float(np.asarray(_get(stats, path)["out_bound"]))
+                self.act[path + ("out",)] = Grid.output(out_bound, spec.pow2_scale)
         if stem == "s2d" and (self.arch.cifar or max(self.specs["stem"].a_bits, self.specs["stem"].w_bits) > 8):
             raise FusedError("stem 's2d' needs the 7x7 ImageNet stem with at most 8-bit codes; use stem 'float'")
         first = self.act[(self.blocks[0][0], "conv1")]
@@ -198,7 +207,7 @@ class FusedResNet:
     def _epilogue(self, acc, x_grid: Grid, path, bias, out: Grid | None, side, relu):
         """The output of a conv whose integer sums are `acc`: int8 codes on `out`'s grid (float32 if None)."""
         s_in = np.float32(x_grid.scale) * np.float32(self.w_scale[path])  # float32, as the fake layer's
-        bias = bias.astype(jnp.float32)
+        bias = self._bias(bias, s_in, path)
         if self.rounding == "explicit" or not _fusable(out, relu):
             return self._rounded(acc, s_in, bias, out, side, relu)
         # The idiom XLA fuses (module doc): nothing may follow the convert, or XLA folds it into the
@@ -216,8 +225,12 @@ class FusedResNet:
             v = v + side_codes.astype(jnp.float32) * beta
         if relu and not out.zero:
             v = jnp.maximum(v, 0.0)
-        lo, hi = jnp.broadcast_to(np.float32(-128), v.shape), jnp.broadcast_to(np.float32(127), v.shape)
-        return lax.clamp(lo, v, hi).astype(jnp.int8)
+        return _to_int8(v)
+
+    def _bias(self, bias, s_in, path):
+        """The conv's float32 bias, on its product's grid where the spec has pow2_scale (as `QConv`)."""
+        bias = bias.astype(jnp.float32)
+        return ops.bias_on_grid(bias, s_in) if self.pow2[path] else bias
 
     def _rounded(self, acc, s_in, bias, out: Grid | None, side, relu):
         """The conv's output computed in the fake-quant model's order and rounded in the graph:
@@ -234,7 +247,7 @@ class FusedResNet:
         spec, path = self.specs["stem"], ("stem",)
         p = a["params"]["stem"]
         bound = a["quant_stats"]["stem"]["act_bound"]
-        q, s_x = ops.int_codes(x, spec.a_bits, bound, bool(spec.a_signed))
+        q, s_x = ops.int_codes(x, spec.a_bits, bound, bool(spec.a_signed), spec.pow2_scale)
         k = p["kernel_int"].shape[0]
         stride = 1 if self.arch.cifar else 2
         if self.stem == "s2d":
@@ -242,7 +255,8 @@ class FusedResNet:
             codes = self._epilogue(acc, self.act[path], path, p["bias"], out, None, True)
         else:
             acc = _conv(q, p["kernel_int"].astype(jnp.float32), stride, [(k // 2, k // 2)] * 2)
-            codes = out.quantize(jax.nn.relu(acc / (s_x * self.w_scale[path]) + p["bias"]))
+            s_in = s_x * np.float32(self.w_scale[path])
+            codes = out.quantize(jax.nn.relu(acc / s_in + self._bias(p["bias"], s_in, path)))
         if not self.arch.cifar:
             codes = lax.reduce_window(
                 codes, jnp.int8(-128), lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
@@ -285,6 +299,12 @@ class FusedResNet:
             for line in hlo.splitlines()
             if re.search(r'custom_call_target="__cudnn\$conv', line) and re.search(r"= \(s8\[", line)
         )
+
+
+def _to_int8(v):
+    """The idiom's end, convert<s8>(clamp(-128, v, 127)): on a fused conv, cuDNN rounds v half to even here."""
+    lo, hi = jnp.broadcast_to(np.float32(-128), v.shape), jnp.broadcast_to(np.float32(127), v.shape)
+    return lax.clamp(lo, v, hi).astype(jnp.int8)
 
 
 S2D_CHANNELS = 32  # the stem's space-to-depth input is zero-padded to this many channels (int8 tensor-core kernels)

@@ -89,6 +89,8 @@ def _header(model, name="resnet50", width=0.125):
         (settings.SETTINGS["w4a4_ends8_fused"], "resnet8", 1.0),  # 4-bit codes inside
         (UNSIGNED_W8A8, "resnet8", 1.0),  # 0..255 stored shifted, explicit padding
         (settings.SETTINGS["w8a8_fused"], "resnet50", 0.125),  # bottlenecks, max-pool
+        (settings.SETTINGS["w8a8_fused_pow2"], "resnet8", 1.0),  # power-of-two scales, biases on the grid
+        (settings.SETTINGS["w4a4_ends8_fused_pow2"], "resnet8", 1.0),
     ],
 )
 def test_fused_model_equals_the_fake_quant_model_to_the_bit(rules, name, width):
@@ -104,7 +106,7 @@ def _hlo_ops_after_clamp(model, int_vars, grid, out, relu, side=None):
     x = jnp.zeros((1, 8, 8, 16), jnp.int8)
     path = next(iter(model.w_scale))
     a = {"params": {path[0]: {"kernel_int": jnp.zeros((3, 3, 16, 16), jnp.int8), "bias": jnp.zeros((16,))}}}
-    model.w_scale[path[:1]] = 0.01
+    model.w_scale[path[:1]], model.pow2[path[:1]] = 0.01, False
     text = jax.jit(lambda a, x: model._fused(a, x, grid, path[:1], 1, out, side=side, relu=relu)).lower(a, x)
     text = text.as_text(dialect="hlo").split("ENTRY", 1)[1]
     root = re.search(r"ROOT \S+ = (\S+) (\w+)\(", text)
@@ -244,3 +246,47 @@ def test_bench_int_times_the_space_to_depth_stem_on_imagenet_models():
     assert report["int8_fused_rounding"] == report["int8_fused_s2d_rounding"] == "explicit"  # CPU
     (f, args), (g, gargs) = fns["int8_fused"], fns["int8_fused_s2d"]
     np.testing.assert_array_equal(np.asarray(f(*args)), np.asarray(g(*gargs)))
+
+
+def _cudnn_like(v):
+    """What cuDNN's fused int8 output does (measured on an H200): clamp, then round half to even."""
+    return jnp.round(jnp.clip(v, -128, 127)).astype(jnp.int8)
+
+
+def _epilogue_margin(monkeypatch, rules, name, width):
+    """Runs the cuDNN path's float32 formula on the CPU, rounded as cuDNN rounds; returns the fake-quant and fused
+    logits and the smallest distance of a pre-rounding value (inside int8's range) from a rounding boundary."""
+    seen = []
+
+    def record(v):
+        seen.append(np.asarray(v).ravel())
+        return _cudnn_like(v)
+
+    monkeypatch.setattr(fused, "_to_int8", record)
+    fake, v, x, model, int_vars = _fused_case(rules, name, width, n=8)
+    model.rounding = "cudnn"
+    logits_int = np.asarray(model.apply(int_vars, x))
+    assert len(seen) == model.expected_fused > 0
+    values = np.concatenate(seen)
+    values = values[(values > -128) & (values < 127)]
+    margin = float(np.min(np.abs(values - (np.floor(values) + 0.5))))
+    return np.asarray(fake.apply(v, x, act_quant=True)), logits_int, margin, model
+
+
+@pytest.mark.parametrize("name,width", [("resnet8", 1.0), ("resnet50", 0.125)])
+def test_with_power_of_two_scales_cudnns_rounding_gives_the_fake_quant_codes(monkeypatch, name, width):
+    """With pow2_scale the fused epilogue (alpha * sums + bias + beta * residual) is exact in float32 and stays far
+    from every rounding boundary, so cuDNN's rounding gives the fake-quant model's codes whatever the order of its
+    float operations; without it, values fall within float32 rounding of a boundary (or on one), where another
+    order of operations (cuDNN's, on the GPU) can round the other way."""
+    logits_fake, logits_int, margin, model = _epilogue_margin(
+        monkeypatch, settings.SETTINGS["w8a8_fused_pow2"], name, width
+    )
+    np.testing.assert_array_equal(logits_int, logits_fake)
+    assert float(np.std(logits_fake)) > 0
+    ulp = float(np.spacing(np.float32(128)))  # float32's step near int8's largest values
+    assert margin >= 64 * ulp  # half a grid step of the sums, 2^-10 here: far beyond any float32 reordering
+    assert all(np.frexp(g.scale)[0] == 0.5 for g in model.act.values())  # the scales are powers of two
+    assert all(np.frexp(s)[0] == 0.5 for s in model.w_scale.values())
+    _, _, margin_plain, _ = _epilogue_margin(monkeypatch, settings.SETTINGS["w8a8_fused"], name, width)
+    assert margin_plain <= ulp  # the same network without: values within one float32 step of a boundary

@@ -166,3 +166,26 @@ def test_lsq_init_from_data():
 def test_bad_bits_raise(bits):
     with pytest.raises(ValueError, match="bits"):
         ops.fake_quant_signed(jnp.ones(2), bits, 1.0)
+
+
+def test_pow2_scale_is_the_power_of_two_at_or_below_the_scale():
+    for s, expected in [(1.0, 1.0), (1.5, 1.0), (0.75, 0.5), (2.0, 2.0), (127 / 3.3, 32.0), (2.0**-20 * 1.9, 2.0**-20)]:
+        assert float(ops.pow2_floor(jnp.float32(s))) == expected
+    x = jnp.linspace(-4.0, 4.0, 101)
+    q, s = ops.int_codes(x, 8, jnp.float32(3.3), True, pow2=True)
+    assert float(s) == 32.0  # 127 / 3.3 = 38.5 -> 32: the grid reaches 127 / 32 = 3.97 >= the bound
+    assert float(jnp.max(jnp.abs(q))) == 127  # 4.0 clips
+    q_ste, s_ste = ops.ste_codes(x, 8, jnp.float32(3.3), True, pow2=True)
+    np.testing.assert_array_equal(np.asarray(q_ste), np.asarray(q))
+    assert float(s_ste) == 32.0
+    w = jnp.array([[0.5, -0.26], [0.1, 0.0]])
+    _, s_w = ops.weight_ste_codes(w, 8, "per_tensor", pow2=True)
+    assert float(s_w) == 128.0  # 127 / 0.5 = 254 -> 128
+
+
+def test_bias_on_grid_is_half_a_step_off_the_grid_with_identity_gradient():
+    bias = jnp.array([0.0, 0.30, -0.30, 1.0])
+    s = jnp.float32(8.0)  # grid step 1/8
+    np.testing.assert_array_equal(np.asarray(ops.bias_on_grid(bias, s)), [0.0625, 0.3125, -0.3125, 1.0625])
+    g = jax.grad(lambda b: jnp.sum(ops.bias_on_grid(b, s) * jnp.arange(4.0)))(bias)
+    np.testing.assert_array_equal(np.asarray(g), [0.0, 1.0, 2.0, 3.0])

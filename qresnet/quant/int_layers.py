@@ -66,7 +66,7 @@ def _act_codes(module, x, spec: QuantSpec, integer: bool):
             f"{module.name}: per-input-channel activation scales cannot be applied by an integer layer; "
             "train with a_granularity='per_tensor'"
         )
-    return ops.int_codes(x, spec.a_bits, bound, bool(spec.a_signed))
+    return ops.int_codes(x, spec.a_bits, bound, bool(spec.a_signed), spec.pow2_scale)
 
 
 def _int_kernel(module, kshape):
@@ -187,6 +187,6 @@ class IntDense(nn.Module):
 def kernel_codes(kernel: jax.Array, spec: QuantSpec) -> tuple[jax.Array, jax.Array]:
     """(int8 codes, per-output-channel scale) of a kernel, as the fake quantizer rounds it."""
     bound = ops.weight_bound(kernel, spec.w_granularity)
-    q, s = ops.int_codes(kernel, spec.w_bits, bound, True)
+    q, s = ops.int_codes(kernel, spec.w_bits, bound, True, spec.pow2_scale)
     s = jnp.broadcast_to(s, (kernel.shape[-1],))
     return q.astype(jnp.int8), s.astype(jnp.float32)

@@ -118,7 +118,7 @@ def input_codes(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_q
     if spec.a_bound == "lsq":
         q, s = ops.lsq_ste_codes(x, bits, bound, signed, _lsq_grad_scale(x, bound, spec))
     else:
-        q, s = ops.ste_codes(x, bits, bound, signed)
+        q, s = ops.ste_codes(x, bits, bound, signed, spec.pow2_scale)
     if act_quant is True:
         return q, s
     return _select(act_quant, q, x.astype(jnp.float32) * s), s
@@ -162,11 +162,11 @@ def _quantized_operands(module, x, kernel_prefix: tuple[int, ...], train, act_qu
     if x_scale is not None:
         if spec.w_bits is None:
             raise ValueError(f"{module.name}: given input codes, the layer needs quantized weights")
-        kernel, s_w = ops.weight_ste_codes(kernel, spec.w_bits, spec.w_granularity)
+        kernel, s_w = ops.weight_ste_codes(kernel, spec.w_bits, spec.w_granularity, spec.pow2_scale)
         scale, codes = x_scale * s_w, (x, x_scale)
     elif code_domain(spec):
         x, s_x = input_codes(module, x, spec, train, act_quant)
-        kernel, s_w = ops.weight_ste_codes(kernel, spec.w_bits, spec.w_granularity)
+        kernel, s_w = ops.weight_ste_codes(kernel, spec.w_bits, spec.w_granularity, spec.pow2_scale)
         scale, codes = s_x * s_w, (x, s_x)
     else:
         x = quantize_input(module, x, spec, train, act_quant)
@@ -178,13 +178,15 @@ def _quantized_operands(module, x, kernel_prefix: tuple[int, ...], train, act_qu
 OUT_BITS = 8  # `QConv.out_bits`' only width: the int8 residual a fused integer conv takes
 
 
-def output_codes(y: Array, bound: Array) -> tuple[Array, Array]:
-    """(q, s) of `quantize_output`: s = 127 / bound, q = floor(clip(y * s, -128, 127) + 0.5), int8's
-    whole range (what a fused int8 conv's output clamp gives, so it needs no extra pass), with
-    straight-through gradients; q = 0 and s = 1 where bound <= 0."""
+def output_codes(y: Array, bound: Array, pow2: bool = False) -> tuple[Array, Array]:
+    """(q, s) of `quantize_output`: s = 127 / bound (pow2: rounded down to a power of two,
+    `ops.pow2_floor`), q = floor(clip(y * s, -128, 127) + 0.5), int8's whole range (what a fused
+    int8 conv's output clamp gives, so it needs no extra pass), with straight-through gradients;
+    q = 0 and s = 1 where bound <= 0."""
     bound = lax.stop_gradient(jnp.asarray(bound, jnp.float32))
     positive = bound > 0
-    s = jnp.where(positive, jnp.float32(127) / jnp.where(positive, bound, 1.0), 1.0)
+    s = jnp.float32(127) / jnp.where(positive, bound, 1.0)
+    s = jnp.where(positive, ops.pow2_floor(s) if pow2 else s, 1.0)
     v = y.astype(jnp.float32) * s
     inside = (v >= -128) & (v <= 127)
     v = jnp.where(inside, v, lax.stop_gradient(jnp.clip(v, -128, 127)))
@@ -192,9 +194,9 @@ def output_codes(y: Array, bound: Array) -> tuple[Array, Array]:
     return jnp.where(positive, q, 0.0), s
 
 
-def quantize_output(module: nn.Module, y: Array, bits: int, train: bool, act_quant) -> Array:
-    """Fake-quantizes a layer's output to int8 codes (`output_codes`) with a per-tensor EMA-max
-    bound (`quant_stats/out_bound`, tracked while activation quantization is off, then frozen)."""
+def quantize_output(module: nn.Module, y: Array, bits: int, train: bool, act_quant, pow2: bool = False) -> Array:
+    """Fake-quantizes a layer's output to int8 codes (`output_codes`; pow2 as there) with a per-tensor
+    EMA-max bound (`quant_stats/out_bound`, tracked while activation quantization is off, then frozen)."""
     if bits != OUT_BITS:
         raise ValueError(f"{module.name}: out_bits must be {OUT_BITS} (int8 codes), got {bits}")
     var = module.variable("quant_stats", "out_bound", jnp.zeros, (), jnp.float32)
@@ -203,7 +205,7 @@ def quantize_output(module: nn.Module, y: Array, bits: int, train: bool, act_qua
         var.value = _select(act_quant, var.value, ops.ema_max_update(var.value, m, nonzero))
     if act_quant is False:
         return y
-    q, s = output_codes(y, var.value)
+    q, s = output_codes(y, var.value, pow2)
     return _select(act_quant, (q / s).astype(y.dtype), y)
 
 
@@ -294,10 +296,12 @@ class QConv(nn.Module):
                 x, kernel, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
         y = _rescale(y[..., : self.features], scale)
+        pow2 = bool(self.spec and self.spec.pow2_scale)
         if bias is not None:
-            y = y + bias
+            # On the product's grid (pow2_scale), so that the integer conv's epilogue is exact (`ops.bias_on_grid`).
+            y = y + (ops.bias_on_grid(bias, scale).astype(y.dtype) if pow2 and scale is not None else bias)
         if self.out_bits is not None:
-            y = quantize_output(self, y, self.out_bits, train, act_quant)
+            y = quantize_output(self, y, self.out_bits, train, act_quant, pow2)
         return (y, codes) if self.return_codes else y
 
 

@@ -64,13 +64,32 @@ def _round(v: jax.Array, bits: int, signed: bool) -> jax.Array:
     return jnp.floor(v + 0.5)
 
 
-def _scale(bound, bits: int, signed: bool) -> tuple[jax.Array, jax.Array]:
-    """(bound > 0, s = N / bound) with a safe s of N where the bound is not positive."""
+def pow2_floor(s: jax.Array) -> jax.Array:
+    """2^floor(log2(s)) of positive float32 s, exactly (from the float's exponent, not a log)."""
+    _, e = jnp.frexp(jnp.asarray(s, jnp.float32))
+    return jnp.ldexp(jnp.float32(1), e - 1)
+
+
+def _scale(bound, bits: int, signed: bool, pow2: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(bound > 0, s = N / bound) with a safe s of N where the bound is not positive; with pow2,
+    s rounded down to a power of two (`pow2_floor`: the grid then reaches at least to the bound)."""
     positive = bound > 0
-    return positive, scale_numerator(bits, signed) / jnp.where(positive, bound, 1.0)
+    s = scale_numerator(bits, signed) / jnp.where(positive, bound, 1.0)
+    return positive, pow2_floor(s) if pow2 else s
 
 
-def _ste_codes(x, bound, bits, signed, bound_grad: bool):
+def bias_on_grid(bias: jax.Array, scale: jax.Array) -> jax.Array:
+    """(floor(bias * s) + 0.5) / s, with a straight-through gradient: a conv's bias on the grid of its
+    integer sums divided by s (s = s_x * s_w), offset by half a step. With power-of-two scales the
+    output then sits halfway between grid points of every coarser power-of-two grid, never on a
+    rounding boundary of the next quantizer (`QuantSpec.pow2_scale`)."""
+    b = bias.astype(jnp.float32)
+    s = jnp.asarray(scale, jnp.float32)
+    q = (jnp.floor(b * s) + 0.5) / s
+    return (b + lax.stop_gradient(q - b)).astype(bias.dtype)
+
+
+def _ste_codes(x, bound, bits, signed, bound_grad: bool, pow2: bool = False):
     """(q, s): codes q = clip-round(x*s) with straight-through gradients and the scale s.
 
     Where bound <= 0, q = 0 and s = 1. With bound_grad=False no gradient reaches
@@ -81,7 +100,7 @@ def _ste_codes(x, bound, bits, signed, bound_grad: bool):
     bound = jnp.asarray(bound, jnp.float32)
     if not bound_grad:
         bound = lax.stop_gradient(bound)
-    positive, s = _scale(bound, bits, signed)
+    positive, s = _scale(bound, bits, signed, pow2)
     qmin, qmax = int_range(bits, signed)
     v = x * s
     inside = (v >= qmin) & (v <= qmax)
@@ -97,7 +116,9 @@ def _quantize(x, bound, bits, signed, bound_grad: bool):
     return (q / s).astype(x.dtype)
 
 
-def ste_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool) -> tuple[jax.Array, jax.Array]:
+def ste_codes(
+    x: jax.Array, bits: int, bound: jax.Array, signed: bool, pow2: bool = False
+) -> tuple[jax.Array, jax.Array]:
     """The codes of `fake_quant` with its straight-through gradient, and the scale: fake_quant = q / s.
 
     For layers that multiply codes and rescale afterwards (exact integer sums,
@@ -108,11 +129,12 @@ def ste_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool) -> tuple[
       bits: bit width.
       bound: clip bound, broadcastable to x; no gradient reaches it.
       signed: grid type.
+      pow2: the scale rounded down to a power of two (`QuantSpec.pow2_scale`).
 
     Returns:
       (q, s), float32; q = 0 and s = 1 where bound <= 0.
     """
-    return _ste_codes(x, bound, bits, signed, bound_grad=False)
+    return _ste_codes(x, bound, bits, signed, bound_grad=False, pow2=pow2)
 
 
 def lsq_ste_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad_scale: float):
@@ -127,7 +149,9 @@ def _lsq_bound(bound, grad_scale):
     return lax.stop_gradient(bound) + (scaled - lax.stop_gradient(scaled))
 
 
-def int_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool) -> tuple[jax.Array, jax.Array]:
+def int_codes(
+    x: jax.Array, bits: int, bound: jax.Array, signed: bool, pow2: bool = False
+) -> tuple[jax.Array, jax.Array]:
     """The integer codes q and the scale s of a quantizer (forward only, no gradient).
 
     `fake_quant(x, ...) == q / s` wherever bound > 0 (where bound <= 0, q = 0 and
@@ -138,11 +162,12 @@ def int_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool) -> tuple[
       bits: bit width.
       bound: clip bound, broadcastable to x.
       signed: grid type.
+      pow2: the scale rounded down to a power of two (`QuantSpec.pow2_scale`).
 
     Returns:
       (q, s), both float32.
     """
-    positive, s = _scale(jnp.asarray(bound, jnp.float32), bits, signed)
+    positive, s = _scale(jnp.asarray(bound, jnp.float32), bits, signed, pow2)
     qmin, qmax = int_range(bits, signed)
     q = _round(jnp.clip(x.astype(jnp.float32) * s, qmin, qmax), bits, signed)
     return jnp.where(positive, q, 0.0), jnp.where(positive, s, 1.0)
@@ -245,9 +270,11 @@ def fake_quant_weight(w: jax.Array, bits: int, granularity: str = "per_channel")
     return fake_quant_signed(w, bits, weight_bound(w, granularity))
 
 
-def weight_ste_codes(w: jax.Array, bits: int, granularity: str = "per_channel") -> tuple[jax.Array, jax.Array]:
-    """`ste_codes` of a kernel with its max-abs bound: fake_quant_weight = q / s."""
-    return ste_codes(w, bits, weight_bound(w, granularity), True)
+def weight_ste_codes(
+    w: jax.Array, bits: int, granularity: str = "per_channel", pow2: bool = False
+) -> tuple[jax.Array, jax.Array]:
+    """`ste_codes` of a kernel with its max-abs bound: fake_quant_weight = q / s (pow2: `ste_codes`)."""
+    return ste_codes(w, bits, weight_bound(w, granularity), True, pow2)
 
 
 def batch_max_abs(x: jax.Array, granularity: str) -> tuple[jax.Array, jax.Array]:

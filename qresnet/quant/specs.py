@@ -49,6 +49,12 @@ class QuantSpec:
         signed for the stem and each stage's first conv1, unsigned elsewhere).
       a_fixed_bound: the bound used by "fixed".
       a_ema_coeff: EMA coefficient of "ema_max".
+      pow2_scale: every scale of the layer a power of two (2^floor(log2(N / bound)): the input's,
+        the kernel's, a projection's output's) and a conv's bias on its product's grid, offset by
+        half a step (`ops.bias_on_grid`): then a fused integer conv's epilogue (scale, bias,
+        residual) is exact in float32 in any order and no value lands on a rounding boundary, so
+        cuDNN's int8 output equals the fake-quant model's codes to the bit (`qresnet.fused`).
+        At most one bit of each grid's range goes unused. Not with "lsq" bounds.
     """
 
     w_bits: int | None = None
@@ -59,6 +65,7 @@ class QuantSpec:
     a_signed: bool | None = None
     a_fixed_bound: float = 6.0
     a_ema_coeff: float = 0.1
+    pow2_scale: bool = False
 
     def __post_init__(self):
         _check_bits(self.w_bits, "w_bits")
@@ -76,6 +83,13 @@ class QuantSpec:
             raise SpecError(f"a_fixed_bound must be > 0, got {self.a_fixed_bound}")
         if not 0 < self.a_ema_coeff <= 1:
             raise SpecError(f"a_ema_coeff must be in (0, 1], got {self.a_ema_coeff}")
+        if not isinstance(self.pow2_scale, bool):
+            raise SpecError(f"pow2_scale must be True or False, got {self.pow2_scale!r}")
+        if self.pow2_scale and self.a_bound == "lsq":
+            raise SpecError(
+                "pow2_scale rounds the scale down to a power of two, which stops LSQ's bound gradient; "
+                "use a_bound='ema_max' or 'fixed' with pow2_scale"
+            )
 
     @property
     def is_float(self) -> bool:
