@@ -54,8 +54,9 @@ from qresnet.quant.specs import QuantSpec, specs_from_json
 _DN = ("NHWC", "HWIO", "NHWC")
 ROUNDINGS = ("auto", "cudnn", "explicit")
 # The stem's integer products: as float32 (exact; TF32 tensor cores on GPUs) or, for the 7x7 ImageNet stem,
-# as an int8 conv over space-to-depth blocks whose output is fused like the block convs'.
-STEMS = ("float", "s2d")
+# as an int8 conv over space-to-depth blocks whose output is fused like the block convs' (the same sums; faster
+# on an H200, docs/BENCHMARKS.md); "auto" takes "s2d" where it applies.
+STEMS = ("auto", "float", "s2d")
 
 
 class FusedError(ValueError):
@@ -124,17 +125,17 @@ class FusedResNet:
       header: the export's header (model, width, num_classes, specs, fold_bn).
       variables: its variables (`export.read`); only the scales and bounds are read here.
       rounding: "auto", "cudnn" or "explicit" (module doc).
-      stem: "float" or "s2d" (`STEMS`; "s2d" for 7x7 stems with at most 8-bit codes).
+      stem: "auto", "float" or "s2d" (`STEMS`; "s2d" for 7x7 stems with at most 8-bit codes, which
+        "auto" picks where it can).
     """
 
     def __init__(
-        self, header: Mapping[str, Any], variables: Mapping[str, Any], rounding: str = "auto", stem: str = "float"
+        self, header: Mapping[str, Any], variables: Mapping[str, Any], rounding: str = "auto", stem: str = "auto"
     ):
         if rounding not in ROUNDINGS:
             raise FusedError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         if stem not in STEMS:
             raise FusedError(f"stem must be one of {STEMS}, got {stem!r}")
-        self.stem = stem
         if rounding == "auto":
             rounding = "cudnn" if jax.default_backend() == "gpu" else "explicit"
         self.rounding = rounding
@@ -168,7 +169,11 @@ class FusedResNet:
             else:
                 out_bound = float(np.asarray(_get(stats, path)["out_bound"]))
                 self.act[path + ("out",)] = Grid.output(out_bound, spec.pow2_scale)
-        if stem == "s2d" and (self.arch.cifar or max(self.specs["stem"].a_bits, self.specs["stem"].w_bits) > 8):
+        s2d_ok = not self.arch.cifar and max(self.specs["stem"].a_bits, self.specs["stem"].w_bits) <= 8
+        if stem == "auto":
+            stem = "s2d" if s2d_ok else "float"
+        self.stem = stem
+        if stem == "s2d" and not s2d_ok:
             raise FusedError("stem 's2d' needs the 7x7 ImageNet stem with at most 8-bit codes; use stem 'float'")
         first = self.act[(self.blocks[0][0], "conv1")]
         self.expected_fused = self._count_fusable() + (stem == "s2d" and _fusable(first, True))

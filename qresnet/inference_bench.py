@@ -7,8 +7,10 @@ forward passes and reports the median images/s of each, in two rows:
 - setting `w8a8_deploy` (per-tensor activation scales): the integer model of
   `quant.int_layers` (float32 between the integer products) against the bf16
   model with BN;
-- setting `w8a8_fused` (BN folded, one scale per tensor, `model.fold_bn`): the
-  fused integer model of `qresnet.fused` (int8 codes from conv to conv) against
+- setting `w8a8_fused_pow2` (BN folded, one power-of-two scale per tensor,
+  `model.fold_bn`, `QuantSpec.pow2_scale`): the fused integer model of
+  `qresnet.fused` (int8 codes from conv to conv; its default stem, an int8
+  space-to-depth conv for ImageNet stems, and the float32 stem beside it) against
   the same bf16 model with BN, and against the bf16 network with BN folded
   (`bf16_folded`, bias and ReLU in the conv's epilogue: the fastest bf16 form).
 
@@ -30,7 +32,10 @@ from qresnet.quant import resolve_specs
 
 DEFAULT_CASES = ("resnet50:224:256", "resnet20:32:1024")
 W8A8_DEPLOY = [(".*", 8, 8, {"a_granularity": "per_tensor"})]
-W8A8_FUSED = [(".*", 8, 8, {"a_granularity": "per_tensor", "w_granularity": "per_tensor", "a_signed": True})]
+FUSED_SETTING = "w8a8_fused_pow2"  # configs/settings.py's, exact on cuDNN's fused convs
+W8A8_FUSED = [
+    (".*", 8, 8, {"a_granularity": "per_tensor", "w_granularity": "per_tensor", "a_signed": True, "pow2_scale": True})
+]
 
 
 def median_seconds(fn, *args, iters: int, warmup: int) -> float:
@@ -54,9 +59,10 @@ def forward_functions(
     "int8" is the default integer model; "int8_conv" runs its 1x1 convs as integer convs instead
     of int8 dots, "int8_narrow_int" its RGB stem as an int8 conv instead of exact float32 products,
     "int8_bf16" keeps everything between the integer products in bf16 instead of float32;
-    "bf16_folded" and "int8_fused" are the BN-folded network and its fused integer model (w8a8_fused),
-    and "int8_fused_s2d" (ImageNet stems) the same with the stem as an int8 space-to-depth conv; their
-    rounding and `fused.compile_forward` checks go into `report` if given."""
+    "bf16_folded" and "int8_fused" are the BN-folded network and its fused integer model (w8a8_fused_pow2,
+    its default stem), and "int8_fused_float_stem" (ImageNet stems) the same with the stem's products in
+    float32 instead of an int8 space-to-depth conv; their rounding and `fused.compile_forward` checks go
+    into `report` if given."""
     arch = resnet.get_arch(name)
     classes = 10 if arch.cifar else 1000
     shape = (image_size, image_size, 3)
@@ -87,7 +93,7 @@ def forward_functions(
 
 
 def _fused_functions(name, classes, shape, names, x, report: dict) -> dict[str, tuple[Any, tuple]]:
-    """The BN-folded bf16 network and the fused integer model (w8a8_fused) of a model."""
+    """The BN-folded bf16 network and the fused integer model (w8a8_fused_pow2) of a model."""
     specs = resolve_specs(W8A8_FUSED, names, resnet.signed_layers(names))
     fake = resnet.create_model(name, num_classes=classes, specs=specs, fold_bn=True)
     variables = fake.init(jax.random.key(1), jnp.zeros((1, *shape)))
@@ -105,13 +111,17 @@ def _fused_functions(name, classes, shape, names, x, report: dict) -> dict[str, 
         "bf16_folded": (jax.jit(lambda v, x: folded.apply(v, x)), (folded_vars, x)),
         "int8_fused": (forward, (int_vars, x)),
     }
-    if not resnet.get_arch(name).cifar:  # the 7x7 stem as an int8 space-to-depth conv too
-        s2d = fused.FusedResNet(header, int_vars, stem="s2d")
-        forward_s2d, _ = fused.compile_forward(s2d, int_vars, x)
+    report["int8_fused_stem"] = model.stem
+    if model.stem == "s2d":  # the 7x7 stem's products in float32 too
+        plain = fused.FusedResNet(header, int_vars, stem="float")
+        forward_plain, _ = fused.compile_forward(plain, int_vars, x)
         report.update(
-            {"int8_fused_s2d_rounding": s2d.rounding, "int8_fused_s2d_fused_convs": s2d.check.get("fused_convs")}
+            {
+                "int8_fused_float_stem_rounding": plain.rounding,
+                "int8_fused_float_stem_fused_convs": plain.check.get("fused_convs"),
+            }
         )
-        fns["int8_fused_s2d"] = (forward_s2d, (int_vars, x))
+        fns["int8_fused_float_stem"] = (forward_plain, (int_vars, x))
     return fns
 
 
@@ -136,13 +146,17 @@ def bench_case(name: str, image_size: int, batch: int, *, iters: int = 20, warmu
     }
     fused_row = {
         **common,
-        "setting": "w8a8_fused",
+        "setting": FUSED_SETTING,
         "int8_images_per_s": batch / t["int8_fused"],
         "speedup": t_bf16 / t["int8_fused"],
         "bf16_folded_images_per_s": batch / t["bf16_folded"],
         "speedup_vs_bf16_folded": t["bf16_folded"] / t["int8_fused"],
-        **{f"{key}_ms": 1e3 * t[key] for key in ("bf16", "bf16_folded", "int8_fused", "int8_fused_s2d") if key in t},
-        **({"s2d_speedup": t_bf16 / t["int8_fused_s2d"]} if "int8_fused_s2d" in t else {}),
+        **{
+            f"{key}_ms": 1e3 * t[key]
+            for key in ("bf16", "bf16_folded", "int8_fused", "int8_fused_float_stem")
+            if key in t
+        },
+        **({"float_stem_speedup": t_bf16 / t["int8_fused_float_stem"]} if "int8_fused_float_stem" in t else {}),
         **report,
         **env,
     }

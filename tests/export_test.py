@@ -203,7 +203,8 @@ def test_bench_int_reports_both_paths(tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
     assert cli.main(["bench-int", "--case", "resnet20:32:4", "--iters", "1", "--warmup", "1", "--out", str(out)]) == 0
     row, fused_row = (json.loads(line) for line in out.read_text().splitlines())
-    assert fused_row["setting"] == "w8a8_fused" and fused_row["bf16_ms"] == row["bf16_ms"]
+    assert fused_row["setting"] == "w8a8_fused_pow2" and fused_row["bf16_ms"] == row["bf16_ms"]
+    assert fused_row["int8_fused_stem"] == "float" and "float_stem_speedup" not in fused_row  # a CIFAR stem
     assert fused_row["int8_fused_ms"] > 0 and fused_row["bf16_folded_ms"] > 0
     assert fused_row["int8_fused_rounding"] == "explicit"  # on the CPU
     assert fused_row["speedup"] == pytest.approx(fused_row["bf16_ms"] / fused_row["int8_fused_ms"])
@@ -268,3 +269,11 @@ def test_test_batches_limit_is_the_subset_training_evaluated():
     want = data.subset(data.load("synthetic", "", (512, 256)), 0, 50).test_labels
     np.testing.assert_array_equal(got, want)
     assert len(got) == 50
+
+
+def test_bench_int_times_the_settings_configs_name():
+    from configs import settings
+    from qresnet import inference_bench
+
+    assert settings.SETTINGS["w8a8_deploy"] == inference_bench.W8A8_DEPLOY
+    assert settings.SETTINGS[inference_bench.FUSED_SETTING] == inference_bench.W8A8_FUSED

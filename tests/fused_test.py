@@ -221,20 +221,22 @@ def test_space_to_depth_stem_gives_the_same_codes(size):
     w = int_vars["params"]["stem"]["kernel_int"]
     direct = fused._conv(q.astype(jnp.float32), jnp.asarray(w, jnp.float32), 2, [(3, 3), (3, 3)])
     np.testing.assert_array_equal(np.asarray(fused._space_to_depth_conv(q, jnp.asarray(w))), np.asarray(direct))
-    s2d = fused.FusedResNet(_header(model), int_vars, stem="s2d")
-    assert s2d.expected_fused == model.expected_fused + 1
-    np.testing.assert_array_equal(np.asarray(s2d.apply(int_vars, x)), np.asarray(model.apply(int_vars, x)))
+    assert model.stem == "s2d"  # the default ("auto") for a 7x7 stem with 8-bit codes
+    plain = fused.FusedResNet(_header(model), int_vars, stem="float")
+    assert model.expected_fused == plain.expected_fused + 1
+    np.testing.assert_array_equal(np.asarray(model.apply(int_vars, x)), np.asarray(plain.apply(int_vars, x)))
 
 
 def test_space_to_depth_stem_needs_the_imagenet_stem():
     _, _, _, model, int_vars = _fused_case(settings.SETTINGS["w8a8_fused"], "resnet8", 1.0, n=2)
+    assert model.stem == "float"  # "auto" on a CIFAR stem
     with pytest.raises(fused.FusedError, match="needs the 7x7 ImageNet stem"):
         fused.FusedResNet(_header(model, "resnet8", 1.0), int_vars, stem="s2d")
     with pytest.raises(fused.FusedError, match="stem must be one of"):
         fused.FusedResNet(_header(model, "resnet8", 1.0), int_vars, stem="int4")
 
 
-def test_bench_int_times_the_space_to_depth_stem_on_imagenet_models():
+def test_bench_int_times_the_float32_stem_beside_the_default_on_imagenet_models():
     from qresnet import inference_bench
 
     shape = (32, 32, 3)
@@ -242,9 +244,9 @@ def test_bench_int_times_the_space_to_depth_stem_on_imagenet_models():
     report = {}
     x = jax.random.normal(jax.random.key(0), (1, *shape))
     fns = inference_bench._fused_functions("resnet18", 1000, shape, names, x, report)
-    assert set(fns) == {"bf16_folded", "int8_fused", "int8_fused_s2d"}
-    assert report["int8_fused_rounding"] == report["int8_fused_s2d_rounding"] == "explicit"  # CPU
-    (f, args), (g, gargs) = fns["int8_fused"], fns["int8_fused_s2d"]
+    assert set(fns) == {"bf16_folded", "int8_fused", "int8_fused_float_stem"} and report["int8_fused_stem"] == "s2d"
+    assert report["int8_fused_rounding"] == report["int8_fused_float_stem_rounding"] == "explicit"  # CPU
+    (f, args), (g, gargs) = fns["int8_fused"], fns["int8_fused_float_stem"]
     np.testing.assert_array_equal(np.asarray(f(*args)), np.asarray(g(*gargs)))
 
 
