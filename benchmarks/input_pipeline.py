@@ -25,8 +25,9 @@ such as nvJPEG's, and the time any kernel ran). `--per-image`: the cost of one i
 preprocessing in one thread, per CPU library, from the bytes with full-size and with
 draft decoding (OpenCV, where nvImageCodec is installed: also with window decoding),
 and (Pillow) from a decoded array (what the source handed over before it passed bytes).
-`--max-side N` first shrinks the JPEGs to longer side N (quality 90), as a shrunk copy
-prepared with `qresnet shrink` holds them: decoding costs less with fewer pixels.
+`--max-side N` first shrinks the JPEGs to longer side N (quality 90), as a copy of the dataset
+prepared at reduced resolution would hold them (not built in qresnet): decoding costs less with
+fewer pixels.
 Nothing here needs TensorFlow or TFDS, so it runs where only grain is installed.
 `--target` is the training step's images/s to compare with (e.g. 6258: qresnet's ResNet-50
 bf16 batch 256 float step on an H200, docs/BENCHMARKS.md).
@@ -70,12 +71,46 @@ def write_jpegs(path: Path, n: int, seed: int = 0, sizes=((300, 500), (350, 600)
     results.atomic_write_npz(path, {"jpeg": np.concatenate(blobs), "offsets": offsets, "labels": labels})
 
 
+def shrink_jpeg(data: bytes, max_side: int, quality: int = 90) -> bytes:
+    """The JPEG re-encoded at `quality` with its longer side `max_side` (area-averaged, OpenCV's
+    INTER_AREA); unchanged if it is no larger: what a copy of a dataset prepared at reduced resolution
+    (FFCV's max_resolution) would hold, whose CPU decoding costs less. EXIF orientation is ignored,
+    as by qresnet's decoders.
+
+    Args:
+      data: the JPEG file's bytes.
+      max_side: the longest side kept, in pixels (> 0).
+      quality: JPEG quality of the re-encoded file (1-100).
+
+    Returns:
+      JPEG bytes.
+    """
+    from PIL import Image
+
+    if max_side <= 0 or not 1 <= quality <= 100:
+        raise ValueError(f"max_side must be > 0 and quality 1-100, got max_side={max_side}, quality={quality}")
+    width, height = Image.open(io.BytesIO(data)).size  # the header only
+    if max(width, height) <= max_side:
+        return data
+    cv2 = imagenet_input._cv2()
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None:
+        raise ValueError(f"OpenCV cannot decode this image ({len(data)} bytes)")
+    r = max_side / max(width, height)
+    size = (max(1, round(width * r)), max(1, round(height * r)))
+    small = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    ok, out = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("OpenCV could not encode the shrunk image")
+    return out.tobytes()
+
+
 def shrink_jpegs(src: Path, dst: Path, max_side: int, quality: int = 90) -> None:
-    """The file's JPEGs as a prepared shrunk copy holds them (`imagenet_input.shrink_jpeg`)."""
+    """The file's JPEGs as a copy prepared at reduced resolution would hold them (`shrink_jpeg`)."""
     with np.load(src) as z:
         jpeg, offsets, labels = z["jpeg"], z["offsets"], z["labels"]
     blobs = [
-        np.frombuffer(imagenet_input.shrink_jpeg(jpeg[a:b].tobytes(), max_side, quality), np.uint8)
+        np.frombuffer(shrink_jpeg(jpeg[a:b].tobytes(), max_side, quality), np.uint8)
         for a, b in zip(offsets[:-1], offsets[1:])
     ]
     offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)

@@ -335,40 +335,6 @@ def decode_crop_resize(
     return np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC, box=box), np.uint8)
 
 
-def shrink_jpeg(data: bytes, max_side: int, quality: int = 90) -> bytes:
-    """The JPEG re-encoded at `quality` with its longer side `max_side` (area-averaged, OpenCV's
-    INTER_AREA); unchanged if it is no larger. For a prepared copy of a dataset whose CPU decoding
-    costs less (decoding time goes with pixels; `tfds_builders.prepare_shrunk`). EXIF orientation
-    is ignored, as by the decoders here.
-
-    Args:
-      data: the JPEG file's bytes.
-      max_side: the longest side kept, in pixels (> 0).
-      quality: JPEG quality of the re-encoded file (1-100).
-
-    Returns:
-      JPEG bytes.
-    """
-    from PIL import Image
-
-    if max_side <= 0 or not 1 <= quality <= 100:
-        raise ValueError(f"max_side must be > 0 and quality 1-100, got max_side={max_side}, quality={quality}")
-    width, height = Image.open(io.BytesIO(data)).size  # the header only
-    if max(width, height) <= max_side:
-        return data
-    cv2 = _cv2()
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        raise ValueError(f"OpenCV cannot decode this image ({len(data)} bytes)")
-    r = max_side / max(width, height)
-    size = (max(1, round(width * r)), max(1, round(height * r)))
-    small = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
-    ok, out = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("OpenCV could not encode the shrunk image")
-    return out.tobytes()
-
-
 def _crop(example: dict[str, Any], box_of, size: int, draft: bool, backend: str, window: bool) -> np.ndarray:
     """The example's image (JPEG bytes or a decoded array) cropped and resized."""
     image = example["image"]

@@ -564,21 +564,3 @@ def test_export_and_integer_eval_stream_the_test_split(tfds_dir, tmp_path):
     assert header["tfds_name"] == NAME and header["image_size"] == 32
     assert export.evaluate(header, variables, tfds_dir)["top1_int"] == eq["top1_int"]
     assert cli.main(["eval", "--export", str(path), "--data-dir", tfds_dir]) == 0
-
-
-def test_shrink_jpeg_keeps_the_aspect_and_leaves_small_files_alone():
-    data = _photo_jpeg(300, 500)
-    small = imagenet_input.shrink_jpeg(data, 320)
-    assert Image.open(io.BytesIO(small)).size == (320, 192)  # (width, height): 500 -> 320, 300 -> 192
-    assert len(small) < len(data)
-    # The content survives: the shrunk image, resized back, is close to the original.
-    back = np.asarray(Image.open(io.BytesIO(small)).convert("RGB").resize((500, 300), Image.BICUBIC), np.float32)
-    orig = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32)
-    assert np.abs(back - orig).mean() < 12
-    assert imagenet_input.shrink_jpeg(data, 500) is data  # no larger than max_side: the same bytes
-    grey = imagenet_input.shrink_jpeg(_photo_jpeg(400, 200, grey=True), 100)
-    assert Image.open(io.BytesIO(grey)).size == (50, 100)
-    with pytest.raises(ValueError, match="max_side"):
-        imagenet_input.shrink_jpeg(data, 0)
-    with pytest.raises(ValueError, match="quality"):
-        imagenet_input.shrink_jpeg(data, 320, quality=101)
