@@ -51,21 +51,26 @@ from benchmarks.thread_sampler import ThreadSampler
 from qresnet import imagenet_input, nvjpeg, results
 
 
-def write_jpegs(path: Path, n: int, seed: int = 0, sizes=((300, 500), (350, 600))) -> None:
-    """n synthetic photo-like JPEGs (smooth colour fields plus noise) as one .npz (bytes + offsets)."""
+def synthetic_jpeg(h: int, w: int, rng: np.random.Generator, grey: bool = False) -> bytes:
+    """A photo-like h x w JPEG (smooth colour fields plus noise), quality 90."""
     from PIL import Image
 
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    f = rng.uniform(5, 40, 6)
+    img = np.stack([np.sin(x / f[c] + c) * 60 + np.cos(y / f[c + 3]) * 60 + 128 for c in range(3)], -1)
+    img = (img + rng.normal(0, 12, img.shape)).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img[..., 0] if grey else img).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_jpegs(path: Path, n: int, seed: int = 0, sizes=((300, 500), (350, 600))) -> None:
+    """n synthetic photo-like JPEGs (`synthetic_jpeg`) as one .npz (bytes + offsets)."""
     rng = np.random.default_rng(seed)
     blobs = []
     for _ in range(n):
         h, w = (int(rng.integers(lo, hi + 1)) for lo, hi in sizes)
-        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-        f = rng.uniform(5, 40, 6)
-        img = np.stack([np.sin(x / f[c] + c) * 60 + np.cos(y / f[c + 3]) * 60 + 128 for c in range(3)], -1)
-        img = (img + rng.normal(0, 12, img.shape)).clip(0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "JPEG", quality=90)
-        blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+        blobs.append(np.frombuffer(synthetic_jpeg(h, w, rng), np.uint8))
     offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
     labels = rng.integers(0, 1000, n).astype(np.int32)
     results.atomic_write_npz(path, {"jpeg": np.concatenate(blobs), "offsets": offsets, "labels": labels})

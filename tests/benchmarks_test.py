@@ -653,24 +653,13 @@ def test_conv3x3_benchmark_rows_and_bad_shapes(tmp_path, capsys):
     assert "N:H:W:C:COUT" in capsys.readouterr().err
 
 
-def _jpeg(h, w, grey=False):
-    """Smooth colour fields plus a little noise, as JPEG bytes."""
-    from PIL import Image
-
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([np.sin(x / (9 + 5 * c) + c) * 60 + np.cos(y / (13 + 3 * c)) * 60 + 128 for c in range(3)], -1)
-    img = (img + np.random.default_rng(0).normal(0, 4, img.shape)).clip(0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img[..., 0] if grey else img).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 def test_shrink_jpeg_keeps_the_aspect_and_leaves_small_files_alone():
     from PIL import Image
 
     from benchmarks import input_pipeline
 
-    data = _jpeg(300, 500)
+    rng = np.random.default_rng(0)
+    data = input_pipeline.synthetic_jpeg(300, 500, rng)
     small = input_pipeline.shrink_jpeg(data, 320)
     assert Image.open(io.BytesIO(small)).size == (320, 192)  # (width, height): 500 -> 320, 300 -> 192
     assert len(small) < len(data)
@@ -679,7 +668,7 @@ def test_shrink_jpeg_keeps_the_aspect_and_leaves_small_files_alone():
     orig = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32)
     assert np.abs(back - orig).mean() < 12
     assert input_pipeline.shrink_jpeg(data, 500) is data  # no larger than max_side: the same bytes
-    grey = input_pipeline.shrink_jpeg(_jpeg(400, 200, grey=True), 100)
+    grey = input_pipeline.shrink_jpeg(input_pipeline.synthetic_jpeg(400, 200, rng, grey=True), 100)
     assert Image.open(io.BytesIO(grey)).size == (50, 100)
     with pytest.raises(ValueError, match="max_side"):
         input_pipeline.shrink_jpeg(data, 0)
