@@ -1,10 +1,13 @@
 """QConv/QDense: float spec equals nn.Conv/nn.Dense; quantizer state and schedule."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from qresnet.quant import QConv, QDense, QuantSpec, ops
 
@@ -278,3 +281,26 @@ def test_pallas_conv_impl_is_the_same_layer(spec, strides):
 def test_unknown_conv_impl_is_an_error():
     with pytest.raises(ValueError, match="conv_impl must be one of"):
         QConv(4, (3, 3), conv_impl="cudnn").init(jax.random.key(0), jnp.ones((1, 4, 4, 3)))
+
+
+def test_pow2_scale_reaches_every_quantizer_of_a_layer():
+    """Outside the code domain too (per-channel activations: the layer multiplies fake-quantized values;
+    weight-only layers), pow2_scale rounds each scale down to a power of two."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+    for spec in (QuantSpec(w_bits=4, a_bits=4, pow2_scale=True), QuantSpec(w_bits=8, pow2_scale=True)):
+        layer = QConv(3, (3, 3), spec=spec)
+        v = layer.init(jax.random.key(1), x)
+        _, stats = layer.apply(v, x, train=True, act_quant=False, mutable=["quant_stats"])
+        v = {**v, **stats}
+        w = v["params"]["kernel"]
+        w_q = ops.fake_quant_weight(w, spec.w_bits, "per_channel", pow2=True)
+        step = 2.0 ** -jnp.floor(jnp.log2((2 ** (spec.w_bits - 1) - 1) / jnp.max(jnp.abs(w), axis=(0, 1, 2))))
+        np.testing.assert_array_equal(np.asarray(w_q / step), np.round(np.asarray(w_q / step)))  # on the 2^-e grid
+        x_q = x
+        if spec.a_bits:
+            bound = v["quant_stats"]["act_bound"]
+            x_q = ops.fake_quant(x, spec.a_bits, bound, bool(spec.a_signed), pow2=True)
+        expected = lax.conv_general_dilated(x_q, w_q, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        np.testing.assert_allclose(np.asarray(layer.apply(v, x)), np.asarray(expected), rtol=1e-6, atol=1e-6)
+        plain = QConv(3, (3, 3), spec=dataclasses.replace(spec, pow2_scale=False))
+        assert not np.allclose(np.asarray(plain.apply(v, x)), np.asarray(expected), rtol=1e-6, atol=1e-6)

@@ -66,3 +66,11 @@ def test_bad_option_and_regex():
         specs.make_rule(("stage(", 4, 4))
     with pytest.raises(specs.SpecError, match="a rule is"):
         specs.make_rule((".*", 4))
+
+
+def test_pow2_scale_is_a_bool_and_not_with_lsq():
+    assert specs.QuantSpec(w_bits=8, a_bits=8, pow2_scale=True).pow2_scale
+    with pytest.raises(specs.SpecError, match="stops LSQ's bound gradient"):
+        specs.QuantSpec(w_bits=8, a_bits=8, a_bound="lsq", pow2_scale=True)
+    with pytest.raises(specs.SpecError, match="pow2_scale must be True or False, got 'yes'"):
+        specs.QuantSpec(w_bits=8, a_bits=8, pow2_scale="yes")

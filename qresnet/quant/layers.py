@@ -104,7 +104,7 @@ def quantize_input(module: nn.Module, x: Array, spec: QuantSpec, train: bool, ac
     if spec.a_bound == "lsq":
         xq = ops.lsq_fake_quant(x, bits, bound, signed, _lsq_grad_scale(x, bound, spec))
     else:
-        xq = ops.fake_quant(x, bits, bound, signed)
+        xq = ops.fake_quant(x, bits, bound, signed, spec.pow2_scale)
     return _select(act_quant, xq, x)
 
 
@@ -137,7 +137,7 @@ def _ema_bound(module, x, spec, train, act_quant):
 def quantize_kernel(kernel: Array, spec: QuantSpec) -> Array:
     if spec.w_bits is None:
         return kernel
-    return ops.fake_quant_weight(kernel, spec.w_bits, spec.w_granularity)
+    return ops.fake_quant_weight(kernel, spec.w_bits, spec.w_granularity, spec.pow2_scale)
 
 
 def code_domain(spec: QuantSpec) -> bool:

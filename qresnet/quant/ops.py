@@ -110,9 +110,9 @@ def _ste_codes(x, bound, bits, signed, bound_grad: bool, pow2: bool = False):
     return jnp.where(positive, q, 0.0), jnp.where(positive, s, 1.0)
 
 
-def _quantize(x, bound, bits, signed, bound_grad: bool):
+def _quantize(x, bound, bits, signed, bound_grad: bool, pow2: bool = False):
     """x_hat = q/s (see `_ste_codes`), in x's dtype."""
-    q, s = _ste_codes(x, bound, bits, signed, bound_grad)
+    q, s = _ste_codes(x, bound, bits, signed, bound_grad, pow2)
     return (q / s).astype(x.dtype)
 
 
@@ -207,9 +207,10 @@ def fake_quant_unsigned(x: jax.Array, bits: int, bound: jax.Array) -> jax.Array:
     return _quantize(x, bound, bits, signed=False, bound_grad=False)
 
 
-def fake_quant(x: jax.Array, bits: int, bound: jax.Array, signed: bool) -> jax.Array:
-    """`fake_quant_signed` or `fake_quant_unsigned`, chosen by `signed`."""
-    return _quantize(x, bound, bits, signed=signed, bound_grad=False)
+def fake_quant(x: jax.Array, bits: int, bound: jax.Array, signed: bool, pow2: bool = False) -> jax.Array:
+    """`fake_quant_signed` or `fake_quant_unsigned`, chosen by `signed` (pow2: the scale rounded down
+    to a power of two, `QuantSpec.pow2_scale`)."""
+    return _quantize(x, bound, bits, signed=signed, bound_grad=False, pow2=pow2)
 
 
 def lsq_fake_quant(x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad_scale: float) -> jax.Array:
@@ -265,9 +266,9 @@ def weight_bound(w: jax.Array, granularity: str = "per_channel") -> jax.Array:
     return lax.stop_gradient(jnp.max(jnp.abs(w.astype(jnp.float32)), axis=axes))
 
 
-def fake_quant_weight(w: jax.Array, bits: int, granularity: str = "per_channel") -> jax.Array:
-    """Signed per-channel (or per-tensor) max-abs fake quantization of a kernel."""
-    return fake_quant_signed(w, bits, weight_bound(w, granularity))
+def fake_quant_weight(w: jax.Array, bits: int, granularity: str = "per_channel", pow2: bool = False) -> jax.Array:
+    """Signed per-channel (or per-tensor) max-abs fake quantization of a kernel (pow2: `fake_quant`)."""
+    return fake_quant(w, bits, weight_bound(w, granularity), True, pow2)
 
 
 def weight_ste_codes(
