@@ -53,6 +53,13 @@ def _parser(command: str) -> argparse.ArgumentParser:
             help="dtype of the integer model between its integer products (BN, residuals); bfloat16 is faster",
         )
         p.add_argument(
+            "--rounding",
+            default="auto",
+            choices=("auto", "cudnn", "explicit"),
+            help="BN-folded exports: round each conv's int8 output in cuDNN's fused conv (auto on GPUs: fast) or "
+            "in the graph (explicit: the fake-quant model's float order, exact for every setting)",
+        )
+        p.add_argument(
             "--data-dir", default="", help="where the dataset's files are (the TFDS data dir for imagenet2012)"
         )
     if command == "bench-int":
@@ -160,10 +167,11 @@ def _eval(ns) -> int:
     from qresnet import export
 
     if ns.compare:
-        print(json.dumps(export.equivalence(ns.compare, ns.export, ns.data_dir, dtype=ns.dtype)))
+        result = export.equivalence(ns.compare, ns.export, ns.data_dir, dtype=ns.dtype, rounding=ns.rounding)
+        print(json.dumps(result))
         return 0
     header, variables = export.read(ns.export)
-    print(json.dumps(export.evaluate(header, variables, ns.data_dir, dtype=ns.dtype)))
+    print(json.dumps(export.evaluate(header, variables, ns.data_dir, dtype=ns.dtype, rounding=ns.rounding)))
     return 0
 
 

@@ -244,6 +244,7 @@ def int_model(
     pointwise_as_dot: bool = True,
     narrow_as_float: bool = True,
     dtype: str = "float32",
+    rounding: str = "auto",
 ):
     """The integer inference model an export describes (`pointwise_as_dot`, `narrow_as_float`: see `IntConv`).
 
@@ -252,14 +253,19 @@ def int_model(
     products are the same, the values that get quantized are rounded to bf16 first.
 
     A BN-folded export (header "fold_bn") gives `fused.FusedResNet`, int8 codes from conv to
-    conv; it holds the export's scales, so it needs `variables` (and takes no other option).
+    conv; it holds the export's scales, so it needs `variables`, and takes `rounding` ("auto",
+    "cudnn" or "explicit": `fused.FusedResNet`) and no other option.
     """
     if header.get("fold_bn"):
         if variables is None:
             raise ExportError("a BN-folded export's integer model is built from its variables: pass them")
         if dtype != "float32":
             raise ExportError(f"a BN-folded export runs on int8 codes between layers; dtype {dtype!r} does not apply")
-        return fused.FusedResNet(header, variables)
+        return fused.FusedResNet(header, variables, rounding=rounding)
+    if rounding != "auto":
+        raise ExportError(
+            f"rounding {rounding!r} applies to BN-folded exports (model.fold_bn) only; this one rounds in its layers"
+        )
     if dtype not in resnet.DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(resnet.DTYPES)}")
     specs = specs_lib.specs_from_json(header["specs"])
@@ -385,14 +391,20 @@ def _apply_fn(model, info, **kw):
 
 
 def evaluate(
-    header: Mapping[str, Any], variables: Mapping[str, Any], data_dir: str = "", *, dtype: str = "float32"
+    header: Mapping[str, Any],
+    variables: Mapping[str, Any],
+    data_dir: str = "",
+    *,
+    dtype: str = "float32",
+    rounding: str = "auto",
 ) -> dict[str, Any]:
-    """Top-1 of the integer model (`int_model(header, dtype=dtype)`) on the export's dataset's test split.
+    """Top-1 of the integer model (`int_model(header, dtype=dtype, rounding=rounding)`) on the export's
+    dataset's test split.
 
     Returns:
       {model, setting, dataset, dtype, n, top1_int, device, date, commit}.
     """
-    model = int_model(header, variables, dtype=dtype)
+    model = int_model(header, variables, dtype=dtype, rounding=rounding)
     fn = _apply_fn(model, data.dataset_info(header["dataset"]))
     variables = jax.device_put(variables)  # once: numpy arguments would be copied to the GPU every batch
     correct = n = 0
@@ -426,10 +438,10 @@ def _fused_fields(model) -> dict[str, Any]:
 
 
 def equivalence(
-    workdir: str | Path, export_path: str | Path, data_dir: str = "", *, dtype: str = "float32"
+    workdir: str | Path, export_path: str | Path, data_dir: str = "", *, dtype: str = "float32", rounding: str = "auto"
 ) -> dict[str, Any]:
-    """Integer model (`int_model(header, dtype=dtype)`) against the run's fake-quant model (always
-    float32, the reference) on the test split.
+    """Integer model (`int_model(header, dtype=dtype, rounding=rounding)`) against the run's fake-quant
+    model (always float32, the reference) on the test split.
 
     Returns:
       {model, setting, dataset, dtype, n, prediction_agreement, top1_fake, top1_int,
@@ -440,7 +452,7 @@ def equivalence(
     from qresnet import train
 
     header, variables = read(export_path)
-    int_net = int_model(header, variables, dtype=dtype)
+    int_net = int_model(header, variables, dtype=dtype, rounding=rounding)
     variables = jax.device_put(variables)  # once, not with every batch
     config = train.run_config(workdir)
     state, specs = train.restore_final(config, workdir)

@@ -211,6 +211,12 @@ def test_a_fused_run_fine_tunes_from_a_float_run_exports_and_matches(tmp_path, c
     assert cli.main(["eval", "--export", str(path)]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["setting"] == "w8a8_fused" and 0.0 <= row["top1_int"] <= 1.0 and row["n"] > 0
+    # --rounding cudnn asks for cuDNN's fused convs; the CPU fuses none, so the check falls back, with a warning.
+    with pytest.warns(UserWarning, match=r"XLA fused 0 of \d+ integer convs"):
+        assert cli.main(["eval", "--export", str(path), "--rounding", "cudnn"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["int_rounding"] == "explicit"
+    with pytest.raises(export.ExportError, match="rounding 'explicit' applies to BN-folded exports"):
+        export.int_model({**header, "fold_bn": False}, rounding="explicit")
 
 
 @pytest.mark.parametrize("size", [32, 35])
