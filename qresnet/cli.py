@@ -160,6 +160,14 @@ def _export(ns) -> int:
 
     path = export.export_run(ns.workdir, ns.out)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    header, _ = export.read(path)
+    if header.get("fold_bn") and not export.exact_on_cudnn(header):
+        print(
+            "note: on cuDNN's fused int8 convs (GPUs) this model's logits can differ from the fake-quant model's "
+            "where float32 rounding meets a code boundary; train with a *_fused_pow2 setting to deploy it bit-exact, "
+            "or evaluate with qresnet eval --rounding explicit",
+            file=sys.stderr,
+        )
     return 0
 
 

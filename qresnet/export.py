@@ -282,6 +282,13 @@ def int_model(
     )
 
 
+def exact_on_cudnn(header: Mapping[str, Any]) -> bool:
+    """Whether a BN-folded export's fused model gives its fake-quant model's codes to the bit on cuDNN's
+    fused convs too: every quantized layer has power-of-two scales (`QuantSpec.pow2_scale`)."""
+    specs = specs_lib.specs_from_json(header["specs"])
+    return bool(header.get("fold_bn")) and all(s.pow2_scale for s in specs.values() if not s.is_float)
+
+
 def export_run(workdir: str | Path, out: str | Path) -> Path:
     """Exports the final checkpoint of a finished `qresnet train` workdir.
 

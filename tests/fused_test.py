@@ -200,14 +200,19 @@ def test_a_fused_run_fine_tunes_from_a_float_run_exports_and_matches(tmp_path, c
     y_folded = train.create_model(run).apply(state.variables(), x, act_quant=False)  # weights quantized only
     assert float(jnp.abs(y_folded - y_float).max()) < 0.1 * float(jnp.abs(y_float).max())
     train.train_and_evaluate(cfg, tmp_path / "fused", quiet=True)
-    path = export.export_run(tmp_path / "fused", tmp_path / "fused.qrx")
+    from qresnet import cli
+
+    assert cli.main(["export", "--workdir", str(tmp_path / "fused"), "--out", str(tmp_path / "fused.qrx")]) == 0
+    assert "train with a *_fused_pow2 setting" in capsys.readouterr().err  # w8a8_fused: not bit-exact on cuDNN
+    path = tmp_path / "fused.qrx"
     header, _ = export.read(path)
+    assert not export.exact_on_cudnn(header)
+    pow2 = {n: {**d, "pow2_scale": True} for n, d in header["specs"].items()}
+    assert export.exact_on_cudnn({**header, "specs": pow2}) and not export.exact_on_cudnn({"specs": pow2})
     assert header["fold_bn"] is True and header["setting"] == "w8a8_fused"
     eq = export.equivalence(tmp_path / "fused", path)
     assert eq["prediction_agreement"] == 1.0 and eq["max_rel_logit_err"] == 0.0
     assert eq["int_rounding"] == "explicit"  # on the CPU
-    from qresnet import cli
-
     assert cli.main(["eval", "--export", str(path)]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["setting"] == "w8a8_fused" and 0.0 <= row["top1_int"] <= 1.0 and row["n"] > 0
