@@ -102,7 +102,7 @@ def _scale(numerator: int, bound: float, pow2: bool) -> float:
     if not bound > 0:
         return 1.0
     s = np.float32(numerator) / np.float32(bound)
-    return float(np.ldexp(np.float32(1), np.frexp(s)[1] - 1)) if pow2 else float(s)
+    return float(ops.pow2_floor(s)) if pow2 else float(s)
 
 
 def _conv(x, w, stride: int, pads, out=None):
