@@ -61,6 +61,10 @@ ROUNDINGS = ("auto", "cudnn", "explicit")
 # as an int8 conv over space-to-depth blocks whose output is fused like the block convs' (the same sums; faster
 # on an H200, docs/BENCHMARKS.md); "auto" takes "s2d" where it applies.
 STEMS = ("auto", "float", "s2d")
+# cuDNN's int8 -> int8 convs are slow where a tensor's channels are not a multiple of 32 (on an H200, a 3x3 conv
+# over 1024x32x32x16 codes takes 3.6x a bf16 conv; with 32 channels, as long: docs/BENCHMARKS.md), so on that
+# path the model carries its activations zero-padded to this many channels (`FusedResNet`'s channel_multiple).
+FUSED_CHANNEL_MULTIPLE = 32
 
 
 class FusedError(ValueError):
@@ -131,10 +135,19 @@ class FusedResNet:
       rounding: "auto", "cudnn" or "explicit" (module doc).
       stem: "auto", "float" or "s2d" (`STEMS`; "s2d" for 7x7 stems with at most 8-bit codes, which
         "auto" picks where it can).
+      channel_multiple: activations (and the kernels that read and write them) are zero-padded to a
+        multiple of this many channels; the padding's codes are those of 0 and its weights 0, so the
+        logits are the same. "auto": `FUSED_CHANNEL_MULTIPLE` where the convs run as cuDNN's fused int8
+        convs (rounding "cudnn" and 8-bit activations after the stem), else 1 (no padding).
     """
 
     def __init__(
-        self, header: Mapping[str, Any], variables: Mapping[str, Any], rounding: str = "auto", stem: str = "auto"
+        self,
+        header: Mapping[str, Any],
+        variables: Mapping[str, Any],
+        rounding: str = "auto",
+        stem: str = "auto",
+        channel_multiple: int | str = "auto",
     ):
         if rounding not in ROUNDINGS:
             raise FusedError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
@@ -181,6 +194,11 @@ class FusedResNet:
             raise FusedError("stem 's2d' needs the 7x7 ImageNet stem with at most 8-bit codes; use stem 'float'")
         first = self.act[(self.blocks[0][0], "conv1")]
         self.expected_fused = self._count_fusable() + (stem == "s2d" and _fusable(first, True))
+        if channel_multiple == "auto":
+            channel_multiple = FUSED_CHANNEL_MULTIPLE if rounding == "cudnn" and _fusable(first, True) else 1
+        if not (isinstance(channel_multiple, int) and channel_multiple >= 1):
+            raise FusedError(f"channel_multiple must be 'auto' or an int >= 1, got {channel_multiple!r}")
+        self.channel_multiple = channel_multiple
         terms = int(np.prod(np.shape(variables["params"]["stem"]["kernel_int"])[:3]))
         if not int_layers.exact_in_float(self.specs["stem"], terms):
             raise FusedError("the stem's integer sums can exceed float32's exact range; quantize it to <= 8 bits")
@@ -198,10 +216,16 @@ class FusedResNet:
             n += sum(_fusable(g, relu) for g, relu in outs)
         return n
 
+    def _kernel(self, w, cin: int):
+        """An integer kernel zero-padded to `cin` input channels (its input's, padded) and to a multiple of
+        `channel_multiple` output channels."""
+        pad_out = -w.shape[3] % self.channel_multiple
+        return jnp.pad(w, [(0, 0), (0, 0), (0, cin - w.shape[2]), (0, pad_out)])
+
     # One conv: int8 codes in, the next tensor's int8 codes (or float32 for the head) out.
     def _fused(self, a, x, x_grid: Grid, path, stride, out: Grid | None, side=None, relu=True):
         p = _get(a["params"], path)
-        w = p["kernel_int"]
+        w = self._kernel(p["kernel_int"], x.shape[-1])
         k = w.shape[0]
         if k > 1 and x_grid.zero:  # pad with the stored code of 0 (then the border needs no correction)
             x = jnp.pad(x, [(0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)], constant_values=-x_grid.zero)
@@ -216,7 +240,8 @@ class FusedResNet:
     def _epilogue(self, acc, x_grid: Grid, path, bias, out: Grid | None, side, relu):
         """The output of a conv whose integer sums are `acc`: int8 codes on `out`'s grid (float32 if None)."""
         s_in = np.float32(x_grid.scale) * np.float32(self.w_scale[path])  # float32, as the fake layer's
-        bias = self._bias(bias, s_in, path)
+        # padded after it is put on the grid: the padding's bias is 0, so its values are 0
+        bias = jnp.pad(self._bias(bias, s_in, path), (0, acc.shape[-1] - bias.shape[0]))
         if self.rounding == "explicit" or not _fusable(out, relu):
             return self._rounded(acc, s_in, bias, out, side, relu)
         # The idiom XLA fuses (module doc): nothing may follow the convert, or XLA folds it into the
@@ -257,15 +282,17 @@ class FusedResNet:
         p = a["params"]["stem"]
         bound = a["quant_stats"]["stem"]["act_bound"]
         q, s_x = ops.int_codes(x, spec.a_bits, bound, bool(spec.a_signed), spec.pow2_scale)
-        k = p["kernel_int"].shape[0]
+        w = self._kernel(p["kernel_int"], x.shape[-1])
+        k = w.shape[0]
         stride = 1 if self.arch.cifar else 2
         if self.stem == "s2d":
-            acc = _space_to_depth_conv(q.astype(jnp.int8), p["kernel_int"])
+            acc = _space_to_depth_conv(q.astype(jnp.int8), w)
             codes = self._epilogue(acc, self.act[path], path, p["bias"], out, None, True)
         else:
-            acc = _conv(q, p["kernel_int"].astype(jnp.float32), stride, [(k // 2, k // 2)] * 2)
+            acc = _conv(q, w.astype(jnp.float32), stride, [(k // 2, k // 2)] * 2)
             s_in = s_x * np.float32(self.w_scale[path])
-            codes = out.quantize(jax.nn.relu(acc / s_in + self._bias(p["bias"], s_in, path)))
+            bias = jnp.pad(self._bias(p["bias"], s_in, path), (0, acc.shape[-1] - p["bias"].shape[0]))
+            codes = out.quantize(jax.nn.relu(acc / s_in + bias))
         if not self.arch.cifar:
             codes = lax.reduce_window(
                 codes, jnp.int8(-128), lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
@@ -296,7 +323,8 @@ class FusedResNet:
                 side = (y, y_grid)
             y = self._fused(variables, h, h_grid, (block, convs[-1]), 1, nxt, side=side)
             y_grid = nxt
-        pooled = jnp.mean(y, axis=(1, 2))
+        # the padding's codes are those of 0; the head reads the real channels
+        pooled = jnp.mean(y[..., : variables["params"]["head"]["kernel_int"].shape[0]], axis=(1, 2))
         head = int_layers.IntDense(self.num_classes, spec=self.head_spec)
         hv = {"params": variables["params"]["head"], "quant_stats": variables["quant_stats"].get("head", {})}
         return head.apply(hv, pooled).astype(jnp.float32)

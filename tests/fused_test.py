@@ -305,3 +305,46 @@ def test_with_power_of_two_scales_cudnns_rounding_gives_the_fake_quant_codes(mon
     assert all(np.frexp(s)[0] == 0.5 for s in model.w_scale.values())
     _, _, margin_plain, _ = _epilogue_margin(monkeypatch, settings.SETTINGS["w8a8_fused"], name, width)
     assert margin_plain <= ulp  # the same network without: values within one float32 step of a boundary
+
+
+def _conv_channels(model, int_vars, x) -> set[int]:
+    """Output channels of every conv in the model's traced forward pass."""
+    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x))(int_vars, x)
+    return {e.outvars[0].aval.shape[-1] for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"}
+
+
+@pytest.mark.parametrize(
+    "rules,name,width",
+    [
+        (settings.SETTINGS["w8a8_fused_pow2"], "resnet8", 0.5),  # 8/16/32 channels
+        (UNSIGNED_W8A8, "resnet8", 1.0),  # padding with the stored code of 0, -128
+        (settings.SETTINGS["w4a4_ends8_fused"], "resnet8", 1.0),  # 4-bit codes, rounded in the graph
+        (settings.SETTINGS["w8a8_fused"], "resnet50", 0.125),  # bottlenecks, the space-to-depth stem
+    ],
+)
+def test_channels_padded_to_a_multiple_of_32_give_the_same_logits(monkeypatch, rules, name, width):
+    """cuDNN's int8 -> int8 convs are slow below 32 channels; padding them with zero weights and the codes of 0
+    changes nothing, in the graph's rounding and in cuDNN's (emulated: clamp, then round half to even)."""
+    _, _, x, model, int_vars = _fused_case(rules, name, width, n=4)
+    padded = fused.FusedResNet(_header(model, name, width), int_vars, channel_multiple=32)
+    assert model.channel_multiple == 1  # "auto" on the CPU: no padding
+    assert min(_conv_channels(model, int_vars, x)) < 32 and all(
+        c % 32 == 0 for c in _conv_channels(padded, int_vars, x)
+    )
+    np.testing.assert_array_equal(np.asarray(padded.apply(int_vars, x)), np.asarray(model.apply(int_vars, x)))
+    assert float(jnp.std(model.apply(int_vars, x))) > 0
+    monkeypatch.setattr(fused, "_to_int8", _cudnn_like)
+    model.rounding = padded.rounding = "cudnn"
+    np.testing.assert_array_equal(np.asarray(padded.apply(int_vars, x)), np.asarray(model.apply(int_vars, x)))
+
+
+def test_channel_padding_is_on_where_cudnn_fuses_8_bit_codes():
+    _, _, _, model, int_vars = _fused_case(settings.SETTINGS["w8a8_fused"], "resnet8", 1.0, n=2)
+    header = _header(model, "resnet8", 1.0)
+    assert fused.FusedResNet(header, int_vars, rounding="cudnn").channel_multiple == fused.FUSED_CHANNEL_MULTIPLE
+    assert fused.FusedResNet(header, int_vars, rounding="explicit").channel_multiple == 1
+    _, _, _, four, four_vars = _fused_case(settings.SETTINGS["w4a4_ends8_fused"], "resnet8", 1.0, n=2)
+    assert fused.FusedResNet(_header(four, "resnet8", 1.0), four_vars, rounding="cudnn").channel_multiple == 1
+    for bad in (0, "32", 2.0):
+        with pytest.raises(fused.FusedError, match="channel_multiple must be 'auto' or an int >= 1"):
+            fused.FusedResNet(header, int_vars, channel_multiple=bad)
