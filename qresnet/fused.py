@@ -61,9 +61,9 @@ ROUNDINGS = ("auto", "cudnn", "explicit")
 # as an int8 conv over space-to-depth blocks whose output is fused like the block convs' (the same sums; faster
 # on an H200, docs/BENCHMARKS.md); "auto" takes "s2d" where it applies.
 STEMS = ("auto", "float", "s2d")
-# cuDNN's int8 -> int8 convs are slow where a tensor's channels are not a multiple of 32 (on an H200, a 3x3 conv
-# over 1024x32x32x16 codes takes 3.6x a bf16 conv; with 32 channels, as long: docs/BENCHMARKS.md), so on that
-# path the model carries its activations zero-padded to this many channels (`FusedResNet`'s channel_multiple).
+# cuDNN's int8 -> int8 convs are slow with 16 channels (on an H200, a 3x3 conv over 1024x32x32x16 codes took
+# 1.09 ms, a bf16 conv 0.30 ms, the same conv over 32 channels 0.29 ms: docs/BENCHMARKS.md), so on that path
+# the model carries its activations zero-padded to a multiple of this many channels (`FusedResNet`'s channel_multiple).
 FUSED_CHANNEL_MULTIPLE = 32
 
 
@@ -240,8 +240,7 @@ class FusedResNet:
     def _epilogue(self, acc, x_grid: Grid, path, bias, out: Grid | None, side, relu):
         """The output of a conv whose integer sums are `acc`: int8 codes on `out`'s grid (float32 if None)."""
         s_in = np.float32(x_grid.scale) * np.float32(self.w_scale[path])  # float32, as the fake layer's
-        # padded after it is put on the grid: the padding's bias is 0, so its values are 0
-        bias = jnp.pad(self._bias(bias, s_in, path), (0, acc.shape[-1] - bias.shape[0]))
+        bias = self._bias(bias, s_in, path, acc.shape[-1])
         if self.rounding == "explicit" or not _fusable(out, relu):
             return self._rounded(acc, s_in, bias, out, side, relu)
         # The idiom XLA fuses (module doc): nothing may follow the convert, or XLA folds it into the
@@ -261,10 +260,12 @@ class FusedResNet:
             v = jnp.maximum(v, 0.0)
         return _to_int8(v)
 
-    def _bias(self, bias, s_in, path):
-        """The conv's float32 bias, on its product's grid where the spec has pow2_scale (as `QConv`)."""
+    def _bias(self, bias, s_in, path, channels: int):
+        """The conv's float32 bias, on its product's grid where the spec has pow2_scale (as `QConv`), then
+        zero-padded to `channels` (after the grid, which would move a 0: the padding's values stay 0)."""
         bias = bias.astype(jnp.float32)
-        return ops.bias_on_grid(bias, s_in) if self.pow2[path] else bias
+        bias = ops.bias_on_grid(bias, s_in) if self.pow2[path] else bias
+        return jnp.pad(bias, (0, channels - bias.shape[0]))
 
     def _rounded(self, acc, s_in, bias, out: Grid | None, side, relu):
         """The conv's output computed in the fake-quant model's order and rounded in the graph:
@@ -291,8 +292,7 @@ class FusedResNet:
         else:
             acc = _conv(q, w.astype(jnp.float32), stride, [(k // 2, k // 2)] * 2)
             s_in = s_x * np.float32(self.w_scale[path])
-            bias = jnp.pad(self._bias(p["bias"], s_in, path), (0, acc.shape[-1] - p["bias"].shape[0]))
-            codes = out.quantize(jax.nn.relu(acc / s_in + bias))
+            codes = out.quantize(jax.nn.relu(acc / s_in + self._bias(p["bias"], s_in, path, acc.shape[-1])))
         if not self.arch.cifar:
             codes = lax.reduce_window(
                 codes, jnp.int8(-128), lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
