@@ -36,6 +36,11 @@ off on the worst image. With `QuantSpec.pow2_scale` (power-of-two scales, each b
 product's grid, `ops.bias_on_grid`) every term of the epilogue is exact in float32 and no
 value comes near a boundary, so "cudnn" equals the fake-quant model to the bit as well
 (measured on an H200, docs/BENCHMARKS.md).
+
+Kernels. cuDNN runs int8 convs over 16 channels, and an int8 conv whose float32 output is
+fused with a residual, on a slow generic engine; so on the fused path the activations are
+zero-padded to 32 channels (`channel_multiple`) and the last conv of a basic-block network
+is kept apart from its epilogue (an optimization barrier). Neither moves a value.
 """
 
 from __future__ import annotations
