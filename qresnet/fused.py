@@ -277,7 +277,8 @@ class FusedResNet:
         (acc / (s_x * s_w) + bias + side value), ReLU, then the next quantizer."""
         if out is None and not self.arch.bottleneck:
             # The last conv (float32 out, the residual as side input): fused, it runs on cuDNN's generic int8
-            # engine (on an H200, 3.9 of a width-4 ResNet-20's 6.3 ms); alone, on its tensor-core kernels (2.5 ms).
+            # engine (on an H200, 3.9 of a width-4 ResNet-20's 5.9 device ms); kept apart, it runs on tensor-core
+            # kernels and the model takes 2.5 ms instead of 6.3 (docs/BENCHMARKS.md).
             # Measured on basic blocks only: bottleneck networks (ResNet-50) keep the program that was timed.
             acc = lax.optimization_barrier(acc)
         v = acc / s_in + bias
