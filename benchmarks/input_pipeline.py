@@ -29,8 +29,8 @@ and (Pillow) from a decoded array (what the source handed over before it passed 
 prepared at reduced resolution would hold them (not built in qresnet): decoding costs less with
 fewer pixels.
 Nothing here needs TensorFlow or TFDS, so it runs where only grain is installed.
-`--target` is the training step's images/s to compare with (e.g. 6258: qresnet's ResNet-50
-bf16 batch 256 float step on an H200, docs/BENCHMARKS.md).
+`--target` is the training step's images/s to compare with (e.g. qresnet's ResNet-50 bf16
+batch 256 float step, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -362,8 +362,8 @@ def time_fed(
     phases = _decode_phases()
     profiles = {"thread_samples": sampler.summary()} if sample_threads else {}
     if profile:
-        # The process's first trace starts the profiler in its first steps (0.7-1.0 s a step on an
-        # H200, BENCHMARKS.md); a throw-away one-step trace takes that out of the rows' wall ms.
+        # The process's first trace starts the profiler in its first steps (close to a second a
+        # step); a throw-away one-step trace takes that out of the rows' wall ms.
         _profiled(lambda i: row.time_one(), 1)
         profiles["alone_profile"] = _profiled(lambda i: row.time_one(), profile)
         profiles["fed_profile"] = _profiled(lambda i: _steps_per_s(row, it, 1), profile)

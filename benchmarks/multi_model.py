@@ -5,7 +5,7 @@
 
 Each mode trains `--models` ResNets of one setting that differ only in their
 seed (initialisation and data order), with the trainer's epoch program
-(`train.train_epoch`: `--steps` steps in one `lax.scan` over on-device data,
+(`steps.train_epoch`: `--steps` steps in one `lax.scan` over on-device data,
 activation quantization on), and reports the total training images/s over
 `--calls` timed calls after the warm-up calls (until a call compiles nothing;
 a timed call that compiles is an error):
@@ -36,7 +36,8 @@ import jax.numpy as jnp
 
 from benchmarks import check_compiled, compiled_count, epoch_mesh, on_mesh, record, warm_up
 from benchmarks import train_step as bench
-from qresnet import train
+from qresnet import data, results
+from qresnet import steps as steps_lib
 
 MODES = ("sequential", "vmap", "processes", "processes_mps")
 
@@ -48,9 +49,9 @@ def _setup(case: bench.Case, setting: str, models: int, steps: int, seed0: int =
     n = steps * case.batch
     images = jax.random.randint(k_data, (n, *case.info.image_shape), 0, 256, jnp.int32).astype(jnp.uint8)
     labels = jax.random.randint(jax.random.fold_in(k_data, 1), (n,), 0, case.info.num_classes)
-    sample = train.data.normalize(images[:8], case.info)
+    sample = data.normalize(images[:8], case.info)
     keys = jnp.stack([jax.random.key(seed0 + m) for m in range(models)])
-    states = jax.jit(jax.vmap(lambda k: train.create_train_state(run, k, sample)))(keys)
+    states = jax.jit(jax.vmap(lambda k: steps_lib.create_train_state(run, k, sample)))(keys)
     states = states.replace(quant_stats=jax.tree.map(jnp.ones_like, states.quant_stats))  # bounds of 1: time only
     idx = jnp.stack([jax.random.permutation(jax.random.fold_in(k, 7), n).reshape(steps, case.batch) for k in keys])
     return run, states, images, labels, idx.astype(jnp.int32), keys
@@ -60,7 +61,7 @@ def _epoch_fn(run):
     mesh = epoch_mesh()
 
     def epoch(state, images, labels, idx, key):
-        return train.train_epoch(run, mesh, state, images, labels, idx, key, act_quant=True)
+        return steps_lib.train_epoch(run, mesh, state, images, labels, idx, key, act_quant=True)
 
     return epoch
 
@@ -217,9 +218,9 @@ def main(argv=None) -> int:
             "seconds": dt,
             "images_per_s": images / dt,
             "device": f"{dev.device_kind} ({dev.platform})",
-            "commit": train.git_commit(),
+            "commit": results.git_commit(),
             "date": time.strftime("%Y-%m-%d"),
-            **train.xla_flags_field(),
+            **results.xla_flags_field(),
         }
         if rows and rows[0]["mode"] == "sequential":
             row["vs_sequential"] = row["images_per_s"] / rows[0]["images_per_s"]

@@ -181,10 +181,10 @@ def profile_inference(case: str, rows, *, steps: int, warmup: int, out: Path):
     its stem as an int8 conv, or its float parts in bf16); yields each row's summary as it is done."""
     import time
 
-    from qresnet import inference_bench
+    from benchmarks import inference
 
-    name, size, batch = inference_bench.parse_case(case)
-    fns = inference_bench.forward_functions(name, size, batch)
+    name, size, batch = inference.parse_case(case)
+    fns = inference.forward_functions(name, size, batch)
     for r in rows:
         fn, args = fns[r]
         for _ in range(warmup):
@@ -214,9 +214,9 @@ def main(argv=None) -> int:
             rows = args.rows.split(",") if args.rows else list(INFERENCE_ROWS)
             if bad := [r for r in rows if r not in INFERENCE_ROWS]:
                 raise ValueError(f"--rows {bad} with --inference: choose from {','.join(INFERENCE_ROWS)}")
-            from qresnet import inference_bench
+            from benchmarks import inference
 
-            inference_bench.parse_case(args.inference)
+            inference.parse_case(args.inference)
         else:
             if not (args.case and args.rows):
                 raise ValueError("give --case and --rows (train steps) or --inference MODEL:IMAGE_SIZE:BATCH")

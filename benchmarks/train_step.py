@@ -3,13 +3,13 @@
     python -m benchmarks.train_step --out docs/results/bench/train_step.jsonl
     python -m benchmarks.train_step --report docs/results/bench/train_step.jsonl
 
-Every row times the same function, `qresnet.train.train_step` (on-device
+Every row times the same function, `qresnet.steps.train_step` (on-device
 augmentation, normalisation, forward/backward, cross-entropy + L2, Nesterov
 SGD), jitted once, on synthetic uint8 data; only the model differs:
 
 - `qresnet`: qresnet's ResNet in the paper's settings (float, w8a8, w4a4,
   w4a4_ends8), path `qresnet`: the program the trainer runs once activation
-  quantization has started (`train.act_quant_phase` True: weights and
+  quantization has started (`steps.act_quant_phase` True: weights and
   activations quantized, bounds frozen), which is most of a run; path
   `switch`: one program for the whole run with the traced switch
   `step >= act_start_step` (what the trainer ran before it compiled per phase),
@@ -19,7 +19,7 @@ SGD), jitted once, on synthetic uint8 data; only the model differs:
   (`benchmarks.baselines`; optional: `pip install -e ".[bench]"`).
 
 With `--scan N` every timed call is instead the trainer's epoch program
-(`train.train_epoch`: N steps in one `lax.scan`, batches gathered from
+(`steps.train_epoch`: N steps in one `lax.scan`, batches gathered from
 on-device data), as `qresnet train` runs it for in-memory datasets, and
 step times are the call's time / N.
 
@@ -55,9 +55,9 @@ import jax.numpy as jnp
 from benchmarks import baselines, check_compiled, compiled_count, epoch_mesh, on_mesh, warm_up
 from benchmarks.plain_resnet import PlainResNet
 from configs import settings
-from qresnet import conv_kernels, data, resnet, results, train
-from qresnet.quant import specs as specs_lib
-from qresnet.quant.layers import CONV_IMPLS
+from qresnet import conv_kernels, data, resnet, results, steps
+from qresnet.quant.layers import CONV_IMPLS, ConvBackend
+from qresnet.run_spec import RunSpec
 
 DEFAULT_CASES = ("resnet20:32:512:float32", "resnet20:32:512:bfloat16", "resnet50:224:256:bfloat16")
 QRESNET_SETTINGS = ("float", "w8a8", "w4a4", "w4a4_ends8")
@@ -124,7 +124,7 @@ def parse_tuning(text: str) -> conv_kernels.Tuning:
     return dataclasses.replace(conv_kernels.Tuning(), **changes)
 
 
-def run_spec(case: Case, setting: str, act_start_step: int) -> train.RunSpec:
+def run_spec(case: Case, setting: str, act_start_step: int) -> RunSpec:
     """The trainer's RunSpec for a case, CIFAR augmentation for CIFAR models.
 
     With the traced switch (path `switch`), activation quantization starts at
@@ -134,14 +134,14 @@ def run_spec(case: Case, setting: str, act_start_step: int) -> train.RunSpec:
     info = case.info
     cifar = resnet.get_arch(case.model).cifar
     rules = settings.SETTINGS["bf16" if setting == "float" else setting]
-    names = resnet.layer_names(case.model, case.width, info.num_classes, info.image_shape)
-    return train.RunSpec(
+    return RunSpec(
         model_name=case.model,
         width=case.width,
         dtype=case.dtype,
-        channel_multiple=0 if case.width == 1.0 else 8,  # as configs/common.py, for the sweep's widths
         info=info,
-        specs=specs_lib.resolve_specs(rules, names, resnet.signed_layers(names)),
+        specs=resnet.resolve_specs(
+            rules, case.model, width=case.width, num_classes=info.num_classes, input_shape=info.image_shape
+        ),
         batch_size=case.batch,
         num_epochs=1,
         steps_per_epoch=10_000,
@@ -155,19 +155,22 @@ def run_spec(case: Case, setting: str, act_start_step: int) -> train.RunSpec:
         warmup_steps=0,
         cosine_alpha=0.0,
         cooldown_steps=0,
-        conv_impl=case.conv_impl,
-        pallas_max_channels=case.pallas_max_channels,
+        backend=ConvBackend(
+            case.conv_impl,
+            channel_multiple=0 if case.width == 1.0 else 8,  # as configs/common.py, for the sweep's widths
+            pallas_max_channels=case.pallas_max_channels,
+        ),
     )
 
 
-def build_model(library: str, setting: str, path: str, case: Case, run: train.RunSpec):
+def build_model(library: str, setting: str, path: str, case: Case, run: RunSpec):
     """The Flax module a row trains."""
     dtype = resnet.DTYPES[case.dtype]
     classes = case.info.num_classes
     if library == "qresnet":
         if path not in QRESNET_PATHS:
             raise ValueError(f"qresnet path {path!r}: choose one of {list(QRESNET_PATHS)}")
-        return train.create_model(run)
+        return steps.create_model(run)
     if library == "plain_flax":
         return PlainResNet(case.model, classes, dtype=dtype)
     if library == "aqt":
@@ -222,7 +225,7 @@ def prepare(library: str, setting: str, path: str, case: Case, *, warmup: int, s
     images = jax.random.randint(k_img, (case.batch, *case.info.image_shape), 0, 256, jnp.int32).astype(jnp.uint8)
     labels = jax.random.randint(k_lab, (case.batch,), 0, case.info.num_classes)
     sample = data.normalize(images[:8], case.info)
-    state = jax.jit(functools.partial(train.create_train_state, run, model=model))(k_init, sample)
+    state = jax.jit(functools.partial(steps.create_train_state, run, model=model))(k_init, sample)
 
     # The trainer's quantized phase (`act_quant_phase` True); `switch`: the traced switch.
     act_quant = None if path == "switch" else True
@@ -231,12 +234,12 @@ def prepare(library: str, setting: str, path: str, case: Case, *, warmup: int, s
     if scan:
         mesh = epoch_mesh()
         state = on_mesh(state, mesh)
-        epoch = functools.partial(train.train_epoch, run, mesh, model=model, act_quant=act_quant)
+        epoch = functools.partial(steps.train_epoch, run, mesh, model=model, act_quant=act_quant)
         step = jax.jit(epoch, donate_argnums=(0,))
         idx = jnp.arange(scan * case.batch, dtype=jnp.int32).reshape(scan, case.batch)
         args = (jnp.tile(images, (scan, 1, 1, 1)), jnp.tile(labels, scan), idx)
     else:
-        step = jax.jit(functools.partial(train.train_step, run, model=model, act_quant=act_quant), donate_argnums=(0,))
+        step = jax.jit(functools.partial(steps.train_step, run, model=model, act_quant=act_quant), donate_argnums=(0,))
         args = (images, labels)
     row = Prepared(step, state, args, jax.random.split(key, 64), 0.0, 0.0, steps_per_call=max(scan, 1))
     t0 = time.perf_counter()
@@ -249,7 +252,7 @@ def prepare(library: str, setting: str, path: str, case: Case, *, warmup: int, s
     # Cross-entropy only (no L2), so a conv that passes no gradient shows 0.
     no_l2 = dataclasses.replace(run, weight_decay=0.0)
     x = data.normalize(images, case.info)
-    grads, _ = jax.jit(functools.partial(train.gradients, no_l2, model, act_quant=act_quant))(row.state, x, labels)
+    grads, _ = jax.jit(functools.partial(steps.gradients, no_l2, model, act_quant=act_quant))(row.state, x, labels)
     row.stem_grad_norm = float(jnp.linalg.norm(_stem_kernel(grads).astype(jnp.float32)))
     return row
 
@@ -292,7 +295,7 @@ def environment() -> dict[str, Any]:
     dev = jax.local_devices()[0]
     versions = {p: _version(p) for p in ("jax", "jaxlib", "flax", "optax", "aqtp", "qwix")}
     device = f"{dev.device_kind} ({dev.platform})"
-    return {"device": device, "versions": versions, "commit": train.git_commit(), **train.xla_flags_field()}
+    return {"device": device, "versions": versions, "commit": results.git_commit(), **results.xla_flags_field()}
 
 
 def row_key(row: dict[str, Any]) -> tuple:

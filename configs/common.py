@@ -18,12 +18,10 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.model.channel_multiple = 8  # Convs pad channel counts above this to multiples of it (same model; GPU speed).
     # "xla" (cuDNN on GPUs), "pallas" (3x3 stride-1 convs as Triton kernels, qresnet/conv_kernels.py;
     # off the GPU in Pallas's interpreter, slow) or "auto" ("pallas" on one CUDA GPU of compute
-    # capability >= 8.0, else "xla"). A ResNet-20 epoch program on one H200 trained 1.21-1.23x as fast
-    # with "pallas" at widths 0.5-1 and 1.02-1.04x at 1.5-2; the paper's CIFAR sweep with "auto" was as
-    # accurate as six sweeps with "xla" (docs/RESULTS.md).
+    # capability >= 8.0, else "xla"). Same model and accuracy; faster for narrow layers
+    # (docs/performance.md).
     c.model.conv_impl = "auto"
-    # With "pallas": convs wider than this stay on cuDNN (64 was slower at widths 1.5 and 2 on an H200,
-    # and at width 1 on an H100, where it was 1% faster at 1.5).
+    # With "pallas": convs wider than this stay on cuDNN (where cuDNN is as fast or faster).
     c.model.pallas_max_channels = 32
     # No BN (folded into each conv's bias) and each activation quantized once for all its readers:
     # the network `qresnet export` turns into int8 codes from conv to conv (qresnet/fused.py). Use
@@ -49,23 +47,21 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.dataset.workers = 8  # Decoding processes (0 = in the training process).
     c.dataset.jpeg_draft = True  # Train crops decode JPEGs at 1/2-1/8 scale where the crop stays >= image_size.
     # Decode only each crop's window of the JPEG on the CPU (nvImageCodec's libjpeg-turbo, the [nvimgcodec]
-    # extra): the same pixels as a whole decode, 1.25x faster per image on an H200's host (BENCHMARKS.md); on
-    # by default in configs/imagenet (with OpenCV in 14 workers it kept an H200's ResNet-50 fed, session 22).
+    # extra): the same pixels as a whole decode, in less time per image; on by default in configs/imagenet
+    # (docs/performance.md).
     c.dataset.jpeg_window = False
     # Decodes and resizes: "opencv" (no antialiasing, as TF's resize), "pillow", or "nvjpeg" (on the GPU).
     c.dataset.image_backend = "opencv"
     # nvjpeg only: how the GPU decoding runs. Threads of the training process that call nvJPEG;
     # train batches decoded together in one call (torchvision decodes one call at a time per
     # process); and the share of each train batch decoded on the CPU instead (OpenCV, in the
-    # workers), beside the GPU. These three fed a ResNet-50 step at 0.89-0.90 of its fixed-data
-    # speed on an H200 with 14 workers on 16 cores (0.91 at a 0.8 share, one run), against
-    # 0.65-0.79 with the GPU decoding all (BENCHMARKS.md, session 16); with fewer cores per GPU,
-    # a smaller CPU share.
+    # workers), beside the GPU: the GPU decoding all of a batch feeds a ResNet-50 worse than
+    # sharing it with the CPU; with fewer cores per GPU, a smaller CPU share.
     c.dataset.decode_threads = 3
     c.dataset.decode_batches_per_call = 2
     c.dataset.cpu_decode_share = 0.7
     # The GPU's decoder: "torchvision" (nvJPEG, one call at a time per process) or "nvimgcodec" (nvImageCodec:
-    # batched, the crop's window only, the hardware decoder; the [nvimgcodec] extra and nvJPEG; on an H200 no faster).
+    # batched, the crop's window only, the hardware decoder; the [nvimgcodec] extra and nvJPEG).
     c.dataset.gpu_decoder = "torchvision"
 
     # Quantization
@@ -97,8 +93,8 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     # Evaluation, checkpoints, reporting
     c.eval_batch_size = 1000
     c.checkpoint_every_epochs = 10
-    # Compile the float program of the model before a quantized run's own (a workaround under test
-    # for slow GPU autotuning of quantized programs, docs/RESULTS.md); costs one compilation.
+    # Compile the float program of the model before a quantized run's own (for GPUs where XLA's
+    # autotuning of a quantized program is slow without it); costs one compilation.
     c.compile_float_first = False
     c.smoothing_window = 5  # Triangular smoothing of eval accuracy (evals).
 

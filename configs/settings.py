@@ -39,7 +39,7 @@ SETTINGS = {
         (".*", 4, 4, {"a_granularity": "per_tensor", "w_granularity": "per_tensor", "pow2_scale": True}),
     ],
     # Not the paper's bounds: LSQ learns each activation bound (step size) by gradient descent
-    # instead of freezing the EMA of batch maxima; for the 4-bit accuracy gap of issue #3.
+    # instead of freezing the EMA of batch maxima; for the 4-bit accuracy gap.
     "w4a4_ends8_lsq": [("stem|head", 8, 8, {"a_bound": "lsq"}), (".*", 4, 4, {"a_bound": "lsq"})],
     "w4a4_ends8_lsq_deploy": [
         ("stem|head", 8, 8, {"a_bound": "lsq", "a_granularity": "per_tensor"}),

@@ -15,7 +15,7 @@ commands:
   pareto  frontier, figures and report from results       qresnet pareto (--root DIR | --points CSV) --out DIR
   export  a finished run as integer weights and scales    qresnet export --workdir DIR --out FILE
   eval    integer inference of an export on its test set  qresnet eval --export FILE [--compare WORKDIR]
-  bench-int  bf16 vs integer inference speed              qresnet bench-int [--case resnet50:224:256 ...] [--out F]
+  runs    one CSV row per finished run under a folder      qresnet runs --root DIR --out runs.csv
 
 Any command that takes --config also takes --config.key=value overrides.
 """
@@ -62,11 +62,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument(
             "--data-dir", default="", help="where the dataset's files are (the TFDS data dir for imagenet2012)"
         )
-    if command == "bench-int":
-        p.add_argument("--case", action="append", help="MODEL:IMAGE_SIZE:BATCH (repeatable)")
-        p.add_argument("--iters", type=int, default=20)
-        p.add_argument("--warmup", type=int, default=3)
-        p.add_argument("--out", help="write the rows as JSON lines here")
+    if command == "runs":
+        p.add_argument("--root", required=True, help="a folder of runs (a sweep root, or any folder of workdirs)")
+        p.add_argument("--out", required=True, help="the CSV to write; rows of other groups already in it are kept")
+        p.add_argument("--group", default="", help="the group column of these rows (default: the root's folder name)")
     if command == "pareto":
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument(
@@ -94,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command not in ("cost", "train", "sweep", "pareto", "export", "eval", "bench-int"):
+    if command == "bench-int":
+        print("qresnet: bench-int is now `python -m benchmarks.inference` (same options)", file=sys.stderr)
+        return 2
+    if command not in ("cost", "train", "sweep", "pareto", "export", "eval", "runs"):
         print(f"qresnet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     args, overrides = _split(rest)
@@ -134,15 +136,16 @@ def main(argv: list[str] | None = None) -> int:
                 command_buffers=ns.command_buffers,
                 only=ns.only,
             )
-        if command == "bench-int":
-            from qresnet import inference_bench
+        if command == "runs":
+            from qresnet import index
 
-            inference_bench.run(ns.case or inference_bench.DEFAULT_CASES, iters=ns.iters, warmup=ns.warmup, out=ns.out)
+            path, n = index.write_runs_table(ns.root, ns.out, group=ns.group)
+            print(f"wrote {path}: {n} run(s) from {ns.root}")
             return 0
         if command in ("export", "eval"):
-            from qresnet import export, train
+            from qresnet import export, run_spec
 
-            errors += (export.ExportError, train.TrainError)
+            errors += (export.ExportError, run_spec.TrainError)
             return _export(ns) if command == "export" else _eval(ns)
         if command == "pareto":
             from qresnet import pareto
@@ -184,10 +187,10 @@ def _eval(ns) -> int:
 
 
 def _cost(ns, overrides) -> int:
-    from qresnet import config_lib, train
+    from qresnet import config_lib, run_spec
 
     config = config_lib.load_config(ns.config, overrides)
-    obj = train.config_cost(config)
+    obj = run_spec.config_cost(config)
     if ns.format == "json":
         print(json.dumps(obj))
         return 0

@@ -168,7 +168,13 @@ def load(
         if via_tfds and _has_tfds():
             from qresnet import tfds_builders
 
-            return tfds_builders.load(name, data_dir, tfds_dir)
+            reader = read_cifar10_jpeg if name == "cifar10_jpeg" else read_fashion_idx
+
+            def read():
+                a = reader(data_dir)
+                return a.train_images, a.train_labels, a.test_images, a.test_labels
+
+            return Arrays(*tfds_builders.load(name, read, tfds_dir, lambda: check_raw_files(name, data_dir)))
         return read_cifar10_jpeg(data_dir) if name == "cifar10_jpeg" else read_fashion_idx(data_dir)
     if name == "imagenet2012":
         raise DataError("imagenet2012 streams through TFDS and is not loaded into memory")

@@ -10,9 +10,7 @@ is the weights at their bit width plus scales and BN and a few kB. Quantized
 kernels are int8 codes, packed two per byte at 4 bits and fewer; `w_scale`
 holds the per-output-channel scales; `act_bound` the frozen activation bounds;
 BN and float layers stay float32. The loader checks the magic, the version, the
-checksum, and every array's range, shape and dtype. (Version 1 was an npz with
-per-array checksums; its per-entry overhead made small models' files 25-50%
-larger than their weights.)
+checksum, and every array's range, shape and dtype.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ import json
 import math
 import re
 import struct
-import time
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -299,23 +296,17 @@ def export_run(workdir: str | Path, out: str | Path) -> Path:
     Returns:
       The path written.
     """
-    from qresnet import train
+    from qresnet import checkpoints, run_spec
 
     workdir = Path(workdir)
     if results.read_result(workdir) is None:
         raise ExportError(f"{workdir} has no result.json: finish the run (re-run qresnet train) before exporting")
-    config = train.run_config(workdir)
-    state, specs = train.restore_final(config, workdir)
-    info = data.dataset_info(config.dataset.name)
-    header = {
-        "model": config.model.name,
-        "width": float(config.model.width),
-        "num_classes": info.num_classes,
-        "input_shape": list(info.image_shape),
-        "dataset": info.name,
-        "setting": config.setting,
-        "fold_bn": bool(config.model.get("fold_bn", False)),  # absent in older records
-    }
+    config = checkpoints.run_config(workdir)
+    run = run_spec.finished_run_spec(config)
+    state, specs, info = checkpoints.restore_final(run, workdir), run.specs, run.info
+    header = {"model": run.model_name, "width": run.width, "num_classes": info.num_classes}
+    header |= {"input_shape": list(info.image_shape), "dataset": info.name, "setting": run.setting}
+    header["fold_bn"] = run.fold_bn
     if info.streaming:
         header |= {
             "tfds_name": config.dataset.tfds_name,
@@ -371,16 +362,6 @@ def test_batches(
         yield images[i : i + batch], labels[i : i + batch]
 
 
-def _provenance() -> dict[str, str]:
-    from qresnet import train
-
-    return {
-        "device": train.device_description(),
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": train.git_commit(),
-    }
-
-
 def _apply_fn(model, info, **kw):
     def fn(v, x):
         return model.apply(v, data.normalize(x, info), train=False, **kw)
@@ -433,7 +414,7 @@ def evaluate(
         "n": n,
         "top1_int": correct / max(n, 1),
         **_fused_fields(model),
-        **_provenance(),
+        **results.provenance(),
     }
 
 
@@ -456,13 +437,14 @@ def equivalence(
       ||l_fake||), rel_logit_err (the same over the whole test set),
       file_bytes, expected_bytes, size_ratio (see `size_check`), device, date, commit}.
     """
-    from qresnet import train
+    from qresnet import checkpoints, run_spec
 
     header, variables = read(export_path)
     int_net = int_model(header, variables, dtype=dtype, rounding=rounding)
     variables = jax.device_put(variables)  # once, not with every batch
-    config = train.run_config(workdir)
-    state, specs = train.restore_final(config, workdir)
+    config = checkpoints.run_config(workdir)
+    run = run_spec.finished_run_spec(config)
+    state, specs = checkpoints.restore_final(run, workdir), run.specs
     info = data.dataset_info(config.dataset.name)
     fake = resnet.create_model(
         config.model.name,
@@ -492,7 +474,7 @@ def equivalence(
             ys.append(labels)
     l_fake, l_int, labels = np.concatenate(l_fake), np.concatenate(l_int), np.concatenate(ys)
     rel = np.linalg.norm(l_int - l_fake, axis=1) / np.maximum(np.linalg.norm(l_fake, axis=1), 1e-12)
-    size = size_check(export_path, train.config_cost(config, specs)["total"]["memory"])
+    size = size_check(export_path, run_spec.config_cost(config, specs)["total"]["memory"])
     return {
         "model": header["model"],
         "setting": header["setting"],
@@ -509,5 +491,5 @@ def equivalence(
         "expected_bytes": size["expected_bytes"],
         "size_ratio": size["ratio"],
         **_fused_fields(int_net),
-        **_provenance(),
+        **results.provenance(),
     }

@@ -1,8 +1,8 @@
 """Integer inference with int8 codes from conv to conv: the fused deployment of a BN-folded ResNet.
 
 The integer model of `qresnet.quant.int_layers` writes float32 activations between its
-integer products and re-quantizes them in separate passes; on an H200 that runs a
-ResNet-50 at 0.6-0.7x of bf16 (docs/BENCHMARKS.md). A network trained with
+integer products and re-quantizes them in separate passes, which runs a ResNet-50
+slower than bf16 (docs/deployment.md). A network trained with
 `model.fold_bn=True` (BN folded into per-tensor-quantized weights, each activation
 quantized once for all its readers: `resnet.ResNet`) can instead run every block conv as
 one call that takes int8 codes and gives the next tensor's int8 codes:
@@ -11,16 +11,16 @@ one call that takes int8 codes and gives the next tensor's int8 codes:
 
 with ReLU where the network has one and the residual as the side input. Written as that
 HLO idiom with alpha and beta compile-time constants, XLA turns each such conv into one
-cuDNN int8 -> int8 convolution (benchmarks/int8_fused_probe.py: 52 of ResNet-50's 53
-convs, 1.44x qresnet's bf16 model on an H200). So `FusedResNet` holds an export's scales
-as Python floats and takes only the arrays (codes, biases) as arguments.
+cuDNN int8 -> int8 convolution (every conv of ResNet-50 but none of the float parts;
+docs/deployment.md). So `FusedResNet` holds an export's scales as Python floats and takes
+only the arrays (codes, biases) as arguments.
 
 Codes. An unsigned b-bit activation (after ReLU) has codes floor(clip(v * s, 0, 2^b - 1));
 8-bit ones (0..255) are stored shifted by -128 to fit int8, so convs reading them pad
 explicitly with the stored code of 0 and get 128 * sum(W) back in their bias. The
 projection's output has int8 codes over all of -128..127 (`quant.layers.output_codes`).
 
-Rounding. cuDNN rounds the fused output to nearest, ties to even (measured on an H200);
+Rounding. cuDNN rounds the fused output to nearest, ties to even;
 XLA's `convert` truncates. So with `rounding="cudnn"` the idiom carries no rounding op
 (the floor of the unsigned grid is round-half-even of v - 0.5) and is only right where
 XLA fuses it; `rounding="explicit"` rounds in the graph (floor(v + 0.5)) and is right
@@ -31,11 +31,11 @@ narrower clip than int8's (4-bit activations) round in the graph either way: an
 operation after the convert keeps XLA from fusing.
 "explicit" computes in the fake-quant model's float order and equals it to the bit;
 "cudnn" differs from it only where a value falls within float32 rounding of a rounding
-boundary (cuDNN computes the epilogue in its own order): on an H200, w8a8 logits up to 5%
+boundary (cuDNN computes the epilogue in its own order): w8a8 logits can be a few percent
 off on the worst image. With `QuantSpec.pow2_scale` (power-of-two scales, each bias on its
 product's grid, `ops.bias_on_grid`) every term of the epilogue is exact in float32 and no
 value comes near a boundary, so "cudnn" equals the fake-quant model to the bit as well
-(measured on an H200, docs/BENCHMARKS.md).
+(docs/deployment.md).
 
 Kernels. cuDNN runs int8 convs over 16 channels, and an int8 conv whose float32 output is
 fused with a residual, on a slow generic engine; so on the fused path the activations are
@@ -63,12 +63,12 @@ from qresnet.quant.specs import QuantSpec, specs_from_json
 _DN = ("NHWC", "HWIO", "NHWC")
 ROUNDINGS = ("auto", "cudnn", "explicit")
 # The stem's integer products: as float32 (exact; TF32 tensor cores on GPUs) or, for the 7x7 ImageNet stem,
-# as an int8 conv over space-to-depth blocks whose output is fused like the block convs' (the same sums; faster
-# on an H200, docs/BENCHMARKS.md); "auto" takes "s2d" where it applies.
+# as an int8 conv over space-to-depth blocks whose output is fused like the block convs' (the same sums;
+# faster); "auto" takes "s2d" where it applies.
 STEMS = ("auto", "float", "s2d")
-# cuDNN's int8 -> int8 convs are slow with 16 channels (on an H200, a 3x3 conv over 1024x32x32x16 codes took
-# 1.09 ms, a bf16 conv 0.30 ms, the same conv over 32 channels 0.29 ms: docs/BENCHMARKS.md), so on that path
-# the model carries its activations zero-padded to a multiple of this many channels (`FusedResNet`'s channel_multiple).
+# cuDNN's int8 -> int8 convs over 16 channels are slow (several times a bf16 conv's time, where the same conv
+# over 32 channels is as fast as bf16), so on that path the model carries its activations zero-padded to a
+# multiple of this many channels (`FusedResNet`'s channel_multiple).
 FUSED_CHANNEL_MULTIPLE = 32
 
 
@@ -277,8 +277,7 @@ class FusedResNet:
         (acc / (s_x * s_w) + bias + side value), ReLU, then the next quantizer."""
         if out is None and not self.arch.bottleneck:
             # The last conv (float32 out, the residual as side input): fused, it runs on cuDNN's generic int8
-            # engine (on an H200, 3.9 of a width-4 ResNet-20's 5.9 device ms); kept apart, it runs on tensor-core
-            # kernels and the model takes 2.5 ms instead of 6.3 (docs/BENCHMARKS.md).
+            # engine, which takes most of a small ResNet's time; kept apart, it runs on tensor-core kernels.
             # Measured on basic blocks only: bottleneck networks (ResNet-50) keep the program that was timed.
             acc = lax.optimization_barrier(acc)
         v = acc / s_in + bias

@@ -1,4 +1,10 @@
-"""The results index: every run under a sweep root in one CSV table."""
+"""The runs table: one CSV row per finished run, from its result.json.
+
+A sweep writes its root's `index.csv` (`write_index`); `qresnet runs` gathers
+the runs of any folder, at any depth, into one table that can hold many groups
+(`write_runs_table`), as `docs/results/runs.csv` does for every run the
+project's documents cite. Both have the columns of `COLUMNS`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from typing import Any
 from qresnet import results
 
 COLUMNS = (
+    "group",
     "name",
     "model",
     "dataset",
@@ -38,7 +45,9 @@ COLUMNS = (
     "first_epoch_s",
     "background_compile_s",
     "device",
+    "date",
     "commit",
+    "command",
 )
 
 
@@ -50,9 +59,10 @@ def bits_summary(bits: dict[str, int | None]) -> str:
     return common + (f" ({', '.join(rest)})" if rest else "")
 
 
-def row(result: dict[str, Any]) -> dict[str, Any]:
-    """One index row from a result.json object."""
+def row(result: dict[str, Any], group: str = "") -> dict[str, Any]:
+    """One row from a result.json object; `group` names the sweep or set of runs it belongs to."""
     return {
+        "group": group,
         "name": result.get("name", ""),
         "model": result["model"],
         "dataset": result["dataset"],
@@ -77,7 +87,9 @@ def row(result: dict[str, Any]) -> dict[str, Any]:
         # Later phases' programs compiled beside training (absent in older records).
         "background_compile_s": sum(result["compile_s"].values()) if "compile_s" in result else "",
         "device": result["device"],
+        "date": result.get("date", ""),
         "commit": result["commit"],
+        "command": result.get("command", ""),  # the command that trained it (absent in older records)
     }
 
 
@@ -91,13 +103,75 @@ def load_results(root: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def write_index(root: str | Path) -> Path:
-    """Writes root/index.csv atomically; returns its path."""
+def _compact(value):
+    """Floats to 6 significant digits: the table's values are measurements, not bit patterns."""
+    return float(f"{value:.6g}") if isinstance(value, float) else value
+
+
+def _csv_text(rows) -> str:
+    rows = [{k: _compact(v) for k, v in r.items()} for r in rows]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for result in load_results(root):
-        writer.writerow(row(result))
-    path = Path(root) / "index.csv"
-    results.atomic_write_text(path, buf.getvalue())
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_index(root: str | Path) -> Path:
+    """Writes root/index.csv atomically; returns its path."""
+    root = Path(root)
+    path = root / "index.csv"
+    results.atomic_write_text(path, _csv_text(row(r, root.name) for r in load_results(root)))
     return path
+
+
+class TableError(ValueError):
+    """A runs table or folder that cannot be read or written; the message names it and the fix."""
+
+
+def find_results(root: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(run folder relative to root, result) of every complete result.json under root, at any depth,
+    in path order; a corrupt one raises RecordError naming it."""
+    root = Path(root)
+    out = []
+    for path in sorted(root.rglob("result.json")):
+        result = results.read_result(path.parent)
+        if result is not None:
+            rel = path.parent.relative_to(root).as_posix()
+            out.append((rel if rel != "." else root.name, {**result, "name": path.parent.name}))
+    return out
+
+
+def write_runs_table(root: str | Path, out: str | Path, *, group: str = "") -> tuple[Path, int]:
+    """Writes one row per finished run under `root` into the CSV `out`, atomically.
+
+    Rows of `out` from other groups are kept, so one table can gather many folders; rows of the
+    same group are replaced. A run's name is its folder's path under `root`.
+
+    Args:
+      root: a folder of run workdirs (each with a result.json), at any depth.
+      out: the CSV to write (created, or merged into).
+      group: the rows' group ("" = root's folder name).
+
+    Returns:
+      (the path written, the number of rows from root).
+
+    Raises:
+      TableError: root is not a folder or holds no finished run; `out` has other columns.
+    """
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise TableError(f"--root {str(root)!r} is not a folder; give a folder of run workdirs")
+    group = group or root.resolve().name
+    found = find_results(root)
+    if not found:
+        raise TableError(f"no finished run (result.json) under {root}; train one first or check the path")
+    kept = []
+    if out.exists():
+        old = list(csv.DictReader(io.StringIO(out.read_text())))
+        if old and list(old[0]) != list(COLUMNS):
+            raise TableError(f"{out} has other columns than a runs table; write to a new file")
+        kept = [r for r in old if r["group"] != group]
+    new = [{**row(result, group), "name": rel} for rel, result in found]
+    results.atomic_write_text(out, _csv_text(kept + new))
+    return out, len(new)

@@ -1,8 +1,8 @@
 """JPEG decoding on the GPU for streamed datasets: NVIDIA's nvJPEG through torchvision.
 
 `dataset.image_backend="nvjpeg"`. The CPU backends decode, crop and resize in grain's
-worker processes, and on the 16 cores of an H200's host they prepare about three quarters
-of the images a ResNet-50 trains on (docs/BENCHMARKS.md). With this backend the workers
+worker processes; on a host with few cores per GPU they may not keep up with a ResNet-50
+(docs/performance.md). With this backend the workers
 read each JPEG's bytes and draw its crop box and flip (`imagenet_input.plan_train` /
 `plan_eval`, the same draws as the CPU backends'; for train batches they also decode a share
 themselves, `StreamSpec.cpu_decode_share`), and `decode_batch` decodes a whole batch
@@ -17,8 +17,7 @@ torchvision: the batch in one call, on the GPU's hardware JPEG decoder where it 
 each crop's window (`pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg` on CUDA 13; -cu12 and
 nvidia-nvjpeg-cu12 on CUDA 12); the resize, flips and hand-over stay as they are. Its pixels
 are the CPU decoders' (libjpeg-turbo, OpenCV) where torchvision's differ by 1.4 levels on
-average; on an H200 it is no faster than torchvision and feeds a ResNet-50 no better
-(docs/BENCHMARKS.md, "nvImageCodec for the GPU's share").
+average; it is no faster than torchvision and feeds a ResNet-50 no better.
 """
 
 from __future__ import annotations
@@ -66,11 +65,11 @@ def check(decoder: str = "torchvision") -> None:
 
 
 def _nvimgcodec():
-    from qresnet import imagenet_input
+    from qresnet import jpeg_decode
 
     try:
-        return imagenet_input._nvimgcodec()
-    except imagenet_input.InputError as e:
+        return jpeg_decode._nvimgcodec()
+    except jpeg_decode.InputError as e:
         raise NvjpegError(
             f"gpu_decoder 'nvimgcodec' needs it, and nvJPEG ({e}); or set --config.dataset.gpu_decoder=torchvision"
         ) from e
@@ -108,8 +107,8 @@ def _windows(torch, tio, jpegs, boxes):
         kinds = ("HW_GPU_ONLY", "GPU_ONLY", "HYBRID_CPU_GPU")
         backends = [nvimgcodec.Backend(getattr(nvimgcodec.BackendKind, k)) for k in kinds]
         # nvImageCodec refuses crop windows with fancy upsampling (the CPU decoders' chroma) on nvJPEG < 13.2, as
-        # the copy bundled with torchvision was on the H200 image once torchvision had decoded: every image came
-        # back None. Allowed: at worst a 1-pixel-wide image edge differs.
+        # the copy bundled with torchvision can be: every image then comes back None. Allowed: at worst a
+        # 1-pixel-wide image edge differs.
         options = " ".join(f"{d}:enable_roi_fancy_upsampling=1" for d in ("nvjpeg_hw_decoder", "nvjpeg_cuda_decoder"))
         _local.nvimgcodec = nvimgcodec.Decoder(
             device_id=torch.cuda.current_device(), backends=backends, options=options
@@ -165,8 +164,7 @@ def decode_batch(
       on_device: return a JAX array on the GPU (through DLPack, copied into JAX's own memory on
         the device) instead of a host array.
       priority: the CUDA priority of the decoding stream (0: as XLA's; -1: its kernels' blocks
-        are scheduled before the training step's; that fed a ResNet-50 step worse, 0.72 of its
-        fixed-data speed against 0.84, docs/BENCHMARKS.md).
+        are scheduled before the training step's, which feeds a ResNet-50 step worse).
       decoder: "torchvision" (nvJPEG through torchvision) or "nvimgcodec" (module docstring).
 
     Returns:
@@ -234,12 +232,10 @@ def _hand_over(torch, y, on_device, phases, t):
         # A copy that JAX owns, queued on JAX's stream after torch's stream has written y (the
         # DLPack exchange orders the two streams) and before the training step that reads it.
         # y is held until the copy is done, so torch cannot hand its memory to a later batch
-        # while JAX still reads it. Waiting for the copy here instead (it queues behind the steps
-        # already dispatched) held the pipeline to 11,400 images/s against 14,300 (BENCHMARKS.md).
-        # The batch is finished before JAX sees it: otherwise JAX's stream could wait at the copy
-        # for torch's kernels, and the training steps queued behind the copy with it. (Measured
-        # on an H200: no faster fed, 0.82-0.84; a profile shows the fed step's kernels as long as
-        # alone, the loss being time the GPU waits for the next batch: BENCHMARKS.md.)
+        # while JAX still reads it. Waiting for the copy here instead would queue it behind the
+        # steps already dispatched and slow the pipeline by a fifth. The batch is finished before
+        # JAX sees it: otherwise JAX's stream could wait at the copy for torch's kernels, and the
+        # training steps queued behind the copy with it.
         torch.cuda.current_stream().synchronize()
         t = _timed(phases, "sync", t)
         z = jax.numpy.array(jax.dlpack.from_dlpack(y), copy=True)

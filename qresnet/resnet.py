@@ -29,7 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from qresnet.quant.layers import CONV_IMPLS, OUT_BITS, QConv, QDense
+from qresnet.quant import specs as specs_lib
+from qresnet.quant.layers import OUT_BITS, ConvBackend, QConv, QDense
 from qresnet.quant.specs import FLOAT, QuantSpec
 
 
@@ -158,9 +159,7 @@ class ResNet(nn.Module):
       width: filter multiplier of the residual stages (not the stem).
       specs: {layer name: QuantSpec}; missing layers are float.
       dtype: compute dtype; parameters stay float32.
-      channel_multiple: QConv's: convs pad channels to multiples of this (0 = no padding).
-      conv_impl: QConv's: "xla" or "pallas" (3x3 stride-1 convs as Triton kernels).
-      pallas_max_channels: QConv's: with "pallas", wider convs stay "xla".
+      backend: how QConv runs its convolutions (`ConvBackend`: cuDNN or Triton, channel padding).
     """
 
     arch: Arch
@@ -170,9 +169,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     conv_cls: Any = QConv  # IntConv/IntDense give the integer inference model.
     dense_cls: Any = QDense
-    channel_multiple: int = 0
-    conv_impl: str = "xla"
-    pallas_max_channels: int = 32
+    backend: ConvBackend = ConvBackend()
     fold_bn: bool = False
 
     @nn.compact
@@ -183,10 +180,8 @@ class ResNet(nn.Module):
         conv = functools.partial(
             self.conv_cls, dtype=self.dtype, kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal")
         )
-        if self.channel_multiple:
-            conv = functools.partial(conv, channel_multiple=self.channel_multiple)
-        if self.conv_impl != "xla":
-            conv = functools.partial(conv, conv_impl=self.conv_impl, pallas_max_channels=self.pallas_max_channels)
+        if self.backend != ConvBackend():
+            conv = functools.partial(conv, backend=self.backend)
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON, dtype=self.dtype
         )
@@ -228,9 +223,7 @@ def create_model(
     width: float = 1.0,
     specs: Mapping[str, QuantSpec] | None = None,
     dtype: str = "float32",
-    channel_multiple: int = 0,
-    conv_impl: str = "xla",
-    pallas_max_channels: int = 32,
+    backend: ConvBackend | None = None,
     fold_bn: bool = False,
 ) -> ResNet:
     """Builds a ResNet by name ("resnet20", "resnet50", ...).
@@ -239,13 +232,10 @@ def create_model(
       name: a key of `ARCHS`.
       num_classes: classifier outputs.
       width: residual-stage filter multiplier (> 0).
-      specs: {layer: QuantSpec}, usually from `quant.resolve_specs`.
+      specs: {layer: QuantSpec}, from `resolve_specs`.
       dtype: "float32", "bfloat16" or "float16".
-      channel_multiple: convs pad their channels to multiples of this inside the layer (same
-        model and result, faster GPU kernels; 0 = no padding).
-      conv_impl: "xla" (cuDNN on GPUs) or "pallas" (3x3 stride-1 convs as Triton kernels; same
-        model, faster narrow layers on an H200).
-      pallas_max_channels: with "pallas", convs with more input or output channels stay "xla".
+      backend: how the convs run (`ConvBackend`: cuDNN or Triton kernels, channel padding); the
+        same model and result whichever (None: cuDNN, no padding).
       fold_bn: the BN-folded network for fused integer deployment (module doc); its specs must
         pass `check_fold_specs`.
 
@@ -260,21 +250,15 @@ def create_model(
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     arch = get_arch(name)
     stage_filters(arch, width)
-    if not isinstance(channel_multiple, int) or channel_multiple < 0:
-        raise ValueError(f"channel_multiple must be an int >= 0 (e.g. 8), got {channel_multiple!r}")
-    if conv_impl not in CONV_IMPLS:
-        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}; e.g. --config.model.conv_impl=xla")
-    if not isinstance(pallas_max_channels, int) or pallas_max_channels < 1:
-        raise ValueError(f"pallas_max_channels must be an int >= 1 (e.g. 32), got {pallas_max_channels!r}")
+    if backend is not None and not isinstance(backend, ConvBackend):
+        raise ValueError(f"backend must be a quant.ConvBackend, got {backend!r}")
     return ResNet(
         arch=arch,
         num_classes=num_classes,
         width=width,
         specs=specs,
         dtype=DTYPES[dtype],
-        channel_multiple=channel_multiple,
-        conv_impl=conv_impl,
-        pallas_max_channels=pallas_max_channels,
+        backend=backend or ConvBackend(),
         fold_bn=fold_bn,
     )
 
@@ -394,3 +378,30 @@ def signed_layers(names: Sequence[str]) -> tuple[str, ...]:
     """Layers whose input is signed by default: the stem (the normalised image)
     and conv1 of each stage's first block (the paper's choice)."""
     return tuple(n for n in names if n == "stem" or re.fullmatch(r"stage\d+/block0/conv1", n))
+
+
+def resolve_specs(
+    rules,
+    name: str,
+    *,
+    width: float = 1.0,
+    num_classes: int = 10,
+    input_shape: tuple[int, ...] = (32, 32, 3),
+) -> Mapping[str, QuantSpec]:
+    """The one place per-layer rules become a model's specs.
+
+    Args:
+      rules: ordered (regex, w_bits, a_bits[, options]) rules or `quant.QuantRule`s, matched
+        (fullmatch, first match wins) against the model's layer names.
+      name: the model (a key of `ARCHS`).
+      width, num_classes, input_shape: the model's, as for `create_model`.
+
+    Returns:
+      A read-only {layer: QuantSpec} in layer order, each input's signedness filled in (the stem
+      and each stage's first conv1 read signed values, the paper's choice).
+
+    Raises:
+      quant.SpecError: a rule that matches no layer, a layer no rule matches, bits out of range.
+    """
+    names = layer_names(name, width, num_classes, input_shape)
+    return specs_lib.resolve_specs(rules, names, signed_layers(names))

@@ -1,4 +1,5 @@
-"""The workdir record: atomic file writes, config.json, metrics.jsonl, result.json.
+"""The workdir record: atomic file writes, config.json, metrics.jsonl, result.json,
+the paper's reporting of a run (`report`), and provenance (commit, versions, device).
 
 Every file qresnet writes goes through `atomic_write_*`: the bytes go to a
 temporary file in the same folder, are flushed and fsynced, then renamed over
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -140,3 +143,91 @@ def read_result(workdir: str | Path) -> dict[str, Any] | None:
     if not (isinstance(result["top1"], (int, float)) and math.isfinite(result["top1"])):
         raise RecordError(f"{path} has a non-numeric top1 {result['top1']!r}; delete it and re-run")
     return result
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Triangular smoothing (weights 1,2,..,k,..,2,1 over `window` points), renormalised at the ends."""
+    half = window // 2
+    weights = [half + 1 - abs(j) for j in range(-half, half + 1)]
+    out = []
+    for i in range(len(values)):
+        num = den = 0.0
+        for j, w in zip(range(i - half, i + half + 1), weights):
+            if 0 <= j < len(values):
+                num += w * values[j]
+                den += w
+        out.append(num / den)
+    return out
+
+
+def report(history: list[dict[str, Any]], act_start_step: int, window: int) -> dict[str, Any]:
+    """The paper's reporting: best smoothed eval top-1 at steps >= act_start_step."""
+    evals = [h for h in history if "eval_top1" in h]
+    sm_eval = smooth([h["eval_top1"] for h in evals], window)
+    sm_train = smooth([h["train_top1"] for h in evals], window)
+    eligible = [i for i, h in enumerate(evals) if h["step"] >= act_start_step] or list(range(len(evals)))
+    best = max(eligible, key=lambda i: sm_eval[i])
+    return {
+        "top1": sm_eval[best],
+        "top1_last": evals[-1]["eval_top1"],
+        "train_top1_at_best": sm_train[best],
+        "best_step": evals[best]["step"],
+        "best_epoch": evals[best]["epoch"],
+    }
+
+
+def device_description() -> str:
+    """ "1x NVIDIA H200 (gpu)": the local devices a record was made on."""
+    import jax
+
+    devs = jax.local_devices()
+    return f"{len(devs)}x {devs[0].device_kind} ({devs[0].platform})"
+
+
+def xla_flags_field() -> dict[str, str]:
+    """{"xla_flags": $XLA_FLAGS} if set (they change the programs XLA builds), else {}: for records."""
+    return {"xla_flags": os.environ["XLA_FLAGS"]} if os.environ.get("XLA_FLAGS") else {}
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the libraries that decide a record's numbers."""
+    import flax
+    import jax
+    import optax
+
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def git_commit() -> str:
+    """HEAD of the checkout ("-dirty" if modified), or $QRESNET_COMMIT where there is no .git."""
+    if os.environ.get("QRESNET_COMMIT"):
+        return os.environ["QRESNET_COMMIT"]
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if commit.returncode:
+        return "unknown"
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def provenance() -> dict[str, str]:
+    """{"device", "date", "commit"} for a record made now."""
+    import time
+
+    return {"device": device_description(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit()}

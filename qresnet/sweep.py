@@ -7,8 +7,8 @@ start longest first (`work`) and are spread over every local GPU, `jobs` at a
 time on each (several small runs share a GPU; the first epochs' compilation of
 one overlaps the training of another). With `mps`, the runs' processes share
 each GPU through the CUDA Multi-Process Service, so their kernels can run at the
-same time instead of taking turns (the paper's CIFAR sweep on one H200: 44 minutes one
-run at a time, 16.5 eight at a time under MPS; docs/RESULTS.md).
+same time instead of taking turns (small models leave most of a GPU idle; docs/performance.md
+has the sweep's wall time each way).
 SIGTERM to the sweep launches nothing more and stops
 the running runs at their next epoch's end with a checkpoint (exit code 143).
 Each invocation that runs anything appends its wall time and each run's time to
@@ -108,9 +108,9 @@ def expand(
 
 def work(cfg) -> float:
     """A run's training work in MACs (float MACs per image x epochs x train images), for ordering."""
-    from qresnet import data, train
+    from qresnet import data, run_spec
 
-    macs = train.config_cost(cfg)["total"]["macs"]
+    macs = run_spec.config_cost(cfg)["total"]["macs"]
     return float(macs) * cfg.optim.num_epochs * data.dataset_info(cfg.dataset.name).num_train
 
 
@@ -189,14 +189,14 @@ def run_sweep(
     Returns:
       0 if every run finished, 1 if any failed.
     """
-    from qresnet import index, train
+    from qresnet import index, run_spec, train
 
     runs = expand(config_path, overrides, only)
     root_path = Path(root)
     if dry_run:
         print(f"{'run':28s} {'linear':>8s} {'quadratic':>9s} {'memory':>8s}  status")
         for name, _, cfg in runs:
-            ratio = train.config_cost(cfg)["ratio"]
+            ratio = run_spec.config_cost(cfg)["ratio"]
             status = "done" if (root_path / name / "result.json").exists() else "to run"
             print(f"{name:28s} {ratio['linear']:8.4f} {ratio['quadratic']:9.4f} {ratio['memory']:8.4f}  {status}")
         print(_running_status(root_path))
@@ -268,8 +268,6 @@ def run_sweep(
 
 def _entry(started: float, jobs: int, mps: bool, devices, xla_flags) -> dict[str, Any]:
     """The fields of this invocation's sweep_log entry known at its start."""
-    from qresnet import train
-
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "started_unix": round(started, 1),
@@ -277,7 +275,7 @@ def _entry(started: float, jobs: int, mps: bool, devices, xla_flags) -> dict[str
         "mps": mps,
         "gpus": list(devices),
         **({"xla_flags": xla_flags} if xla_flags else {}),
-        "commit": train.git_commit(),
+        "commit": results.git_commit(),
     }
 
 
@@ -394,8 +392,12 @@ def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, s
     on to the running runs, which checkpoint and exit. Returns [{name, status, s}] of the runs
     that ended, status ok, stopped or FAILED, s the time from launch to exit; `heartbeat` (a
     _Running) hears of them as they end."""
+    from tqdm import tqdm
+
     queue, running, timings, failed = list(todo), {}, [], 0
     t0, signalled = time.time(), False
+    # The bar is drawn on a terminal only; every run's end is also a line, for logs.
+    bar = tqdm(total=total, initial=done, desc="sweep", unit="run", disable=not sys.stderr.isatty())
     while queue or running:
         if stop and not signalled:
             queue, signalled = [], True
@@ -419,7 +421,13 @@ def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, s
             status = "ok" if code == 0 else "stopped" if was_stopped else "FAILED"
             failed += status == "FAILED"
             timings.append({"name": name, "status": status, "s": round(time.time() - launched, 1)})
-            print(f"[{done}/{total} done, {failed} failed, {time.time() - t0:.0f}s] {name} {status}", flush=True)
+            bar.update(code == 0)
+            bar.set_postfix(failed=failed)
+            bar.write(
+                f"[{done}/{total} done, {failed} failed, {time.time() - t0:.0f}s] {name} {status}", file=sys.stdout
+            )
+            sys.stdout.flush()
+    bar.close()
     return timings
 
 

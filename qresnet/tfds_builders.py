@@ -4,18 +4,22 @@
 are ordinary TFDS datasets: `prepare` writes them as array_record under a TFDS
 data dir, and `tfds.data_source(name, split=..., data_dir=...)` reads them, as
 for any prepared TFDS dataset. Images are stored as uint8 tensors (TFDS's Image
-feature would need TensorFlow to encode PNGs).
+feature would need TensorFlow to encode PNGs). The raw files are read by the
+caller's `read` function (`qresnet.data` finds and reads them), so this module
+depends on TFDS alone.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from qresnet import data
+# (train images, train labels, test images, test labels), uint8 images and int labels.
+Splits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FASHION_CLASSES = (
@@ -34,7 +38,7 @@ DEFAULT_TFDS_DIR = os.environ.get("TFDS_DATA_DIR", str(Path.home() / "tensorflow
 
 
 class _OfflineBuilder(tfds.core.GeneratorBasedBuilder):
-    """Reads the raw files found by `qresnet.data` (raw_dir) and yields uint8 images."""
+    """Yields the uint8 images of the raw files that `read` returns."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
@@ -42,8 +46,8 @@ class _OfflineBuilder(tfds.core.GeneratorBasedBuilder):
     CLASSES: tuple[str, ...] = ()
     SOURCE = ""
 
-    def __init__(self, *, raw_dir: str = "", **kwargs):
-        self._raw_dir = raw_dir
+    def __init__(self, *, read: Callable[[], Splits] | None = None, **kwargs):
+        self._read = read
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -59,18 +63,17 @@ class _OfflineBuilder(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        arrays = self._read()
+        if self._read is None:
+            raise ValueError(f"{self.name} is not prepared and no raw files were given to build it from")
+        train_images, train_labels, test_images, test_labels = self._read()
         return {
-            "train": self._generate_examples(arrays.train_images, arrays.train_labels),
-            "test": self._generate_examples(arrays.test_images, arrays.test_labels),
+            "train": self._generate_examples(train_images, train_labels),
+            "test": self._generate_examples(test_images, test_labels),
         }
 
     def _generate_examples(self, images, labels):
         for i in range(len(labels)):
             yield i, {"image": images[i], "label": int(labels[i])}
-
-    def _read(self) -> data.Arrays:
-        raise NotImplementedError
 
 
 class Cifar10Jpeg(_OfflineBuilder):
@@ -78,46 +81,43 @@ class Cifar10Jpeg(_OfflineBuilder):
 
     SHAPE, CLASSES = (32, 32, 3), CIFAR10_CLASSES
 
-    def _read(self):
-        return data.read_cifar10_jpeg(self._raw_dir)
-
 
 class FashionMnistDebian(_OfflineBuilder):
     """Fashion-MNIST from Debian's dataset-fashion-mnist IDX files, 60,000 / 10,000."""
 
     SHAPE, CLASSES = (28, 28, 1), FASHION_CLASSES
 
-    def _read(self):
-        return data.read_fashion_idx(self._raw_dir)
-
 
 BUILDERS = {"cifar10_jpeg": Cifar10Jpeg, "fashion_mnist": FashionMnistDebian}
 
 
-def prepare(name: str, raw_dir: str = "", tfds_dir: str = "") -> tfds.core.DatasetBuilder:
+def prepare(
+    name: str, read: Callable[[], Splits], tfds_dir: str = "", check: Callable[[], None] = lambda: None
+) -> tfds.core.DatasetBuilder:
     """Builds (once) the array_record files of an offline dataset; returns its builder.
 
     Args:
       name: "cifar10_jpeg" or "fashion_mnist".
-      raw_dir: where to look first for the raw files (see `qresnet.data`).
+      read: returns the raw files' splits (called only to build).
       tfds_dir: the TFDS data dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+      check: raises a clear error if the raw files are missing (called before TFDS writes anything).
 
     Returns:
       The prepared builder (`builder.as_data_source(split)` reads it).
     """
-    builder = BUILDERS[name](raw_dir=raw_dir, data_dir=tfds_dir or DEFAULT_TFDS_DIR, file_format="array_record")
+    builder = BUILDERS[name](read=read, data_dir=tfds_dir or DEFAULT_TFDS_DIR, file_format="array_record")
     if not builder.is_prepared():
-        data.check_raw_files(name, raw_dir)  # A clear error before TFDS starts writing anything.
+        check()
         builder.download_and_prepare()
     return builder
 
 
-def load(name: str, raw_dir: str = "", tfds_dir: str = "") -> data.Arrays:
-    """Prepares if needed, then reads both splits through `tfds.data_source`."""
-    builder = prepare(name, raw_dir, tfds_dir)
+def load(name: str, read: Callable[[], Splits], tfds_dir: str = "", check: Callable[[], None] = lambda: None) -> Splits:
+    """Prepares if needed (`prepare`), then reads both splits through `tfds.data_source`."""
+    builder = prepare(name, read, tfds_dir, check)
     out = []
     for split in ("train", "test"):
         source = tfds.data_source(builder.name, split=split, data_dir=builder.data_dir_root)
         examples = source.__getitems__(range(len(source)))
         out += [np.stack([ex["image"] for ex in examples]), np.asarray([ex["label"] for ex in examples], np.int32)]
-    return data.Arrays(*out)
+    return tuple(out)

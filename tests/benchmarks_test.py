@@ -1,10 +1,8 @@
 """The training-step benchmark harness, on a tiny model on the CPU."""
 
 import dataclasses
-import functools
 import io
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -90,8 +88,6 @@ def test_bad_arguments_are_named(capsys):
 
 
 def test_plain_resnet_has_the_parameters_of_qresnet():
-    import jax
-    import jax.numpy as jnp
 
     from qresnet import resnet
 
@@ -105,34 +101,6 @@ def test_plain_resnet_has_the_parameters_of_qresnet():
         jax.tree.leaves(ours)
     )
     assert tuple(resnet.kernel_paths(plain)) == resnet.layer_names("resnet50", 1.0, 1000, (224, 224, 3))
-
-
-def test_int8_probe_lists_every_conv_shape_once():
-    from benchmarks import int8_probe
-    from qresnet import resnet
-
-    shapes = int8_probe.conv_shapes("resnet20", 32)
-    convs = [n for n in resnet.layer_names("resnet20") if n != "head"]
-    assert sum(s["count"] for s in shapes) == len(convs)
-    assert {"input": [32, 32, 3], "kernel": [3, 3], "stride": 1, "features": 16, "count": 1} in shapes
-    assert len({(tuple(s["input"]), tuple(s["kernel"]), s["stride"], s["features"]) for s in shapes}) == len(shapes)
-
-
-def test_int8_probe_counts_the_compiled_program():
-    from benchmarks import int8_probe
-
-    text = """
-  %fusion.1 = f32[8]{0} fusion(f32[8]{0} %p), kind=kLoop
-  %custom-call.2 = (f32[2]{0}, u8[0]{0}) custom-call(%a, %b), custom_call_target="__cudnn$convForward"
-  %transpose.3 = s8[4,4]{1,0} transpose(s8[4,4]{1,0} %c), dimensions={1,0}
-  %copy.4 = f32[8]{0} copy(f32[8]{0} %fusion.1)
-"""
-    assert int8_probe.hlo_summary(text) == {
-        "fusions": 1,
-        "custom_calls": {"__cudnn$convForward": 1},
-        "transposes": 1,
-        "copies": 1,
-    }
 
 
 def test_profile_sums_device_time_per_instruction(tmp_path):
@@ -290,7 +258,6 @@ def test_scan_rows_time_the_trainers_epoch_program(rows, tmp_path):
 def test_vmapped_models_train_each_as_alone():
     """The vmapped multi-model epoch gives every model the state it gets trained alone (float:
     to float rounding; quantized: the same losses, and a rare weight code may round the other way)."""
-    import jax
 
     from benchmarks import multi_model
 
@@ -315,7 +282,7 @@ def test_benchmark_case_width():
     case = train_step.parse_case("resnet20:32:256:bfloat16:0.5")
     assert case.width == 0.5
     run = train_step.run_spec(case, "w4a4_ends8", act_start_step=0)
-    assert (run.width, run.channel_multiple) == (0.5, 8)  # padded as the sweep configs pad
+    assert (run.width, run.backend.channel_multiple) == (0.5, 8)  # padded as the sweep configs pad
     for bad in ("resnet20:32:256:bfloat16:0", "resnet20:32:256:bfloat16:x", "resnet20:32:256"):
         with pytest.raises(ValueError, match="resnet20:32:256"):
             train_step.parse_case(bad)
@@ -326,7 +293,7 @@ def test_benchmark_conv_options():
 
     case = dataclasses.replace(train_step.parse_case("resnet20:32:256:bfloat16"), conv_impl="pallas")
     run = train_step.run_spec(dataclasses.replace(case, pallas_max_channels=16), "w4a4_ends8", act_start_step=0)
-    assert (run.conv_impl, run.pallas_max_channels) == ("pallas", 16)
+    assert (run.backend.impl, run.backend.pallas_max_channels) == ("pallas", 16)
     tuning = train_step.parse_tuning("fwd_block=64,warps=8")
     assert tuning == dataclasses.replace(conv_kernels.Tuning(), fwd_block=64, warps=8)
     assert train_step.parse_tuning("") == conv_kernels.Tuning()
@@ -346,73 +313,6 @@ def test_multi_model_benchmark_times_vmap_and_processes(tmp_path, capsys):
     assert all(r["width"] == 0.5 for r in rows)
     assert multi_model.main([*args, "--modes", "threads"]) == 2
     assert "unknown modes ['threads']" in capsys.readouterr().err
-
-
-def test_fused_int8_epilogue_kernel_gives_xlas_codes_in_interpret_mode():
-    """The Pallas prototype (int8 GEMM with re-quantization in its epilogue) computes the same
-    codes as XLA's int8 dot plus the epilogue, over several K blocks, with and without ReLU."""
-    from benchmarks import int8_epilogue
-
-    x, w, mul, add = int8_epilogue.operands(64, 96, 48, seed=1)
-    for relu, (qmin, qmax) in ((True, (0, 15)), (False, (-127, 127))):
-        kw = {"out_mul": 3.75, "relu": relu, "qmin": qmin, "qmax": qmax}
-        ref = int8_epilogue.xla_int8(x, w, mul, add, **kw)
-        fused = int8_epilogue.fused_int8(x, w, mul, add, **kw, bm=32, bn=16, bk=32, interpret=True)
-        assert fused.dtype == np.int8 and fused.shape == (64, 48)
-        np.testing.assert_array_equal(fused, ref)
-        assert len(np.unique(np.asarray(ref))) > 3  # the codes span the grid, not one clipped value
-    with pytest.raises(ValueError, match="not a multiple of the blocks"):
-        int8_epilogue.fused_int8(x, w, mul, add, **kw, bm=48, interpret=True)
-    assert int8_epilogue.main(["--shapes", "64:96"]) == 2
-    assert int8_epilogue.main(["--shapes", "64:96:48"]) == 2  # no GPU here: refused, not timed on the CPU
-
-
-def test_wgmma_int8_epilogue_kernel_gives_xlas_codes_in_interpret_mode():
-    """The Mosaic GPU (Hopper wgmma) version gives the same codes as XLA over a 2 x 2 grid of
-    tiles and two K steps, in Mosaic GPU's interpret mode (the GPU reads w through a transposed
-    SMEM view, which the interpreter lacks: that part is checked by the GPU benchmark's
-    `codes_equal_share`)."""
-    from benchmarks import int8_epilogue
-
-    x, w, mul, add = int8_epilogue.operands(128, 128, 128, seed=2)
-    kw = {"out_mul": 3.75, "relu": True, "qmin": 0, "qmax": 15}
-    ref = int8_epilogue.xla_int8(x, w, mul, add, **kw)
-    got = int8_epilogue.fused_int8_wgmma(x, w, mul, add, **kw, tm=64, tn=64, tk=64, steps=2, interpret=True)
-    assert got.dtype == np.int8 and got.shape == (128, 128)
-    np.testing.assert_array_equal(got, ref)
-    assert len(np.unique(np.asarray(ref))) > 3
-    with pytest.raises(ValueError, match="not a multiple of the tiles"):
-        int8_epilogue.fused_int8_wgmma(x, w, mul, add, **kw, tm=96, interpret=True)
-    assert int8_epilogue.main(["--kernel", "cutlass"]) == 2
-    assert int8_epilogue.main(["--tiles", "128:128:0:4"]) == 2
-
-
-def test_wgmma_int8_epilogue_kernel_lowers_for_the_gpu():
-    """The interpreter runs primitives that Mosaic GPU cannot lower (`floor`, a row vector's
-    broadcast: both failed on an H200); lowering for CUDA, which needs no GPU, catches them."""
-    from benchmarks import int8_epilogue
-
-    x, w, mul, add = int8_epilogue.operands(256, 256, 256)
-    kw = {"out_mul": 3.75, "relu": True, "qmin": 0, "qmax": 15}
-    call = functools.partial(int8_epilogue.fused_int8_wgmma, **kw, tm=128, tn=128, tk=128, steps=4)
-    text = jax.jit(call).trace(x, w, mul, add).lower(lowering_platforms=("cuda",)).as_text()
-    assert "mosaic_gpu" in text
-
-
-def test_int8_epilogue_floor_by_truncation_is_clip_of_floor():
-    """The epilogue's floor (truncation and a correction, for Mosaic GPU) equals clip(floor(.))
-    at the edges: halves, just below and above integers, negatives, past both bounds."""
-    from benchmarks import int8_epilogue
-
-    v = np.array([-300, -128.5, -2.5, -1.0000001, -1, -0.9999999, -0.5, 0, 0.49999997, 1.5, 126.99999, 127.4, 300])
-    v = np.concatenate([v, np.random.default_rng(0).normal(0, 40, 2000)]).astype(np.float32)
-    for qmin, qmax in ((-128, 127), (0, 15)):
-        kw = {"out_mul": 1.0, "relu": False, "qmin": qmin, "qmax": qmax}
-        add = v - np.float32(0.5)
-        got = int8_epilogue.epilogue(jnp.zeros(v.shape, jnp.int32), 0.0, add, **kw, by_truncation=True)
-        want = np.clip(np.floor(add + np.float32(0.5)), qmin, qmax).astype(np.int8)  # float32, as the kernel
-        np.testing.assert_array_equal(int8_epilogue.epilogue(jnp.zeros(v.shape, jnp.int32), 0.0, add, **kw), want)
-        np.testing.assert_array_equal(got, want)
 
 
 def test_record_appends_so_a_second_run_keeps_the_first(tmp_path, capsys):
@@ -440,8 +340,6 @@ def test_alone_rows_time_no_float_step_and_are_kept_apart(tmp_path, capsys):
 def test_warm_up_calls_until_a_call_compiles_nothing():
     """The trainer's epoch program compiles twice when fed a state made outside its mesh (its
     output carries the mesh's sharding); timing from its second call timed a compilation."""
-    import jax
-    import jax.numpy as jnp
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
@@ -464,20 +362,6 @@ def test_warm_up_calls_until_a_call_compiles_nothing():
         fn(jnp.ones(4))  # a new shape compiles: the check must see it
         with pytest.raises(RuntimeError, match="a timed call included a compilation"):
             benchmarks.check_compiled(fn, programs, "a timed call")
-
-
-def test_gpu_decode_probe_checks_its_arguments_and_says_what_it_needs(capsys, monkeypatch):
-    import sys
-
-    from benchmarks import gpu_decode_probe
-
-    assert gpu_decode_probe.main(["--batch", "0"]) == 2
-    assert "must be >= 1" in capsys.readouterr().err
-    assert gpu_decode_probe.main(["--decoders", "nvjpeg"]) == 2
-    assert "--decoders 'nvjpeg' must name some of torchvision, nvimgcodec" in capsys.readouterr().err
-    monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without PyTorch
-    with pytest.raises(SystemExit, match="needs torch and torchvision with CUDA"):
-        gpu_decode_probe.main(["--examples", "2"])
 
 
 def test_input_benchmark_feed_trains_on_the_pipelines_batches(tmp_path, capsys):
@@ -581,32 +465,6 @@ def test_stream_summary_splits_xla_and_other_kernels_and_counts_overlap_once(tmp
     assert profile_step.stream_summary(str(path)) == {"gpu": False}
 
 
-def test_sweep_timeline_replays_a_sweeps_records(tmp_path, capsys):
-    """Two runs one after another on one slot, each 15 s from launch to exit: 5 s of start-up
-    (15 - wall_s), 2 s of set-up, a 3 s first epoch, a 4 s second epoch of 5 steps of 4 images
-    (5 images/s), 1 s to exit."""
-    from benchmarks import sweep_timeline
-
-    config = str(Path(__file__).parent.parent / "configs/smoke_sweep.py")
-    names = ["bf16_width0.25", "w4a4-ends8_width0.25"]
-    log = {"wall_s": 30.2, "jobs_per_gpu": 1, "gpus": [], "runs": [{"name": n, "s": 15.0} for n in names]}
-    (tmp_path / "sweep_log.jsonl").write_text(json.dumps(log) + "\n")
-    for n in names:
-        (tmp_path / n).mkdir()
-        (tmp_path / n / "result.json").write_text(json.dumps({"wall_s": 10.0, "setup_s": 2.0, "batch_size": 4}))
-        epochs = [{"epoch": 1, "step": 5, "epoch_s": 3.0}, {"epoch": 2, "step": 10, "epoch_s": 4.0}]
-        (tmp_path / n / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
-    out = tmp_path / "timeline.json"
-    assert sweep_timeline.main(["--root", str(tmp_path), "--config", config, "--out", str(out)]) == 0
-    got = json.loads(out.read_text())
-    assert got["replayed_end_s"] == 30.0 and got["logged_wall_s"] == 30.2 and got["first_training_s"] == 10
-    assert got["seconds_by_runs_training"] == {"0": 23, "1": 8}
-    assert got["images_per_s_by_runs_training"] == {"0": 0, "1": 5}
-    (tmp_path / "sweep_log.jsonl").write_text(json.dumps(log) + "\n" + json.dumps(log) + "\n")
-    assert sweep_timeline.main(["--root", str(tmp_path), "--config", config]) == 2
-    assert "replays one invocation on one GPU, found 2" in capsys.readouterr().err
-
-
 def test_thread_sampler_finds_a_blocked_thread_on_its_line():
     """A thread waiting inside our code shows up under its pool's name, on the line that waits."""
     import threading
@@ -638,19 +496,6 @@ def test_decode_phases_are_per_batch_ms_and_absent_without_nvjpeg(monkeypatch):
     monkeypatch.setattr(nvjpeg, "_phases", nvjpeg.collections.Counter({"batches": 4, "decode": 0.2, "sync": 0.04}))
     assert input_pipeline._decode_phases() == {"decode_ms_per_batch": {"decode": 50.0, "sync": 10.0}}
     assert nvjpeg.phase_seconds(reset=True)["batches"] == 4 and nvjpeg.phase_seconds() == {}
-
-
-def test_conv3x3_benchmark_rows_and_bad_shapes(tmp_path, capsys):
-    from benchmarks import conv3x3
-
-    out = tmp_path / "conv.jsonl"
-    assert conv3x3.main(["--shapes", "2:4:4:3:16", "--iters", "1", "--out", str(out)]) == 0
-    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["shape"] == "2x4x4x3x16" and row["iters"] == 1
-    assert row["xla_fwd_ms"] > 0 and row["pallas_grad_ms"] > 0 and row["fwd_speedup"] > 0
-    assert max(row["rel_err_y"], row["rel_err_dx"], row["rel_err_dw"]) < 1e-2
-    assert conv3x3.main(["--shapes", "2:4:4:3"]) == 2
-    assert "N:H:W:C:COUT" in capsys.readouterr().err
 
 
 def test_shrink_jpeg_keeps_the_aspect_and_leaves_small_files_alone():

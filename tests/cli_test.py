@@ -49,6 +49,22 @@ def test_unknown_command_and_help(capsys):
     assert cli.main(["frobnicate"]) == 2
     assert cli.main(["--help"]) == 0
     assert "qresnet <command>" in capsys.readouterr().out
+    assert cli.main(["bench-int"]) == 2  # moved to the benchmarks: the message names where
+    assert "python -m benchmarks.inference" in capsys.readouterr().err
+
+
+def test_runs_writes_a_table_and_refuses_a_folder_without_runs(tmp_path, capsys, result_record):
+    import csv
+
+    from qresnet import results
+
+    results.atomic_write_json(tmp_path / "root" / "r1" / "result.json", result_record("r1", "bf16", 0.9, 0.99))
+    out = tmp_path / "runs.csv"
+    assert cli.main(["runs", "--root", str(tmp_path / "root"), "--out", str(out), "--group", "mine"]) == 0
+    assert [(r["group"], r["name"]) for r in csv.DictReader(out.open())] == [("mine", "r1")]
+    (tmp_path / "none").mkdir()
+    assert cli.main(["runs", "--root", str(tmp_path / "none"), "--out", str(out)]) == 1
+    assert "no finished run" in capsys.readouterr().err
 
 
 def test_sweep_passes_its_options_on(monkeypatch, tmp_path):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from qresnet import config_lib, sweep, train
+from qresnet import config_lib, run_spec, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.py") if "def get_config" in p.read_text())
@@ -15,7 +15,7 @@ SWEEPS = [p for p in CONFIGS if "def get_sweep" in p.read_text()]
 def test_config_loads_and_resolves(path):
     cfg = config_lib.load_config(path)
     assert cfg.is_locked
-    specs = train.resolve_specs(cfg)
+    specs = run_spec.resolve_specs(cfg)
     assert "stem" in specs and "head" in specs
 
 
@@ -36,7 +36,7 @@ def test_paper_settings_in_cifar_configs():
     }
     for setting, bits in expected.items():
         cfg = config_lib.load_config(ROOT / f"configs/cifar10/resnet20_{setting}.py")
-        specs = train.resolve_specs(cfg)
+        specs = run_spec.resolve_specs(cfg)
         body = specs["stage1/block1/conv2"]
         assert (body.w_bits, body.a_bits) == (bits or (None, None))
         if setting == "w4a4_ends8":

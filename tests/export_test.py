@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import lsq_bounds
 from configs import settings
 from qresnet import cli, config_lib, cost, export, resnet, train
 from qresnet.quant import resolve_specs
@@ -70,22 +69,6 @@ def test_learned_lsq_bounds_export_and_match_to_the_bit(tmp_path):
     assert variables["quant_stats"]["stage0_block0"]["conv1"]["act_bound"].shape == ()
     eq = export.equivalence(tmp_path / "run", path)
     assert eq["prediction_agreement"] == 1.0 and eq["max_rel_logit_err"] == 0.0
-    # benchmarks.lsq_bounds, on the same run: how far every learned bound moved from its start.
-    rows = lsq_bounds.movement(tmp_path / "run")
-    assert [r["layer"] for r in rows] == list(resnet.layer_names("resnet20", 0.25))  # every layer, in order
-    assert all(0 <= r["mean_rel"] <= r["max_rel"] for r in rows)
-    assert max(r["mean_rel"] for r in rows) > 0  # the quantized steps moved the learned bounds
-    for r in rows:  # one offset per layer (per tensor): the bound / start is 1 + or - the relative move
-        assert r["median_ratio"] == pytest.approx(1 + r["mean_rel"], abs=1e-5) or r["median_ratio"] == pytest.approx(
-            1 - r["mean_rel"], abs=1e-5
-        )
-        assert r["nonpositive"] == (r["median_ratio"] <= 0)
-
-
-def test_lsq_bounds_refuses_a_run_without_learned_bounds(exported, capsys):
-    workdir, _ = exported
-    assert lsq_bounds.main(["--workdir", str(workdir)]) == 2
-    assert "no layer with a learned (LSQ) bound" in capsys.readouterr().err
 
 
 def test_export_stores_integers_at_their_bit_width(exported):
@@ -200,8 +183,10 @@ def test_unsigned_8bit_shift_is_exact():
 
 
 def test_bench_int_reports_both_paths(tmp_path, capsys):
+    from benchmarks import inference
+
     out = tmp_path / "bench.jsonl"
-    assert cli.main(["bench-int", "--case", "resnet20:32:4", "--iters", "1", "--warmup", "1", "--out", str(out)]) == 0
+    assert inference.main(["--case", "resnet20:32:4", "--iters", "1", "--warmup", "1", "--out", str(out)]) == 0
     row, fused_row = (json.loads(line) for line in out.read_text().splitlines())
     assert fused_row["setting"] == "w8a8_fused_pow2" and fused_row["bf16_ms"] == row["bf16_ms"]
     assert fused_row["int8_fused_stem"] == "float" and "float_stem_speedup" not in fused_row  # a CIFAR stem
@@ -212,15 +197,16 @@ def test_bench_int_reports_both_paths(tmp_path, capsys):
     assert row["bf16_images_per_s"] > 0 and row["int8_images_per_s"] > 0
     assert row["int8_conv_ms"] > 0 and row["int8_narrow_int_ms"] > 0 and row["int8_bf16_ms"] > 0
     assert row["speedup"] == pytest.approx(row["int8_images_per_s"] / row["bf16_images_per_s"])
-    assert cli.main(["bench-int", "--case", "resnet20-32"]) == 1
+    with pytest.raises(SystemExit):
+        inference.main(["--case", "resnet20-32"])
     assert "must look like MODEL:IMAGE_SIZE:BATCH" in capsys.readouterr().err
 
 
 def test_bench_int_keeps_every_argument_on_the_device():
     """Numpy weights would be copied from the host at every timed call."""
-    from qresnet import inference_bench
+    from benchmarks import inference
 
-    fns = inference_bench.forward_functions("resnet20", 32, 2)
+    fns = inference.forward_functions("resnet20", 32, 2)
     assert set(fns) == {"bf16", "int8", "int8_conv", "int8_narrow_int", "int8_bf16", "bf16_folded", "int8_fused"}
     for key, (_, args) in fns.items():
         leaves = jax.tree.leaves(args)
@@ -272,8 +258,8 @@ def test_test_batches_limit_is_the_subset_training_evaluated():
 
 
 def test_bench_int_times_the_settings_configs_name():
+    from benchmarks import inference
     from configs import settings
-    from qresnet import inference_bench
 
-    assert settings.SETTINGS["w8a8_deploy"] == inference_bench.W8A8_DEPLOY
-    assert settings.SETTINGS[inference_bench.FUSED_SETTING] == inference_bench.W8A8_FUSED
+    assert settings.SETTINGS["w8a8_deploy"] == inference.W8A8_DEPLOY
+    assert settings.SETTINGS[inference.FUSED_SETTING] == inference.W8A8_FUSED

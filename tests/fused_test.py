@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 
 from configs import settings
-from qresnet import config_lib, export, fused, resnet, train
-from qresnet.quant import layers, resolve_specs
+from qresnet import checkpoints, config_lib, export, fused, resnet, run_spec, steps, train
+from qresnet.quant import layers
 
 ROOT = Path(__file__).resolve().parent.parent
 UNSIGNED_W8A8 = [(".*", 8, 8, {"a_granularity": "per_tensor", "w_granularity": "per_tensor", "a_signed": False})]
 
 
 def _specs(rules, name, width, shape, classes=10):
-    names = resnet.layer_names(name, width, classes, shape)
-    return resolve_specs(rules, names, resnet.signed_layers(names))
+    return resnet.resolve_specs(rules, name, width=width, num_classes=classes, input_shape=shape)
 
 
 @pytest.mark.parametrize("name,width", [("resnet8", 1.0), ("resnet50", 0.125)])
@@ -192,13 +191,13 @@ def test_a_fused_run_fine_tunes_from_a_float_run_exports_and_matches(tmp_path, c
         f"--config.init_from={tmp_path / 'float'}",
     ]
     cfg = config_lib.load_config(smoke, args)
-    run = train.make_run_spec(cfg, cfg.dataset.synthetic_train)
+    run = run_spec.make_run_spec(cfg, cfg.dataset.synthetic_train)
     sample = jnp.zeros((2, 32, 32, 3))
-    state = train.warm_start(train.create_train_state(run, jax.random.key(0), sample), tmp_path / "float", run)
-    src, _ = train.restore_final(float_cfg, tmp_path / "float")
+    state = checkpoints.warm_start(steps.create_train_state(run, jax.random.key(0), sample), tmp_path / "float", run)
+    src = checkpoints.restore_final(run_spec.finished_run_spec(float_cfg), tmp_path / "float")
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-    y_float = train.create_model(train.make_run_spec(float_cfg, 64)).apply(src.variables(), x)
-    y_folded = train.create_model(run).apply(state.variables(), x, act_quant=False)  # weights quantized only
+    y_float = steps.create_model(run_spec.make_run_spec(float_cfg, 64)).apply(src.variables(), x)
+    y_folded = steps.create_model(run).apply(state.variables(), x, act_quant=False)  # weights quantized only
     assert float(jnp.abs(y_folded - y_float).max()) < 0.1 * float(jnp.abs(y_float).max())
     train.train_and_evaluate(cfg, tmp_path / "fused", quiet=True)
     from qresnet import cli
@@ -250,13 +249,12 @@ def test_space_to_depth_stem_needs_the_imagenet_stem():
 
 
 def test_bench_int_times_the_float32_stem_beside_the_default_on_imagenet_models():
-    from qresnet import inference_bench
+    from benchmarks import inference
 
     shape = (32, 32, 3)
-    names = resnet.layer_names("resnet18", 1.0, 1000, shape)
     report = {}
     x = jax.random.normal(jax.random.key(0), (1, *shape))
-    fns = inference_bench._fused_functions("resnet18", 1000, shape, names, x, report)
+    fns = inference._fused_functions("resnet18", 1000, shape, x, report)
     assert set(fns) == {"bf16_folded", "int8_fused", "int8_fused_float_stem"} and report["int8_fused_stem"] == "s2d"
     assert report["int8_fused_rounding"] == report["int8_fused_float_stem_rounding"] == "explicit"  # CPU
     (f, args), (g, gargs) = fns["int8_fused"], fns["int8_fused_float_stem"]

@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from qresnet import config_lib, data, imagenet_input, train
+from qresnet import config_lib, data, imagenet_input, jpeg_decode, train
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "tiny_imagenet_qresnet_test"
@@ -195,11 +195,11 @@ def test_draft_decoding_decodes_smaller_and_stays_close(monkeypatch, backend):
 def fresh_window_decoder():
     """The crop-window decoder imported and made anew in the test and after it (cached per process
     and thread)."""
-    imagenet_input._nvimgcodec.cache_clear()
-    imagenet_input._WINDOW.__dict__.clear()
+    jpeg_decode._nvimgcodec.cache_clear()
+    jpeg_decode._WINDOW.__dict__.clear()
     yield
-    imagenet_input._nvimgcodec.cache_clear()
-    imagenet_input._WINDOW.__dict__.clear()
+    jpeg_decode._nvimgcodec.cache_clear()
+    jpeg_decode._WINDOW.__dict__.clear()
 
 
 def _jpeg(img, **kw):
@@ -244,7 +244,7 @@ def test_window_decoding_leaves_draft_crops_and_other_files_to_opencv(monkeypatc
     box = lambda h, w: (10, 20, 460, 600)  # noqa: E731 - 1/4 scale at 96
     calls = []
     real = imagenet_input.decode_window
-    monkeypatch.setattr(imagenet_input, "decode_window", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(jpeg_decode, "decode_window", lambda *a: calls.append(a) or real(*a))
     draft = imagenet_input.decode_crop_resize(data, box, 96, True, window=True)
     assert not calls
     np.testing.assert_array_equal(draft, imagenet_input.decode_crop_resize(data, box, 96, True))

@@ -37,3 +37,37 @@ def test_write_index_lists_finished_runs_only_and_names_a_corrupt_record(tmp_pat
     with pytest.raises(results.RecordError, match="c/result.json lacks"):
         index.write_index(tmp_path)
     assert len(list(csv.DictReader((tmp_path / "index.csv").open()))) == 2  # the old index is kept
+
+
+def test_runs_table_gathers_nested_runs_and_merges_groups(tmp_path, result_record):
+    sweep = tmp_path / "sweep"
+    results.atomic_write_json(sweep / "runs" / "a" / "result.json", result_record("a", "bf16", 0.9, 0.99))
+    results.atomic_write_json(sweep / "extra" / "b" / "result.json", result_record("b", "w8a8", 0.89, 0.98))
+    out = tmp_path / "runs.csv"
+    assert index.write_runs_table(sweep, out) == (out, 2)
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["group"], r["name"]) for r in rows] == [("sweep", "extra/b"), ("sweep", "runs/a")]
+    assert list(rows[0]) == list(index.COLUMNS)
+    other = tmp_path / "other"
+    results.atomic_write_json(other / "c" / "result.json", result_record("c", "w4a4", 0.88, 0.97))
+    index.write_runs_table(other, out, group="seeds")
+    index.write_runs_table(sweep, out)  # the same group again: replaced, not duplicated
+    groups = [r["group"] for r in csv.DictReader(out.open())]
+    assert sorted(groups) == ["seeds", "sweep", "sweep"]
+
+
+def test_runs_table_errors_leave_the_table_alone(tmp_path, result_record):
+    out = tmp_path / "runs.csv"
+    results.atomic_write_json(tmp_path / "r" / "x" / "result.json", result_record("x", "bf16", 0.9, 0.99))
+    index.write_runs_table(tmp_path / "r", out)
+    before = out.read_text()
+    with pytest.raises(index.TableError, match="is not a folder"):
+        index.write_runs_table(tmp_path / "missing", out)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(index.TableError, match="no finished run"):
+        index.write_runs_table(tmp_path / "empty", out)
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("a,b\n1,2\n")
+    with pytest.raises(index.TableError, match="other columns"):
+        index.write_runs_table(tmp_path / "r", foreign)
+    assert out.read_text() == before and foreign.read_text() == "a,b\n1,2\n"

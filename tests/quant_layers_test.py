@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from qresnet.quant import QConv, QDense, QuantSpec, ops
+from qresnet.quant import ConvBackend, QConv, QDense, QuantSpec, ops
 
 
 def test_float_qconv_is_nn_conv():
@@ -221,7 +221,7 @@ def test_channel_padding_changes_nothing_but_the_kernel_shapes(spec):
     """10 -> 14 channels padded to 16 inside the conv: same outputs, same gradients, same params."""
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 10)) + 1.0
     plain = QConv(14, (3, 3), spec=spec)
-    padded = QConv(14, (3, 3), spec=spec, channel_multiple=8)
+    padded = QConv(14, (3, 3), spec=spec, backend=ConvBackend(channel_multiple=8))
     v = plain.init(jax.random.key(1), x, train=True)
     assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, padded.init(jax.random.key(1), x, train=True))
     v = {**v, "quant_stats": jax.tree.map(lambda b: jnp.full_like(b, 2.5), v.get("quant_stats", {}))}
@@ -257,8 +257,9 @@ def test_pallas_conv_impl_is_the_same_layer(spec, strides):
     """conv_impl="pallas" (Triton kernels; Pallas's interpreter here): XLA's outputs and gradients
     to bf16 rounding, the same parameters; a strided conv falls back to XLA's, exactly."""
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 10)) + 1.0
-    kw = dict(strides=strides, padding=((1, 1), (1, 1)), spec=spec, dtype=jnp.bfloat16, channel_multiple=8)
-    xla, pallas = QConv(14, (3, 3), **kw), QConv(14, (3, 3), conv_impl="pallas", **kw)
+    kw = dict(strides=strides, padding=((1, 1), (1, 1)), spec=spec, dtype=jnp.bfloat16)
+    xla = QConv(14, (3, 3), backend=ConvBackend(channel_multiple=8), **kw)
+    pallas = QConv(14, (3, 3), backend=ConvBackend("pallas", channel_multiple=8), **kw)
     v = xla.init(jax.random.key(1), x, train=True)
     assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, pallas.init(jax.random.key(1), x, train=True))
     v = {**v, "quant_stats": jax.tree.map(lambda b: jnp.full_like(b, 2.5), v.get("quant_stats", {}))}
@@ -278,9 +279,14 @@ def test_pallas_conv_impl_is_the_same_layer(spec, strides):
         np.testing.assert_allclose(a, b, rtol=0, atol=atol)
 
 
-def test_unknown_conv_impl_is_an_error():
+def test_conv_backend_checks_its_fields():
     with pytest.raises(ValueError, match="conv_impl must be one of"):
-        QConv(4, (3, 3), conv_impl="cudnn").init(jax.random.key(0), jnp.ones((1, 4, 4, 3)))
+        ConvBackend("cudnn")
+    with pytest.raises(ValueError, match="channel_multiple must be an int >= 0"):
+        ConvBackend(channel_multiple=-8)
+    with pytest.raises(ValueError, match="pallas_max_channels must be an int >= 1"):
+        ConvBackend(pallas_max_channels=0)
+    assert ConvBackend() == ConvBackend("xla", 0, 32)  # frozen, hashable: a static module field
 
 
 def test_pow2_scale_reaches_every_quantizer_of_a_layer():

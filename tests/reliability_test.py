@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from qresnet import cli, config_lib, data, train
+from qresnet import cli, config_lib, data, feeds, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs/smoke.py"
@@ -93,7 +93,7 @@ def test_out_of_memory_suggests_a_smaller_batch(tmp_path, monkeypatch):
     def oom(*args, **kwargs):
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.00GiB")
 
-    monkeypatch.setattr(train, "train_epoch", oom)
+    monkeypatch.setattr(feeds, "train_epoch", oom)
     with pytest.raises(train.TrainError, match="out of memory at batch size 16; try --config.optim.batch_size=8"):
         train.train_and_evaluate(config_lib.load_config(SMOKE), tmp_path / "oom", quiet=True)
     assert not (tmp_path / "oom" / "result.json").exists()

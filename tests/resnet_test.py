@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from qresnet import resnet
+from qresnet.quant import ConvBackend
 
 
 def _params(name, classes, shape, width=1.0):
@@ -94,8 +95,8 @@ def test_channel_multiple_gives_the_same_model():
     """Width 0.62 (10, 20, 40 channels) padded to multiples of 8 inside each conv: same variables, same logits."""
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     plain = resnet.create_model("resnet20", num_classes=10, width=0.62)
-    padded = resnet.create_model("resnet20", num_classes=10, width=0.62, channel_multiple=8)
+    padded = resnet.create_model("resnet20", num_classes=10, width=0.62, backend=ConvBackend(channel_multiple=8))
     v = plain.init(jax.random.key(1), x)
     np.testing.assert_allclose(padded.apply(v, x), plain.apply(v, x), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="channel_multiple must be an int >= 0"):
-        resnet.create_model("resnet20", num_classes=10, channel_multiple=-8)
+    with pytest.raises(ValueError, match="backend must be a quant.ConvBackend"):
+        resnet.create_model("resnet20", num_classes=10, backend="cudnn")

@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from qresnet import config_lib, train
+from qresnet import checkpoints, config_lib, data, feeds, results, run_spec, steps, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs/smoke.py"
@@ -55,6 +55,33 @@ def test_smoke_run_writes_a_complete_workdir(smoke_run):
     config = json.loads((workdir / "config.json").read_text())
     assert config["specs"]["stem"]["w_bits"] == 8 and config["specs"]["head"]["a_bits"] == 8
     assert config["specs"]["stage1/block1/conv1"]["a_bits"] == 4 and config["act_start_step"] == 4
+
+
+def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} of the event files in `folder`, read as TensorBoard reads them."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        raw, i = path.read_bytes(), 0
+        while i < len(raw):
+            (n,) = struct.unpack("<Q", raw[i : i + 8])
+            event = event_pb2.Event.FromString(raw[i + 12 : i + 12 + n])  # length, its CRC, data, data's CRC
+            i += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_events_hold_every_metric_at_each_epoch(smoke_run):
+    workdir, _ = smoke_run
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    scalars = _tensorboard_scalars(workdir / "tb")
+    assert set(scalars) == set(rows[0]) - {"epoch", "step"}
+    assert [step for step, _ in scalars["eval_top1"]] == [r["step"] for r in rows]
+    assert [v for _, v in scalars["eval_top1"]] == pytest.approx([r["eval_top1"] for r in rows])
 
 
 def test_rerun_of_a_finished_run_returns_its_result(smoke_run):
@@ -142,10 +169,10 @@ def test_init_from_starts_from_another_runs_weights(smoke_run, tmp_path):
     cfg = config_lib.load_config(
         SMOKE, [f"--config.init_from={source}", f"--config.quant.rules={lsq!r}", "--config.optim.num_epochs=1"]
     )
-    run = train.make_run_spec(cfg, cfg.dataset.synthetic_train)
-    fresh = train.create_train_state(run, jax.random.key(1), jnp.ones((run.batch_size, *run.info.image_shape)))
-    started = train.warm_start(fresh, source, run)
-    trained, _ = train.restore_final(train.run_config(source), source)
+    run = run_spec.make_run_spec(cfg, cfg.dataset.synthetic_train)
+    fresh = steps.create_train_state(run, jax.random.key(1), jnp.ones((run.batch_size, *run.info.image_shape)))
+    started = checkpoints.warm_start(fresh, source, run)
+    trained = checkpoints.restore_final(run_spec.finished_run_spec(checkpoints.run_config(source)), source)
     leaves = lambda tree: dict(jax.tree_util.tree_leaves_with_path(tree))  # noqa: E731
     theirs, mine, before = leaves(trained.params), leaves(started.params), leaves(fresh.params)
     offsets = [k for k in mine if "act_bound_offset" in jax.tree_util.keystr(k)]
@@ -159,7 +186,7 @@ def test_init_from_starts_from_another_runs_weights(smoke_run, tmp_path):
         np.testing.assert_array_equal(a, b)
     wide = config_lib.load_config(SMOKE, [f"--config.init_from={source}", "--config.model.width=0.5"])
     with pytest.raises(train.TrainError, match=r"model.width=0.25, this run has 0.5"):
-        train.warm_start(fresh, source, train.make_run_spec(wide, wide.dataset.synthetic_train))
+        checkpoints.warm_start(fresh, source, run_spec.make_run_spec(wide, wide.dataset.synthetic_train))
     # The trainer calls it for a fresh run (this fails before the first epoch compiles).
     nowhere = config_lib.load_config(SMOKE, [f"--config.init_from={tmp_path / 'none'}"])
     with pytest.raises(train.TrainError, match="is not a run's workdir"):
@@ -178,19 +205,19 @@ def test_distill_loss_named_cases():
     labels = jnp.array([0, 2])
     ce = optax.softmax_cross_entropy_with_integer_labels(student, labels).mean()
     # weight 0: plain cross-entropy, whatever the teacher says
-    assert float(train.distill_loss(student, teacher, labels, 0.0, 4.0)) == pytest.approx(float(ce))
+    assert float(steps.distill_loss(student, teacher, labels, 0.0, 4.0)) == pytest.approx(float(ce))
     # a student that equals its teacher has nothing to learn from it
-    assert float(train.distill_loss(teacher, teacher, labels, 1.0, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(steps.distill_loss(teacher, teacher, labels, 1.0, 2.0)) == pytest.approx(0.0, abs=1e-6)
     # weight 1, T = 2: T^2 * KL(softmax(t/2) || softmax(s/2)), by hand
     t, s = np.asarray(teacher) / 2, np.asarray(student) / 2
     p = np.exp(t) / np.exp(t).sum(-1, keepdims=True)
     q = np.exp(s) / np.exp(s).sum(-1, keepdims=True)
     kl = (p * (np.log(p) - np.log(q))).sum(-1).mean()
-    assert float(train.distill_loss(student, teacher, labels, 1.0, 2.0)) == pytest.approx(4 * kl, rel=1e-5)
-    half = train.distill_loss(student, teacher, labels, 0.5, 2.0)
+    assert float(steps.distill_loss(student, teacher, labels, 1.0, 2.0)) == pytest.approx(4 * kl, rel=1e-5)
+    half = steps.distill_loss(student, teacher, labels, 0.5, 2.0)
     assert float(half) == pytest.approx(0.5 * float(ce) + 0.5 * 4 * kl, rel=1e-5)
     # no gradient reaches the teacher's logits
-    g = jax.grad(lambda t: train.distill_loss(student, t, labels, 1.0, 1.0))(teacher)
+    g = jax.grad(lambda t: steps.distill_loss(student, t, labels, 1.0, 1.0))(teacher)
     np.testing.assert_array_equal(g, np.zeros_like(g))
 
 
@@ -205,7 +232,7 @@ def test_distill_loss_named_cases():
 def test_distill_settings_are_checked(overrides, message):
     cfg = config_lib.load_config(SMOKE, overrides)
     with pytest.raises(train.TrainError, match=message):
-        train.make_run_spec(cfg, cfg.dataset.synthetic_train)
+        run_spec.make_run_spec(cfg, cfg.dataset.synthetic_train)
 
 
 def test_distillation_from_a_float_teacher(smoke_run, tmp_path, monkeypatch):
@@ -228,29 +255,29 @@ def test_distillation_from_a_float_teacher(smoke_run, tmp_path, monkeypatch):
     cfg = config_lib.load_config(
         SMOKE, [f"--config.init_from={teacher_dir}", "--config.distill.weight=1.0", "--config.distill.temperature=2.0"]
     )
-    run = train.make_run_spec(cfg, cfg.dataset.synthetic_train)
+    run = run_spec.make_run_spec(cfg, cfg.dataset.synthetic_train)
     assert (run.distill_weight, run.distill_temperature) == (1.0, 2.0)
     with pytest.raises(train.TrainError, match=r"quantizes .*distillation needs a float teacher"):
-        train.load_teacher(smoke_run[0], run)
+        checkpoints.load_teacher(smoke_run[0], run)
     from_quantized = [f"--config.init_from={smoke_run[0]}", "--config.distill.weight=1.0"]
     with pytest.raises(train.TrainError, match=r"distillation needs a float teacher"):
         train.train_and_evaluate(config_lib.load_config(SMOKE, from_quantized), tmp_path / "refused", quiet=True)
     assert not (tmp_path / "refused").exists()
-    teacher = train.load_teacher(teacher_dir, run)
+    teacher = checkpoints.load_teacher(teacher_dir, run)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *run.info.image_shape)), jnp.float32)
     labels = jnp.arange(8) % 10
-    state = train.warm_start(train.create_train_state(run, jax.random.key(0), x), teacher_dir, run)
-    model = train.create_model(run)
+    state = checkpoints.warm_start(steps.create_train_state(run, jax.random.key(0), x), teacher_dir, run)
+    model = steps.create_model(run)
     plain = dataclasses.replace(run, distill_weight=0.0)
     # act_quant False: the activation bounds are not calibrated yet (as in a run's first epochs)
-    g_plain, _ = jax.jit(lambda s: train.gradients(plain, model, s, x, labels, False))(state)
+    g_plain, _ = jax.jit(lambda s: steps.gradients(plain, model, s, x, labels, False))(state)
     with_teacher = state.replace(teacher=teacher)
-    g_kd, (_, _, ce) = jax.jit(lambda s: train.gradients(run, model, s, x, labels, False))(with_teacher)
+    g_kd, (_, _, ce) = jax.jit(lambda s: steps.gradients(run, model, s, x, labels, False))(with_teacher)
     assert np.isfinite(float(ce))
     differ = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_kd), strict=True)]
     assert all(differ)
     with pytest.raises(train.TrainError, match="carries no teacher"):
-        train.gradients(run, model, state, x, labels, False)
+        steps.gradients(run, model, state, x, labels, False)
     # Stopped after epoch 1 and resumed: the teacher, not checkpointed, is loaded again.
     check = _sigterm_after_first_epoch(monkeypatch)
     with pytest.raises(train.Interrupted, match="after epoch 1 of 2"):
@@ -278,12 +305,12 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
 
 
 def test_smoothing_and_report():
-    assert train.smooth([0.0, 1.0, 0.0], 3) == pytest.approx([1 / 3, 0.5, 1 / 3])
+    assert results.smooth([0.0, 1.0, 0.0], 3) == pytest.approx([1 / 3, 0.5, 1 / 3])
     history = [
         {"epoch": e, "step": 10 * e, "eval_top1": acc, "train_top1": acc + 0.1}
         for e, acc in enumerate([0.9, 0.5, 0.6, 0.7, 0.65], start=1)
     ]
-    rep = train.report(history, act_start_step=20, window=1)
+    rep = results.report(history, act_start_step=20, window=1)
     assert rep["top1"] == 0.7 and rep["best_epoch"] == 4 and rep["train_top1_at_best"] == pytest.approx(0.8)
     assert rep["top1_last"] == 0.65  # epoch 1's 0.9 is before activation quantization started
 
@@ -312,12 +339,12 @@ def test_two_devices_shard_the_batch_and_agree_with_one(smoke_run, tmp_path):
 
 def test_act_quant_phase_splits_at_the_start_step():
     config = config_lib.load_config(SMOKE)  # 4 steps an epoch, activation quantization from step 4
-    run = train.make_run_spec(config, 64)
-    assert [train.act_quant_phase(run, e * 4, 4) for e in range(2)] == [False, True]
-    assert train.act_quant_phase(run, 2, 4) is None  # the start falls inside: traced switch
-    assert train.act_quant_phase(run, 3, 1) is False and train.act_quant_phase(run, 4, 1) is True
+    run = run_spec.make_run_spec(config, 64)
+    assert [steps.act_quant_phase(run, e * 4, 4) for e in range(2)] == [False, True]
+    assert steps.act_quant_phase(run, 2, 4) is None  # the start falls inside: traced switch
+    assert steps.act_quant_phase(run, 3, 1) is False and steps.act_quant_phase(run, 4, 1) is True
     config.quant.rules = [(".*", None, None)]
-    assert train.act_quant_phase(train.make_run_spec(config, 64), 0, 4) is True  # float: one program
+    assert steps.act_quant_phase(run_spec.make_run_spec(config, 64), 0, 4) is True  # float: one program
 
 
 def test_phase_programs_compile_in_the_order_given():
@@ -331,7 +358,7 @@ def test_phase_programs_compile_in_the_order_given():
         order.append(phase)
         return jax.jit(lambda x: x + 1)
 
-    programs = train._PhasePrograms(make)
+    programs = feeds.PhasePrograms(make)
     programs.prepare([True, None, False], (jax.numpy.zeros(3),))
     assert [programs.get(p)(jax.numpy.zeros(3)).tolist() for p in (False, None, True)] == [[1.0] * 3] * 3
     assert order == [True, None, False] and set(programs.compile_s) == {"quantized", "switch", "calibrate"}
@@ -354,19 +381,19 @@ def test_phase_programs_train_as_the_traced_switch_does():
     import numpy as np
 
     config = config_lib.load_config(SMOKE)
-    run = train.make_run_spec(config, 64)
+    run = run_spec.make_run_spec(config, 64)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     rng = np.random.default_rng(0)
     images = jax.numpy.asarray(rng.integers(0, 256, (64, *run.info.image_shape), dtype=np.uint8))
     labels = jax.numpy.asarray(rng.integers(0, 10, 64, dtype=np.int32))
-    sample = train.data.normalize(images[:4], run.info)
+    sample = data.normalize(images[:4], run.info)
     key = jax.random.key(0)
     finals = []
     for phases in ([None, None], [False, True]):
-        state = train.create_train_state(run, key, sample)
+        state = steps.create_train_state(run, key, sample)
         for epoch, phase in enumerate(phases):
-            idx = jax.numpy.asarray(train._epoch_indices(0, epoch, 64, run))
-            fn = jax.jit(lambda s, i, k, p=phase: train.train_epoch(run, mesh, s, images, labels, i, k, act_quant=p))
+            idx = jax.numpy.asarray(feeds.epoch_indices(0, epoch, 64, run))
+            fn = jax.jit(lambda s, i, k, p=phase: steps.train_epoch(run, mesh, s, images, labels, i, k, act_quant=p))
             state, (losses, _) = fn(state, idx, jax.random.fold_in(key, epoch))
         finals.append((state, losses))
     (a, la), (b, lb) = finals
@@ -395,15 +422,15 @@ class _Device:
 )
 def test_conv_impl_auto_means_pallas_only_on_one_recent_cuda_gpu(monkeypatch, devices, impl):
     monkeypatch.setattr(jax, "devices", lambda: devices)
-    assert train.conv_impl("auto") == impl
+    assert run_spec.conv_backend("auto").impl == impl
 
 
 def test_conv_impl_values():
-    assert train.conv_impl("auto") == "xla"  # this CPU
-    assert (train.conv_impl("xla"), train.conv_impl("pallas")) == ("xla", "pallas")
+    assert run_spec.conv_backend("auto").impl == "xla"  # this CPU
+    assert (run_spec.conv_backend("xla").impl, run_spec.conv_backend("pallas").impl) == ("xla", "pallas")
     cfg = config_lib.load_config(SMOKE, ["--config.model.conv_impl=cudnn"])
     with pytest.raises(train.TrainError, match="model.conv_impl='cudnn' must be auto, xla or pallas"):
-        train.make_run_spec(cfg, cfg.dataset.synthetic_train)
+        run_spec.make_run_spec(cfg, cfg.dataset.synthetic_train)
 
 
 def test_triton_convs_train_as_xlas_do(tmp_path):

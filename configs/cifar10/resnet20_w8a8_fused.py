@@ -1,7 +1,7 @@
 """CIFAR ResNet-20, setting w8a8_fused, BN folded (model.fold_bn): for fused integer deployment
 (`qresnet export` then int8 codes from conv to conv, qresnet/fused.py). Fine-tuned from a float
-run with BN, whose BN is folded in: 30 epochs, peak learning rate 0.001 (0.02 diverged within the
-first epoch on an H200: without BN the folded weights take far smaller steps), activation bounds calibrated
+run with BN, whose BN is folded in: 30 epochs, peak learning rate 0.001 (0.02 diverges within the
+first epoch: without BN the folded weights need far smaller steps), activation bounds calibrated
 for 2 epochs first. Name the float run on the command line:
 
     qresnet train --config configs/cifar10/resnet20_w8a8_fused.py --workdir R/w8a8_fused \

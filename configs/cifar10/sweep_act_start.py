@@ -1,4 +1,4 @@
-"""When should 4-bit activation quantization start? For issue #3's 4-bit gap: w4a4_ends8
+"""When should 4-bit activation quantization start? For the 4-bit gap: w4a4_ends8
 (ResNet-20 width 1, 200 epochs) with activation quantization from 10% and from 50% of training
 x 3 seeds; the recipe's default, 20%, is `sweep_seeds`' w4a4_ends8 (same seeds).
 """

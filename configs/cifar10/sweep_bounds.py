@@ -1,4 +1,4 @@
-"""Learned (LSQ) activation bounds against the paper's frozen EMA maxima, for issue #3's 4-bit gap:
+"""Learned (LSQ) activation bounds against the paper's frozen EMA maxima, for the 4-bit gap:
 ResNet-20 width 1, 200 epochs, w4a4_ends8 with LSQ bounds per input channel and per tensor (the
 deployable one) x 3 seeds. Compare with sweep_seeds (bf16 and w4a4_ends8, same recipe and seeds)
 and sweep_seeds_deploy (w4a4_ends8_deploy).

@@ -1,4 +1,4 @@
-"""Fine-tuning with knowledge distillation, for issue #3's 4-bit gap: `sweep_finetune`'s recipe
+"""Fine-tuning with knowledge distillation, for the 4-bit gap: `sweep_finetune`'s recipe
 (60 epochs from a trained 200-epoch float ResNet-20), the float run also the teacher. w4a4_ends8
 with distillation weights 0.5 and 1 (temperature 1) x 2 seeds. Name the float run on the command line:
 

@@ -1,4 +1,4 @@
-"""Quantization-aware fine-tuning from a trained float model, for issue #3's 4-bit gap (the
+"""Quantization-aware fine-tuning from a trained float model, for the 4-bit gap (the
 paper trains quantized models from scratch). Each run starts from the weights and BN statistics
 of a finished 200-epoch float ResNet-20 (width 1) and trains 60 more epochs: peak learning rate
 0.04 (a fifth of training from scratch), 1 epoch of warm-up, cosine to 0, activation bounds

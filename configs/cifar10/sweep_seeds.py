@@ -1,6 +1,6 @@
-"""Issue #3's accuracy targets with seeds: ResNet-20 width 1, 200 epochs, the four paper settings x 3 seeds.
+"""The accuracy of each setting with seeds: ResNet-20 width 1, 200 epochs, the four paper settings x 3 seeds.
 
-One run of each setting differs from the next by about 0.002 top-1 on the GPU (docs/RESULTS.md),
+One run of each setting differs from the next by about 0.002 top-1 on the GPU (docs/results.md),
 as much as the targets' tolerances, so the targets are judged on the mean of several seeds:
 `qresnet pareto --root ROOT --out ROOT/pareto` writes the per-setting mean, std and difference
 to float in report.md.

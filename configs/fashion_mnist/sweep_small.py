@@ -2,8 +2,8 @@
 
 Fashion-MNIST (real data), a narrow ResNet-8 trained for 200 steps of 64 images
 on a 6,400-image subset, at 3 widths x 3 settings: small enough for a CPU, big
-enough to reach 69-78% top-1 and to show the cost-accuracy trade-off. On one H200 it takes
-about a minute, mostly process start-up and XLA compilation (docs/RESULTS.md). For the
+enough to reach 69-78% top-1 and to show the cost-accuracy trade-off. On a GPU it takes
+about a minute, mostly process start-up and XLA compilation (docs/performance.md). For the
 paper-sized sweep see configs/cifar10/sweep_paper.py.
 """
 

@@ -10,9 +10,9 @@ def get_config(setting: str = "bf16"):
     c.model.name = "resnet50"
     c.dataset.name = "imagenet2012"
     c.dataset.crop_pad = 0  # ImageNet uses Inception crops instead.
-    # The input that kept an H200 fed (ResNet-50 bf16 at 0.979-0.984 of its fixed-data speed, two runs on a 16-core
-    # host, docs/BENCHMARKS.md session 22): OpenCV in all cores but two, each decoding only its crop's window
-    # (nvImageCodec's libjpeg-turbo on the CPU, the [nvimgcodec] extra; --config.dataset.jpeg_window=False without it).
+    # The input that keeps a GPU's ResNet-50 fed from the CPU alone (docs/performance.md): OpenCV in all cores but
+    # two, each decoding only its crop's window (nvImageCodec's libjpeg-turbo on the CPU, the [nvimgcodec] extra;
+    # --config.dataset.jpeg_window=False without it).
     c.dataset.workers = max(1, (os.cpu_count() or 1) - 2)
     c.dataset.jpeg_window = True
     c.optim.batch_size = 8192  # The paper's; lr scales with it.

@@ -1,7 +1,7 @@
 """qresnet.quant: quantizers, quantized layers and per-layer rules."""
 
 from qresnet.quant.int_layers import IntConv, IntDense
-from qresnet.quant.layers import QConv, QDense
+from qresnet.quant.layers import ConvBackend, QConv, QDense
 from qresnet.quant.ops import (
     batch_max_abs,
     ema_max_update,
@@ -28,6 +28,7 @@ from qresnet.quant.specs import (
 
 __all__ = [
     "FLOAT",
+    "ConvBackend",
     "IntConv",
     "IntDense",
     "QConv",

@@ -9,7 +9,7 @@ learned offset parameter. With a float spec the layers are exactly `nn.Conv` /
 a traced bool (e.g. `step >= start`) selects inside one compiled program. While
 it is off and `train` is on, the `ema_max` bound tracks the EMA of the batch
 max; once it is on, the bound is frozen. The trainer compiles each phase with
-a Python bool (`train.act_quant_phase`), so quantized steps compute no batch max
+a Python bool (`steps.act_quant_phase`), so quantized steps compute no batch max
 and no select; a traced switch costs both on every step.
 
 Where the activation scale is one per tensor (`code_domain`), a layer multiplies
@@ -21,6 +21,7 @@ the bit. With per-channel activation scales the layer multiplies q/s.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -83,9 +84,9 @@ def _lsq_grad_scale(x: Array, bound: Array, spec: QuantSpec) -> float:
     example, not with the batch; counting the batch too made g sqrt(batch) times too small.
     LSQ learns the step s = bound / N. Our parameter is the bound (so the forward value is the
     exact float32 sum that the export uses); dL/dbound = dL/ds / N, and a bound update moves the
-    step 1/N as much, so with g alone the step learned N^2 times slower than LSQ's (256x at
-    4 bits unsigned: the bounds of the runs to 2026-12-01 could barely leave their start). With
-    N^2 g, SGD moves the step exactly as LSQ's does.
+    step 1/N as much, so with g alone the step would learn N^2 times slower than LSQ's (256x at
+    4 bits unsigned: the bounds could barely leave their start). With N^2 g, SGD moves the step
+    exactly as LSQ's does.
     """
     bits, signed = spec.a_bits, bool(spec.a_signed)
     features = x.size // x.shape[0] // max(bound.size, 1)
@@ -217,7 +218,7 @@ def pad_channels(x: Array, kernel: Array, multiple: int) -> tuple[Array, Array]:
     """Zero-pads x's channels and the kernel's input and output channels (HWIO) that exceed
     `multiple` to multiples of it (<= 1: unchanged). Zero channels add nothing, so the conv's first
     outputs are exact. Counts below the multiple (an RGB stem's 3 inputs) are left as they are:
-    padding them did not change the speed of a width-1 ResNet-20 on an H200."""
+    padding them does not make the stem faster."""
     if multiple <= 1:
         return x, kernel
     c_in, c_out = kernel.shape[2], kernel.shape[3]
@@ -233,6 +234,38 @@ def pad_channels(x: Array, kernel: Array, multiple: int) -> tuple[Array, Array]:
 CONV_IMPLS = ("xla", "pallas")
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvBackend:
+    """How a QConv runs its convolution on the device: kernel choices only, no numerics (those
+    are the QuantSpec's). Every backend computes the same function.
+
+    Attributes:
+      impl: "xla" (lax.conv_general_dilated, cuDNN on GPUs) or "pallas": 3x3 stride-1 convs with
+        padding 1 over bf16 inputs run as `conv_kernels.conv3x3` (Triton kernels, faster than
+        cuDNN for narrow layers; no channel padding needed), other convs as "xla". Off the GPU
+        "pallas" runs in Pallas's interpreter (slow; tests).
+      channel_multiple: if > 1, channel counts above it are padded (after quantization) with zero
+        channels to multiples of it and the extra outputs dropped (`pad_channels`): the same result,
+        but GPU conv kernels are much faster on multiples of 8 than on counts like 10 or 14 (0 = no
+        padding).
+      pallas_max_channels: with "pallas", convs with more input or output channels stay "xla".
+    """
+
+    impl: str = "xla"
+    channel_multiple: int = 0
+    pallas_max_channels: int = 32
+
+    def __post_init__(self):
+        if self.impl not in CONV_IMPLS:
+            raise ValueError(
+                f"conv_impl must be one of {CONV_IMPLS}, got {self.impl!r}; e.g. --config.model.conv_impl=xla"
+            )
+        if not isinstance(self.channel_multiple, int) or self.channel_multiple < 0:
+            raise ValueError(f"channel_multiple must be an int >= 0 (e.g. 8), got {self.channel_multiple!r}")
+        if not isinstance(self.pallas_max_channels, int) or self.pallas_max_channels < 1:
+            raise ValueError(f"pallas_max_channels must be an int >= 1 (e.g. 32), got {self.pallas_max_channels!r}")
+
+
 class QConv(nn.Module):
     """2-D convolution (NHWC, HWIO) with fake-quantized kernel and input.
 
@@ -246,15 +279,7 @@ class QConv(nn.Module):
       dtype: compute dtype (e.g. bfloat16); None keeps the input's.
       param_dtype: parameter dtype.
       kernel_init, bias_init: initializers, as nn.Conv.
-      channel_multiple: if > 1, channel counts above it are padded (after quantization) with
-        zero channels to multiples of it and the extra outputs dropped (`pad_channels`): the same
-        result, but GPU conv kernels are much faster on multiples of 8 than on counts like 10 or 14
-        (0 = no padding).
-      conv_impl: "xla" (lax.conv_general_dilated, cuDNN on GPUs) or "pallas": 3x3 stride-1
-        convs with padding 1 over bf16 inputs run as `conv_kernels.conv3x3` (Triton kernels,
-        faster for narrow layers on an H200, docs/RESULTS.md; no channel padding needed),
-        other convs as "xla". Off the GPU "pallas" runs in Pallas's interpreter (slow; tests).
-      pallas_max_channels: with "pallas", convs with more input or output channels stay "xla".
+      backend: how the convolution runs (`ConvBackend`); the same result whichever.
       out_bits: fake-quantize the output (after the bias) to int8 codes, -128..127, with a
         per-tensor bound (`quantize_output`; 8 only; a BN-folded projection, `resnet.ResNet.fold_bn`).
       return_codes: also return the input's codes and scale (see __call__).
@@ -270,9 +295,7 @@ class QConv(nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Callable = default_kernel_init
     bias_init: Callable = nn.initializers.zeros_init()
-    channel_multiple: int = 0
-    conv_impl: str = "xla"
-    pallas_max_channels: int = 32
+    backend: ConvBackend = ConvBackend()
     out_bits: int | None = None
     return_codes: bool = False
 
@@ -282,16 +305,15 @@ class QConv(nn.Module):
         x_scale: x are already integer codes of this scale (another layer's quantizer).
         Returns y, or (y, (q, s_x)) with `return_codes`: the codes and scale of the input
         ((x, None) if the layer does not quantize it), for other layers reading the same tensor."""
-        if self.conv_impl not in CONV_IMPLS:
-            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         x, kernel, bias, scale, codes = _quantized_operands(self, x, tuple(self.kernel_size), train, act_quant, x_scale)
         padding = self.padding if isinstance(self.padding, str) else [tuple(p) for p in self.padding]
-        if self.conv_impl == "pallas" and conv_kernels.supported(
-            x.shape, kernel.shape, self.strides, padding, x.dtype, self.pallas_max_channels
+        backend = self.backend
+        if backend.impl == "pallas" and conv_kernels.supported(
+            x.shape, kernel.shape, self.strides, padding, x.dtype, backend.pallas_max_channels
         ):
             y = conv_kernels.conv3x3(x, kernel)
         else:
-            x, kernel = pad_channels(x, kernel, self.channel_multiple)
+            x, kernel = pad_channels(x, kernel, backend.channel_multiple)
             y = lax.conv_general_dilated(
                 x, kernel, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
             )

@@ -1,0 +1,202 @@
+"""A run's workdir and checkpoints: the config check on resume, Orbax save and restore, and
+starting from another run (fine-tuning, a distillation teacher).
+
+A workdir holds config.json (the resolved config and per-layer specs), metrics.jsonl,
+tb/ (TensorBoard), ckpt/ (Orbax, the two newest epochs) and, once finished, result.json.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from qresnet import resnet, results
+from qresnet.run_spec import RunSpec, TrainError, finished_run_spec
+from qresnet.steps import TrainState, create_train_state
+
+
+def check_workdir(workdir: Path, record: dict[str, Any]) -> None:
+    """Refuses to resume into a workdir that holds another config."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    old = results.read_json(path)
+    if old.get("config") != record["config"]:
+        diff = sorted(_diff_keys(old.get("config", {}), record["config"]))
+        raise TrainError(
+            f"workdir {workdir} holds a run of a different config (differs at: {', '.join(diff[:8]) or '?'}); "
+            f"use another --workdir, or delete {workdir} to start fresh"
+        )
+
+
+def _diff_keys(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in set(a) | set(b):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def manager(workdir: Path):
+    """The Orbax CheckpointManager of a workdir (ckpt/, the two newest kept)."""
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(workdir / "ckpt", options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+
+def save(mgr, state: TrainState, epoch: int) -> None:
+    """Saves `state` as the checkpoint of `epoch` (asynchronously; `mgr.wait_until_finished`)."""
+    import orbax.checkpoint as ocp
+
+    mgr.save(epoch, args=ocp.args.StandardSave(_to_tree(state)))
+
+
+def restore(mgr, state: TrainState) -> tuple[TrainState, int]:
+    """The newest readable checkpoint and its epoch, or (`state`, 0); a corrupt one is reported
+    and skipped."""
+    import orbax.checkpoint as ocp
+
+    for step in sorted(mgr.all_steps(), reverse=True):
+        try:
+            tree = mgr.restore(step, args=ocp.args.StandardRestore(_to_tree(state)))
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to an older one
+            print(
+                f"checkpoint {step} is unreadable ({type(e).__name__}: {str(e)[:200]}); trying an older one",
+                file=sys.stderr,
+            )
+            continue
+        return TrainState(**tree), int(step)
+    return state, 0
+
+
+def _to_tree(state: TrainState) -> dict[str, Any]:
+    return {
+        "step": state.step,
+        "params": state.params,
+        "batch_stats": state.batch_stats,
+        "quant_stats": state.quant_stats,
+        "opt_state": state.opt_state,
+    }
+
+
+def run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The resolved config a workdir's run trained with (its `config.json`)."""
+    return ml_collections.ConfigDict(results.read_json(Path(workdir) / "config.json")["config"])
+
+
+def restore_final(run: RunSpec, workdir: str | Path) -> TrainState:
+    """The newest readable checkpoint of the run `run` in `workdir` (for export, fine-tuning)."""
+    sample = jnp.zeros((run.batch_size, *run.info.image_shape), jnp.float32)
+    abstract = jax.eval_shape(functools.partial(create_train_state, run), jax.random.key(0), sample)
+    import orbax.checkpoint as ocp
+
+    state, epoch = restore(ocp.CheckpointManager(Path(workdir).resolve() / "ckpt"), abstract)
+    if epoch == 0:
+        raise TrainError(f"{workdir} has no readable checkpoint")
+    return state
+
+
+def warm_start(state: TrainState, source: str | Path, run: RunSpec) -> TrainState:
+    """`state` with the weights and BN statistics of another run's newest checkpoint (fine-tuning).
+
+    Every `params` and `batch_stats` leaf that the source run has is copied (cast to this run's
+    dtype); leaves it lacks, such as learned (LSQ) bound offsets, keep their initial values. The
+    step, the optimizer and the quantizers' state (`quant_stats`) start fresh: activation bounds
+    are calibrated again on the new weights before activation quantization starts. A BN-folded
+    run (model.fold_bn) started from a run with BN gets its weights with BN folded in
+    (`resnet.fold_batch_norm`): the same function in inference mode.
+
+    Args:
+      state: a freshly initialised state of this run.
+      source: the source run's workdir (config.json and a checkpoint), same model and width.
+      run: this run's RunSpec.
+
+    Returns:
+      The new state.
+    """
+    src_run = source_run(source, run)
+    src_state = restore_final(src_run, source)
+    src_params, src_stats = src_state.params, src_state.batch_stats
+    if run.fold_bn and not src_run.fold_bn:
+        src_params, src_stats = resnet.fold_batch_norm(src_params, src_stats), {}
+    elif src_run.fold_bn and not run.fold_bn:
+        raise TrainError(
+            f"config.init_from={str(source)!r} is a BN-folded run (model.fold_bn) and this run has BN; "
+            "start it from a run with BN, or set --config.model.fold_bn=True"
+        )
+    copied = []
+
+    def merge(mine, theirs, path):
+        if isinstance(mine, Mapping):
+            return {
+                k: merge(v, theirs.get(k) if isinstance(theirs, Mapping) else None, f"{path}/{k}")
+                for k, v in mine.items()
+            }
+        if theirs is None:
+            return mine
+        if tuple(theirs.shape) != tuple(mine.shape):
+            raise TrainError(
+                f"config.init_from={str(source)!r}: {path} has shape {tuple(theirs.shape)} there and "
+                f"{tuple(mine.shape)} here (is model.channel_multiple the same?)"
+            )
+        copied.append(path)
+        return jnp.asarray(theirs, mine.dtype)
+
+    params = merge(state.params, src_params, "params")
+    batch_stats = merge(state.batch_stats, src_stats, "batch_stats")
+    if not copied:
+        raise TrainError(f"config.init_from={str(source)!r} shares no weights with this run")
+    return state.replace(params=params, batch_stats=batch_stats)
+
+
+def source_run(source: str | Path, run: RunSpec, *, teacher: bool = False) -> RunSpec:
+    """The RunSpec of the run at `source` (config.init_from), checked to be a run of `run`'s model,
+    width and dataset and, for a distillation `teacher`, float in every layer."""
+    source = Path(source)
+    if not (source / "config.json").is_file():
+        raise TrainError(
+            f"config.init_from={str(source)!r} is not a run's workdir (no config.json there); "
+            "train that run first, or give the path of one"
+        )
+    src = finished_run_spec(run_config(source))
+    mine = {"model.name": run.model_name, "model.width": run.width, "dataset.name": run.info.name}
+    theirs = {"model.name": src.model_name, "model.width": src.width, "dataset.name": src.info.name}
+    if mine != theirs:
+        key = next(k for k in mine if mine[k] != theirs[k])
+        raise TrainError(
+            f"config.init_from={str(source)!r} is a run of {key}={theirs[key]!r}, this run has {mine[key]!r}; "
+            "start from a run of the same model, width and dataset"
+        )
+    quantized = sorted(name for name, spec in src.specs.items() if not spec.is_float) if teacher else []
+    if quantized:
+        more = " ..." if len(quantized) > 3 else ""
+        raise TrainError(
+            f"config.init_from={str(source)!r} quantizes {', '.join(quantized[:3])}{more}; "
+            "distillation needs a float teacher: start from a bf16 run"
+        )
+    return src
+
+
+def load_teacher(source: str | Path, run: RunSpec) -> dict[str, Any]:
+    """The distillation teacher's variables: the final weights and BN statistics of a float run.
+
+    Args:
+      source: the teacher run's workdir (config.init_from): same model, width and dataset, every
+        layer float.
+      run: the student's RunSpec.
+
+    Returns:
+      {"params", "batch_stats"} for `steps.teacher_model(run)`.
+    """
+    # Same model, width and dataset (checked), so the same parameter shapes: channel padding
+    # (model.channel_multiple) happens inside the layers, not in the parameters.
+    src_state = restore_final(source_run(source, run, teacher=True), source)
+    return {"params": src_state.params, "batch_stats": src_state.batch_stats}
