@@ -166,11 +166,14 @@ def parse_case(text: str) -> tuple[str, int, int]:
     """ "resnet50:224:256" -> ("resnet50", 224, 256)."""
     try:
         name, size, batch = text.split(":")
-        return name, int(size), int(batch)
+        size, batch = int(size), int(batch)
     except ValueError:
         raise ValueError(
             f"benchmark case {text!r} must look like MODEL:IMAGE_SIZE:BATCH, e.g. resnet50:224:256"
         ) from None
+    if size < 1 or batch < 1:
+        raise ValueError(f"benchmark case {text!r}: IMAGE_SIZE and BATCH must be >= 1")
+    return name, size, batch
 
 
 def run(cases=DEFAULT_CASES, *, iters: int = 20, warmup: int = 3, out: str | None = None) -> list[dict[str, Any]]:
@@ -192,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.split("\n")[0])
     p.add_argument("--case", action="append", help="MODEL:IMAGE_SIZE:BATCH (repeatable)")
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=20, help="timed calls (>= 1)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (>= 0)")
     p.add_argument("--out", help="write the rows as JSON lines here")
     args = p.parse_args(argv)
     try:
@@ -201,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             parse_case(case)
     except ValueError as e:
         p.error(str(e))
+    if args.iters < 1 or args.warmup < 0:
+        p.error(f"--iters {args.iters} must be >= 1 and --warmup {args.warmup} >= 0")
     run(args.case or DEFAULT_CASES, iters=args.iters, warmup=args.warmup, out=args.out)
     return 0
 

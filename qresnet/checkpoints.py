@@ -22,18 +22,42 @@ from qresnet.run_spec import RunSpec, TrainError, finished_run_spec
 from qresnet.steps import TrainState, create_train_state
 
 
-def check_workdir(workdir: Path, record: dict[str, Any]) -> None:
-    """Refuses to resume into a workdir that holds another config."""
+def check_workdir(workdir: Path, record: dict[str, Any], run_id: str) -> None:
+    """Refuses a workdir whose records are of another run than `run_id`, or that holds a run's
+    state (result.json, checkpoints, metrics) without the config.json that says which run it is.
+
+    Raises:
+      TrainError: naming the record that differs and the fix.
+    """
+    fix = f"use another --workdir, or move {workdir} away to start fresh"
     path = workdir / "config.json"
-    if not path.exists():
-        return
-    old = results.read_json(path)
-    if old.get("config") != record["config"]:
-        diff = sorted(_diff_keys(old.get("config", {}), record["config"]))
+    if path.exists():
+        old = results.read_json(path)
+        if old.get("config") != record["config"] or results.recorded_identity(workdir) != run_id:
+            diff = sorted(_diff_keys(old.get("config", {}), record["config"]))
+            raise TrainError(
+                f"workdir {workdir} holds a run of a different config (differs at: {', '.join(diff[:8]) or 'specs'}); "
+                + fix
+            )
+    result = workdir / "result.json"
+    if result.exists():
+        other = results.read_json(result).get("run_id")
+        if other != run_id and not (other is None and path.exists()):  # older results carry no run_id
+            what = f"run {other}" if other else "a run of unrecorded identity"
+            raise TrainError(f"{result} is the result of {what}, not of this config (run {run_id}); {fix}")
+    state = [p.name for p in (workdir / "ckpt", workdir / "metrics.jsonl") if p.exists() and any(_entries(p))]
+    if state and not path.exists():
         raise TrainError(
-            f"workdir {workdir} holds a run of a different config (differs at: {', '.join(diff[:8]) or '?'}); "
-            f"use another --workdir, or delete {workdir} to start fresh"
+            f"workdir {workdir} holds {' and '.join(state)} but no config.json, so nothing says which config "
+            f"trained them; {fix}"
         )
+
+
+def _entries(path: Path):
+    """The folder's entries, or a file's lines: whether there is anything in it."""
+    if path.is_dir():
+        return path.iterdir()
+    return (line for line in path.read_text().splitlines() if line.strip())
 
 
 def _diff_keys(a, b, prefix=""):

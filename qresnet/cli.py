@@ -101,11 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args, overrides = _split(rest)
     ns = _parser(command).parse_args(args)
-    from qresnet import config_lib, data, imagenet_input, results
+    from qresnet import config_lib, data, imagenet_input, locks, results
     from qresnet.quant import specs
 
+    # Every error a user can cause, and the OS's (a path that is a file, read-only or missing): a message
+    # naming the value and the fix, exit code 1, never a traceback.
     errors = (config_lib.ConfigError, specs.SpecError, data.DataError, results.RecordError, ValueError)
-    errors += (imagenet_input.InputError,)  # a streaming dataset that is not prepared, or its decoder missing
+    errors += (imagenet_input.InputError, locks.LockError, OSError)
     try:
         if command == "cost":
             return _cost(ns, overrides)

@@ -286,10 +286,13 @@ def _load_tfds(name: str, data_dir: str) -> Arrays:
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise DataError(f"dataset {name!r} comes from TFDS: pip install tensorflow-datasets") from e
+    from qresnet import tfds_builders
+
     out = []
     for split in ("train", "test"):
         try:
-            source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+            with tfds_builders.preparing(name, data_dir):  # TFDS prepares a dataset at its first use
+                source = tfds.data_source(name, split=split, data_dir=data_dir or None)
         except Exception as e:
             raise DataError(
                 f"TFDS could not provide {name}/{split} ({type(e).__name__}: {e}); it needs internet "
@@ -335,3 +338,50 @@ def augment(key: jax.Array, images: jax.Array, pad: int, flip: bool) -> jax.Arra
         mirror = jax.random.bernoulli(k_flip, 0.5, (n, 1, 1, 1))
         images = jnp.where(mirror, images[:, :, ::-1], images)
     return images
+
+
+def test_batches(
+    dataset: str,
+    *,
+    data_dir: str = "",
+    tfds_name: str = "",
+    image_size: int = 0,
+    image_backend: str = "opencv",
+    limit: int = 0,
+    synthetic: tuple[int, int] = (512, 256),
+    batch: int = 1000,
+):
+    """Yields (uint8 images, int labels) of a dataset's test split, in order.
+
+    Args:
+      dataset: a `data.INFOS` name.
+      data_dir: the raw files (in-memory datasets) or the TFDS data dir (streaming ones).
+      tfds_name: streaming only: the TFDS dataset to read ("" = `dataset`).
+      image_size: streaming only: the eval crop size (0 = the dataset's).
+      image_backend: streaming only: the library that decodes and resizes (as the run trained with).
+      limit: in-memory only: N examples, the draw training evaluated on (`data.subset`; 0 = all).
+      synthetic: train/test sizes of the "synthetic" dataset.
+      batch: examples per batch.
+    """
+    info = dataset_info(dataset)
+    if info.streaming:
+        from qresnet import imagenet_input  # grain and its decoders, only for streaming datasets
+
+        spec = imagenet_input.StreamSpec(
+            tfds_name or dataset,
+            data_dir,
+            image_size or info.image_shape[0],
+            batch,
+            batch,
+            workers=0,
+            image_backend=image_backend,
+        )
+        imagenet_input.check_backend(image_backend)
+        for b in imagenet_input.eval_batches(spec, imagenet_input.open_source(spec, spec.eval_split)):
+            n = int(b["mask"].sum())
+            yield b["image"][:n], b["label"][:n]
+        return
+    arrays = subset(load(dataset, data_dir, synthetic), 0, limit)
+    images, labels = arrays.test_images, arrays.test_labels
+    for i in range(0, len(labels), batch):
+        yield images[i : i + batch], labels[i : i + batch]

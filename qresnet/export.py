@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qresnet import data, fused, imagenet_input, resnet, results
+from qresnet import data, fused, resnet, results
 from qresnet.quant import int_layers
 from qresnet.quant import specs as specs_lib
 
@@ -298,7 +298,9 @@ def export_run(workdir: str | Path, out: str | Path) -> Path:
     """
     from qresnet import checkpoints, run_spec
 
-    workdir = Path(workdir)
+    workdir, out = Path(workdir), Path(out)
+    if out.exists():
+        raise ExportError(f"--out {out} exists; qresnet never overwrites a file: choose another path or remove it")
     if results.read_result(workdir) is None:
         raise ExportError(f"{workdir} has no result.json: finish the run (re-run qresnet train) before exporting")
     config = checkpoints.run_config(workdir)
@@ -306,7 +308,7 @@ def export_run(workdir: str | Path, out: str | Path) -> Path:
     state, specs, info = checkpoints.restore_final(run, workdir), run.specs, run.info
     header = {"model": run.model_name, "width": run.width, "num_classes": info.num_classes}
     header |= {"input_shape": list(info.image_shape), "dataset": info.name, "setting": run.setting}
-    header["fold_bn"] = run.fold_bn
+    header |= {"fold_bn": run.fold_bn, "run_id": results.recorded_identity(workdir)}
     if info.streaming:
         header |= {
             "tfds_name": config.dataset.tfds_name,
@@ -315,51 +317,6 @@ def export_run(workdir: str | Path, out: str | Path) -> Path:
         }
     variables = integer_variables(state.variables(), specs)
     return write(out, header, variables, specs)
-
-
-def test_batches(
-    dataset: str,
-    *,
-    data_dir: str = "",
-    tfds_name: str = "",
-    image_size: int = 0,
-    image_backend: str = "opencv",
-    limit: int = 0,
-    synthetic: tuple[int, int] = (512, 256),
-    batch: int = 1000,
-):
-    """Yields (uint8 images, int labels) of a dataset's test split, in order.
-
-    Args:
-      dataset: a `data.INFOS` name.
-      data_dir: the raw files (in-memory datasets) or the TFDS data dir (streaming ones).
-      tfds_name: streaming only: the TFDS dataset to read ("" = `dataset`).
-      image_size: streaming only: the eval crop size (0 = the dataset's).
-      image_backend: streaming only: the library that decodes and resizes (as the run trained with).
-      limit: in-memory only: N examples, the draw training evaluated on (`data.subset`; 0 = all).
-      synthetic: train/test sizes of the "synthetic" dataset.
-      batch: examples per batch.
-    """
-    info = data.dataset_info(dataset)
-    if info.streaming:
-        spec = imagenet_input.StreamSpec(
-            tfds_name or dataset,
-            data_dir,
-            image_size or info.image_shape[0],
-            batch,
-            batch,
-            workers=0,
-            image_backend=image_backend,
-        )
-        imagenet_input.check_backend(image_backend)
-        for b in imagenet_input.eval_batches(spec, imagenet_input.open_source(spec, spec.eval_split)):
-            n = int(b["mask"].sum())
-            yield b["image"][:n], b["label"][:n]
-        return
-    arrays = data.subset(data.load(dataset, data_dir, synthetic), 0, limit)
-    images, labels = arrays.test_images, arrays.test_labels
-    for i in range(0, len(labels), batch):
-        yield images[i : i + batch], labels[i : i + batch]
 
 
 def _apply_fn(model, info, **kw):
@@ -396,7 +353,7 @@ def evaluate(
     fn = _apply_fn(model, data.dataset_info(header["dataset"]))
     variables = jax.device_put(variables)  # once: numpy arguments would be copied to the GPU every batch
     correct = n = 0
-    batches = test_batches(
+    batches = data.test_batches(
         header["dataset"],
         data_dir=data_dir,
         tfds_name=header.get("tfds_name", ""),
@@ -416,6 +373,22 @@ def evaluate(
         **_fused_fields(model),
         **results.provenance(),
     }
+
+
+def _check_same_run(header: Mapping[str, Any], workdir: Path, run) -> None:
+    """Raises ExportError unless the export was made from the run in `workdir` (its run identity;
+    for exports that carry none, its model, width, setting and specs)."""
+    mine = results.recorded_identity(workdir)
+    if header.get("run_id"):
+        same = header["run_id"] == mine
+    else:
+        theirs = (header["model"], float(header["width"]), header["setting"], header["specs"])
+        same = theirs == (run.model_name, run.width, run.setting, specs_lib.specs_to_json(run.specs))
+    if not same:
+        raise ExportError(
+            f"the export is of run {header.get('run_id') or header['model']}, not of {workdir} (run {mine}); "
+            "compare an export with the run it was exported from"
+        )
 
 
 def _fused_fields(model) -> dict[str, Any]:
@@ -440,10 +413,11 @@ def equivalence(
     from qresnet import checkpoints, run_spec
 
     header, variables = read(export_path)
-    int_net = int_model(header, variables, dtype=dtype, rounding=rounding)
-    variables = jax.device_put(variables)  # once, not with every batch
     config = checkpoints.run_config(workdir)
     run = run_spec.finished_run_spec(config)
+    _check_same_run(header, workdir, run)
+    int_net = int_model(header, variables, dtype=dtype, rounding=rounding)
+    variables = jax.device_put(variables)  # once, not with every batch
     state, specs = checkpoints.restore_final(run, workdir), run.specs
     info = data.dataset_info(config.dataset.name)
     fake = resnet.create_model(
@@ -455,7 +429,7 @@ def equivalence(
         fold_bn=bool(config.model.get("fold_bn", False)),
     )
     fake_fn, int_fn = _apply_fn(fake, info, act_quant=True), _apply_fn(int_net, info)
-    batches = test_batches(
+    batches = data.test_batches(
         config.dataset.name,
         data_dir=data_dir or (config.dataset.tfds_dir if info.streaming else config.dataset.data_dir),
         tfds_name=config.dataset.tfds_name,

@@ -108,21 +108,46 @@ def read_points_csv(path: str | Path) -> list[Point]:
                 raise PointsError(f"{path} line {i}: {col} {raw!r} is not a number") from None
             if not math.isfinite(vals[col]):
                 raise PointsError(f"{path} line {i}: {col} {raw!r} is not finite")
-        points.append(Point(r["name"], r["setting"], vals["cost"], vals["accuracy"], vals["train_accuracy"]))
+        points.append(
+            _checked(
+                Point(r["name"], r["setting"], vals["cost"], vals["accuracy"], vals["train_accuracy"]),
+                f"{path} line {i}",
+            )
+        )
     if not points:
         raise PointsError(f"{path} holds no points")
     return points
 
 
+def _checked(p: Point, where: str) -> Point:
+    """p, if its cost is >= 0 and its accuracies are fractions in [0, 1]; else PointsError."""
+    if p.cost < 0:
+        raise PointsError(f"{where}: cost {p.cost:g} of {p.name!r} is negative; costs are ratios >= 0")
+    for what, v in (("accuracy", p.accuracy), ("train_accuracy", p.train_accuracy)):
+        if v is not None and not 0 <= v <= 1:
+            raise PointsError(f"{where}: {what} {v:g} of {p.name!r} is not in [0, 1]; give fractions (0.91, not 91)")
+    return p
+
+
+# A replicate must be the same run: the fields of result.json that say what was trained.
+REPLICATE_FIELDS = ("model", "dataset", "setting", "width", "epochs", "batch_size", "w_bits", "a_bits", "init_from")
+
+
 def points_from_root(root: str | Path, cost_key: str) -> list[Point]:
     """Points from every result.json under a sweep root."""
+    return [_point(r, cost_key, root) for r in _root_results(root)]
+
+
+def _root_results(root: str | Path) -> list[dict]:
     rs = index.load_results(root)
     if not rs:
         raise PointsError(f"no result.json under {root}; run `qresnet sweep` first or pass --points")
-    return [
-        Point(r["name"], r["setting"], r["cost"]["ratio"][cost_key], r["top1"], r["train_top1_at_best"], r["width"])
-        for r in rs
-    ]
+    return rs
+
+
+def _point(r: dict, cost_key: str, root) -> Point:
+    p = Point(r["name"], r["setting"], r["cost"]["ratio"][cost_key], r["top1"], r["train_top1_at_best"], r["width"])
+    return _checked(p, f"{root}/{r['name']}/result.json")
 
 
 def points_from_roots(roots: Sequence[str | Path], cost_key: str) -> tuple[list[Point], dict[str, list[float]]]:
@@ -136,9 +161,11 @@ def points_from_roots(roots: Sequence[str | Path], cost_key: str) -> tuple[list[
       (points, {name: [top-1 in each root]}); a point's accuracy and train accuracy are the means
       over the roots (train accuracy None if any root lacks it).
     """
-    per_root = [points_from_root(r, cost_key) for r in roots]
+    records = [_root_results(r) for r in roots]
+    per_root = [[_point(r, cost_key, root) for r in rs] for root, rs in zip(roots, records)]
     if len(per_root) == 1:
         return per_root[0], {p.name: [p.accuracy] for p in per_root[0]}
+    _check_replicates(roots, records)
     first = {p.name: p for p in per_root[0]}
     for root, pts in zip(roots[1:], per_root[1:], strict=True):
         names = {p.name for p in pts}
@@ -164,6 +191,26 @@ def points_from_roots(roots: Sequence[str | Path], cost_key: str) -> tuple[list[
         train = None if None in trains else statistics.mean(trains)
         means.append(dataclasses.replace(p, accuracy=statistics.mean(accs[name]), train_accuracy=train))
     return means, accs
+
+
+def _check_replicates(roots, records) -> None:
+    """Raises PointsError where a run's result in one root is not the same run as in the first root
+    (another run identity, or another value of a REPLICATE_FIELDS field)."""
+    first = {r["name"]: r for r in records[0]}
+    for root, rs in zip(roots[1:], records[1:]):
+        for r in rs:
+            ref = first.get(r["name"])
+            if ref is None:
+                continue
+            fields = [f for f in REPLICATE_FIELDS if r.get(f) != ref.get(f)]
+            if r.get("run_id") and ref.get("run_id") and r["run_id"] != ref["run_id"]:
+                fields = fields or ["run_id (the config)"]
+            if fields:
+                f = fields[0]
+                raise PointsError(
+                    f"run {r['name']!r} is not a replicate: its {f} is {r.get(f)!r} in {str(root)!r} but "
+                    f"{ref.get(f)!r} in {str(roots[0])!r}; pass roots of the same sweep, trained the same way"
+                )
 
 
 def replicate_lines(accs: dict[str, list[float]]) -> list[str]:
@@ -357,6 +404,11 @@ def write_report(*, root: str | Sequence[str] | None, points: str | None, cost_k
     else:
         pts = read_points_csv(points)
     out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PointsError(f"--out {out} is a file; give a folder for the report")
+    held = [n for n in ("config.json", "result.json", "metrics.jsonl") if (out_dir / n).exists()]
+    if held:
+        raise PointsError(f"--out {out} holds a run's records ({', '.join(held)}); write the report elsewhere")
     out_dir.mkdir(parents=True, exist_ok=True)
     front = frontier(pts)
     _plot(pts, front, cost_key, out_dir)

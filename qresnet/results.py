@@ -231,3 +231,36 @@ def provenance() -> dict[str, str]:
     import time
 
     return {"device": device_description(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit()}
+
+
+def run_identity(record: Mapping[str, Any]) -> str:
+    """A run's identity: 16 hex digits of the SHA-256 of its resolved config and per-layer specs
+    (`{"config", "specs"}` as config.json holds them), canonical JSON. Two runs share it exactly
+    when they train the same thing; it is recorded in config.json, result.json and exports, and
+    checked wherever a result, checkpoint or run is reused."""
+    import hashlib
+
+    canonical = json.dumps(
+        {"config": record["config"], "specs": record["specs"]}, sort_keys=True, default=_json_default
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def recorded_identity(workdir: str | Path) -> str | None:
+    """The identity of the run whose config.json is in workdir (its run_id, or computed from its
+    config for records written before run_id was), or None without a config.json."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        return None
+    record = read_json(path)
+    return record.get("run_id") or run_identity(record)
+
+
+def move_aside(path: Path, why: str) -> Path:
+    """Renames `path` to `<name>.<why>-<n>` (the first n free) instead of deleting it: a record
+    the tool did not just write is never destroyed. Returns the new path."""
+    n = 1
+    while (target := path.with_name(f"{path.name}.{why}-{n}")).exists():
+        n += 1
+    path.rename(target)
+    return target

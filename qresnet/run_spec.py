@@ -8,6 +8,7 @@ below them (steps, feeds, checkpoints, the loop) takes these dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -121,16 +122,12 @@ def data_spec(config: ml_collections.ConfigDict) -> DataSpec:
 def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None) -> RunSpec:
     """The RunSpec of a config whose training set has `num_train` examples; TrainError on values
     that cannot train."""
+    # Each field's own range is checked when the config is loaded (config_lib.RANGES); here, what
+    # depends on the devices, the data or other fields.
     o = config.optim
-    if o.batch_size < 1 or o.batch_size % jax.device_count():
+    if o.batch_size % jax.device_count():
         raise TrainError(
             f"optim.batch_size={o.batch_size} must be a positive multiple of the {jax.device_count()} device(s)"
-        )
-    if o.num_epochs < 1:
-        raise TrainError(f"optim.num_epochs={o.num_epochs} must be >= 1")
-    if config.checkpoint_every_epochs < 1:
-        raise TrainError(
-            f"checkpoint_every_epochs={config.checkpoint_every_epochs} must be >= 1 (the last epoch is always saved)"
         )
     steps_per_epoch = num_train // o.batch_size
     if steps_per_epoch < 1:
@@ -139,10 +136,6 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
         )
     total = o.num_epochs * steps_per_epoch
     distill = config.get("distill") or {"weight": 0.0, "temperature": 1.0}  # absent in older records
-    if not 0.0 <= distill["weight"] <= 1.0:
-        raise TrainError(f"distill.weight={distill['weight']} must be in [0, 1] (0 = no distillation)")
-    if distill["temperature"] <= 0:
-        raise TrainError(f"distill.temperature={distill['temperature']} must be > 0")
     if distill["weight"] > 0 and not config.get("init_from"):
         raise TrainError(
             f"distill.weight={distill['weight']} needs a teacher: name a finished float run with "
@@ -151,13 +144,20 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
     start = config.quant.act_start_step
     if start < 0:
         start = int(round(config.quant.act_start_frac * total))
+    specs = resolve_specs(config) if specs is None else specs
+    if start >= total and any(s.a_bits is not None for s in specs.values()):
+        raise TrainError(
+            f"activation quantization would start at step {start}, at or after the run's last step ({total}: "
+            f"{o.num_epochs} epochs of {steps_per_epoch}); the run would be recorded as quantized and never "
+            "quantize its activations: lower --config.quant.act_start_step or act_start_frac"
+        )
     model = config.model
     return RunSpec(
         model_name=model.name,
         width=float(model.width),
         dtype=model.dtype,
         info=data.dataset_info(config.dataset.name),
-        specs=resolve_specs(config) if specs is None else specs,
+        specs=specs,
         batch_size=o.batch_size,
         num_epochs=o.num_epochs,
         steps_per_epoch=steps_per_epoch,
@@ -181,13 +181,27 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
         ),
         fold_bn=bool(model.get("fold_bn", False)),
         seed=int(config.seed),
-        setting=str(config.setting),
+        setting=setting_label(str(config.setting), specs),
         init_from=str(config.get("init_from", "") or ""),
         checkpoint_every_epochs=int(config.checkpoint_every_epochs),
         smoothing_window=int(config.smoothing_window),
         eval_batch_size=int(config.eval_batch_size),
         compile_float_first=bool(config.get("compile_float_first", False)),
     )
+
+
+def setting_label(setting: str, specs: Mapping[str, specs_lib.QuantSpec]) -> str:
+    """The label records and plots carry: `setting` where its bits agree with the rules', else the
+    label the rules' bits give (`quant.specs.bits_label`): a 4-bit run is never recorded as float."""
+    if specs_lib.label_agrees(setting, specs):
+        return setting
+    derived = specs_lib.bits_label(specs)
+    print(
+        f"qresnet: setting {setting!r} does not match the quantization rules; recorded as {derived!r} "
+        "(set --config.setting to name it otherwise)",
+        file=sys.stderr,
+    )
+    return derived
 
 
 def conv_backend(impl: str, channel_multiple: int = 0, pallas_max_channels: int = 32) -> ConvBackend:
@@ -243,14 +257,6 @@ def stream_spec(config: ml_collections.ConfigDict) -> imagenet_input.StreamSpec:
     imagenet_input.check_backend(spec.image_backend, spec.gpu_decoder)
     if spec.jpeg_window:
         imagenet_input.check_window(spec.image_backend)
-    for key in ("decode_threads", "decode_batches_per_call"):
-        if getattr(spec, key) < 1:
-            raise TrainError(f"dataset.{key}={getattr(spec, key)} must be >= 1")
-    if not 0 <= spec.cpu_decode_share < 1:
-        raise TrainError(
-            f"dataset.cpu_decode_share={spec.cpu_decode_share} must be in [0, 1): the share of each train batch "
-            "decoded on the CPU, the rest by nvjpeg (for all of it on the CPU, set dataset.image_backend=opencv)"
-        )
     return spec
 
 

@@ -43,6 +43,7 @@ from qresnet import config_lib, results
 INTERRUPTED = 128 + signal.SIGTERM
 SWEEP_LOG = "sweep_log.jsonl"
 RUNNING = ".sweep_running.json"
+LOCK_FILE = ".sweep.lock"  # held by the invocation sweeping a root (`locks.exclusive`)
 HEARTBEAT_S = 10.0
 
 
@@ -86,8 +87,11 @@ def expand(
         raise SweepError(f"--only {only!r} is not a regular expression ({e}); e.g. --only 'seed0$'") from e
     if not hasattr(module, "get_sweep"):
         raise SweepError(f"{config_path} has no get_sweep(); `qresnet train` runs a single config")
+    sweep = config_lib.call_config(module, config_path, "get_sweep")
+    if not isinstance(sweep, (list, tuple)) or not all(isinstance(e, Mapping) for e in sweep):
+        raise SweepError(f"get_sweep() of {config_path} must return a list of {{dotted.key: value}} dicts")
     runs, seen = [], {}
-    for entry in module.get_sweep():
+    for entry in sweep:
         name = run_name(entry)
         if name in seen:
             raise SweepError(
@@ -189,26 +193,79 @@ def run_sweep(
     Returns:
       0 if every run finished, 1 if any failed.
     """
-    from qresnet import index, run_spec, train
+    from qresnet import locks
 
+    if jobs < 0:
+        raise SweepError(f"--jobs {jobs} must be >= 0 (0: 3 runs at a time on a GPU, 1 on a CPU)")
     runs = expand(config_path, overrides, only)
     root_path = Path(root)
+    if root_path.exists() and not root_path.is_dir():
+        raise SweepError(f"--root {root} is a file; give a folder for the sweep's runs")
+    others = {name: why for name, _, cfg in runs if (why := _trained_otherwise(root_path / name, cfg))}
     if dry_run:
-        print(f"{'run':28s} {'linear':>8s} {'quadratic':>9s} {'memory':>8s}  status")
-        for name, _, cfg in runs:
-            ratio = run_spec.config_cost(cfg)["ratio"]
-            status = "done" if (root_path / name / "result.json").exists() else "to run"
-            print(f"{name:28s} {ratio['linear']:8.4f} {ratio['quadratic']:9.4f} {ratio['memory']:8.4f}  {status}")
-        print(_running_status(root_path))
+        _print_plan(root_path, runs, others)
         return 0
+    if others:
+        first = next(iter(others))
+        raise SweepError(
+            f"{root} holds {len(others)} run(s) trained with another config than this sweep's ({first}: "
+            f"{others[first]}); run the sweep with the overrides it was started with, or use another --root"
+        )
+    root_path.mkdir(parents=True, exist_ok=True)
+    with locks.exclusive(root_path / LOCK_FILE, f"sweep root {root}"):
+        return _sweep_locked(config_path, root_path, runs, jobs, mps, command_buffers, only)
+
+
+def _trained_otherwise(workdir: Path, cfg) -> str:
+    """Why the run in `workdir` is not the run of `cfg` ("" if it is, or nothing is there yet)."""
+    from qresnet import run_spec
+    from qresnet.quant import specs as specs_lib
+
+    recorded = results.recorded_identity(workdir)
+    if recorded is None:
+        return ""
+    record = {"config": config_lib.to_json(cfg), "specs": specs_lib.specs_to_json(run_spec.resolve_specs(cfg))}
+    if recorded == results.run_identity(record):
+        return ""
+    old = results.read_json(workdir / "config.json").get("config", {})
+    diff = sorted(k for k in _flat(record["config"]) if _flat(record["config"]).get(k) != _flat(old).get(k))
+    return f"differs at {', '.join(diff[:4])}" if diff else "different per-layer specs"
+
+
+def _flat(tree, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, Mapping):
+        return {prefix.rstrip("."): tree}
+    out = {}
+    for k, v in tree.items():
+        out |= _flat(v, f"{prefix}{k}.")
+    return out
+
+
+def _print_plan(root: Path, runs, others: Mapping[str, str]) -> None:
+    """--dry-run: each run's costs and status (done, to run, or trained with another config)."""
+    from qresnet import run_spec
+
+    print(f"{'run':28s} {'linear':>8s} {'quadratic':>9s} {'memory':>8s}  status")
+    for name, _, cfg in runs:
+        ratio = run_spec.config_cost(cfg)["ratio"]
+        status = "done" if (root / name / "result.json").exists() else "to run"
+        status = f"trained otherwise ({others[name]})" if name in others else status
+        print(f"{name:28s} {ratio['linear']:8.4f} {ratio['quadratic']:9.4f} {ratio['memory']:8.4f}  {status}")
+    print(_running_status(root))
+
+
+def _sweep_locked(config_path, root_path: Path, runs, jobs: int, mps: bool, command_buffers: bool, only) -> int:
+    """The sweep, under the root's lock."""
+    from qresnet import index, train
+
     _take_over(root_path)
     todo = []
     for name, args, cfg in runs:
         try:
             finished = results.read_result(root_path / name) is not None
         except results.RecordError as e:
-            print(f"{name}: {e}; running it again", file=sys.stderr)
-            (root_path / name / "result.json").unlink()
+            aside = results.move_aside(root_path / name / "result.json", "invalid")
+            print(f"{name}: {e}; kept as {aside.name}, running it again", file=sys.stderr)
             finished = False
         if not finished:
             todo.append((work(cfg), name, args))

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from qresnet import locks
+
 # (train images, train labels, test images, test labels), uint8 images and int labels.
 Splits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -34,6 +36,7 @@ FASHION_CLASSES = (
     "bag",
     "ankle boot",
 )
+PREPARE_WAIT_S = 6 * 3600.0  # how long a process waits for another one preparing the same dataset
 DEFAULT_TFDS_DIR = os.environ.get("TFDS_DATA_DIR", str(Path.home() / "tensorflow_datasets"))
 
 
@@ -108,8 +111,20 @@ def prepare(
     builder = BUILDERS[name](read=read, data_dir=tfds_dir or DEFAULT_TFDS_DIR, file_format="array_record")
     if not builder.is_prepared():
         check()
-        builder.download_and_prepare()
+        with preparing(name, tfds_dir):
+            if not builder.is_prepared():  # another process may have prepared it while this one waited
+                builder.download_and_prepare()
     return builder
+
+
+def preparing(name: str, tfds_dir: str = ""):
+    """The lock that one process at a time holds while it prepares dataset `name` in `tfds_dir`;
+    the others wait for it (a killed holder lets go)."""
+    folder = Path(tfds_dir or DEFAULT_TFDS_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    return locks.exclusive(
+        folder / f".{name}.prepare.lock", f"the preparation of {name} in {folder}", wait_s=PREPARE_WAIT_S
+    )
 
 
 def load(name: str, read: Callable[[], Splits], tfds_dir: str = "", check: Callable[[], None] = lambda: None) -> Splits:

@@ -29,11 +29,13 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from qresnet import checkpoints, config_lib, data, feeds, imagenet_input, results, run_spec, steps
+from qresnet import checkpoints, config_lib, data, feeds, imagenet_input, locks, results, run_spec, steps
 from qresnet.quant import specs as specs_lib
 from qresnet.run_spec import RunSpec, TrainError
 
 __all__ = ["Interrupted", "TrainError", "stop_requests", "train_and_evaluate"]
+
+LOCK_FILE = ".lock"  # held by the process training in a workdir (`locks.exclusive`)
 
 
 class Interrupted(TrainError):
@@ -94,10 +96,13 @@ def train_and_evaluate(
     """
     t_enter = time.perf_counter()
     workdir = Path(workdir).resolve()
+    if workdir.exists() and not workdir.is_dir():
+        raise TrainError(f"--workdir {workdir} is a file; give a folder (new, or a run's to resume it)")
     specs = run_spec.resolve_specs(config)
     cost_obj = run_spec.config_cost(config, specs)
     record = {"config": config_lib.to_json(config), "specs": specs_lib.specs_to_json(specs)}
-    checkpoints.check_workdir(workdir, record)
+    run_id = results.run_identity(record)
+    checkpoints.check_workdir(workdir, record, run_id)
     done = results.read_result(workdir)
     if done is not None:
         return done
@@ -109,24 +114,74 @@ def train_and_evaluate(
         # A bad source fails here, before anything is written (the checkpoint loads later).
         checkpoints.source_run(run.init_from, run, teacher=run.distill_weight > 0)
     workdir.mkdir(parents=True, exist_ok=True)
-    results.atomic_write_json(
-        workdir / "config.json",
-        {**record, "act_start_step": run.act_start_step, "steps_per_epoch": run.steps_per_epoch},
-    )
+    with locks.exclusive(workdir / LOCK_FILE, f"workdir {workdir}"):
+        # Again under the lock: another process may have written here since the first look.
+        checkpoints.check_workdir(workdir, record, run_id)
+        done = results.read_result(workdir)
+        if done is not None:
+            return done
+        results.atomic_write_json(
+            workdir / "config.json",
+            {**record, "run_id": run_id, "act_start_step": run.act_start_step, "steps_per_epoch": run.steps_per_epoch},
+        )
+        return _train(
+            run,
+            feed,
+            n_test,
+            mesh,
+            key,
+            workdir,
+            quiet=quiet,
+            t_enter=t_enter,
+            extra={"run_id": run_id, "cost": {"total": cost_obj["total"], "ratio": cost_obj["ratio"]}},
+        )
 
+
+def _initial_state(run: RunSpec, feed: feeds.Feed, mesh, key, workdir: Path, manager):
+    """(state, first epoch, metrics rows so far): the newest checkpoint whose every epoch has its
+    metrics row, else a fresh start (fine-tuning and distillation sources loaded)."""
     replicated = NamedSharding(mesh, P())
     sample = data.normalize(jnp.asarray(feed.sample), run.info)
-    state = jax.jit(functools.partial(steps.create_train_state, run), out_shardings=replicated)(
+    fresh = jax.jit(functools.partial(steps.create_train_state, run), out_shardings=replicated)(
         jax.random.fold_in(key, 0), sample
     )
-    manager = checkpoints.manager(workdir)
-    state, start_epoch = checkpoints.restore(manager, state)
+    state, start_epoch = checkpoints.restore(manager, fresh)
+    history = [h for h in results.read_jsonl(workdir / "metrics.jsonl") if h["epoch"] <= start_epoch]
+    missing = sorted(set(range(1, start_epoch + 1)) - {h["epoch"] for h in history})
+    if missing or len(history) != start_epoch:
+        # A result must come from every epoch's row: without them the checkpoint cannot be used.
+        aside = results.move_aside(workdir / "ckpt", "incomplete")
+        print(
+            f"qresnet: metrics.jsonl lacks epoch(s) {_ranges(missing) or 'rows'} that the checkpoint of epoch "
+            f"{start_epoch} covers; training again from the start (the checkpoints are kept in {aside})",
+            file=sys.stderr,
+        )
+        manager = checkpoints.manager(workdir)
+        state, start_epoch, history = fresh, 0, []
     if start_epoch == 0 and run.init_from:
         state = jax.device_put(checkpoints.warm_start(state, run.init_from, run), replicated)
     if run.distill_weight > 0:  # before the first epoch: the programs compile for a state with it
         state = state.replace(teacher=jax.device_put(checkpoints.load_teacher(run.init_from, run), replicated))
-    history = [h for h in results.read_jsonl(workdir / "metrics.jsonl") if h["epoch"] <= start_epoch]
     results.atomic_write_text(workdir / "metrics.jsonl", "".join(results.to_json_line(h) for h in history))
+    return state, start_epoch, history, manager
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    out: list[list[int]] = []
+    for n in numbers:
+        if out and n == out[-1][1] + 1:
+            out[-1][1] = n
+        else:
+            out.append([n, n])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)
+
+
+def _train(run: RunSpec, feed: feeds.Feed, n_test: int, mesh, key, workdir: Path, *, quiet, t_enter, extra):
+    """The loop, under the workdir's lock: trains from the last complete checkpoint to the end and
+    writes result.json (`extra`'s fields included)."""
+    manager = checkpoints.manager(workdir)
+    state, start_epoch, history, manager = _initial_state(run, feed, mesh, key, workdir, manager)
 
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
@@ -193,9 +248,8 @@ def train_and_evaluate(
         "width": run.width,
         "epochs": run.num_epochs,
         **results.report(history, run.act_start_step, run.smoothing_window),
-        "cost": {"total": cost_obj["total"], "ratio": cost_obj["ratio"]},
-        "w_bits": {n: s.w_bits for n, s in specs.items()},
-        "a_bits": {n: s.a_bits for n, s in specs.items()},
+        "w_bits": {n: s.w_bits for n, s in run.specs.items()},
+        "a_bits": {n: s.a_bits for n, s in run.specs.items()},
         "images_per_s": timed_images / timed_s if timed_s else history[-1]["images_per_s"],
         "wall_s": time.perf_counter() - t_run,
         # Fixed costs of this process: data, model and checkpoint set-up before the first epoch,
@@ -222,7 +276,10 @@ def train_and_evaluate(
         "commit": results.git_commit(),
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(sys.argv),
+        **extra,
     }
+    if [h["epoch"] for h in history] != list(range(1, run.num_epochs + 1)):
+        raise TrainError(f"{workdir / 'metrics.jsonl'} does not hold each epoch once; no result written")
     results.atomic_write_json(workdir / "result.json", result)
     return result
 

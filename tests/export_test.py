@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import settings
-from qresnet import cli, config_lib, cost, export, resnet, train
+from qresnet import cli, config_lib, cost, data, export, resnet, train
 from qresnet.quant import resolve_specs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,9 +249,7 @@ def test_test_batches_limit_is_the_subset_training_evaluated():
     """`eval --compare` on a run with dataset.test_subset sees the examples the run evaluated."""
     import numpy as np
 
-    from qresnet import data
-
-    got = np.concatenate([y for _, y in export.test_batches("synthetic", limit=50, batch=16)])
+    got = np.concatenate([y for _, y in data.test_batches("synthetic", limit=50, batch=16)])
     want = data.subset(data.load("synthetic", "", (512, 256)), 0, 50).test_labels
     np.testing.assert_array_equal(got, want)
     assert len(got) == 50

@@ -104,9 +104,9 @@ def test_out_of_memory_suggests_a_smaller_batch(tmp_path, monkeypatch):
     [
         ("--config.optim.batch_sise=8", "unknown config key"),
         ("--config.quant.rules=[('.*', 4, 9)]", "a_bits must be from 1 to 8"),
-        ("--config.model.width=-0.5", "width must be a number > 0"),
+        ("--config.model.width=-0.5", "--config.model.width=-0.5 is out of range"),
         ("--config.dataset.name=imagenet21k", "unknown dataset"),
-        ("--config.checkpoint_every_epochs=0", "checkpoint_every_epochs=0 must be >= 1"),
+        ("--config.checkpoint_every_epochs=0", "--config.checkpoint_every_epochs=0 is out of range"),
     ],
 )
 def test_bad_train_input_writes_nothing(tmp_path, override, message, capsys):

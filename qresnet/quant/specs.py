@@ -7,6 +7,7 @@ stable layer name; the first matching rule wins; None bits mean float.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 import types
@@ -206,3 +207,33 @@ def specs_to_json(specs: Mapping[str, QuantSpec]) -> dict[str, dict[str, Any]]:
 def specs_from_json(data: Mapping[str, Mapping[str, Any]]) -> Mapping[str, QuantSpec]:
     """Inverse of `specs_to_json`."""
     return types.MappingProxyType({n: QuantSpec(**d) for n, d in data.items()})
+
+
+def bits_label(specs: Mapping[str, QuantSpec]) -> str:
+    """A setting's name from its specs' bits: "bf16" when every layer is float, "wXaY" for the most
+    common (w_bits, a_bits) pair ("f" for a float side), "_ends8" when only the stem and head differ
+    and are 8-bit, "_mixed" when other layers differ. Options (granularity, bounds) are not named."""
+    pairs = {name: (s.w_bits, s.a_bits) for name, s in specs.items()}
+    if all(p == (None, None) for p in pairs.values()):
+        return "bf16"
+    common = collections.Counter(pairs.values()).most_common(1)[0][0]
+    label = "w{}a{}".format(*("f" if b is None else b for b in common))
+    others = {n: p for n, p in pairs.items() if p != common}
+    if not others:
+        return label
+    if set(others) <= {"stem", "head"} and all(p == (8, 8) for p in others.values()):
+        return label + "_ends8"
+    return label + "_mixed"
+
+
+def label_agrees(setting: str, specs: Mapping[str, QuantSpec]) -> bool:
+    """Whether a setting name's bits (its leading "bf16", "float" or "wXaY[_ends8]") are those of
+    `specs`; names that state no bits ("my_run") agree with any specs."""
+    derived = bits_label(specs)
+    name = setting.lower()
+    if name in ("bf16", "float", "float32", "fp32", "bfloat16") or name.startswith("bf16_"):
+        return derived == "bf16"
+    m = re.match(r"(w(?:\d+|f)a(?:\d+|f))(_ends8)?", name)
+    if m is None:
+        return True
+    return derived.split("_mixed")[0] == m[1] + (m[2] or "") or (m[2] is None and derived == m[1] + "_mixed")
