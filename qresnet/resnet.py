@@ -64,6 +64,52 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 BN_EPSILON = 1e-5
 
 
+class GroupBatchNorm(nn.Module):
+    """BatchNorm whose training statistics are per replica of `group` examples, as on the paper's
+    data-parallel TPU slice: each replica (consecutive rows of the batch) is normalised by its own
+    mean and variance, and the running averages move by the mean over replicas of their
+    statistics. The same variables as `nn.BatchNorm` (params scale, bias; batch_stats mean, var),
+    and the same function in inference mode.
+
+    Attributes:
+      group: examples per replica (> 0; the batch must divide by it).
+      use_running_average, momentum, epsilon, dtype, scale_init, bias_init: as nn.BatchNorm.
+    """
+
+    group: int
+    use_running_average: bool = False
+    momentum: float = 0.9
+    epsilon: float = BN_EPSILON
+    dtype: Any = None
+    scale_init: Any = nn.initializers.ones_init()
+    bias_init: Any = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        scale = self.param("scale", self.scale_init, (c,), jnp.float32)
+        bias = self.param("bias", self.bias_init, (c,), jnp.float32)
+        xf = x.astype(jnp.float32)
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+            y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
+        else:
+            if x.shape[0] % self.group:
+                raise ValueError(f"a batch of {x.shape[0]} does not split into replicas of {self.group}")
+            xg = xf.reshape(x.shape[0] // self.group, self.group, *x.shape[1:])
+            axes = tuple(range(1, xg.ndim - 1))
+            mean = jnp.mean(xg, axis=axes, keepdims=True)
+            var = jnp.maximum(jnp.mean(jnp.square(xg), axis=axes, keepdims=True) - jnp.square(mean), 0.0)
+            y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean.reshape(-1, c), axis=0)
+                ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var.reshape(-1, c), axis=0)
+        return (y * scale + bias).astype(self.dtype or x.dtype)
+
+
 def _no_norm(name=None, **_):
     """The stand-in for BatchNorm in a BN-folded network: the identity."""
     del name
@@ -160,6 +206,8 @@ class ResNet(nn.Module):
       specs: {layer name: QuantSpec}; missing layers are float.
       dtype: compute dtype; parameters stay float32.
       backend: how QConv runs its convolutions (`ConvBackend`: cuDNN or Triton, channel padding).
+      replica_size: 0: BN and activation-bound statistics over the whole batch; R > 0: per
+        replica of R examples, averaged over replicas (`GroupBatchNorm`, `ops.batch_max_abs`).
     """
 
     arch: Arch
@@ -171,6 +219,7 @@ class ResNet(nn.Module):
     dense_cls: Any = QDense
     backend: ConvBackend = ConvBackend()
     fold_bn: bool = False
+    replica_size: int = 0
 
     @nn.compact
     def __call__(self, x, train: bool = False, act_quant=True):
@@ -182,9 +231,13 @@ class ResNet(nn.Module):
         )
         if self.backend != ConvBackend():
             conv = functools.partial(conv, backend=self.backend)
-        norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON, dtype=self.dtype
-        )
+        dense = self.dense_cls
+        bn = nn.BatchNorm
+        if self.replica_size:  # statistics per replica, as the paper's data-parallel training computes them
+            conv = functools.partial(conv, stat_group=self.replica_size)
+            dense = functools.partial(dense, stat_group=self.replica_size)
+            bn = functools.partial(GroupBatchNorm, self.replica_size)
+        norm = functools.partial(bn, use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON, dtype=self.dtype)
         if self.fold_bn:
             conv = functools.partial(conv, use_bias=True)
             norm = _no_norm
@@ -212,7 +265,7 @@ class ResNet(nn.Module):
                     name=f"stage{s}_block{b}",
                 )(x, **kw)
         x = jnp.mean(x, axis=(1, 2))
-        x = self.dense_cls(self.num_classes, dtype=self.dtype, name="head", spec=specs.get("head"))(x, **kw)
+        x = dense(self.num_classes, dtype=self.dtype, name="head", spec=specs.get("head"))(x, **kw)
         return x.astype(jnp.float32)
 
 
@@ -225,6 +278,7 @@ def create_model(
     dtype: str = "float32",
     backend: ConvBackend | None = None,
     fold_bn: bool = False,
+    replica_size: int = 0,
 ) -> ResNet:
     """Builds a ResNet by name ("resnet20", "resnet50", ...).
 
@@ -238,6 +292,7 @@ def create_model(
         same model and result whichever (None: cuDNN, no padding).
       fold_bn: the BN-folded network for fused integer deployment (module doc); its specs must
         pass `check_fold_specs`.
+      replica_size: statistics per replica of this many examples (0 = the whole batch; `ResNet`).
 
     Returns:
       The Flax module.
@@ -250,6 +305,8 @@ def create_model(
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     arch = get_arch(name)
     stage_filters(arch, width)
+    if not isinstance(replica_size, int) or replica_size < 0:
+        raise ValueError(f"replica_size must be an int >= 0 (0 = the whole batch), got {replica_size!r}")
     if backend is not None and not isinstance(backend, ConvBackend):
         raise ValueError(f"backend must be a quant.ConvBackend, got {backend!r}")
     return ResNet(
@@ -260,6 +317,7 @@ def create_model(
         dtype=DTYPES[dtype],
         backend=backend or ConvBackend(),
         fold_bn=fold_bn,
+        replica_size=replica_size,
     )
 
 

@@ -50,6 +50,8 @@ class RunSpec:
     distill_temperature: float = 1.0
     backend: ConvBackend = ConvBackend()  # how convs run on the device ("auto" resolved per device)
     fold_bn: bool = False  # the BN-folded network for fused integer deployment (resnet.ResNet)
+    replica_size: int = 0  # BN and bound statistics per replica of this many examples (0: whole batch)
+    grad_accum_steps: int = 1  # micro-batches per update
     seed: int = 0
     setting: str = ""  # the label records and plots carry
     init_from: str = ""  # the run this one starts from ("" = from scratch)
@@ -129,6 +131,15 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
         raise TrainError(
             f"optim.batch_size={o.batch_size} must be a positive multiple of the {jax.device_count()} device(s)"
         )
+    accum, replica = int(o.get("grad_accum_steps", 1)), int(config.model.get("replica_size", 0))
+    micro = o.batch_size // accum
+    if o.batch_size % accum or micro % jax.device_count() or (replica and micro % replica):
+        raise TrainError(
+            f"optim.batch_size={o.batch_size} does not split into {accum} micro-batch(es) (optim.grad_accum_steps) "
+            f"of a multiple of the {jax.device_count()} device(s)"
+            + (f" and of model.replica_size={replica}" if replica else "")
+            + "; choose sizes that divide"
+        )
     steps_per_epoch = num_train // o.batch_size
     if steps_per_epoch < 1:
         raise TrainError(
@@ -142,7 +153,9 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
             "--config.init_from=RUN (the student starts from it and learns from its outputs)"
         )
     start = config.quant.act_start_step
-    if start < 0:
+    if start < 0 and config.quant.get("act_start_epoch", -1.0) >= 0:
+        start = int(round(config.quant.act_start_epoch * steps_per_epoch))
+    elif start < 0:
         start = int(round(config.quant.act_start_frac * total))
     specs = resolve_specs(config) if specs is None else specs
     if start >= total and any(s.a_bits is not None for s in specs.values()):
@@ -180,6 +193,8 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
             int(model.get("pallas_max_channels", 32)),
         ),
         fold_bn=bool(model.get("fold_bn", False)),
+        replica_size=replica,
+        grad_accum_steps=accum,
         seed=int(config.seed),
         setting=setting_label(str(config.setting), specs),
         init_from=str(config.get("init_from", "") or ""),

@@ -61,6 +61,7 @@ def create_model(run: RunSpec) -> resnet.ResNet:
         dtype=run.dtype,
         backend=run.backend,
         fold_bn=run.fold_bn,
+        replica_size=run.replica_size,
     )
 
 
@@ -156,7 +157,10 @@ def train_step(
     """
     model = create_model(run) if model is None else model
     x = data.normalize(data.augment(key, images, run.crop_pad, run.flip), run.info, jnp.float32)
-    grads, (new, logits, ce) = gradients(run, model, state, x, labels, act_quant)
+    if run.grad_accum_steps == 1:
+        grads, (new, logits, ce) = gradients(run, model, state, x, labels, act_quant)
+    else:
+        grads, (new, logits, ce) = _accumulated(run, model, state, x, labels, act_quant)
     updates, opt_state = create_optimizer(run).update(grads, state.opt_state, state.params)
     state = state.replace(
         step=state.step + 1,
@@ -167,6 +171,26 @@ def train_step(
     )
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     return state, (ce, correct)
+
+
+def _accumulated(run: RunSpec, model: nn.Module, state: TrainState, x, labels, act_quant):
+    """`gradients` over run.grad_accum_steps consecutive micro-batches of the batch, one at a time:
+    the mean of their gradients, statistics (BN running averages and activation-bound EMAs move
+    linearly with a batch's statistics, so their mean is the update of the mean statistic) and
+    cross-entropies. With replica statistics this equals `gradients` on the whole batch."""
+    k = run.grad_accum_steps
+    xs = x.reshape(k, x.shape[0] // k, *x.shape[1:])
+    ys = labels.reshape(k, labels.shape[0] // k)
+
+    def body(acc, xy):
+        grads, (new, logits, ce) = gradients(run, model, state, *xy, act_quant)
+        summed = jax.tree.map(jnp.add, acc, (grads, new, ce)) if acc is not None else (grads, new, ce)
+        return summed, logits
+
+    first, first_logits = body(None, (xs[0], ys[0]))
+    total, logits = jax.lax.scan(body, first, (xs[1:], ys[1:]))
+    grads, new, ce = jax.tree.map(lambda t: t / k, total)
+    return grads, (new, jnp.concatenate([first_logits[None], logits]).reshape(-1, first_logits.shape[-1]), ce)
 
 
 def act_quant_phase(run: RunSpec, first_step: int, num_steps: int) -> bool | None:

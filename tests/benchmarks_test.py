@@ -519,3 +519,19 @@ def test_shrink_jpeg_keeps_the_aspect_and_leaves_small_files_alone():
         input_pipeline.shrink_jpeg(data, 0)
     with pytest.raises(ValueError, match="quality"):
         input_pipeline.shrink_jpeg(data, 320, quality=101)
+
+
+def test_imagenet_projection_scales_with_speed_and_the_sweeps_macs(capsys):
+    from benchmarks import imagenet_dry_run
+
+    a, b = imagenet_dry_run.projection(6000.0), imagenet_dry_run.projection(3000.0)
+    assert b["paper_run_gpu_hours"] == pytest.approx(2 * a["paper_run_gpu_hours"], rel=0.01)
+    hours = 250 * 1_281_167 / 6000 / 3600
+    assert a["paper_run_gpu_hours"] == pytest.approx(hours, abs=0.05)
+    assert a["paper_run_hours_on_8_gpus"] == pytest.approx(hours / 8, abs=0.01)
+    # 36 runs: 4 settings at 9 widths, the wider ones costing more than width 1, the narrower less.
+    assert 36 * hours * 0.5 < a["sweep_gpu_hours"] < 36 * hours * 4
+    assert imagenet_dry_run.main(["--project", "6000"]) == 0
+    assert json.loads(capsys.readouterr().out)["images_per_s"] == 6000
+    with pytest.raises(SystemExit):
+        imagenet_dry_run.main(["--root", "x", "--act-start-epoch", "5", "--epochs", "4"])

@@ -189,3 +189,21 @@ def test_bias_on_grid_is_half_a_step_off_the_grid_with_identity_gradient():
     np.testing.assert_array_equal(np.asarray(ops.bias_on_grid(bias, s)), [0.0625, 0.3125, -0.3125, 1.0625])
     g = jax.grad(lambda b: jnp.sum(ops.bias_on_grid(b, s) * jnp.arange(4.0)))(bias)
     np.testing.assert_array_equal(np.asarray(g), [0.0, 1.0, 2.0, 3.0])
+
+
+def test_replica_bound_is_the_mean_of_each_replicas_max():
+    """The paper's statistic: each replica's max, averaged over replicas (zero replicas left out)."""
+    x = jnp.array(
+        [[[1.0, 0.0]], [[-3.0, 0.0]], [[2.0, 0.0]], [[0.5, 4.0]]]  # 4 examples, 1 position, 2 channels
+    )
+    m, nonzero = ops.batch_max_abs(x, "per_channel", group=2)
+    # channel 0: replicas {1, 3} and {2, 0.5} -> maxima 3 and 2 -> 2.5; channel 1: only the second
+    # replica has a nonzero value (4), the all-zero first is left out -> 4.
+    np.testing.assert_allclose(m, [2.5, 4.0])
+    assert nonzero.tolist() == [True, True]
+    whole, _ = ops.batch_max_abs(x, "per_channel")
+    np.testing.assert_allclose(whole, [3.0, 4.0])  # over the whole batch: the larger max
+    per_tensor, _ = ops.batch_max_abs(x, "per_tensor", group=2)
+    assert float(per_tensor) == pytest.approx((3.0 + 4.0) / 2)
+    with pytest.raises(ValueError, match="does not split into replicas of 3"):
+        ops.batch_max_abs(x, "per_channel", group=3)

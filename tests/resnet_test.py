@@ -1,5 +1,6 @@
 """Pinned layer names, parameter counts and shapes of the ResNet family."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,3 +101,38 @@ def test_channel_multiple_gives_the_same_model():
     np.testing.assert_allclose(padded.apply(v, x), plain.apply(v, x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="backend must be a quant.ConvBackend"):
         resnet.create_model("resnet20", num_classes=10, backend="cudnn")
+
+
+def test_grouped_batch_norm_is_batch_norm_on_each_replica():
+    x = jax.random.normal(jax.random.key(0), (8, 3, 3, 5)) * 2 + 1
+    grouped = resnet.GroupBatchNorm(4, momentum=0.9)
+    plain = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=resnet.BN_EPSILON)
+    v = plain.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, grouped.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, v)
+    y, new = grouped.apply(v, x, mutable=["batch_stats"])
+    parts = [plain.apply(v, x[i : i + 4], mutable=["batch_stats"]) for i in (0, 4)]
+    np.testing.assert_allclose(y, jnp.concatenate([p[0] for p in parts]), rtol=1e-5, atol=1e-5)
+    for key in ("mean", "var"):  # running averages move by the mean of the replicas' statistics
+        want = (parts[0][1]["batch_stats"][key] + parts[1][1]["batch_stats"][key]) / 2
+        np.testing.assert_allclose(new["batch_stats"][key], want, rtol=1e-5, atol=1e-6)
+    inference = resnet.GroupBatchNorm(4, use_running_average=True)
+    np.testing.assert_allclose(
+        inference.apply(v, x), nn.BatchNorm(use_running_average=True).apply(v, x), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_replica_statistics_reach_every_bn_and_quantizer():
+    specs = resnet.resolve_specs([("stem|head", 8, 8), (".*", 4, 4)], "resnet8", width=0.25)
+    model = resnet.create_model("resnet8", num_classes=10, width=0.25, specs=specs, replica_size=2)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+    v = model.init(jax.random.key(1), x)
+    _, new = model.apply(v, x, train=True, act_quant=False, mutable=["batch_stats", "quant_stats"])
+    plain = resnet.create_model("resnet8", num_classes=10, width=0.25, specs=specs)
+    _, new_plain = plain.apply(v, x, train=True, act_quant=False, mutable=["batch_stats", "quant_stats"])
+    # The stem reads the same image either way: the mean of the replicas' maxima is at most the batch max,
+    # and below it where the replicas differ.
+    stem, stem_plain = new["quant_stats"]["stem"]["act_bound"], new_plain["quant_stats"]["stem"]["act_bound"]
+    assert jnp.all(stem <= stem_plain + 1e-6) and jnp.any(stem < stem_plain)
+    assert any(not jnp.allclose(a, b) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(new_plain)))
+    with pytest.raises(ValueError, match="replica_size must be an int >= 0"):
+        resnet.create_model("resnet8", num_classes=10, replica_size=-1)

@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from qresnet import checkpoints, config_lib, data, feeds, results, run_spec, steps, train
@@ -457,3 +459,34 @@ def test_triton_convs_train_as_xlas_do(tmp_path):
     assert len(losses["pallas"]) == len(losses["xla"]) == 2
     for mine, theirs in zip(losses["pallas"], losses["xla"]):
         assert mine == pytest.approx(theirs, rel=1e-2)
+
+
+def test_accumulated_micro_batches_give_the_update_of_the_whole_batch():
+    """With replica statistics, 4 micro-batches of 4 make the step one batch of 16 makes."""
+    overrides = ["--config.model.replica_size=4", "--config.optim.num_epochs=1", "--config.quant.act_start_step=0"]
+    base = config_lib.load_config(SMOKE, overrides)
+    one = run_spec.make_run_spec(base, 64)
+    four = dataclasses.replace(one, grad_accum_steps=4)
+    images = jax.random.randint(jax.random.key(0), (16, 16, 16, 3), 0, 256, dtype=jnp.int32).astype(jnp.uint8)
+    labels = jax.random.randint(jax.random.key(1), (16,), 0, 10)
+    sample = data.normalize(images[:4], one.info)
+    state = steps.create_train_state(one, jax.random.key(2), sample)
+    for act_quant in (False, True):  # bounds calibrating (EMA of the replicas' maxima), then quantized
+        a, (loss_a, correct_a) = steps.train_step(one, state, images, labels, jax.random.key(3), act_quant=act_quant)
+        b, (loss_b, correct_b) = steps.train_step(four, state, images, labels, jax.random.key(3), act_quant=act_quant)
+        assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-5) and int(correct_a) == int(correct_b)
+        for x, y in zip(jax.tree.leaves(a.variables()), jax.tree.leaves(b.variables())):
+            np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
+    cfg = config_lib.load_config(SMOKE, ["--config.model.replica_size=3"])
+    with pytest.raises(train.TrainError, match="replica_size=3"):
+        run_spec.make_run_spec(cfg, 64)
+
+
+@pytest.mark.parametrize("batch", [256, 1024, 8192])
+def test_activation_quantization_starts_on_the_papers_epoch_at_any_batch(batch):
+    config = config_lib.load_config(
+        ROOT / "configs/imagenet/resnet50_w4a4_ends8.py", [f"--config.optim.batch_size={batch}"]
+    )
+    run = run_spec.make_run_spec(config, data.dataset_info("imagenet2012").num_train)
+    assert run.act_start_step / run.steps_per_epoch == pytest.approx(48.0)
+    assert run.replica_size == 64

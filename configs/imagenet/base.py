@@ -22,6 +22,9 @@ def get_config(setting: str = "bf16"):
     c.optim.warmup_epochs = 5.0
     c.optim.cosine_alpha = 0.001
     c.optim.cooldown_epochs = 50.0
-    c.quant.act_start_step = 7500
+    # The paper quantizes activations from step 7,500 at batch 8192 (156 steps an epoch): epoch 48,
+    # whatever the batch here.
+    c.quant.act_start_epoch = 48.0
+    c.model.replica_size = 64  # the paper's 64 images per TPU core
     c.eval_batch_size = 1024
     return c

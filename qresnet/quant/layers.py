@@ -129,7 +129,7 @@ def _ema_bound(module, x, spec, train, act_quant):
     shape = () if spec.a_granularity == "per_tensor" else (x.shape[-1],)
     var = module.variable("quant_stats", "act_bound", jnp.zeros, shape, jnp.float32)
     if train and not module.is_initializing() and act_quant is not True:
-        m, nonzero = ops.batch_max_abs(x, spec.a_granularity)
+        m, nonzero = ops.batch_max_abs(x, spec.a_granularity, module.stat_group)
         updated = ops.ema_max_update(var.value, m, nonzero, spec.a_ema_coeff)
         var.value = _select(act_quant, var.value, updated)
     return var.value
@@ -202,7 +202,7 @@ def quantize_output(module: nn.Module, y: Array, bits: int, train: bool, act_qua
         raise ValueError(f"{module.name}: out_bits must be {OUT_BITS} (int8 codes), got {bits}")
     var = module.variable("quant_stats", "out_bound", jnp.zeros, (), jnp.float32)
     if train and not module.is_initializing() and act_quant is not True:
-        m, nonzero = ops.batch_max_abs(y, "per_tensor")
+        m, nonzero = ops.batch_max_abs(y, "per_tensor", module.stat_group)
         var.value = _select(act_quant, var.value, ops.ema_max_update(var.value, m, nonzero))
     if act_quant is False:
         return y
@@ -280,6 +280,8 @@ class QConv(nn.Module):
       param_dtype: parameter dtype.
       kernel_init, bias_init: initializers, as nn.Conv.
       backend: how the convolution runs (`ConvBackend`); the same result whichever.
+      stat_group: 0: activation-bound statistics over the whole batch; G > 0: the mean over
+        replicas of G examples of each replica's max (`ops.batch_max_abs`).
       out_bits: fake-quantize the output (after the bias) to int8 codes, -128..127, with a
         per-tensor bound (`quantize_output`; 8 only; a BN-folded projection, `resnet.ResNet.fold_bn`).
       return_codes: also return the input's codes and scale (see __call__).
@@ -296,6 +298,7 @@ class QConv(nn.Module):
     kernel_init: Callable = default_kernel_init
     bias_init: Callable = nn.initializers.zeros_init()
     backend: ConvBackend = ConvBackend()
+    stat_group: int = 0
     out_bits: int | None = None
     return_codes: bool = False
 
@@ -335,6 +338,7 @@ class QDense(nn.Module):
       use_bias: add a bias.
       spec: the layer's QuantSpec; None or a float spec gives nn.Dense.
       dtype, param_dtype, kernel_init, bias_init: as nn.Dense.
+      stat_group: as QConv's.
     """
 
     features: int
@@ -344,6 +348,7 @@ class QDense(nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Callable = default_kernel_init
     bias_init: Callable = nn.initializers.zeros_init()
+    stat_group: int = 0
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, act_quant=True) -> Array:

@@ -278,16 +278,33 @@ def weight_ste_codes(
     return ste_codes(w, bits, weight_bound(w, granularity), True, pow2)
 
 
-def batch_max_abs(x: jax.Array, granularity: str) -> tuple[jax.Array, jax.Array]:
+def batch_max_abs(x: jax.Array, granularity: str, group: int = 0) -> tuple[jax.Array, jax.Array]:
     """Per input channel (last axis) or per tensor max|x| of one batch.
 
+    Args:
+      x: (N, ...) activations.
+      granularity: "per_channel" or "per_tensor".
+      group: 0 takes the max over the whole batch; G > 0 splits the batch into replicas of G
+        examples (consecutive rows; N must divide by G) and returns the mean over replicas of each
+        replica's max, as the paper's data-parallel statistic (each replica's max, averaged over
+        replicas), whatever the number of devices. Replicas whose channel is all zeros are left out
+        of that channel's mean.
+
     Returns:
-      (max_abs, has_nonzero): channels whose batch is all zeros report
-      has_nonzero = False, so the EMA can skip them (zeros excluded).
+      (max_abs, has_nonzero): channels whose batch is all zeros report has_nonzero = False, so
+      the EMA can skip them (zeros excluded).
     """
-    axes = reduction_axes(x.ndim, granularity)
     ax = jnp.abs(x.astype(jnp.float32))
-    m = lax.stop_gradient(jnp.max(ax, axis=axes))
+    if group:
+        if x.shape[0] % group:
+            raise ValueError(f"a batch of {x.shape[0]} does not split into replicas of {group}")
+        ax = ax.reshape(x.shape[0] // group, group, *x.shape[1:])
+        per_replica = jnp.max(ax, axis=tuple(a + 1 for a in reduction_axes(x.ndim, granularity)))
+        valid = per_replica > 0
+        count = jnp.sum(valid, axis=0)
+        m = jnp.sum(jnp.where(valid, per_replica, 0.0), axis=0) / jnp.maximum(count, 1)
+        return lax.stop_gradient(m), count > 0
+    m = lax.stop_gradient(jnp.max(ax, axis=reduction_axes(x.ndim, granularity)))
     return m, m > 0
 
 
