@@ -305,7 +305,7 @@ def test_distillation_from_a_float_teacher(smoke_run, tmp_path, monkeypatch):
 def test_workdir_of_another_config_is_refused(smoke_run):
     workdir, _ = smoke_run
     other = config_lib.load_config(SMOKE, ["--config.seed=1"])
-    with pytest.raises(train.TrainError, match="different config.*seed.*delete"):
+    with pytest.raises(train.TrainError, match="different config.*seed.*another --workdir"):
         train.train_and_evaluate(other, workdir, quiet=True)
 
 
