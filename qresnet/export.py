@@ -162,7 +162,10 @@ def write(
     header = {"format": FORMAT, "version": VERSION, **header, "specs": specs_lib.specs_to_json(specs), "arrays": table}
     head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     body = MAGIC + struct.pack("<II", VERSION, len(head)) + head + payload
-    results.atomic_write_bytes(path, body + hashlib.sha256(body).digest())
+    try:
+        results.atomic_write_bytes(path, body + hashlib.sha256(body).digest(), overwrite=False)
+    except FileExistsError:
+        raise ExportError(f"{path} exists; qresnet never overwrites a file: choose another path or remove it") from None
     return Path(path)
 
 

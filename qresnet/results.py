@@ -43,8 +43,12 @@ class RecordError(RuntimeError):
     """A record file that is missing, truncated or corrupt."""
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Writes `data` to `path` atomically (temp file in the same folder, fsync, rename)."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = True) -> None:
+    """Writes `data` to `path` atomically (temp file in the same folder, fsync, rename).
+
+    With overwrite=False the file appears only if `path` did not exist (a hard link, which the
+    file system refuses atomically), else FileExistsError: two writers never replace each other.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -53,10 +57,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -98,7 +104,9 @@ def read_json(path: str | Path) -> Any:
     except FileNotFoundError:
         raise
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path} is truncated or corrupt ({e}); delete it to redo that step") from e
+        raise RecordError(
+            f"{path} is truncated or corrupt ({e}); restore it from a copy, or move the run's folder aside to redo it"
+        ) from e
 
 
 def to_json_line(obj: Mapping[str, Any]) -> str:
@@ -139,9 +147,9 @@ def read_result(workdir: str | Path) -> dict[str, Any] | None:
     result = read_json(path)
     missing = [k for k in RESULT_KEYS if k not in result]
     if missing:
-        raise RecordError(f"{path} lacks {missing}; delete it and re-run the command to redo the run")
+        raise RecordError(f"{path} lacks {missing}; move it aside and re-run the command to rebuild it")
     if not (isinstance(result["top1"], (int, float)) and math.isfinite(result["top1"])):
-        raise RecordError(f"{path} has a non-numeric top1 {result['top1']!r}; delete it and re-run")
+        raise RecordError(f"{path} has a non-numeric top1 {result['top1']!r}; move it aside and re-run")
     return result
 
 

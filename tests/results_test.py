@@ -41,3 +41,11 @@ def test_jsonl_skips_a_line_cut_by_a_kill(tmp_path):
     with open(path, "a") as f:
         f.write('{"epoch": 2, "lo')
     assert results.read_jsonl(path) == [{"epoch": 1}]
+
+
+def test_atomic_write_without_overwrite_never_replaces_a_file(tmp_path):
+    path = tmp_path / "out.bin"
+    results.atomic_write_bytes(path, b"first", overwrite=False)
+    with pytest.raises(FileExistsError):
+        results.atomic_write_bytes(path, b"second", overwrite=False)
+    assert path.read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
@@ -80,7 +81,7 @@ class QuantSpec:
                 raise SpecError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.a_signed is not None and not isinstance(self.a_signed, bool):
             raise SpecError(f"a_signed must be True, False or None, got {self.a_signed!r}")
-        if not self.a_fixed_bound > 0:
+        if not (self.a_fixed_bound > 0 and math.isfinite(self.a_fixed_bound)):
             raise SpecError(f"a_fixed_bound must be > 0, got {self.a_fixed_bound}")
         if not 0 < self.a_ema_coeff <= 1:
             raise SpecError(f"a_ema_coeff must be in (0, 1], got {self.a_ema_coeff}")
