@@ -494,6 +494,8 @@ def stream_overrides(tfds_dir, *extra):
         "--config.model.width=0.125",
         "--config.model.dtype=float32",
         "--config.optim.batch_size=8",
+        "--config.model.replica_size=4",  # the paper's statistics per replica, at this batch's scale
+        "--config.quant.act_start_epoch=0.5",
         "--config.eval_batch_size=4",
         *extra,
     ]
