@@ -19,13 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs/smoke.py"
 SMOKE_SWEEP = ROOT / "configs/smoke_sweep.py"
 METRIC_KEYS = ("top1", "top1_last", "train_top1_at_best", "best_epoch")
+R8 = ["--config.model.name=resnet8"]  # the smallest ResNet: these tests are about records, not models
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished smoke run, copied by the tests that damage it."""
     workdir = tmp_path_factory.mktemp("finished") / "run"
-    return workdir, train.train_and_evaluate(config_lib.load_config(SMOKE), workdir, quiet=True)
+    return workdir, train.train_and_evaluate(config_lib.load_config(SMOKE, R8), workdir, quiet=True)
 
 
 def _copy(finished, tmp_path) -> Path:
@@ -50,7 +51,7 @@ def test_lost_metrics_rows_are_trained_again_never_reported_from_what_remains(fi
         (workdir / "metrics.jsonl").unlink()
     else:
         (workdir / "metrics.jsonl").write_text("".join(lines[1:]))
-    result = train.train_and_evaluate(config_lib.load_config(SMOKE), workdir, quiet=True)
+    result = train.train_and_evaluate(config_lib.load_config(SMOKE, R8), workdir, quiet=True)
     assert "training again from the start" in capsys.readouterr().err
     assert _epochs(workdir) == [1, 2]
     for key in METRIC_KEYS:  # the CPU is deterministic: the same result as the uninterrupted run
@@ -64,7 +65,7 @@ def test_lost_metrics_rows_are_trained_again_never_reported_from_what_remains(fi
 def test_deleting_config_json_does_not_turn_off_the_identity_check(finished, tmp_path):
     workdir = _copy(finished, tmp_path)
     (workdir / "config.json").unlink()
-    other = config_lib.load_config(SMOKE, ["--config.seed=7"])
+    other = config_lib.load_config(SMOKE, [*R8, "--config.seed=7"])
     with pytest.raises(train.TrainError, match="result of run"):
         train.train_and_evaluate(other, workdir, quiet=True)
     (workdir / "result.json").unlink()
@@ -80,9 +81,19 @@ def test_result_json_records_the_run_identity(finished):
 
 def test_sweep_rerun_with_other_overrides_is_refused(tmp_path, capsys):
     root = tmp_path / "sweep"
-    assert cli.main(["sweep", "--config", str(SMOKE_SWEEP), "--root", str(root), "--only", "bf16"]) == 0
+    assert cli.main(["sweep", "--config", str(SMOKE_SWEEP), "--root", str(root), "--only", "bf16", *R8]) == 0
     before = (root / "bf16_width0.25" / "result.json").read_text()
-    argv = ["sweep", "--config", str(SMOKE_SWEEP), "--root", str(root), "--only", "bf16", "--config.optim.num_epochs=2"]
+    argv = [
+        "sweep",
+        "--config",
+        str(SMOKE_SWEEP),
+        "--root",
+        str(root),
+        "--only",
+        "bf16",
+        *R8,
+        "--config.optim.num_epochs=2",
+    ]
     capsys.readouterr()
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
@@ -107,7 +118,7 @@ def test_eval_compare_refuses_a_run_that_is_not_the_exported_one(tmp_path):
     rules = settings.SETTINGS["w4a4_ends8_deploy"]
     overrides = [f"--config.quant.rules={rules!r}", "--config.setting=w4a4_ends8_deploy", "--config.optim.num_epochs=1"]
     for name, seed in (("a", 0), ("b", 1)):
-        cfg = config_lib.load_config(SMOKE, [*overrides, f"--config.seed={seed}"])
+        cfg = config_lib.load_config(SMOKE, [*R8, *overrides, f"--config.seed={seed}"])
         train.train_and_evaluate(cfg, tmp_path / name, quiet=True)
     path = export.export_run(tmp_path / "a", tmp_path / "a.qrx")
     assert export.read(path)[0]["run_id"] == results.recorded_identity(tmp_path / "a")
@@ -150,7 +161,7 @@ def _start_together(cmds):
 
 def test_two_trainings_on_one_workdir_started_together(tmp_path):
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "qresnet.cli", "train", "--config", str(SMOKE), "--workdir", str(workdir)]
+    cmd = [sys.executable, "-m", "qresnet.cli", "train", "--config", str(SMOKE), "--workdir", str(workdir), *R8]
     (a, _, err_a), (b, _, err_b) = _start_together([cmd, cmd])
     # One trains; the other is refused at the lock, or finds the finished result.
     assert sorted([a, b])[0] == 0 and {a, b} <= {0, 1}, (err_a, err_b)
@@ -162,7 +173,7 @@ def test_two_trainings_on_one_workdir_started_together(tmp_path):
 
 def test_two_sweeps_on_one_root_started_together(tmp_path):
     root = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "qresnet.cli", "sweep", "--config", str(SMOKE_SWEEP), "--root", str(root)]
+    cmd = [sys.executable, "-m", "qresnet.cli", "sweep", "--config", str(SMOKE_SWEEP), "--root", str(root), *R8]
     (a, _, err_a), (b, _, err_b) = _start_together([cmd, cmd])
     assert sorted([a, b]) in ([0, 0], [0, 1]), (err_a, err_b)
     if 1 in (a, b):
@@ -185,12 +196,12 @@ def test_export_never_overwrites_a_file(finished, tmp_path):
 
 def test_sweep_moves_an_unreadable_result_aside(tmp_path, capsys):
     root = tmp_path / "sweep"
-    assert cli.main(["sweep", "--config", str(SMOKE_SWEEP), "--root", str(root), "--only", "bf16"]) == 0
+    assert cli.main(["sweep", "--config", str(SMOKE_SWEEP), "--root", str(root), "--only", "bf16", *R8]) == 0
     result = root / "bf16_width0.25" / "result.json"
     broken = json.loads(result.read_text())
     del broken["top1"]
     result.write_text(json.dumps(broken))
-    assert cli.main(["sweep", "--config", str(SMOKE_SWEEP), "--root", str(root), "--only", "bf16"]) == 0
+    assert cli.main(["sweep", "--config", str(SMOKE_SWEEP), "--root", str(root), "--only", "bf16", *R8]) == 0
     assert json.loads((root / "bf16_width0.25" / "result.json.invalid-1").read_text()) == broken
     assert "top1" in json.loads(result.read_text())
 

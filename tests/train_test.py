@@ -1,6 +1,7 @@
 """End to end on the CPU: the smoke config writes a complete workdir and resumes."""
 
 import dataclasses
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -464,6 +465,7 @@ def test_triton_convs_train_as_xlas_do(tmp_path):
 def test_accumulated_micro_batches_give_the_update_of_the_whole_batch():
     """With replica statistics, 4 micro-batches of 4 make the step one batch of 16 makes."""
     overrides = ["--config.model.replica_size=4", "--config.optim.num_epochs=1", "--config.quant.act_start_step=0"]
+    overrides.append("--config.model.name=resnet8")  # the smallest ResNet: four compilations
     base = config_lib.load_config(SMOKE, overrides)
     one = run_spec.make_run_spec(base, 64)
     four = dataclasses.replace(one, grad_accum_steps=4)
@@ -472,8 +474,9 @@ def test_accumulated_micro_batches_give_the_update_of_the_whole_batch():
     sample = data.normalize(images[:4], one.info)
     state = steps.create_train_state(one, jax.random.key(2), sample)
     for act_quant in (False, True):  # bounds calibrating (EMA of the replicas' maxima), then quantized
-        a, (loss_a, correct_a) = steps.train_step(one, state, images, labels, jax.random.key(3), act_quant=act_quant)
-        b, (loss_b, correct_b) = steps.train_step(four, state, images, labels, jax.random.key(3), act_quant=act_quant)
+        step_a, step_b = (jax.jit(functools.partial(steps.train_step, r, act_quant=act_quant)) for r in (one, four))
+        a, (loss_a, correct_a) = step_a(state, images, labels, jax.random.key(3))
+        b, (loss_b, correct_b) = step_b(state, images, labels, jax.random.key(3))
         assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-5) and int(correct_a) == int(correct_b)
         for x, y in zip(jax.tree.leaves(a.variables()), jax.tree.leaves(b.variables())):
             np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
