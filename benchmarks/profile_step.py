@@ -176,7 +176,7 @@ INFERENCE_ROWS = ("bf16", "int8", "int8_conv", "int8_narrow_int", "int8_bf16")
 
 
 def profile_inference(case: str, rows, *, steps: int, warmup: int, out: Path):
-    """Profiles `qresnet bench-int`'s forward passes of one MODEL:IMAGE_SIZE:BATCH case (rows of
+    """Profiles the inference benchmark's forward passes of one MODEL:IMAGE_SIZE:BATCH case (rows of
     INFERENCE_ROWS: bf16, the integer model, and the integer model with its 1x1 convs as convs or
     its stem as an int8 conv, or its float parts in bf16); yields each row's summary as it is done."""
     import time
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--rows", help=f"comma-separated LIBRARY:SETTING:PATH (with --inference: of {','.join(INFERENCE_ROWS)})"
     )
-    p.add_argument("--inference", help="MODEL:IMAGE_SIZE:BATCH: profile bench-int's forward passes instead")
+    p.add_argument("--inference", help="MODEL:IMAGE_SIZE:BATCH: profile the inference benchmark's forward passes")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", required=True, help="output folder")
