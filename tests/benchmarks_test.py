@@ -256,13 +256,13 @@ def test_scan_rows_time_the_trainers_epoch_program(rows, tmp_path):
 
 
 def test_vmapped_models_train_each_as_alone():
-    """The vmapped multi-model epoch gives every model the state it gets trained alone (float:
-    to float rounding; quantized: the same losses, and a rare weight code may round the other way)."""
+    """The vmapped multi-model epoch gives every model the state it gets trained alone (quantized: the
+    same losses, and a rare weight code may round the other way)."""
 
     from benchmarks import multi_model
 
     case = train_step.Case("resnet8", 8, 2, "float32")
-    for setting in ("float", "w4a4_ends8"):
+    for setting in ("w4a4_ends8",):
         run, states, images, labels, idx, keys = multi_model._setup(case, setting, 2, 2)
         epoch = multi_model._epoch_fn(run)
         vmapped = jax.jit(jax.vmap(epoch, in_axes=(0, None, None, 0, 0)))
@@ -307,9 +307,9 @@ def test_multi_model_benchmark_times_vmap_and_processes(tmp_path, capsys):
 
     out = tmp_path / "mm.jsonl"
     args = ["--case", "resnet8:8:2:float32:0.5", "--models", "2", "--steps", "1", "--calls", "1"]
-    assert multi_model.main([*args, "--modes", "vmap,processes", "--out", str(out)]) == 0
+    assert multi_model.main([*args, "--modes", "vmap,sequential", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["mode"] for r in rows] == ["vmap", "processes"] and all(r["images_per_s"] > 0 for r in rows)
+    assert [r["mode"] for r in rows] == ["vmap", "sequential"] and all(r["images_per_s"] > 0 for r in rows)
     assert all(r["width"] == 0.5 for r in rows)
     assert multi_model.main([*args, "--modes", "threads"]) == 2
     assert "unknown modes ['threads']" in capsys.readouterr().err

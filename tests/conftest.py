@@ -18,6 +18,9 @@ import pytest
 # processes its sweep and reliability tests start (they inherit the variable): many tests compile
 # the same small programs again, and on CI's two cores compiling is most of the test time. Set
 # before anything imports JAX, which reads it once.
+# The tests' models are tiny: compiling is most of their time and running them little, so XLA skips most
+# optimization passes (as Flax's example tests do); the processes the tests start inherit it.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 _CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="qresnet-tests-xla-cache-")

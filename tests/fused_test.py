@@ -182,9 +182,13 @@ def test_fused_rejects_float_layers_and_bad_rounding():
 def test_a_fused_run_fine_tunes_from_a_float_run_exports_and_matches(tmp_path, capsys, setting):
     """Smoke runs: a float run with BN, then a fused setting started from it (its BN folded in)."""
     smoke = ROOT / "configs/smoke.py"
-    float_cfg = config_lib.load_config(smoke, ["--config.setting=bf16", "--config.quant.rules=[('.*', None, None)]"])
+    r8 = "--config.model.name=resnet8"  # the smallest ResNet: the test is about the path, not the model
+    float_cfg = config_lib.load_config(
+        smoke, [r8, "--config.setting=bf16", "--config.quant.rules=[('.*', None, None)]"]
+    )
     train.train_and_evaluate(float_cfg, tmp_path / "float", quiet=True)
     args = [
+        r8,
         f"--config.setting={setting}",
         f"--config.quant.rules={settings.SETTINGS[setting]!r}",
         "--config.model.fold_bn=True",
