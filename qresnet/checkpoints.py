@@ -34,7 +34,7 @@ def check_workdir(workdir: Path, record: dict[str, Any], run_id: str) -> None:
     if path.exists():
         old = results.read_json(path)
         if old.get("config") != record["config"] or results.recorded_identity(workdir) != run_id:
-            diff = sorted(_diff_keys(old.get("config", {}), record["config"]))
+            diff = results.config_diff(old.get("config", {}), record["config"])
             raise TrainError(
                 f"workdir {workdir} holds a run of a different config (differs at: {', '.join(diff[:8]) or 'specs'}); "
                 + fix
@@ -58,15 +58,6 @@ def _entries(path: Path):
     if path.is_dir():
         return path.iterdir()
     return (line for line in path.read_text().splitlines() if line.strip())
-
-
-def _diff_keys(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in set(a) | set(b):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def manager(workdir: Path):

@@ -272,3 +272,10 @@ def move_aside(path: Path, why: str) -> Path:
         n += 1
     path.rename(target)
     return target
+
+
+def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted keys at which two nested config dicts differ, sorted."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return sorted(k for key in set(a) | set(b) for k in config_diff(a.get(key), b.get(key), f"{prefix}{key}."))
+    return [] if a == b else [prefix.rstrip(".")]

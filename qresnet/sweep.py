@@ -228,17 +228,8 @@ def _trained_otherwise(workdir: Path, cfg) -> str:
     if recorded == results.run_identity(record):
         return ""
     old = results.read_json(workdir / "config.json").get("config", {})
-    diff = sorted(k for k in _flat(record["config"]) if _flat(record["config"]).get(k) != _flat(old).get(k))
+    diff = results.config_diff(old, record["config"])
     return f"differs at {', '.join(diff[:4])}" if diff else "different per-layer specs"
-
-
-def _flat(tree, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, Mapping):
-        return {prefix.rstrip("."): tree}
-    out = {}
-    for k, v in tree.items():
-        out |= _flat(v, f"{prefix}{k}.")
-    return out
 
 
 def _print_plan(root: Path, runs, others: Mapping[str, str]) -> None:
