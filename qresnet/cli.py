@@ -13,8 +13,8 @@ commands:
   train   train one config into a workdir (resumes)       qresnet train --config FILE --workdir DIR
   sweep   train every run of a config's get_sweep()       qresnet sweep --config FILE --root DIR [--dry-run]
   pareto  frontier, figures and report from results       qresnet pareto (--root DIR | --points CSV) --out DIR
-  export  a finished run as integer weights and scales    qresnet export --workdir DIR --out FILE
-  eval    integer inference of an export on its test set  qresnet eval --export FILE [--compare WORKDIR]
+  export  a finished run as integer weights and scales    qresnet export --workdir DIR --out FILE [--format onnx]
+  eval    integer inference of an export on its test set  qresnet eval (--export FILE | --onnx FILE) [--compare WORKDIR]
   runs    one CSV row per finished run under a folder      qresnet runs --root DIR --out runs.csv
 
 Any command that takes --config also takes --config.key=value overrides.
@@ -43,8 +43,21 @@ def _parser(command: str) -> argparse.ArgumentParser:
     if command == "export":
         p.add_argument("--workdir", required=True, help="a finished qresnet train workdir")
         p.add_argument("--out", required=True, help="the export file to write")
+        p.add_argument(
+            "--format",
+            choices=("qrx", "onnx"),
+            help="qrx: qresnet's integer format (qresnet eval --export); onnx: QDQ ONNX for ONNX Runtime and "
+            "TensorRT (qresnet eval --onnx). Default: onnx if --out ends in .onnx, else qrx",
+        )
+        p.add_argument(
+            "--int8-weights",
+            action="store_true",
+            help="onnx: store kernels of 4 bits or fewer as int8 codes instead of INT4 (for runtimes without INT4)",
+        )
     if command == "eval":
-        p.add_argument("--export", required=True, help="a file written by qresnet export")
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--export", help="a .qrx file written by qresnet export: run with qresnet's integer layers")
+        src.add_argument("--onnx", help="an .onnx file written by qresnet export --format onnx: run in ONNX Runtime")
         p.add_argument("--compare", help="the run's workdir: also report agreement with its fake-quant model")
         p.add_argument(
             "--dtype",
@@ -61,6 +74,12 @@ def _parser(command: str) -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--data-dir", default="", help="where the dataset's files are (the TFDS data dir for imagenet2012)"
+        )
+        p.add_argument(
+            "--as-written",
+            action="store_true",
+            help="--onnx: run the graph as written, without ONNX Runtime's optimizations (no integer kernels, "
+            "no int32 bias rounding): the export's own arithmetic",
         )
     if command == "runs":
         p.add_argument("--root", required=True, help="a folder of runs (a sweep root, or any folder of workdirs)")
@@ -145,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}: {n} run(s) from {ns.root}")
             return 0
         if command in ("export", "eval"):
-            from qresnet import export, run_spec
+            from qresnet import export, onnx_export, run_spec
 
-            errors += (export.ExportError, run_spec.TrainError)
+            errors += (export.ExportError, onnx_export.OnnxError, run_spec.TrainError)
             return _export(ns) if command == "export" else _eval(ns)
         if command == "pareto":
             from qresnet import pareto
@@ -161,8 +180,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(ns) -> int:
-    from qresnet import export
+    from qresnet import export, onnx_export
 
+    if (ns.format or ("onnx" if ns.out.endswith(".onnx") else "qrx")) == "onnx":
+        path = onnx_export.export_run(ns.workdir, ns.out, int4_weights=not ns.int8_weights)
+        print(f"wrote {path} ({path.stat().st_size:,} bytes; QDQ, opset {onnx_export.OPSET}, checked by onnx.checker)")
+        return 0
+    if ns.int8_weights:
+        raise export.ExportError("--int8-weights applies to --format onnx only; .qrx files pack 4-bit codes two a byte")
     path = export.export_run(ns.workdir, ns.out)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     header, _ = export.read(path)
@@ -177,8 +202,15 @@ def _export(ns) -> int:
 
 
 def _eval(ns) -> int:
-    from qresnet import export
+    from qresnet import export, onnx_export
 
+    if ns.onnx:
+        if ns.dtype != "float32" or ns.rounding != "auto":
+            raise onnx_export.OnnxError(
+                "--dtype and --rounding apply to --export (qresnet's integer layers), not --onnx"
+            )
+        print(json.dumps(onnx_export.evaluate(ns.onnx, ns.data_dir, compare=ns.compare, optimize=not ns.as_written)))
+        return 0
     if ns.compare:
         result = export.equivalence(ns.compare, ns.export, ns.data_dir, dtype=ns.dtype, rounding=ns.rounding)
         print(json.dumps(result))

@@ -289,6 +289,30 @@ def exact_on_cudnn(header: Mapping[str, Any]) -> bool:
     return bool(header.get("fold_bn")) and all(s.pow2_scale for s in specs.values() if not s.is_float)
 
 
+def run_variables(workdir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(header, integer variables) of a finished `qresnet train` workdir's final checkpoint: what
+    `export_run` writes, and what the ONNX export builds from."""
+    from qresnet import checkpoints, run_spec
+
+    workdir = Path(workdir)
+    if results.read_result(workdir) is None:
+        raise ExportError(f"{workdir} has no result.json: finish the run (re-run qresnet train) before exporting")
+    config = checkpoints.run_config(workdir)
+    run = run_spec.finished_run_spec(config)
+    state, specs, info = checkpoints.restore_final(run, workdir), run.specs, run.info
+    header = {"model": run.model_name, "width": run.width, "num_classes": info.num_classes}
+    header |= {"input_shape": list(info.image_shape), "dataset": info.name, "setting": run.setting}
+    header |= {"fold_bn": run.fold_bn, "run_id": results.recorded_identity(workdir)}
+    header |= {"specs": specs_lib.specs_to_json(specs)}
+    if info.streaming:
+        header |= {
+            "tfds_name": config.dataset.tfds_name,
+            "image_size": config.dataset.image_size,
+            "image_backend": config.dataset.get("image_backend", "pillow"),  # absent in older records
+        }
+    return header, integer_variables(state.variables(), specs)
+
+
 def export_run(workdir: str | Path, out: str | Path) -> Path:
     """Exports the final checkpoint of a finished `qresnet train` workdir.
 
@@ -299,27 +323,11 @@ def export_run(workdir: str | Path, out: str | Path) -> Path:
     Returns:
       The path written.
     """
-    from qresnet import checkpoints, run_spec
-
-    workdir, out = Path(workdir), Path(out)
+    out = Path(out)
     if out.exists():
         raise ExportError(f"--out {out} exists; qresnet never overwrites a file: choose another path or remove it")
-    if results.read_result(workdir) is None:
-        raise ExportError(f"{workdir} has no result.json: finish the run (re-run qresnet train) before exporting")
-    config = checkpoints.run_config(workdir)
-    run = run_spec.finished_run_spec(config)
-    state, specs, info = checkpoints.restore_final(run, workdir), run.specs, run.info
-    header = {"model": run.model_name, "width": run.width, "num_classes": info.num_classes}
-    header |= {"input_shape": list(info.image_shape), "dataset": info.name, "setting": run.setting}
-    header |= {"fold_bn": run.fold_bn, "run_id": results.recorded_identity(workdir)}
-    if info.streaming:
-        header |= {
-            "tfds_name": config.dataset.tfds_name,
-            "image_size": config.dataset.image_size,
-            "image_backend": config.dataset.get("image_backend", "pillow"),  # absent in older records
-        }
-    variables = integer_variables(state.variables(), specs)
-    return write(out, header, variables, specs)
+    header, variables = run_variables(workdir)
+    return write(out, header, variables, specs_lib.specs_from_json(header.pop("specs")))
 
 
 def _apply_fn(model, info, **kw):
@@ -401,37 +409,25 @@ def _fused_fields(model) -> dict[str, Any]:
     return {"int_rounding": model.rounding, **{f"int_{k}": v for k, v in model.check.items()}}
 
 
-def equivalence(
-    workdir: str | Path, export_path: str | Path, data_dir: str = "", *, dtype: str = "float32", rounding: str = "auto"
-) -> dict[str, Any]:
-    """Integer model (`int_model(header, dtype=dtype, rounding=rounding)`) against the run's fake-quant
-    model (always float32, the reference) on the test split.
-
-    Returns:
-      {model, setting, dataset, dtype, n, prediction_agreement, top1_fake, top1_int,
-      max_rel_logit_err and median_rel_logit_err (of the per-image ||l_int - l_fake|| /
-      ||l_fake||), rel_logit_err (the same over the whole test set),
-      file_bytes, expected_bytes, size_ratio (see `size_check`), device, date, commit}.
-    """
+def fake_quant_batches(workdir: str | Path, header: Mapping[str, Any], data_dir: str = ""):
+    """Yields (uint8 images, labels, float32 fake-quant logits) of a finished run's test split, in
+    order: the reference an export is compared with. Raises ExportError unless the export's
+    `header` was made from this run."""
     from qresnet import checkpoints, run_spec
 
-    header, variables = read(export_path)
     config = checkpoints.run_config(workdir)
     run = run_spec.finished_run_spec(config)
-    _check_same_run(header, workdir, run)
-    int_net = int_model(header, variables, dtype=dtype, rounding=rounding)
-    variables = jax.device_put(variables)  # once, not with every batch
-    state, specs = checkpoints.restore_final(run, workdir), run.specs
-    info = data.dataset_info(config.dataset.name)
+    _check_same_run(header, Path(workdir), run)
+    state, info = checkpoints.restore_final(run, workdir), data.dataset_info(config.dataset.name)
     fake = resnet.create_model(
         config.model.name,
         num_classes=info.num_classes,
         width=float(config.model.width),
-        specs=specs,
+        specs=run.specs,
         dtype="float32",
         fold_bn=bool(config.model.get("fold_bn", False)),
     )
-    fake_fn, int_fn = _apply_fn(fake, info, act_quant=True), _apply_fn(int_net, info)
+    fake_fn = _apply_fn(fake, info, act_quant=True)
     batches = data.test_batches(
         config.dataset.name,
         data_dir=data_dir or (config.dataset.tfds_dir if info.streaming else config.dataset.data_dir),
@@ -441,29 +437,62 @@ def equivalence(
         limit=config.dataset.test_subset,
         synthetic=(config.dataset.synthetic_train, config.dataset.synthetic_test),
     )
+    for images, labels in batches:
+        # Full float32 convolutions: GPUs otherwise round float32 conv inputs to TF32 (10-bit
+        # mantissa), which moves fake-quant values across rounding boundaries.
+        with jax.default_matmul_precision("highest"):
+            logits = np.asarray(fake_fn(state.variables(), images))
+        yield images, labels, logits
+
+
+def agreement(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """{prediction_agreement, top1_fake, max/median_rel_logit_err (per image ||l - l_ref|| / ||l_ref||),
+    rel_logit_err (the same over the whole set)} of `logits` against the fake-quant `reference`."""
+    rel = np.linalg.norm(logits - reference, axis=1) / np.maximum(np.linalg.norm(reference, axis=1), 1e-12)
+    return {
+        "prediction_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+        "top1_fake": float(np.mean(reference.argmax(1) == labels)),
+        "max_rel_logit_err": float(rel.max()),
+        "median_rel_logit_err": float(np.median(rel)),
+        "rel_logit_err": float(np.linalg.norm(logits - reference) / max(np.linalg.norm(reference), 1e-12)),
+    }
+
+
+def equivalence(
+    workdir: str | Path, export_path: str | Path, data_dir: str = "", *, dtype: str = "float32", rounding: str = "auto"
+) -> dict[str, Any]:
+    """Integer model (`int_model(header, dtype=dtype, rounding=rounding)`) against the run's fake-quant
+    model (always float32, the reference) on the test split.
+
+    Returns:
+      {model, setting, dataset, dtype, n, top1_int, the fields of `agreement`,
+      file_bytes, expected_bytes, size_ratio (see `size_check`), device, date, commit}.
+    """
+    from qresnet import checkpoints, run_spec
+
+    header, variables = read(export_path)
+    int_net = int_model(header, variables, dtype=dtype, rounding=rounding)
+    int_fn = _apply_fn(int_net, data.dataset_info(header["dataset"]))
+    variables = jax.device_put(variables)  # once, not with every batch
     l_fake, l_int, ys = [], [], []
-    # Full float32 convolutions: GPUs otherwise round float32 conv inputs to TF32 (10-bit
-    # mantissa), which moves fake-quant values across rounding boundaries.
-    with jax.default_matmul_precision("highest"):
-        for images, labels in batches:
-            l_fake.append(np.asarray(fake_fn(state.variables(), images)))
+    for images, labels, logits in fake_quant_batches(workdir, header, data_dir):
+        with jax.default_matmul_precision("highest"):
             l_int.append(np.asarray(int_fn(variables, images)))
-            ys.append(labels)
+        l_fake.append(logits)
+        ys.append(labels)
     l_fake, l_int, labels = np.concatenate(l_fake), np.concatenate(l_int), np.concatenate(ys)
-    rel = np.linalg.norm(l_int - l_fake, axis=1) / np.maximum(np.linalg.norm(l_fake, axis=1), 1e-12)
-    size = size_check(export_path, run_spec.config_cost(config, specs)["total"]["memory"])
+    config = checkpoints.run_config(workdir)
+    size = size_check(
+        export_path, run_spec.config_cost(config, run_spec.finished_run_spec(config).specs)["total"]["memory"]
+    )
     return {
         "model": header["model"],
         "setting": header["setting"],
         "dataset": header["dataset"],
         "dtype": dtype,
         "n": len(labels),
-        "prediction_agreement": float(np.mean(l_int.argmax(1) == l_fake.argmax(1))),
-        "top1_fake": float(np.mean(l_fake.argmax(1) == labels)),
         "top1_int": float(np.mean(l_int.argmax(1) == labels)),
-        "max_rel_logit_err": float(rel.max()),
-        "median_rel_logit_err": float(np.median(rel)),
-        "rel_logit_err": float(np.linalg.norm(l_int - l_fake) / max(np.linalg.norm(l_fake), 1e-12)),
+        **agreement(l_int, l_fake, labels),
         "file_bytes": size["file_bytes"],
         "expected_bytes": size["expected_bytes"],
         "size_ratio": size["ratio"],

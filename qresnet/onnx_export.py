@@ -1,0 +1,437 @@
+"""ONNX export in QDQ form (`qresnet export --format onnx`) and its evaluation in ONNX Runtime.
+
+The graph is the integer model `qresnet.export` describes, written as the field's common form of
+a quantized CNN: each quantized layer input passes QuantizeLinear -> DequantizeLinear with the
+frozen activation scale, each quantized kernel is stored as integer codes behind a
+DequantizeLinear with its per-output-channel scales, and BN is folded into the conv (its
+multiplier into the kernel's dequantization scales, so the codes stay the trained ones; its shift
+into the conv's bias). Residual adds, ReLU and pooling stay float, as in the trained model. The
+input is the uint8 NHWC image; normalisation is the graph's first op.
+
+The trained quantizers are not ONNX's: a signed code is floor(x*s + 1/2) clipped to +-(2^(b-1)-1),
+an unsigned one floor(x*s) clipped to 0..2^b-1, where QuantizeLinear rounds x/scale half to even and
+saturates to the storage type. The graph makes them agree: a Clip to the code range where it is
+narrower than the storage type's, and for unsigned inputs x - scale/2 before rounding (floor(v) is
+round(v - 1/2) wherever v is not an integer; at 0, the most common exact integer, both give 0).
+What remains: ties (a signed input exactly halfway between two codes, an unsigned one exactly on an
+odd code) round to the even code, and float32
+rounding can move a value across a code boundary (x/scale is not always x*s to the bit; BN is
+folded), which `evaluate(..., compare=RUN)` measures.
+
+Storage: activations as uint8 or int8 (ONNX Runtime's integer kernels take 8-bit activations;
+4-bit activations are 4-bit codes in 8-bit integers). Kernels of 4 bits or fewer as INT4 (opset
+21; half the bytes) unless `int4_weights=False`, which stores their codes in int8. ONNX Runtime
+runs int8-weight convs whose output goes straight to a QuantizeLinear on its integer kernels
+(DQ -> Conv -> [Relu] -> Q); the others, and every INT4-weight conv, it runs in float on the
+dequantized values.
+
+Built with the `onnx` package's helpers rather than traced from JAX (jax2onnx): a trace of the
+fake-quant model gives floor/clip/multiply arithmetic, not QuantizeLinear/DequantizeLinear nodes,
+so no runtime would see a quantized model in it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qresnet import data, resnet, results
+from qresnet.quant import ops
+from qresnet.quant import specs as specs_lib
+
+OPSET = 21
+IR_VERSION = 10  # the first with opset 21 and INT4; newer onnx packages default to IRs runtimes do not read yet
+FORMAT = "qresnet-onnx"
+
+
+class OnnxError(ValueError):
+    """An ONNX export that cannot be written or read; the message names the fix."""
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise OnnxError('ONNX export needs the onnx package: pip install -e ".[onnx]"') from None
+    return onnx
+
+
+class _Graph:
+    """Nodes and initializers of one graph, with unique names."""
+
+    def __init__(self):
+        self.onnx = _onnx()
+        self.nodes, self.inits = [], []
+
+    def const(self, name: str, value, dtype=None) -> str:
+        helper, tp = self.onnx.helper, self.onnx.TensorProto
+        value = np.asarray(value)
+        if dtype in (tp.INT4, tp.UINT4):
+            flat = value.astype(np.int64).ravel().tolist()
+            self.inits.append(helper.make_tensor(name, dtype, value.shape, flat))
+        else:
+            self.inits.append(self.onnx.numpy_helper.from_array(value, name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], out: str, **attrs) -> str:
+        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+
+def _grid(spec: specs_lib.QuantSpec, bound) -> tuple[np.float32, int, int]:
+    """(ONNX scale = 1/s, qmin, qmax) of a layer's input quantizer with this frozen bound."""
+    bits, signed = spec.a_bits, bool(spec.a_signed)
+    qmin, qmax = ops.int_range(bits, signed)
+    bound = np.float32(bound)
+    if not bound > 0:  # ops.int_codes: every code 0
+        return np.float32(1), 0, 0
+    s = np.float32(ops.scale_numerator(bits, signed)) / bound
+    if spec.pow2_scale:
+        s = np.float32(np.asarray(ops.pow2_floor(s)))
+    return np.float32(1) / s, qmin, qmax
+
+
+def _act_qdq(g: _Graph, x: str, spec: specs_lib.QuantSpec, bound, name: str, shifted: bool = False) -> str:
+    """x -> QuantizeLinear -> DequantizeLinear on the layer's input grid (module doc); `shifted`: the
+    producer already subtracted the unsigned grid's half step (a conv's bias, before its ReLU)."""
+    step, qmin, qmax = _grid(spec, bound)
+    signed = bool(spec.a_signed)
+    dtype, (lo, hi) = (np.int8, (-128, 127)) if signed else (np.uint8, (0, 255))
+    if not signed and not shifted:
+        x = g.op("Sub", [x, g.const(f"{name}/half_step", step / np.float32(2))], f"{name}/shifted")
+    if qmin > lo or qmax < hi:
+        lo_c, hi_c = (
+            g.const(f"{name}/clip_lo", np.float32(qmin) * step),
+            g.const(f"{name}/clip_hi", np.float32(qmax) * step),
+        )
+        x = g.op("Clip", [x, lo_c, hi_c], f"{name}/clipped")
+    scale, zero = g.const(f"{name}/x_scale", step), g.const(f"{name}/x_zero", dtype(0))
+    q = g.op("QuantizeLinear", [x, scale, zero], f"{name}/x_q")
+    return g.op("DequantizeLinear", [q, scale, zero], f"{name}/x_dq")
+
+
+def _weight(g: _Graph, layer: Mapping[str, Any], spec, mult, name: str, conv: bool, int4: bool, quantized: bool) -> str:
+    """The layer's float kernel (ONNX layout) times the per-output-channel `mult` (folded BN):
+    integer codes behind DequantizeLinear when quantized, a float initializer otherwise."""
+    tp = g.onnx.TensorProto
+    if spec.w_bits is None or not quantized:
+        if spec.w_bits is None:
+            w = np.asarray(layer["kernel"], np.float32) * mult
+        else:  # the same kernel, dequantized: the float32 model of the same network
+            w = np.asarray(layer["kernel_int"], np.float32) / np.asarray(layer["w_scale"], np.float32) * mult
+        return g.const(f"{name}/w", w.transpose(3, 2, 0, 1) if conv else w)
+    codes = np.asarray(layer["kernel_int"], np.int8)
+    per_out = mult / np.asarray(layer["w_scale"], np.float32)
+    sign = np.where(per_out < 0, -1, 1).astype(np.int8)  # codes are symmetric: -q is a code too
+    codes, scale = codes * sign, np.abs(per_out).astype(np.float32)
+    codes = codes.transpose(3, 2, 0, 1) if conv else codes
+    dtype = tp.INT4 if (int4 and spec.w_bits <= 4) else tp.INT8
+    q = g.const(f"{name}/w_q", codes, dtype)
+    zero = g.const(f"{name}/w_zero", np.zeros(scale.shape, np.int8), dtype)
+    return g.op("DequantizeLinear", [q, g.const(f"{name}/w_scale", scale), zero], f"{name}/w_dq", axis=0 if conv else 1)
+
+
+def _bn_fold(params, stats, bn: str | None, features: int):
+    """(multiplier, shift) per channel of inference BN (ones and zeros without BN)."""
+    if bn is None:
+        return np.ones(features, np.float32), np.zeros(features, np.float32)
+    p, st = params[bn], stats[bn]
+    mult = np.asarray(p["scale"], np.float32) / np.sqrt(
+        np.asarray(st["var"], np.float32) + np.float32(resnet.BN_EPSILON)
+    )
+    return mult, np.asarray(p["bias"], np.float32) - np.asarray(st["mean"], np.float32) * mult
+
+
+class _Builder:
+    def __init__(self, variables, specs, int4: bool, quantized: bool):
+        self.g, self.specs, self.int4, self.quantized = _Graph(), specs, int4, quantized
+        self.params = variables["params"]
+        self.stats = variables.get("batch_stats", {})
+        self.qstats = variables.get("quant_stats", {})
+
+    def _bound(self, name: str, path):
+        bound = _lookup(self.qstats, path)["act_bound"]
+        if np.ndim(bound):
+            raise OnnxError(
+                f"layer {name!r} has per-input-channel activation scales, which no integer conv can apply; train "
+                "for deployment with a_granularity='per_tensor' (e.g. setting w8a8_deploy or w4a4_ends8_deploy)"
+            )
+        return bound
+
+    def _input(self, x: str, name: str, path, shifted: bool = False) -> str:
+        spec = self.specs.get(name, specs_lib.FLOAT)
+        if spec.a_bits is None or not self.quantized:
+            return x
+        return _act_qdq(self.g, x, spec, self._bound(name, path), name, shifted)
+
+    def half_step(self, name: str, path) -> np.float32:
+        """The half step a conv before ReLU subtracts from its bias for the next layer's unsigned
+        quantizer (relu(y - h) quantizes as relu(y) - h: both give code 0 below h), so that the
+        runtime sees Conv -> Relu -> QuantizeLinear and can run the conv on integers; 0 where the
+        next layer's input is float or signed."""
+        spec = self.specs.get(name, specs_lib.FLOAT)
+        if spec.a_bits is None or spec.a_signed or not self.quantized:
+            return np.float32(0)
+        return _grid(spec, self._bound(name, path))[0] / np.float32(2)
+
+    def conv(
+        self,
+        x: str,
+        shape,
+        name: str,
+        path,
+        bn: str | None,
+        kernel: int,
+        strides: int,
+        pad,
+        *,
+        shifted=False,
+        then=None,
+    ) -> tuple[str, tuple]:
+        """Conv (+ folded BN) of NCHW tensor `x` of `shape` (N, C, H, W); returns (output, its shape).
+        `shifted`: `x` comes with this layer's half step subtracted (`half_step`); `then`: (name, path)
+        of the layer that quantizes this conv's ReLU output, whose half step the bias takes."""
+        from jax import lax
+
+        layer = _lookup(self.params, path)
+        spec = self.specs.get(name, specs_lib.FLOAT)
+        features = (layer["kernel_int"] if spec.w_bits is not None else layer["kernel"]).shape[-1]
+        parent = _lookup(self.params, path[:-1]) if len(path) > 1 else self.params
+        stats = _lookup(self.stats, path[:-1]) if len(path) > 1 else self.stats
+        mult, shift = _bn_fold(parent, stats, bn, features)
+        if then is not None:
+            shift = shift - self.half_step(*then)
+        pads = (
+            lax.padtype_to_pads(shape[2:], (kernel, kernel), (strides, strides), pad) if isinstance(pad, str) else pad
+        )
+        xq = self._input(x, name, path, shifted)
+        w = _weight(self.g, layer, spec, mult, name, True, self.int4, self.quantized)
+        y = self.g.op(
+            "Conv",
+            [xq, w, self.g.const(f"{name}/bias", shift)],
+            f"{name}/y",
+            strides=[strides, strides],
+            pads=[pads[0][0], pads[1][0], pads[0][1], pads[1][1]],
+            kernel_shape=[kernel, kernel],
+        )
+        h = (shape[2] + pads[0][0] + pads[0][1] - kernel) // strides + 1
+        w_out = (shape[3] + pads[1][0] + pads[1][1] - kernel) // strides + 1
+        return y, (shape[0], features, h, w_out)
+
+    def dense(self, x: str, name: str) -> str:
+        layer = self.params[name]
+        spec = self.specs.get(name, specs_lib.FLOAT)
+        features = (layer["kernel_int"] if spec.w_bits is not None else layer["kernel"]).shape[-1]
+        w = _weight(self.g, layer, spec, np.ones(features, np.float32), name, False, self.int4, self.quantized)
+        y = self.g.op("MatMul", [self._input(x, name, (name,)), w], f"{name}/matmul")
+        return self.g.op("Add", [y, self.g.const(f"{name}/bias", np.asarray(layer["bias"], np.float32))], f"{name}/y")
+
+
+def _lookup(tree, path):
+    for p in path:
+        if p not in tree:
+            raise OnnxError(f"the run's variables have no {'/'.join(path)}; is this a qresnet ResNet run?")
+        tree = tree[p]
+    return tree
+
+
+def build(
+    header: Mapping[str, Any], variables: Mapping[str, Any], *, int4_weights: bool = True, quantized: bool = True
+):
+    """The QDQ ONNX model of an exported network (module doc).
+
+    Args:
+      header: model, width, num_classes, input_shape, dataset, setting, specs (JSON) as
+        `qresnet.export` writes them; a BN-folded (fused) network is refused.
+      variables: `export.integer_variables` of the trained run.
+      int4_weights: store kernels of <= 4 bits as INT4 (else int8 holding their codes).
+      quantized: False gives the same network in float32 (kernels dequantized, inputs not
+        quantized), the baseline of the CPU benchmark.
+
+    Returns:
+      An `onnx.ModelProto` (opset 21) whose input "image" is uint8 (N, H, W, C) and output
+      "logits" float32 (N, num_classes); qresnet's header is in its metadata ("qresnet").
+    """
+    if header.get("fold_bn"):
+        raise OnnxError(
+            "ONNX export writes the BN-unfolded network (a *_deploy setting); this run folds BN into its convs "
+            "(model.fold_bn): export it with --format qrx, or train a *_deploy setting for ONNX"
+        )
+    specs = specs_lib.specs_from_json(header["specs"])
+    arch = resnet.get_arch(header["model"])
+    b = _Builder(variables, specs, int4_weights, quantized)
+    g, onnx = b.g, b.g.onnx
+    info = data.dataset_info(header["dataset"])
+    h, w, c = header["input_shape"]
+    mean = np.asarray(info.mean, np.float32).reshape(1, 1, 1, -1) * np.float32(255)
+    std = np.asarray(info.std, np.float32).reshape(1, 1, 1, -1) * np.float32(255)
+    x = g.op("Cast", ["image"], "image_f32", to=onnx.TensorProto.FLOAT)
+    x = g.op("Div", [g.op("Sub", [x, g.const("mean", mean)], "centred"), g.const("std", std)], "normalized")
+    x = g.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
+    shape = (1, c, h, w)
+    if arch.cifar:
+        x, shape = b.conv(x, shape, "stem", ("stem",), "stem_bn", 3, 1, ((1, 1), (1, 1)))
+        x = g.op("Relu", [x], "stem/relu")
+    else:
+        x, shape = b.conv(x, shape, "stem", ("stem",), "stem_bn", 7, 2, ((3, 3), (3, 3)))
+        x = g.op("Relu", [x], "stem/relu")
+        x = g.op("MaxPool", [x], "stem/pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+        shape = (1, shape[1], (shape[2] - 1) // 2 + 1, (shape[3] - 1) // 2 + 1)
+    for s, (n_blocks, filters) in enumerate(zip(arch.stage_sizes, resnet.stage_filters(arch, header["width"]))):
+        for i in range(n_blocks):
+            x, shape = _block(b, x, shape, s, i, filters, arch.bottleneck)
+    x = g.op("Flatten", [g.op("GlobalAveragePool", [x], "pool")], "pooled")
+    g.op("Identity", [b.dense(x, "head")], "logits")
+    graph = onnx.helper.make_graph(
+        g.nodes,
+        f"qresnet_{header['model']}_{header['setting']}",
+        [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.UINT8, ["N", h, w, c])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", header["num_classes"]])],
+        g.inits,
+    )
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)], producer_name="qresnet", ir_version=IR_VERSION
+    )
+    meta = {k: v for k, v in header.items() if k != "arrays"}
+    onnx.helper.set_model_props(model, {"qresnet": json.dumps({"format": FORMAT, **meta})})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _block(b: _Builder, x: str, shape, s: int, i: int, filters: int, bottleneck: bool):
+    """One residual block (resnet.Block, unfolded), NCHW."""
+    name, path = f"stage{s}/block{i}", f"stage{s}_block{i}"
+    strides = 2 if s > 0 and i == 0 else 1
+    out_features = filters * 4 if bottleneck else filters
+    sp = ((1, 1), (1, 1))
+    conv = lambda i: (f"{name}/conv{i}", (path, f"conv{i}"))  # noqa: E731
+    if bottleneck:
+        y, sh = b.conv(x, shape, *conv(1), "bn1", 1, 1, "SAME", then=conv(2))
+        y = b.g.op("Relu", [y], f"{name}/relu1")
+        y, sh = b.conv(y, sh, *conv(2), "bn2", 3, strides, sp, shifted=True, then=conv(3))
+        y = b.g.op("Relu", [y], f"{name}/relu2")
+        y, sh = b.conv(y, sh, *conv(3), "bn3", 1, 1, "SAME", shifted=True)
+    else:
+        y, sh = b.conv(x, shape, *conv(1), "bn1", 3, strides, sp, then=conv(2))
+        y = b.g.op("Relu", [y], f"{name}/relu1")
+        y, sh = b.conv(y, sh, *conv(2), "bn2", 3, 1, sp, shifted=True)
+    shortcut = x
+    if strides != 1 or shape[1] != out_features:
+        shortcut, _ = b.conv(x, shape, f"{name}/proj", (path, "proj"), "proj_bn", 1, strides, "SAME")
+    return b.g.op("Relu", [b.g.op("Add", [y, shortcut], f"{name}/add")], f"{name}/out"), sh
+
+
+def export_run(workdir: str | Path, out: str | Path, *, int4_weights: bool = True) -> Path:
+    """Writes the ONNX model of a finished run (`build`), checked by `onnx.checker`; never overwrites."""
+    from qresnet import export
+
+    out = Path(out)
+    if out.exists():
+        raise OnnxError(f"--out {out} exists; qresnet never overwrites a file: choose another path or remove it")
+    header, variables = export.run_variables(workdir)
+    model = build(header, variables, int4_weights=int4_weights)
+    try:
+        results.atomic_write_bytes(out, model.SerializeToString(), overwrite=False)
+    except FileExistsError:
+        raise OnnxError(f"{out} exists; qresnet never overwrites a file: choose another path or remove it") from None
+    return out
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """qresnet's header of an ONNX export, after `onnx.checker`; a clear error for anything else."""
+    onnx = _onnx()
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxError(f"ONNX file {str(path)!r} does not exist; make one with qresnet export --format onnx")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as e:  # onnx raises DecodeError, ValidationError and others for a damaged file
+        raise OnnxError(
+            f"{path} is not a valid ONNX model ({type(e).__name__}: {str(e)[:200]}); export it again"
+        ) from e
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        header = json.loads(props["qresnet"])
+        assert header["format"] == FORMAT
+    except (KeyError, ValueError, AssertionError, TypeError):
+        raise OnnxError(
+            f"{path} is an ONNX model but not one qresnet exported (no qresnet metadata): qresnet eval --onnx "
+            "evaluates models written by qresnet export --format onnx, on their own dataset"
+        ) from None
+    return header
+
+
+def session(path: str | Path, threads: int = 0, *, optimize: bool = True):
+    """An ONNX Runtime CPU session of `path` (a file or serialized bytes). `optimize`: all of ONNX
+    Runtime's graph optimizations, QDQ fusion into integer kernels included (which rounds each fused
+    conv's bias to its int32 accumulator grid, as integer runtimes do); False runs the graph as
+    written, in float with its own rounding."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise OnnxError('qresnet eval --onnx needs ONNX Runtime: pip install -e ".[onnx]"') from None
+    opts = ort.SessionOptions()
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(
+            path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as e:  # onnxruntime's Fail/InvalidGraph/NotImplemented
+        raise OnnxError(f"ONNX Runtime cannot load the model ({type(e).__name__}: {str(e)[:300]})") from e
+
+
+def evaluate(
+    path: str | Path, data_dir: str = "", *, compare: str | Path | None = None, optimize: bool = True
+) -> dict[str, Any]:
+    """Top-1 of an ONNX export in ONNX Runtime on its dataset's test split; with `compare` (the run's
+    workdir), its agreement with the run's fake-quant model too; `optimize`: see `session`.
+
+    Returns:
+      {model, setting, dataset, n, top1_onnx, onnx_runtime}, with `compare` the fields of
+      `export.agreement` too, then device, date, commit.
+    """
+    import onnxruntime as ort
+
+    from qresnet import export
+
+    header = read_header(path)
+    sess = session(path, optimize=optimize)
+    if compare is not None:
+        batches = export.fake_quant_batches(compare, header, data_dir)
+    else:
+        batches = (
+            (images, labels, None)
+            for images, labels in data.test_batches(
+                header["dataset"],
+                data_dir=data_dir,
+                tfds_name=header.get("tfds_name", ""),
+                image_size=header.get("image_size", 0),
+                image_backend=header.get("image_backend", "pillow"),
+            )
+        )
+    l_onnx, l_fake, ys = [], [], []
+    for images, labels, reference in batches:
+        l_onnx.append(sess.run(["logits"], {"image": np.asarray(images, np.uint8)})[0])
+        l_fake.append(reference)
+        ys.append(labels)
+    l_onnx, labels = np.concatenate(l_onnx), np.concatenate(ys)
+    out = {
+        "model": header["model"],
+        "setting": header["setting"],
+        "dataset": header["dataset"],
+        "n": len(labels),
+        "top1_onnx": float(np.mean(l_onnx.argmax(1) == labels)),
+        "onnx_runtime": ort.__version__,
+        "ort_optimized": optimize,
+    }
+    if compare is not None:
+        out |= export.agreement(l_onnx, np.concatenate(l_fake), labels)
+    return out | results.provenance()
