@@ -4,13 +4,14 @@
         [--workdir RUN] [--threads N] [--rounds 10] [--out F.jsonl]
 
 For each case (model, image size, batch) and setting it builds the QDQ ONNX model
-(`qresnet.onnx_export.build`) and the float32 model of the same network (`quantized=False`: the
-same kernels dequantized, BN folded the same way, no activation quantization), opens both in ONNX
-Runtime's CPU provider (all graph optimizations, so QDQ groups become integer kernels where the
-runtime can), and times them in one process on the same input: after warm-up, each round runs
-one batch through each model in turn, and the row reports each model's median images/s and their
-ratio. With `--workdir`, the trained run's weights and bounds are used instead of random ones
-(speed does not depend on them; the row says which).
+(`qresnet.onnx_export.build`), the same with `integer_kernels=True`, and the float32 model of the
+same network (`quantized=False`: the same kernels dequantized, BN folded the same way, no
+activation quantization), opens them in ONNX Runtime's CPU provider (all graph optimizations, so
+QDQ groups become integer kernels where the runtime can), and times them in one process on the
+same input: after warm-up, each round runs one batch through each model in turn, and the row
+reports each model's median images/s and the QDQ models' ratios to float32. With `--workdir`,
+the trained run's weights and bounds are used instead of random ones (speed does not depend on
+them; the row says which).
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ def bench(header, variables, batch: int, *, threads: int, rounds: int, warmup: i
     import onnxruntime as ort
 
     sessions = {}
-    for key, quantized in (("qdq", True), ("float32", False)):
-        model = onnx_export.build(header, variables, quantized=quantized)
+    for key, kw in (
+        ("qdq", {}),
+        ("qdq_integer_kernels", {"integer_kernels": True}),
+        ("float32", {"quantized": False}),
+    ):
+        model = onnx_export.build(header, variables, **kw)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads
@@ -70,9 +75,9 @@ def bench(header, variables, batch: int, *, threads: int, rounds: int, warmup: i
                 times[key].append(time.perf_counter() - t0)
     ips = {k: batch / statistics.median(v) for k, v in times.items()}
     return {
-        "qdq_images_per_s": ips["qdq"],
-        "float32_images_per_s": ips["float32"],
+        **{f"{k}_images_per_s": v for k, v in ips.items()},
         "qdq_vs_float32": ips["qdq"] / ips["float32"],
+        "qdq_integer_kernels_vs_float32": ips["qdq_integer_kernels"] / ips["float32"],
         "threads": threads,
         "rounds": rounds,
         "onnx_runtime": ort.__version__,

@@ -54,6 +54,12 @@ def _parser(command: str) -> argparse.ArgumentParser:
             action="store_true",
             help="onnx: store kernels of 4 bits or fewer as int8 codes instead of INT4 (for runtimes without INT4)",
         )
+        p.add_argument(
+            "--integer-kernels",
+            action="store_true",
+            help="onnx: let runtimes run the convs that allow it on integer kernels (faster; their int32 bias "
+            "rounding moves some codes: docs/deployment.md)",
+        )
     if command == "eval":
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument("--export", help="a .qrx file written by qresnet export: run with qresnet's integer layers")
@@ -183,11 +189,13 @@ def _export(ns) -> int:
     from qresnet import export, onnx_export
 
     if (ns.format or ("onnx" if ns.out.endswith(".onnx") else "qrx")) == "onnx":
-        path = onnx_export.export_run(ns.workdir, ns.out, int4_weights=not ns.int8_weights)
+        path = onnx_export.export_run(
+            ns.workdir, ns.out, int4_weights=not ns.int8_weights, integer_kernels=ns.integer_kernels
+        )
         print(f"wrote {path} ({path.stat().st_size:,} bytes; QDQ, opset {onnx_export.OPSET}, checked by onnx.checker)")
         return 0
-    if ns.int8_weights:
-        raise export.ExportError("--int8-weights applies to --format onnx only; .qrx files pack 4-bit codes two a byte")
+    if ns.int8_weights or ns.integer_kernels:
+        raise export.ExportError("--int8-weights and --integer-kernels apply to --format onnx only")
     path = export.export_run(ns.workdir, ns.out)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     header, _ = export.read(path)

@@ -81,14 +81,14 @@ def integer_variables(variables: Mapping[str, Any], specs: Mapping[str, specs_li
     for name, path in resnet.kernel_paths(params).items():
         spec = specs[name]
         layer = _get(out_params, path)
-        layer_stats = _get(stats, path) if _has(stats, path) else {}
+        layer_stats = _get(stats, path, {})
         if "out_bound" in layer_stats:  # a BN-folded projection's output quantizer
             _set(out_stats, path, {"out_bound": np.asarray(layer_stats["out_bound"], np.float32)})
         if spec.a_bits is not None and (spec.a_bound == "fixed" or "act_bound" in layer_stats):
             if spec.a_bound == "fixed":
                 bound = np.float32(spec.a_fixed_bound)
             else:
-                bound = np.asarray(_get(stats, path)["act_bound"], np.float32)
+                bound = np.asarray(layer_stats["act_bound"], np.float32)
             if spec.a_bound == "lsq":  # the float32 sum the layer computes
                 bound = bound + np.asarray(layer.pop("act_bound_offset"), np.float32)
             if spec.w_bits is not None and np.ndim(bound):
@@ -107,18 +107,13 @@ def integer_variables(variables: Mapping[str, Any], specs: Mapping[str, specs_li
     return {"params": out_params, "batch_stats": batch_stats, "quant_stats": out_stats}
 
 
-def _get(tree, path):
+def _get(tree, path, default=None):
+    """tree[p0][p1]...; `default` (if given) where the path is not there."""
     for p in path:
+        if default is not None and (not isinstance(tree, Mapping) or p not in tree):
+            return default
         tree = tree[p]
     return tree
-
-
-def _has(tree, path) -> bool:
-    for p in path:
-        if not isinstance(tree, Mapping) or p not in tree:
-            return False
-        tree = tree[p]
-    return True
 
 
 def _set(tree, path, value):

@@ -14,16 +14,23 @@ saturates to the storage type. The graph makes them agree: a Clip to the code ra
 narrower than the storage type's, and for unsigned inputs x - scale/2 before rounding (floor(v) is
 round(v - 1/2) wherever v is not an integer; at 0, the most common exact integer, both give 0).
 What remains: ties (a signed input exactly halfway between two codes, an unsigned one exactly on an
-odd code) round to the even code, and float32
-rounding can move a value across a code boundary (x/scale is not always x*s to the bit; BN is
-folded), which `evaluate(..., compare=RUN)` measures.
+odd code) round to the even code, and float32 rounding can move a value across a code boundary
+(x/scale is not always x*s to the bit; BN is folded), which `evaluate(..., compare=RUN)` measures.
 
 Storage: activations as uint8 or int8 (ONNX Runtime's integer kernels take 8-bit activations;
 4-bit activations are 4-bit codes in 8-bit integers). Kernels of 4 bits or fewer as INT4 (opset
-21; half the bytes) unless `int4_weights=False`, which stores their codes in int8. ONNX Runtime
-runs int8-weight convs whose output goes straight to a QuantizeLinear on its integer kernels
-(DQ -> Conv -> [Relu] -> Q); the others, and every INT4-weight conv, it runs in float on the
-dequantized values.
+21; half the bytes) unless `int4_weights=False`, which stores their codes in int8.
+
+Runtimes run a conv on integers where they find DequantizeLinear -> Conv -> [Relu] ->
+QuantizeLinear, and then round the conv's bias to its int32 accumulator grid. The trained deploy
+models keep BN's shift in float, so that rounding moves codes. By default the graph keeps the
+unsigned half-step shift as its own op, which no runtime fuses: every conv runs in float on the
+dequantized values and gives the trained codes. With `integer_kernels=True` the conv before a ReLU
+whose output the next layer quantizes on an unsigned grid takes that half step into its bias
+(relu(y - h) and relu(y) - h give the same codes), so the runtime sees the pattern: in a basic
+block conv1, whose output goes to conv2 alone, runs on integers; the convs that feed a float
+residual add cannot. `evaluate(..., optimize=False)` runs a graph as written, without the
+runtime's rewriting.
 
 Built with the `onnx` package's helpers rather than traced from JAX (jax2onnx): a trace of the
 fake-quant model gives floor/clip/multiply arithmetic, not QuantizeLinear/DequantizeLinear nodes,
@@ -147,8 +154,9 @@ def _bn_fold(params, stats, bn: str | None, features: int):
 
 
 class _Builder:
-    def __init__(self, variables, specs, int4: bool, quantized: bool):
+    def __init__(self, variables, specs, int4: bool, quantized: bool, integer_kernels: bool):
         self.g, self.specs, self.int4, self.quantized = _Graph(), specs, int4, quantized
+        self.integer_kernels = integer_kernels and quantized
         self.params = variables["params"]
         self.stats = variables.get("batch_stats", {})
         self.qstats = variables.get("quant_stats", {})
@@ -203,12 +211,12 @@ class _Builder:
         parent = _lookup(self.params, path[:-1]) if len(path) > 1 else self.params
         stats = _lookup(self.stats, path[:-1]) if len(path) > 1 else self.stats
         mult, shift = _bn_fold(parent, stats, bn, features)
-        if then is not None:
+        if then is not None and self.integer_kernels:
             shift = shift - self.half_step(*then)
         pads = (
             lax.padtype_to_pads(shape[2:], (kernel, kernel), (strides, strides), pad) if isinstance(pad, str) else pad
         )
-        xq = self._input(x, name, path, shifted)
+        xq = self._input(x, name, path, shifted and self.integer_kernels)
         w = _weight(self.g, layer, spec, mult, name, True, self.int4, self.quantized)
         y = self.g.op(
             "Conv",
@@ -240,7 +248,12 @@ def _lookup(tree, path):
 
 
 def build(
-    header: Mapping[str, Any], variables: Mapping[str, Any], *, int4_weights: bool = True, quantized: bool = True
+    header: Mapping[str, Any],
+    variables: Mapping[str, Any],
+    *,
+    int4_weights: bool = True,
+    quantized: bool = True,
+    integer_kernels: bool = False,
 ):
     """The QDQ ONNX model of an exported network (module doc).
 
@@ -251,6 +264,8 @@ def build(
       int4_weights: store kernels of <= 4 bits as INT4 (else int8 holding their codes).
       quantized: False gives the same network in float32 (kernels dequantized, inputs not
         quantized), the baseline of the CPU benchmark.
+      integer_kernels: write the pattern runtimes run on integer kernels where the network allows
+        it (module doc): faster, and the runtime's int32 bias rounding moves some codes.
 
     Returns:
       An `onnx.ModelProto` (opset 21) whose input "image" is uint8 (N, H, W, C) and output
@@ -263,7 +278,7 @@ def build(
         )
     specs = specs_lib.specs_from_json(header["specs"])
     arch = resnet.get_arch(header["model"])
-    b = _Builder(variables, specs, int4_weights, quantized)
+    b = _Builder(variables, specs, int4_weights, quantized, integer_kernels)
     g, onnx = b.g, b.g.onnx
     info = data.dataset_info(header["dataset"])
     h, w, c = header["input_shape"]
@@ -325,7 +340,9 @@ def _block(b: _Builder, x: str, shape, s: int, i: int, filters: int, bottleneck:
     return b.g.op("Relu", [b.g.op("Add", [y, shortcut], f"{name}/add")], f"{name}/out"), sh
 
 
-def export_run(workdir: str | Path, out: str | Path, *, int4_weights: bool = True) -> Path:
+def export_run(
+    workdir: str | Path, out: str | Path, *, int4_weights: bool = True, integer_kernels: bool = False
+) -> Path:
     """Writes the ONNX model of a finished run (`build`), checked by `onnx.checker`; never overwrites."""
     from qresnet import export
 
@@ -333,7 +350,7 @@ def export_run(workdir: str | Path, out: str | Path, *, int4_weights: bool = Tru
     if out.exists():
         raise OnnxError(f"--out {out} exists; qresnet never overwrites a file: choose another path or remove it")
     header, variables = export.run_variables(workdir)
-    model = build(header, variables, int4_weights=int4_weights)
+    model = build(header, variables, int4_weights=int4_weights, integer_kernels=integer_kernels)
     try:
         results.atomic_write_bytes(out, model.SerializeToString(), overwrite=False)
     except FileExistsError:
