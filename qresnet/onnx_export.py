@@ -77,9 +77,10 @@ class _Graph:
     def const(self, name: str, value, dtype=None) -> str:
         helper, tp = self.onnx.helper, self.onnx.TensorProto
         value = np.asarray(value)
-        if dtype in (tp.INT4, tp.UINT4):
-            flat = value.astype(np.int64).ravel().tolist()
-            self.inits.append(helper.make_tensor(name, dtype, value.shape, flat))
+        if dtype == tp.INT4:  # two codes a byte, the first in the low nibble (ONNX's packing and export's)
+            from qresnet.export import pack_int4
+
+            self.inits.append(helper.make_tensor(name, dtype, value.shape, pack_int4(value).tobytes(), raw=True))
         else:
             self.inits.append(self.onnx.numpy_helper.from_array(value, name))
         return name

@@ -23,6 +23,7 @@ the root.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -174,6 +175,8 @@ def run_sweep(
     mps: bool = False,
     command_buffers: bool = False,
     only: str | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> int:
     """Trains every run of the sweep that has no result.json yet; returns an exit code.
 
@@ -189,6 +192,8 @@ def run_sweep(
       command_buffers: run each whole training epoch (its scan loop included) as
         CUDA graphs (`COMMAND_BUFFER_FLAG` added to the runs' XLA_FLAGS).
       only: a regex; run only the runs whose name it matches (anywhere in the name).
+      backend: "local" (this host's GPUs, qresnet's scheduler) or "ray" (`qresnet.ray_backend`).
+      address: the Ray cluster to join (None: $RAY_ADDRESS, else a local one).
 
     Returns:
       0 if every run finished, 1 if any failed.
@@ -197,6 +202,8 @@ def run_sweep(
 
     if jobs < 0:
         raise SweepError(f"--jobs {jobs} must be >= 0 (0: 3 runs at a time on a GPU, 1 on a CPU)")
+    ray_backend = importlib.import_module("qresnet.ray_backend")  # imports Ray only when asked to
+    ray_backend.check_options(backend, address, mps)
     runs = expand(config_path, overrides, only)
     root_path = Path(root)
     if root_path.exists() and not root_path.is_dir():
@@ -213,7 +220,10 @@ def run_sweep(
         )
     root_path.mkdir(parents=True, exist_ok=True)
     with locks.exclusive(root_path / LOCK_FILE, f"sweep root {root}"):
-        return _sweep_locked(config_path, root_path, runs, jobs, mps, command_buffers, only)
+        if backend == "ray":
+            ray_backend.connect(address)
+            ray_backend.check_shared_root(root_path)
+        return _sweep_locked(config_path, root_path, runs, jobs, mps, command_buffers, only, backend)
 
 
 def _trained_otherwise(workdir: Path, cfg) -> str:
@@ -245,7 +255,7 @@ def _print_plan(root: Path, runs, others: Mapping[str, str]) -> None:
     print(_running_status(root))
 
 
-def _sweep_locked(config_path, root_path: Path, runs, jobs: int, mps: bool, command_buffers: bool, only) -> int:
+def _sweep_locked(config_path, root_path: Path, runs, jobs, mps, command_buffers, only, backend="local") -> int:
     """The sweep, under the root's lock."""
     from qresnet import index, train
 
@@ -281,10 +291,9 @@ def _sweep_locked(config_path, root_path: Path, runs, jobs: int, mps: bool, comm
         if todo:
             entry = _entry(started, per_device, "CUDA_MPS_PIPE_DIRECTORY" in env, devices, xla_flags)
             running = _Running(root_path, entry)
+        run_all = _run_all if backend == "local" else importlib.import_module("qresnet.ray_backend").run_all
         with train.stop_requests() as stop:
-            timings = _run_all(
-                config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop, running
-            )
+            timings = run_all(config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop, running)
     failed = [t["name"] for t in timings if t["status"] == "FAILED"]
     stopped = [t["name"] for t in timings if t["status"] == "stopped"]
     if running is not None:
