@@ -11,7 +11,7 @@ USAGE = """qresnet <command> [options]
 commands:
   cost    per-layer MACs, weights and costs of a config   qresnet cost --config FILE [--format table|json]
   train   train one config into a workdir (resumes)       qresnet train --config FILE --workdir DIR
-  sweep   train every run of a config's get_sweep()       qresnet sweep --config FILE --root DIR [--dry-run]
+  sweep   train every run of a config's get_sweep()       qresnet sweep --config FILE --root DIR [--backend ray]
   pareto  frontier, figures and report from results       qresnet pareto (--root DIR | --points CSV) --out DIR
   export  a finished run as integer weights and scales    qresnet export --workdir DIR --out FILE [--format onnx]
   eval    integer inference of an export on its test set  qresnet eval (--export FILE | --onnx FILE) [--compare WORKDIR]
@@ -35,6 +35,14 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--jobs", type=int, default=0, help="concurrent runs per device (0 = automatic)")
         p.add_argument("--mps", action="store_true", help="share each GPU through a CUDA MPS daemon")
         p.add_argument("--only", metavar="REGEX", help="run only the runs whose name matches REGEX")
+        p.add_argument(
+            "--backend",
+            choices=("local", "ray"),
+            default="local",
+            help="local: this host's GPUs; ray: one Ray task per run on a Ray cluster (--jobs N: 1/N GPU a run; "
+            "the root must be on a filesystem every node mounts)",
+        )
+        p.add_argument("--address", help="--backend ray: the cluster to join (default: $RAY_ADDRESS, else a local one)")
         p.add_argument(
             "--command-buffers",
             action="store_true",
@@ -162,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 mps=ns.mps,
                 command_buffers=ns.command_buffers,
                 only=ns.only,
+                backend=ns.backend,
+                address=ns.address,
             )
         if command == "runs":
             from qresnet import index

@@ -75,4 +75,14 @@ def test_sweep_passes_its_options_on(monkeypatch, tmp_path):
     argv = ["sweep", "--config", "configs/smoke_sweep.py", "--root", str(tmp_path), "--jobs", "4", "--mps"]
     assert cli.main([*argv, "--command-buffers", "--only", "seed0$", "--config.seed=3"]) == 0
     assert got["args"][2] == ["--config.seed=3"]
-    assert got["kw"] == {"dry_run": False, "jobs": 4, "mps": True, "command_buffers": True, "only": "seed0$"}
+    assert got["kw"] == {
+        "dry_run": False,
+        "jobs": 4,
+        "mps": True,
+        "command_buffers": True,
+        "only": "seed0$",
+        "backend": "local",
+        "address": None,
+    }
+    assert cli.main([*argv[:5], "--backend", "ray", "--address", "10.0.0.1:6379"]) == 0
+    assert got["kw"]["backend"] == "ray" and got["kw"]["address"] == "10.0.0.1:6379"
