@@ -6,6 +6,10 @@ SETTINGS = {
     "w4a4": [(".*", 4, 4)],
     # "Mostly 4-bit": stem conv and classifier at 8 bits, the rest at 4.
     "w4a4_ends8": [("stem|head", 8, 8), (".*", 4, 4)],
+    # Below 4 bits, stem and head at 8 (the paper's "ends8"). Any other mix is a list of rules in the
+    # same form, e.g. [("stem|head", 8, 8), (".*", 2, 4)] for 2-bit weights and 4-bit activations.
+    "w3a3_ends8": [("stem|head", 8, 8), (".*", 3, 3)],
+    "w2a2_ends8": [("stem|head", 8, 8), (".*", 2, 2)],
     # For integer deployment (`qresnet export`): one activation scale per tensor, which an
     # integer conv applies exactly (the paper's per-input-channel scales cannot be).
     "w8a8_deploy": [(".*", 8, 8, {"a_granularity": "per_tensor"})],

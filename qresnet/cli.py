@@ -16,6 +16,8 @@ commands:
   export  a finished run as integer weights and scales    qresnet export --workdir DIR --out FILE [--format onnx]
   eval    integer inference of an export on its test set  qresnet eval (--export FILE | --onnx FILE) [--compare WORKDIR]
   runs    one CSV row per finished run under a folder      qresnet runs --root DIR --out runs.csv
+  sensitivity  per-layer damage of quantizing each layer    qresnet sensitivity --workdir DIR --out S.json
+  search  per-layer bits under cost budgets -> a sweep    qresnet search --sensitivity S.json --budgets B,.. --out F.py
 
 Any command that takes --config also takes --config.key=value overrides.
 """
@@ -95,6 +97,20 @@ def _parser(command: str) -> argparse.ArgumentParser:
             help="--onnx: run the graph as written, without ONNX Runtime's optimizations (no integer kernels, "
             "no int32 bias rounding): the export's own arithmetic",
         )
+    if command == "sensitivity":
+        p.add_argument("--workdir", required=True, help="a finished run (usually float) of an in-memory dataset")
+        p.add_argument("--bits", default="2,3,4,8", help="candidate bit widths, comma-separated (1-8)")
+        p.add_argument("--batches", type=int, default=4, help="training batches the sensitivities average over")
+        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--probes", type=int, default=4, help="Hutchinson probes per batch")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", required=True, help="the JSON file to write")
+    if command == "search":
+        p.add_argument("--sensitivity", required=True, help="a file written by qresnet sensitivity")
+        p.add_argument("--cost", choices=("linear", "quadratic", "memory"), default="quadratic")
+        p.add_argument("--budgets", required=True, help="cost ratios to the bf16 reference, comma-separated")
+        p.add_argument("--bits", help="candidate bit widths (default: the sensitivity file's)")
+        p.add_argument("--out", required=True, help="the sweep config (.py) to write")
     if command == "runs":
         p.add_argument("--root", required=True, help="a folder of runs (a sweep root, or any folder of workdirs)")
         p.add_argument("--out", required=True, help="the CSV to write; rows of other groups already in it are kept")
@@ -129,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "bench-int":
         print("qresnet: bench-int is now `python -m benchmarks.inference` (same options)", file=sys.stderr)
         return 2
-    if command not in ("cost", "train", "sweep", "pareto", "export", "eval", "runs"):
+    if command not in ("cost", "train", "sweep", "pareto", "export", "eval", "runs", "sensitivity", "search"):
         print(f"qresnet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     args, overrides = _split(rest)
@@ -184,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
 
             errors += (export.ExportError, onnx_export.OnnxError, run_spec.TrainError)
             return _export(ns) if command == "export" else _eval(ns)
+        if command in ("sensitivity", "search"):
+            from qresnet import search, train
+
+            errors += (search.SearchError, train.TrainError)
+            return _sensitivity(ns) if command == "sensitivity" else _search(ns)
         if command == "pareto":
             from qresnet import pareto
 
@@ -235,6 +256,56 @@ def _eval(ns) -> int:
         return 0
     header, variables = export.read(ns.export)
     print(json.dumps(export.evaluate(header, variables, ns.data_dir, dtype=ns.dtype, rounding=ns.rounding)))
+    return 0
+
+
+def _bits(text: str) -> list[int]:
+    from qresnet import search
+
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise search.SearchError(
+            f"--bits {text!r}: give bit widths from 1 to 8, comma-separated, e.g. 2,3,4,8"
+        ) from None
+
+
+def _sensitivity(ns) -> int:
+    from qresnet import results, sensitivity
+
+    kw = dict(batches=ns.batches, batch_size=ns.batch_size, probes=ns.probes, seed=ns.seed)
+    obj = sensitivity.run_sensitivity(ns.workdir, _bits(ns.bits), **kw)
+    try:
+        results.atomic_write_bytes(ns.out, (json.dumps(obj, indent=1) + "\n").encode(), overwrite=False)
+    except FileExistsError:
+        raise OSError(f"--out {ns.out} exists; qresnet never overwrites a file: choose another path") from None
+    print(f"wrote {ns.out}: {len(obj['layers'])} layers, bits {obj['bits']}, {obj['seconds']} s")
+    return 0
+
+
+def _search(ns) -> int:
+    import ml_collections
+
+    from qresnet import results, search
+
+    sens = results.read_json(ns.sensitivity)
+    if "layers" not in sens or "config" not in sens:
+        raise search.SearchError(
+            f"{ns.sensitivity} is not a qresnet sensitivity file; write one with qresnet sensitivity"
+        )
+    try:
+        budgets = [float(b) for b in ns.budgets.split(",")]
+    except ValueError:
+        raise search.SearchError(
+            f"--budgets {ns.budgets!r}: give cost ratios, comma-separated, e.g. 0.05,0.1"
+        ) from None
+    bits = _bits(ns.bits) if ns.bits else sens["bits"]
+    config = ml_collections.ConfigDict(sens["config"])
+    found = search.search(sens, config, ns.cost, budgets, bits)
+    path = search.write_sweep(ns.out, config, ns.cost, found, ns.sensitivity)
+    for f in found:
+        print(f"budget {f['budget']:g}: {ns.cost} {f['cost']:.4f}, predicted damage {f['damage']:.4g}")
+    print(f"wrote {path}: qresnet sweep --config {path} --root R")
     return 0
 
 

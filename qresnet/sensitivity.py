@@ -1,0 +1,190 @@
+"""Per-layer sensitivity to quantization (`qresnet sensitivity`), the damage `qresnet search` minimises.
+
+Weights (HAWQ-V2's measure): Omega_l(b) = tr(H_l) / n_l * ||Q_b(W_l) - W_l||^2, with H_l the Hessian
+of the training loss in layer l's kernel (n_l weights) and Q_b the layer's weight quantizer at b
+bits. tr(H_l) is estimated by Hutchinson's method: for Rademacher vectors v over all kernels,
+E[v_l . (H v)_l] = tr(H_ll); H v is a forward-mode derivative of the gradient (`jax.jvp` of
+`jax.grad`), one per probe and batch.
+
+A negative trace estimate counts as 0 in Omega (the raw estimate is recorded as "trace").
+
+Activations: the measured increase of the loss when layer l's input alone is fake-quantized at b
+bits (bound: the batch's max |x|, one per tensor; signed where the model reads a signed input).
+
+The loss is the run's training loss (cross-entropy, BN in inference mode, activations as the run
+evaluates them) on training batches without augmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from qresnet import resnet
+from qresnet.quant import ops
+
+
+def hutchinson_traces(loss_fn: Callable, params, batches: Sequence, key: jax.Array, probes: int) -> dict:
+    """{kernel path: tr(H) estimate} of `loss_fn(params, batch)`'s Hessian blocks, one per array
+    of `params`, averaged over `probes` Rademacher vectors and `batches`."""
+    grad = jax.grad(loss_fn)
+
+    @jax.jit
+    def vhv(params, batch, key):
+        leaves, tree = jax.tree.flatten(params)
+        keys = jax.random.split(key, len(leaves))
+        v = tree.unflatten([jax.random.rademacher(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+        _, hv = jax.jvp(lambda p: grad(p, batch), (params,), (v,))
+        return jax.tree.map(lambda a, b: jnp.sum(a * b), v, hv)
+
+    total, n = None, 0
+    for batch in batches:
+        for _ in range(probes):
+            key, sub = jax.random.split(key)
+            est = vhv(params, batch, sub)
+            total = est if total is None else jax.tree.map(jnp.add, total, est)
+            n += 1
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(total))
+    return {path: float(value) / n for path, value in flat.items()}
+
+
+def weight_damage(kernel: np.ndarray, trace: float, bits: int, granularity: str = "per_channel") -> float:
+    """tr(H)/n * ||Q_b(W) - W||^2 (module doc). A negative trace estimate (a Hessian that is not
+    positive semi-definite where the run stopped, or too few probes) is taken as 0 by the caller."""
+    w = jnp.asarray(kernel, jnp.float32)
+    err = ops.fake_quant_weight(w, bits, granularity) - w
+    return float(trace / w.size * jnp.sum(err * err))
+
+
+def _quantize_one_input(index: Mapping[str, int], target: jax.Array, bits: int, signed: set[str]):
+    """A Flax interceptor that fake-quantizes at `bits` the input of the layer whose position in
+    `index` equals `target` (a traced int: one compiled program serves every layer)."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        name = resnet._path_to_name(context.module.scope.path)
+        if context.method_name == "__call__" and name in index:
+            x = args[0]
+            q = ops.fake_quant(x, bits, jnp.max(jnp.abs(x)), name in signed).astype(x.dtype)
+            args = (jnp.where(target == index[name], q, x), *args[1:])
+        return next_fun(*args, **kwargs)
+
+    return interceptor
+
+
+def sensitivities(
+    model,
+    variables: Mapping[str, Any],
+    batches: Sequence[tuple[np.ndarray, np.ndarray]],
+    normalize: Callable,
+    bits: Sequence[int],
+    *,
+    probes: int = 4,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per-layer weight and activation sensitivities of a trained model (module doc).
+
+    Args:
+      model: the run's Flax model.
+      variables: its trained variables.
+      batches: [(uint8 images, labels)] training batches.
+      normalize: images -> model input (`data.normalize` with the dataset's statistics).
+      bits: candidate bit widths.
+      probes: Rademacher probes per batch.
+      seed: the probes' seed.
+
+    Returns:
+      {"loss": the unquantized loss, "layers": {layer: {"weights", "trace", "w": {bits: Omega},
+      "a": {bits: loss increase}}}}.
+    """
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+
+    def loss(p, batch, interceptor=None):
+        images, labels = batch
+        apply = lambda: model.apply({"params": p, **rest}, normalize(images), train=False)  # noqa: E731
+        if interceptor is None:
+            logits = apply()
+        else:
+            with flax.linen.intercept_methods(interceptor):
+                logits = apply()
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels))
+
+    batches = [(jnp.asarray(x), jnp.asarray(y)) for x, y in batches]
+    traces = hutchinson_traces(loss, params, batches, jax.random.key(seed), probes)
+    base = float(np.mean([loss(params, b) for b in batches]))
+    names = resnet.kernel_paths(params)
+    signed = set(resnet.signed_layers(tuple(names)))
+    index = {name: i for i, name in enumerate(names)}
+    a_damage = {name: {} for name in names}
+    for b in bits:
+        hooked = jax.jit(lambda p, batch, t, b=b: loss(p, batch, _quantize_one_input(index, t, b, signed)))
+        for name, i in index.items():
+            a_damage[name][b] = float(np.mean([hooked(params, batch, i) for batch in batches])) - base
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    layers = {}
+    for name, path in names.items():
+        kernel, trace = np.asarray(flat[(*path, "kernel")]), traces[(*path, "kernel")]
+        layers[name] = {
+            "weights": int(kernel.size),
+            "trace": trace,
+            "w": {b: weight_damage(kernel, max(trace, 0.0), b) for b in bits},
+            "a": a_damage[name],
+        }
+    return {"loss": base, "layers": layers}
+
+
+def run_sensitivity(
+    workdir, bits: Sequence[int], *, batches: int = 4, batch_size: int = 256, probes: int = 4, seed: int = 0
+) -> dict[str, Any]:
+    """`sensitivities` of a finished run's final checkpoint on `batches` training batches of the run's
+    dataset (the first examples of a fixed shuffle); the JSON object `qresnet sensitivity` writes."""
+    import time
+
+    from qresnet import checkpoints, config_lib, data, feeds, results, run_spec, search
+
+    bits = search.check_bits(bits)
+    if min(batches, batch_size, probes) < 1:
+        raise search.SearchError(
+            f"--batches {batches}, --batch-size {batch_size}, --probes {probes}: each must be >= 1"
+        )
+    config = checkpoints.run_config(workdir)
+    run = run_spec.finished_run_spec(config)
+    if run.info.streaming:
+        raise search.SearchError(
+            f"{workdir} trained on streamed {run.info.name}: sensitivity reads in-memory datasets only for now"
+        )
+    state = checkpoints.restore_final(run, workdir)
+    arrays = feeds.load_arrays(run_spec.data_spec(config))
+    order = np.random.default_rng(seed).permutation(len(arrays.train_labels))[: batches * batch_size]
+    chosen = [
+        (arrays.train_images[idx], arrays.train_labels[idx].astype(np.int32)) for idx in np.array_split(order, batches)
+    ]
+    model = resnet.create_model(
+        config.model.name, num_classes=run.info.num_classes, width=run.width, specs=run.specs, dtype="float32"
+    )
+    t0 = time.perf_counter()
+    out = sensitivities(
+        model, state.variables(), chosen, lambda x: data.normalize(x, run.info), bits, probes=probes, seed=seed
+    )
+    return {
+        "workdir": str(workdir),
+        "run_id": results.recorded_identity(workdir),
+        "model": run.model_name,
+        "width": run.width,
+        "setting": run.setting,
+        "bits": list(bits),
+        "batches": batches,
+        "batch_size": batch_size,
+        "probes": probes,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "config": config_lib.to_json(config),
+        **out,
+        **results.provenance(),
+    }

@@ -1,0 +1,139 @@
+"""Per-layer sensitivity (Hutchinson) and the bit-allocation search (scipy's milp), on the CPU."""
+
+import importlib.util
+import itertools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import settings
+from qresnet import cli, config_lib, run_spec, search, sensitivity, sweep, train
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "configs/smoke.py"
+
+
+def _instance(n_layers, bits, seed):
+    rng = np.random.default_rng(seed)
+    candidates = search.pairs(bits)
+    costs = {f"l{i}": {p: float(rng.integers(1, 50)) * p[0] * p[1] for p in candidates} for i in range(n_layers)}
+    damage = {f"l{i}": {p: float(rng.random()) / (p[0] * p[1]) for p in candidates} for i in range(n_layers)}
+    return costs, damage
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_milp_allocation_equals_brute_force(seed):
+    costs, damage = _instance(5, [2, 4, 8], seed)
+    layers = list(costs)
+    cheapest = sum(min(c.values()) for c in costs.values())
+    for budget in (cheapest, cheapest + 300, cheapest + 3000, cheapest * 100):
+        best = min(
+            (sum(damage[n][p] for n, p in zip(layers, combo)), combo)
+            for combo in itertools.product(search.pairs([2, 4, 8]), repeat=len(layers))
+            if sum(costs[n][p] for n, p in zip(layers, combo)) <= budget
+        )
+        chosen, total, dmg = search.allocate(costs, damage, budget)
+        assert total <= budget + 1e-9 and dmg == pytest.approx(best[0], abs=1e-9)
+        assert set(chosen) == set(layers)
+
+
+def test_infeasible_budget_names_the_cheapest_feasible_one():
+    costs, damage = _instance(3, [4, 8], 0)
+    cheapest = sum(min(c.values()) for c in costs.values())
+    with pytest.raises(search.SearchError, match=f"give a budget >= {cheapest:g}"):
+        search.allocate(costs, damage, cheapest - 1)
+
+
+@pytest.mark.parametrize("bits", [[0, 4], [4, 9], [], ["4"], [True]])
+def test_bits_outside_1_to_8_are_errors(bits):
+    with pytest.raises(search.SearchError, match="bit widths from 1 to 8"):
+        search.pairs(bits)
+
+
+def test_milp_solve_for_resnet50_sized_problem_is_fast():
+    import time
+
+    costs, damage = _instance(54, [1, 2, 4, 8], 0)
+    t0 = time.perf_counter()
+    search.allocate(costs, damage, 3 * sum(min(c.values()) for c in costs.values()))
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_hutchinson_trace_matches_the_exact_trace_of_a_quadratic():
+    a = np.random.default_rng(0).normal(size=(10, 10))
+    h = jnp.asarray(a @ a.T)
+    params = {"a": {"kernel": jnp.ones((2, 3))}, "b": {"kernel": jnp.full((4,), 0.5)}}
+
+    def loss(p, batch):
+        x = jnp.concatenate([p["a"]["kernel"].ravel(), p["b"]["kernel"].ravel()])
+        return 0.5 * x @ h @ x
+
+    traces = sensitivity.hutchinson_traces(loss, params, [None], jax.random.key(0), 1000)
+    assert traces[("a", "kernel")] == pytest.approx(float(jnp.trace(h[:6, :6])), rel=0.06)
+    assert traces[("b", "kernel")] == pytest.approx(float(jnp.trace(h[6:, 6:])), rel=0.06)
+
+
+@pytest.fixture(scope="module")
+def float_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    rules = settings.SETTINGS["bf16"]
+    cfg = config_lib.load_config(SMOKE, [f"--config.quant.rules={rules!r}", "--config.setting=bf16"])
+    train.train_and_evaluate(cfg, tmp / "run", quiet=True)
+    return tmp / "run"
+
+
+def test_sensitivity_then_search_writes_a_sweep_that_dry_runs_with_the_predicted_costs(float_run, tmp_path, capsys):
+    sens = tmp_path / "s.json"
+    argv = ["sensitivity", "--workdir", str(float_run), "--bits", "2,4,8", "--batches", "2", "--batch-size", "16"]
+    assert cli.main([*argv, "--probes", "2", "--out", str(sens)]) == 0
+    obj = json.loads(sens.read_text())
+    layers = obj["layers"]
+    assert list(layers)[0] == "stem" and list(layers)[-1] == "head"
+    for layer in layers.values():  # fewer bits, more damage (weights); every value finite
+        assert layer["w"]["2"] >= layer["w"]["4"] >= layer["w"]["8"] >= 0 and np.isfinite(layer["a"]["2"])
+    out = tmp_path / "searched.py"
+    argv = ["search", "--sensitivity", str(sens), "--cost", "quadratic", "--budgets", "0.01,0.03", "--bits", "2,4,8"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    spec = importlib.util.spec_from_file_location("searched", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    entries = module.get_sweep()
+    assert len(entries) == 2
+    for entry in entries:
+        cfg = config_lib.load_config(str(out), sweep.override_args(entry))
+        predicted = module.PREDICTED[entry["setting"]]["quadratic"]
+        assert run_spec.config_cost(cfg)["ratio"]["quadratic"] == pytest.approx(predicted, rel=1e-9)
+        assert predicted <= float(entry["setting"].removeprefix("searched_quadratic")) + 1e-12
+    capsys.readouterr()
+    assert cli.main(["sweep", "--config", str(out), "--root", str(tmp_path / "r"), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    for entry in entries:
+        line = next(line for line in printed.splitlines() if line.startswith(sweep.run_name(entry)))
+        assert float(line.split()[2]) == pytest.approx(module.PREDICTED[entry["setting"]]["quadratic"], abs=1e-4)
+    # Bad budgets and bits: clear errors, nothing written.
+    before = out.read_bytes()
+    assert cli.main([*argv[:5], "--budgets", "0.00001", "--out", str(tmp_path / "x.py")]) == 1
+    assert "give a budget >=" in capsys.readouterr().err and not (tmp_path / "x.py").exists()
+    assert cli.main([*argv[:5], "--budgets", "0.02", "--bits", "3,4", "--out", str(tmp_path / "y.py")]) == 1
+    assert "no [3]-bit measurement" in capsys.readouterr().err
+    assert cli.main([*argv, "--out", str(out)]) == 1 and out.read_bytes() == before
+    assert "never overwrites" in capsys.readouterr().err
+    # Sensitivities of layers the model does not have (another model's file).
+    other = dict(obj, layers={("renamed" if k == "stem" else k): v for k, v in layers.items()})
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    argv2 = [
+        "search",
+        "--sensitivity",
+        str(tmp_path / "other.json"),
+        "--budgets",
+        "0.03",
+        "--out",
+        str(tmp_path / "z.py"),
+    ]
+    assert cli.main(argv2) == 1
+    err = capsys.readouterr().err
+    assert "['renamed', 'stem'] are in only one of the sensitivity file and the run's model" in err
