@@ -111,6 +111,9 @@ def restore_final(run: RunSpec, workdir: str | Path) -> TrainState:
     """The newest readable checkpoint of the run `run` in `workdir` (for export, fine-tuning)."""
     sample = jnp.zeros((run.batch_size, *run.info.image_shape), jnp.float32)
     abstract = jax.eval_shape(functools.partial(create_train_state, run), jax.random.key(0), sample)
+    # Onto this process's first device, whatever devices (and processes) the run trained on.
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract)
     import orbax.checkpoint as ocp
 
     state, epoch = restore(ocp.CheckpointManager(Path(workdir).resolve() / "ckpt"), abstract)

@@ -31,6 +31,13 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--format", choices=("table", "json"), default="table")
     if command == "train":
         p.add_argument("--workdir", required=True)
+        p.add_argument(
+            "--coordinator",
+            help="HOST:PORT of process 0 of a multi-process job (default $QRESNET_COORDINATOR; SLURM and Open MPI "
+            "jobs are detected without it)",
+        )
+        p.add_argument("--num-processes", type=int, help="processes in the job (with --coordinator)")
+        p.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (with --coordinator)")
     if command == "sweep":
         p.add_argument("--root", required=True, help="folder that holds one workdir per run")
         p.add_argument("--dry-run", action="store_true", help="list the runs and their costs, train nothing")
@@ -161,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         if command == "cost":
             return _cost(ns, overrides)
         if command == "train":
+            from qresnet import distributed
+
+            errors += (distributed.DistributedError,)
+            joined = distributed.initialize(ns.coordinator, ns.num_processes, ns.process_id)
+            if joined:
+                print(f"qresnet train: {joined}", file=sys.stderr, flush=True)
             from qresnet import train
 
             errors += (train.TrainError,)

@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from qresnet import data, imagenet_input
+from qresnet import data, distributed, imagenet_input
 from qresnet.quant import specs as specs_lib
 from qresnet.run_spec import DataSpec, RunSpec, TrainError
 from qresnet.steps import act_quant_phase, create_train_state, eval_step, evaluate_all, train_epoch, train_step
@@ -165,7 +165,7 @@ def in_memory_feed(run: RunSpec, mesh, key, arrays: data.Arrays) -> Feed:
     def one_epoch(state, epoch, on_steps=lambda n: None):
         nonlocal float_first
         idx = jax.device_put(epoch_indices(run.seed, epoch, n_train, run), NamedSharding(mesh, P(None, "data")))
-        epoch_key = jax.device_put(jax.random.fold_in(key, epoch + 1), replicated)
+        epoch_key = distributed.put_replicated(jax.random.fold_in(key, epoch + 1), replicated)
         args = (state, train_images, train_labels, idx, epoch_key)
         if float_first:
             float_first = False
@@ -218,6 +218,13 @@ def streaming_feed(run: RunSpec, mesh, key, stream: imagenet_input.StreamSpec, s
         )
     batch = NamedSharding(mesh, P("data"))
     eval_sharding = batch if stream.eval_batch_size % mesh.size == 0 else NamedSharding(mesh, P())
+    process = (jax.process_index(), jax.process_count())
+    if process[1] > 1 and (run.batch_size % mesh.size or stream.eval_batch_size % mesh.size):
+        raise TrainError(
+            f"a multi-process run splits each batch over all {mesh.size} devices: make optim.batch_size "
+            f"({run.batch_size}) and eval_batch_size ({stream.eval_batch_size}) multiples of {mesh.size}"
+        )
+    put = distributed.put_local if process[1] > 1 else jax.device_put
     programs = PhasePrograms(
         lambda phase: jax.jit(functools.partial(train_step, run, act_quant=phase), donate_argnums=(0,))
     )
@@ -227,9 +234,9 @@ def streaming_feed(run: RunSpec, mesh, key, stream: imagenet_input.StreamSpec, s
     def one_epoch(state, epoch, on_steps=lambda n: None):
         k = jax.random.fold_in(key, epoch + 1)
         losses, correct = [], []
-        batches = imagenet_input.train_batches(stream, train_src, seed=run.seed, epoch=epoch)
+        batches = imagenet_input.train_batches(stream, train_src, seed=run.seed, epoch=epoch, process=process)
         for i, b in zip(range(run.steps_per_epoch), batches):
-            images, labels = jax.device_put(b["image"], batch), jax.device_put(b["label"], batch)
+            images, labels = put(b["image"], batch), put(b["label"], batch)
             step = epoch * run.steps_per_epoch + i
             step_fn = programs.get(act_quant_phase(run, step, 1))
             state, (loss, right) = step_fn(state, images, labels, jax.random.fold_in(k, i))
@@ -240,8 +247,8 @@ def streaming_feed(run: RunSpec, mesh, key, stream: imagenet_input.StreamSpec, s
 
     def evaluate(state):
         loss_sum, correct = jnp.zeros(()), jnp.zeros(())
-        for b in imagenet_input.eval_batches(stream, eval_src):
-            loss, right = eval_fn(state, *(jax.device_put(b[k], eval_sharding) for k in ("image", "label", "mask")))
+        for b in imagenet_input.eval_batches(stream, eval_src, process):
+            loss, right = eval_fn(state, *(put(b[k], eval_sharding) for k in ("image", "label", "mask")))
             loss_sum, correct = loss_sum + loss, correct + right
         return loss_sum, correct
 

@@ -284,7 +284,20 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+def _process_part(grain, ds, batch: int, process: tuple[int, int]):
+    """This process's rows of each batch of `ds`: with P processes, process p reads rows
+    [p*B/P, (p+1)*B/P) of every global batch of B (the remainder dropped), and prepares only those."""
+    index, count = process
+    if count == 1:
+        return ds
+    local = batch // count
+    n = len(ds) // batch * local
+    return grain.MapDataset.range(n).map(lambda k: ds[k // local * batch + index * local + k % local])
+
+
+def train_batches(
+    spec: StreamSpec, source, *, seed: int, epoch: int, process: tuple[int, int] = (0, 1)
+) -> Iterator[dict[str, np.ndarray]]:
     """One epoch of shuffled, augmented, full batches (the remainder is dropped).
 
     Args:
@@ -292,11 +305,15 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
       source: the train split (`open_source`).
       seed: the run's seed.
       epoch: the epoch, 0-based; order and crops are a function of (seed, epoch).
+      process: (index, count) of a multi-process job: this process's share of each global batch
+        (`_process_part`; the same examples and crops as one process would make there).
 
     Returns:
-      An iterator of {"image": uint8 (B, S, S, 3), "label": int32 (B,)}.
+      An iterator of {"image": uint8 (B / count, S, S, 3), "label": int32 (B / count,)}.
     """
     grain = _grain()
+    if process[1] > 1 and spec.image_backend == "nvjpeg":
+        raise InputError("image_backend='nvjpeg' streams on one process; use opencv decoding for multi-process runs")
     epoch_seed = _epoch_seed(seed, epoch)
     size, draft, backend, window = spec.image_size, spec.jpeg_draft, spec.image_backend, spec.jpeg_window
     if backend == "nvjpeg":  # the workers plan (and decode the CPU's share); the GPU decodes the rest
@@ -320,13 +337,15 @@ def train_batches(spec: StreamSpec, source, *, seed: int, epoch: int) -> Iterato
         grain.MapDataset.source(source)
         .shuffle(seed=epoch_seed)
         .random_map(lambda ex, rng: train_example(ex, rng, size, draft, backend, window), seed=epoch_seed)
-        .batch(spec.batch_size, drop_remainder=True)
     )
+    ds = _process_part(grain, ds, spec.batch_size, process)
+    ds = ds.batch(spec.batch_size // process[1], drop_remainder=True)
     return iter(_parallel(grain, ds, spec.workers))
 
 
-def eval_batches(spec: StreamSpec, source) -> Iterator[dict[str, np.ndarray]]:
-    """The eval split in order, in batches of eval_batch_size, the last one padded.
+def eval_batches(spec: StreamSpec, source, process: tuple[int, int] = (0, 1)) -> Iterator[dict[str, np.ndarray]]:
+    """The eval split in order, in batches of eval_batch_size, the last one padded; with `process`
+    (index, count), this process's rows of each (`train_batches`).
 
     Returns:
       An iterator of {"image", "label", "mask"}; mask is 1.0 for real examples.
@@ -346,14 +365,18 @@ def eval_batches(spec: StreamSpec, source) -> Iterator[dict[str, np.ndarray]]:
     else:
         ds = grain.MapDataset.source(source).map(lambda ex: eval_example(ex, size, backend, spec.jpeg_window))
         batches = _parallel(grain, ds.batch(batch, drop_remainder=False), spec.workers)
+    index, count = process
     for b in batches:
         n = len(b["label"])
         pad = batch - n
-        yield {
+        out = {
             "image": np.concatenate([b["image"], np.zeros((pad, *b["image"].shape[1:]), np.uint8)]),
             "label": np.concatenate([b["label"], np.zeros(pad, np.int32)]),
             "mask": np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]),
         }
+        # Each process decodes the whole eval batch and keeps its rows: evaluation is a small part.
+        local = batch // count
+        yield {k: v[index * local : (index + 1) * local] for k, v in out.items()}
 
 
 def _parallel(grain, ds, workers: int):

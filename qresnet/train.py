@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from qresnet import checkpoints, config_lib, data, feeds, imagenet_input, locks, results, run_spec, steps
+from qresnet import checkpoints, config_lib, data, distributed, feeds, imagenet_input, locks, results, run_spec, steps
 from qresnet.quant import specs as specs_lib
 from qresnet.run_spec import RunSpec, TrainError
 
@@ -114,16 +114,28 @@ def train_and_evaluate(
         # A bad source fails here, before anything is written (the checkpoint loads later).
         checkpoints.source_run(run.init_from, run, teacher=run.distill_weight > 0)
     workdir.mkdir(parents=True, exist_ok=True)
-    with locks.exclusive(workdir / LOCK_FILE, f"workdir {workdir}"):
+    # In a multi-process run (qresnet.distributed) process 0 holds the lock and writes the records.
+    lock = (
+        locks.exclusive(workdir / LOCK_FILE, f"workdir {workdir}")
+        if distributed.primary()
+        else contextlib.nullcontext()
+    )
+    with lock:
         # Again under the lock: another process may have written here since the first look.
         checkpoints.check_workdir(workdir, record, run_id)
         done = results.read_result(workdir)
         if done is not None:
             return done
-        results.atomic_write_json(
-            workdir / "config.json",
-            {**record, "run_id": run_id, "act_start_step": run.act_start_step, "steps_per_epoch": run.steps_per_epoch},
-        )
+        if distributed.primary():
+            results.atomic_write_json(
+                workdir / "config.json",
+                {
+                    **record,
+                    "run_id": run_id,
+                    "act_start_step": run.act_start_step,
+                    "steps_per_epoch": run.steps_per_epoch,
+                },
+            )
         return _train(
             run,
             feed,
@@ -150,7 +162,8 @@ def _initial_state(run: RunSpec, feed: feeds.Feed, mesh, key, workdir: Path, man
     missing = sorted(set(range(1, start_epoch + 1)) - {h["epoch"] for h in history})
     if missing or len(history) != start_epoch:
         # A result must come from every epoch's row: without them the checkpoint cannot be used.
-        aside = results.move_aside(workdir / "ckpt", "incomplete")
+        distributed.sync("qresnet_checked_metrics")  # every process has read them before they move
+        aside = results.move_aside(workdir / "ckpt", "incomplete") if distributed.primary() else "ckpt.incomplete"
         print(
             f"qresnet: metrics.jsonl lacks epoch(s) {_ranges(missing) or 'rows'} that the checkpoint of epoch "
             f"{start_epoch} covers; training again from the start (the checkpoints are kept in {aside})",
@@ -162,7 +175,9 @@ def _initial_state(run: RunSpec, feed: feeds.Feed, mesh, key, workdir: Path, man
         state = jax.device_put(checkpoints.warm_start(state, run.init_from, run), replicated)
     if run.distill_weight > 0:  # before the first epoch: the programs compile for a state with it
         state = state.replace(teacher=jax.device_put(checkpoints.load_teacher(run.init_from, run), replicated))
-    results.atomic_write_text(workdir / "metrics.jsonl", "".join(results.to_json_line(h) for h in history))
+    distributed.sync("qresnet_read_metrics")  # every process has read the rows before they are rewritten
+    if distributed.primary():
+        results.atomic_write_text(workdir / "metrics.jsonl", "".join(results.to_json_line(h) for h in history))
     return state, start_epoch, history, manager
 
 
@@ -186,7 +201,9 @@ def _train(run: RunSpec, feed: feeds.Feed, n_test: int, mesh, key, workdir: Path
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(workdir / "tb"))
+    primary = distributed.primary()
+    writer = SummaryWriter(str(workdir / "tb")) if primary else None
+    quiet = quiet or not primary
     # Bars on a terminal; a line per epoch wherever the output goes (a sweep's log files).
     bars = not quiet and sys.stderr.isatty()
     epochs_bar = tqdm(total=run.num_epochs, initial=start_epoch, desc="epochs", unit="epoch", disable=not bars)
@@ -222,11 +239,12 @@ def _train(run: RunSpec, feed: feeds.Feed, n_test: int, mesh, key, workdir: Path
                 "epoch_s": dt,
             }
             history.append(row)
-            results.append_jsonl(workdir / "metrics.jsonl", row)
-            for k, v in row.items():
-                if k not in ("epoch", "step"):
-                    writer.add_scalar(k, v, row["step"])
-            writer.flush()
+            if primary:
+                results.append_jsonl(workdir / "metrics.jsonl", row)
+                for k, v in row.items():
+                    if k not in ("epoch", "step"):
+                        writer.add_scalar(k, v, row["step"])
+                writer.flush()
             epochs_bar.update()
             if not quiet:
                 epochs_bar.write(_progress_line(row, run), file=sys.stdout)
@@ -237,7 +255,8 @@ def _train(run: RunSpec, feed: feeds.Feed, n_test: int, mesh, key, workdir: Path
             if stop and epoch + 1 < run.num_epochs:  # After the last epoch, finishing is quicker.
                 _stop(manager, state, epoch + 1, run, workdir, stop[0], saved)
     epochs_bar.close()
-    writer.close()
+    if primary:
+        writer.close()
     manager.wait_until_finished()
 
     result = {
@@ -270,6 +289,7 @@ def _train(run: RunSpec, feed: feeds.Feed, n_test: int, mesh, key, workdir: Path
         "init_from": run.init_from,  # the run it was fine-tuned from ("" = from scratch)
         "distill_weight": run.distill_weight,
         "device": results.device_description(),
+        "processes": jax.process_count(),
         **results.xla_flags_field(),
         "conv_impl": run.backend.impl,  # what model.conv_impl resolved to ("auto": per device)
         "versions": results.versions(),
@@ -280,7 +300,8 @@ def _train(run: RunSpec, feed: feeds.Feed, n_test: int, mesh, key, workdir: Path
     }
     if [h["epoch"] for h in history] != list(range(1, run.num_epochs + 1)):
         raise TrainError(f"{workdir / 'metrics.jsonl'} does not hold each epoch once; no result written")
-    results.atomic_write_json(workdir / "result.json", result)
+    if primary:
+        results.atomic_write_json(workdir / "result.json", result)
     return result
 
 

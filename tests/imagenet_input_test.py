@@ -477,6 +477,26 @@ def test_eval_batches_cover_the_split_once_with_a_mask(tfds_dir):
     np.testing.assert_array_equal(batches[0]["image"][0], first)
 
 
+def test_processes_read_their_rows_of_each_batch_as_one_process_makes_them(tfds_dir):
+    """A multi-process run: process p of 2 gets rows [4p, 4p+4) of each batch of 8 (train, the same
+    examples and crops) and of 4 (eval, with their masks)."""
+    s = spec(tfds_dir)
+    src = imagenet_input.open_source(s, "train")
+    whole = list(imagenet_input.train_batches(s, src, seed=2, epoch=1))
+    parts = [list(imagenet_input.train_batches(s, src, seed=2, epoch=1, process=(p, 2))) for p in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(whole) == 5
+    for w, a, b in zip(whole, *parts):
+        assert a["image"].shape == (4, 32, 32, 3)
+        for k in ("image", "label"):
+            np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), w[k])
+    val = imagenet_input.open_source(s, "validation")
+    whole = list(imagenet_input.eval_batches(s, val))
+    parts = [list(imagenet_input.eval_batches(s, val, (p, 2))) for p in range(2)]
+    for w, a, b in zip(whole, *parts, strict=True):
+        for k in ("image", "label", "mask"):
+            np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), w[k])
+
+
 def test_missing_dataset_names_what_to_prepare(tmp_path):
     with pytest.raises(imagenet_input.InputError, match="tfds build imagenet2012 --file_format=array_record"):
         imagenet_input.open_source(imagenet_input.StreamSpec("imagenet2012", str(tmp_path), 224, 8, 8), "train")
