@@ -254,14 +254,14 @@ def _export(ns) -> int:
 
 
 def _eval(ns) -> int:
-    from qresnet import export, onnx_export
+    from qresnet import export, onnx_eval, onnx_export
 
     if ns.onnx:
         if ns.dtype != "float32" or ns.rounding != "auto":
             raise onnx_export.OnnxError(
                 "--dtype and --rounding apply to --export (qresnet's integer layers), not --onnx"
             )
-        print(json.dumps(onnx_export.evaluate(ns.onnx, ns.data_dir, compare=ns.compare, optimize=not ns.as_written)))
+        print(json.dumps(onnx_eval.evaluate(ns.onnx, ns.data_dir, compare=ns.compare, optimize=not ns.as_written)))
         return 0
     if ns.compare:
         result = export.equivalence(ns.compare, ns.export, ns.data_dir, dtype=ns.dtype, rounding=ns.rounding)

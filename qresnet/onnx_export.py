@@ -15,7 +15,7 @@ narrower than the storage type's, and for unsigned inputs x - scale/2 before rou
 round(v - 1/2) wherever v is not an integer; at 0, the most common exact integer, both give 0).
 What remains: ties (a signed input exactly halfway between two codes, an unsigned one exactly on an
 odd code) round to the even code, and float32 rounding can move a value across a code boundary
-(x/scale is not always x*s to the bit; BN is folded), which `evaluate(..., compare=RUN)` measures.
+(x/scale is not always x*s to the bit; BN is folded), which `onnx_eval.evaluate(..., compare=RUN)` measures.
 
 Storage: activations as uint8 or int8 (ONNX Runtime's integer kernels take 8-bit activations;
 4-bit activations are 4-bit codes in 8-bit integers). Kernels of 4 bits or fewer as INT4 (opset
@@ -29,7 +29,7 @@ dequantized values and gives the trained codes. With `integer_kernels=True` the 
 whose output the next layer quantizes on an unsigned grid takes that half step into its bias
 (relu(y - h) and relu(y) - h give the same codes), so the runtime sees the pattern: in a basic
 block conv1, whose output goes to conv2 alone, runs on integers; the convs that feed a float
-residual add cannot. `evaluate(..., optimize=False)` runs a graph as written, without the
+residual add cannot. `onnx_eval.evaluate(..., optimize=False)` runs a graph as written, without the
 runtime's rewriting.
 
 Built with the `onnx` package's helpers rather than traced from JAX (jax2onnx): a trace of the
@@ -59,7 +59,8 @@ class OnnxError(ValueError):
     """An ONNX export that cannot be written or read; the message names the fix."""
 
 
-def _onnx():
+def onnx_package():
+    """The `onnx` module, or OnnxError naming the extra to install."""
     try:
         import onnx
     except ImportError:
@@ -71,7 +72,7 @@ class _Graph:
     """Nodes and initializers of one graph, with unique names."""
 
     def __init__(self):
-        self.onnx = _onnx()
+        self.onnx = onnx_package()
         self.nodes, self.inits = [], []
 
     def const(self, name: str, value, dtype=None) -> str:
@@ -187,6 +188,11 @@ class _Builder:
             return np.float32(0)
         return _grid(spec, self._bound(name, path))[0] / np.float32(2)
 
+    def input_step(self, name: str, path) -> np.float32 | None:
+        """The ONNX scale (1/s) of a layer's input grid; None where its input is float."""
+        spec = self.specs.get(name, specs_lib.FLOAT)
+        return None if spec.a_bits is None else _grid(spec, self._bound(name, path))[0]
+
     def conv(
         self,
         x: str,
@@ -200,24 +206,34 @@ class _Builder:
         *,
         shifted=False,
         then=None,
+        given_step=None,
     ) -> tuple[str, tuple]:
-        """Conv (+ folded BN) of NCHW tensor `x` of `shape` (N, C, H, W); returns (output, its shape).
-        `shifted`: `x` comes with this layer's half step subtracted (`half_step`); `then`: (name, path)
-        of the layer that quantizes this conv's ReLU output, whose half step the bias takes."""
+        """Conv (+ folded BN, or a BN-folded run's bias) of NCHW tensor `x` of `shape` (N, C, H, W);
+        returns (output, its shape). `shifted`: `x` comes with this layer's half step subtracted
+        (`half_step`); `then`: (name, path) of the layer that quantizes this conv's ReLU output, whose
+        half step the bias takes; `given_step`: `x` is already quantized, on this grid (a BN-folded
+        block's input, quantized once for conv1 and the projection)."""
         from jax import lax
 
         layer = _lookup(self.params, path)
         spec = self.specs.get(name, specs_lib.FLOAT)
         features = (layer["kernel_int"] if spec.w_bits is not None else layer["kernel"]).shape[-1]
         parent = _lookup(self.params, path[:-1]) if len(path) > 1 else self.params
-        stats = _lookup(self.stats, path[:-1]) if len(path) > 1 else self.stats
+        stats = (_lookup(self.stats, path[:-1]) if len(path) > 1 else self.stats) if bn else {}
         mult, shift = _bn_fold(parent, stats, bn, features)
+        step = given_step if given_step is not None else self.input_step(name, path)
+        if "bias" in layer:  # a BN-folded run's conv
+            shift = np.asarray(layer["bias"], np.float32)
+            if spec.pow2_scale and step is not None and spec.w_bits is not None:
+                # On its product's grid, as the layer adds it (ops.bias_on_grid).
+                s = (np.float32(1) / step) * np.asarray(layer["w_scale"], np.float32)
+                shift = ((np.floor(shift * s) + np.float32(0.5)) / s).astype(np.float32)
         if then is not None and self.integer_kernels:
             shift = shift - self.half_step(*then)
         pads = (
             lax.padtype_to_pads(shape[2:], (kernel, kernel), (strides, strides), pad) if isinstance(pad, str) else pad
         )
-        xq = self._input(x, name, path, shifted and self.integer_kernels)
+        xq = x if given_step is not None else self._input(x, name, path, shifted and self.integer_kernels)
         w = _weight(self.g, layer, spec, mult, name, True, self.int4, self.quantized)
         y = self.g.op(
             "Conv",
@@ -259,8 +275,8 @@ def build(
     """The QDQ ONNX model of an exported network (module doc).
 
     Args:
-      header: model, width, num_classes, input_shape, dataset, setting, specs (JSON) as
-        `qresnet.export` writes them; a BN-folded (fused) network is refused.
+      header: model, width, num_classes, input_shape, dataset, setting, specs (JSON), fold_bn as
+        `qresnet.export` writes them.
       variables: `export.integer_variables` of the trained run.
       int4_weights: store kernels of <= 4 bits as INT4 (else int8 holding their codes).
       quantized: False gives the same network in float32 (kernels dequantized, inputs not
@@ -272,11 +288,7 @@ def build(
       An `onnx.ModelProto` (opset 21) whose input "image" is uint8 (N, H, W, C) and output
       "logits" float32 (N, num_classes); qresnet's header is in its metadata ("qresnet").
     """
-    if header.get("fold_bn"):
-        raise OnnxError(
-            "ONNX export writes the BN-unfolded network (a *_deploy setting); this run folds BN into its convs "
-            "(model.fold_bn): export it with --format qrx, or train a *_deploy setting for ONNX"
-        )
+    folded = bool(header.get("fold_bn"))
     specs = specs_lib.specs_from_json(header["specs"])
     arch = resnet.get_arch(header["model"])
     b = _Builder(variables, specs, int4_weights, quantized, integer_kernels)
@@ -289,17 +301,18 @@ def build(
     x = g.op("Div", [g.op("Sub", [x, g.const("mean", mean)], "centred"), g.const("std", std)], "normalized")
     x = g.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
     shape = (1, c, h, w)
+    stem_bn = None if folded else "stem_bn"
     if arch.cifar:
-        x, shape = b.conv(x, shape, "stem", ("stem",), "stem_bn", 3, 1, ((1, 1), (1, 1)))
+        x, shape = b.conv(x, shape, "stem", ("stem",), stem_bn, 3, 1, ((1, 1), (1, 1)))
         x = g.op("Relu", [x], "stem/relu")
     else:
-        x, shape = b.conv(x, shape, "stem", ("stem",), "stem_bn", 7, 2, ((3, 3), (3, 3)))
+        x, shape = b.conv(x, shape, "stem", ("stem",), stem_bn, 7, 2, ((3, 3), (3, 3)))
         x = g.op("Relu", [x], "stem/relu")
         x = g.op("MaxPool", [x], "stem/pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
         shape = (1, shape[1], (shape[2] - 1) // 2 + 1, (shape[3] - 1) // 2 + 1)
     for s, (n_blocks, filters) in enumerate(zip(arch.stage_sizes, resnet.stage_filters(arch, header["width"]))):
         for i in range(n_blocks):
-            x, shape = _block(b, x, shape, s, i, filters, arch.bottleneck)
+            x, shape = (_block_folded if folded else _block)(b, x, shape, s, i, filters, arch.bottleneck)
     x = g.op("Flatten", [g.op("GlobalAveragePool", [x], "pool")], "pooled")
     g.op("Identity", [b.dense(x, "head")], "logits")
     graph = onnx.helper.make_graph(
@@ -341,6 +354,50 @@ def _block(b: _Builder, x: str, shape, s: int, i: int, filters: int, bottleneck:
     return b.g.op("Relu", [b.g.op("Add", [y, shortcut], f"{name}/add")], f"{name}/out"), sh
 
 
+def _block_folded(b: _Builder, x: str, shape, s: int, i: int, filters: int, bottleneck: bool):
+    """One block of a BN-folded network (resnet.Block._folded), NCHW: its input quantized once, by
+    conv1's quantizer, for conv1, the projection and (its dequantized value) the identity shortcut;
+    a projection's output on int8 codes of its own bound."""
+    name, path = f"stage{s}/block{i}", f"stage{s}_block{i}"
+    strides = 2 if s > 0 and i == 0 else 1
+    out_features = filters * 4 if bottleneck else filters
+    sp = ((1, 1), (1, 1))
+    conv = lambda i: (f"{name}/conv{i}", (path, f"conv{i}"))  # noqa: E731
+    step = b.input_step(*conv(1)) if b.quantized else None
+    xq = b._input(x, *conv(1))
+    first = (1, 1, "SAME") if bottleneck else (3, strides, sp)
+    y, sh = b.conv(xq, shape, *conv(1), None, *first, given_step=step, then=conv(2))
+    y = b.g.op("Relu", [y], f"{name}/relu1")
+    if bottleneck:
+        y, sh = b.conv(y, sh, *conv(2), None, 3, strides, sp, shifted=True, then=conv(3))
+        y = b.g.op("Relu", [y], f"{name}/relu2")
+        y, sh = b.conv(y, sh, *conv(3), None, 1, 1, "SAME", shifted=True)
+    else:
+        y, sh = b.conv(y, sh, *conv(2), None, 3, 1, sp, shifted=True)
+    shortcut = xq
+    if strides != 1 or shape[1] != out_features:
+        proj = (f"{name}/proj", (path, "proj"))
+        shortcut, _ = b.conv(xq, shape, *proj, None, 1, strides, "SAME", given_step=step)
+        out_bound = _lookup(b.qstats, proj[1]).get("out_bound")
+        if b.quantized and out_bound is not None:
+            shortcut = _out_qdq(b.g, shortcut, out_bound, b.specs[proj[0]].pow2_scale, proj[0])
+    return b.g.op("Relu", [b.g.op("Add", [y, shortcut], f"{name}/add")], f"{name}/out"), sh
+
+
+def _out_qdq(g: _Graph, x: str, bound, pow2: bool, name: str) -> str:
+    """A BN-folded projection's output on int8 codes (layers.output_codes: s = 127 / bound, the whole
+    int8 range, which QuantizeLinear's saturation gives)."""
+    bound = np.float32(bound)
+    s = np.float32(127) / bound if bound > 0 else np.float32(1)
+    if pow2 and bound > 0:
+        s = np.float32(np.asarray(ops.pow2_floor(s)))
+    scale, zero = g.const(f"{name}/out_scale", np.float32(1) / s), g.const(f"{name}/out_zero", np.int8(0))
+    if not bound > 0:
+        x = g.op("Mul", [x, g.const(f"{name}/zero", np.float32(0))], f"{name}/zeroed")
+    q = g.op("QuantizeLinear", [x, scale, zero], f"{name}/out_q")
+    return g.op("DequantizeLinear", [q, scale, zero], f"{name}/out_dq")
+
+
 def export_run(
     workdir: str | Path, out: str | Path, *, int4_weights: bool = True, integer_kernels: bool = False
 ) -> Path:
@@ -357,99 +414,3 @@ def export_run(
     except FileExistsError:
         raise OnnxError(f"{out} exists; qresnet never overwrites a file: choose another path or remove it") from None
     return out
-
-
-def read_header(path: str | Path) -> dict[str, Any]:
-    """qresnet's header of an ONNX export, after `onnx.checker`; a clear error for anything else."""
-    onnx = _onnx()
-    path = Path(path)
-    if not path.is_file():
-        raise OnnxError(f"ONNX file {str(path)!r} does not exist; make one with qresnet export --format onnx")
-    try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except Exception as e:  # onnx raises DecodeError, ValidationError and others for a damaged file
-        raise OnnxError(
-            f"{path} is not a valid ONNX model ({type(e).__name__}: {str(e)[:200]}); export it again"
-        ) from e
-    props = {p.key: p.value for p in model.metadata_props}
-    try:
-        header = json.loads(props["qresnet"])
-        assert header["format"] == FORMAT
-    except (KeyError, ValueError, AssertionError, TypeError):
-        raise OnnxError(
-            f"{path} is an ONNX model but not one qresnet exported (no qresnet metadata): qresnet eval --onnx "
-            "evaluates models written by qresnet export --format onnx, on their own dataset"
-        ) from None
-    return header
-
-
-def session(path: str | Path, threads: int = 0, *, optimize: bool = True):
-    """An ONNX Runtime CPU session of `path` (a file or serialized bytes). `optimize`: all of ONNX
-    Runtime's graph optimizations, QDQ fusion into integer kernels included (which rounds each fused
-    conv's bias to its int32 accumulator grid, as integer runtimes do); False runs the graph as
-    written, in float with its own rounding."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise OnnxError('qresnet eval --onnx needs ONNX Runtime: pip install -e ".[onnx]"') from None
-    opts = ort.SessionOptions()
-    level = ort.GraphOptimizationLevel
-    opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(
-            path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"]
-        )
-    except Exception as e:  # onnxruntime's Fail/InvalidGraph/NotImplemented
-        raise OnnxError(f"ONNX Runtime cannot load the model ({type(e).__name__}: {str(e)[:300]})") from e
-
-
-def evaluate(
-    path: str | Path, data_dir: str = "", *, compare: str | Path | None = None, optimize: bool = True
-) -> dict[str, Any]:
-    """Top-1 of an ONNX export in ONNX Runtime on its dataset's test split; with `compare` (the run's
-    workdir), its agreement with the run's fake-quant model too; `optimize`: see `session`.
-
-    Returns:
-      {model, setting, dataset, n, top1_onnx, onnx_runtime}, with `compare` the fields of
-      `export.agreement` too, then device, date, commit.
-    """
-    import onnxruntime as ort
-
-    from qresnet import export
-
-    header = read_header(path)
-    sess = session(path, optimize=optimize)
-    if compare is not None:
-        batches = export.fake_quant_batches(compare, header, data_dir)
-    else:
-        batches = (
-            (images, labels, None)
-            for images, labels in data.test_batches(
-                header["dataset"],
-                data_dir=data_dir,
-                tfds_name=header.get("tfds_name", ""),
-                image_size=header.get("image_size", 0),
-                image_backend=header.get("image_backend", "pillow"),
-            )
-        )
-    l_onnx, l_fake, ys = [], [], []
-    for images, labels, reference in batches:
-        l_onnx.append(sess.run(["logits"], {"image": np.asarray(images, np.uint8)})[0])
-        l_fake.append(reference)
-        ys.append(labels)
-    l_onnx, labels = np.concatenate(l_onnx), np.concatenate(ys)
-    out = {
-        "model": header["model"],
-        "setting": header["setting"],
-        "dataset": header["dataset"],
-        "n": len(labels),
-        "top1_onnx": float(np.mean(l_onnx.argmax(1) == labels)),
-        "onnx_runtime": ort.__version__,
-        "ort_optimized": optimize,
-    }
-    if compare is not None:
-        out |= export.agreement(l_onnx, np.concatenate(l_fake), labels)
-    return out | results.provenance()

@@ -373,7 +373,7 @@ def test_input_benchmark_feed_trains_on_the_pipelines_batches(tmp_path, capsys):
     assert input_pipeline.main([*args, "--profile", "2", "--sample-threads"]) == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     main = row["thread_samples"]["MainThread"]  # the training loop, sampled while it trained
-    assert main["samples"] > 0 and 0 < sum(share for _, share in main["top"]) <= 1
+    assert main["samples"] > 0 and 0 < sum(share for _, share in main["top"]) <= 1.001  # shares are rounded
     assert row["mode"] == "fed" and row["backend"] == "opencv" and row["batches"] == 2
     assert row["fed_images_per_s"] > 0 and row["alone_images_per_s"] > 0
     assert row["fed_vs_alone"] == pytest.approx(row["fed_images_per_s"] / row["alone_images_per_s"])

@@ -10,7 +10,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from configs import settings  # noqa: E402
-from qresnet import cli, config_lib, export, onnx_export, resnet, train  # noqa: E402
+from qresnet import cli, config_lib, export, onnx_eval, onnx_export, resnet, train  # noqa: E402
 from qresnet.quant import ops  # noqa: E402
 from qresnet.quant import specs as specs_lib  # noqa: E402
 
@@ -35,7 +35,7 @@ def runs(tmp_path_factory):
 def test_onnx_runtime_gives_the_fake_quant_predictions(runs, tmp_path, setting):
     path = onnx_export.export_run(runs[setting], tmp_path / "m.onnx")
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    r = onnx_export.evaluate(path, compare=runs[setting])
+    r = onnx_eval.evaluate(path, compare=runs[setting])
     assert r["n"] == 32 and r["prediction_agreement"] == 1.0 and r["top1_onnx"] == r["top1_fake"]
     # The trained codes: only float32 rounding (x / scale against x * s, BN folded) moves the logits.
     assert r["rel_logit_err"] < 1e-5 and r["ort_optimized"]
@@ -49,9 +49,9 @@ def test_integer_kernel_graph_fuses_and_is_exact_as_written(runs, tmp_path):
 
     run = runs["w8a8_deploy"]
     path = onnx_export.export_run(run, tmp_path / "m.onnx", integer_kernels=True)
-    exact = onnx_export.evaluate(path, compare=run, optimize=False)
+    exact = onnx_eval.evaluate(path, compare=run, optimize=False)
     assert exact["prediction_agreement"] == 1.0 and exact["rel_logit_err"] < 1e-5
-    fused = onnx_export.evaluate(path, compare=run)
+    fused = onnx_eval.evaluate(path, compare=run)
     assert fused["prediction_agreement"] >= 0.9 and fused["rel_logit_err"] < 0.05
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
@@ -84,7 +84,7 @@ def test_int8_storage_of_4bit_codes_gives_the_same_model(runs, tmp_path):
     b = onnx_export.export_run(runs["w4a4_ends8_deploy"], tmp_path / "int8.onnx", int4_weights=False)
     assert a.stat().st_size < b.stat().st_size
     images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)  # synthetic: 16x16
-    outs = [onnx_export.session(p).run(["logits"], {"image": images})[0] for p in (a, b)]
+    outs = [onnx_eval.session(p).run(["logits"], {"image": images})[0] for p in (a, b)]
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
@@ -136,6 +136,37 @@ def _qdq_codes(bits, signed, x):
     )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 21)], ir_version=onnx_export.IR_VERSION)
     return ort.InferenceSession(model.SerializeToString()).run(None, {"x": np.asarray(x, np.float32)})[0]
+
+
+@pytest.mark.parametrize(
+    "setting,tol",
+    [("w8a8_fused_pow2", 0.0), ("w4a4_ends8_fused_pow2", 1e-2), ("w8a8_fused", 1e-2), ("w4a4_ends8_fused", 1e-2)],
+)
+def test_bn_folded_networks_export_their_fake_quant_model(setting, tol):
+    """A BN-folded (fused) ResNet-8, its bounds calibrated on random images: the graph as written
+    gives the fake-quant model's predictions (power-of-two w8a8: its logits to the bit)."""
+    import jax
+    import jax.numpy as jnp
+
+    from qresnet import data
+
+    shape = (32, 32, 3)
+    specs = resnet.resolve_specs(settings.SETTINGS[setting], "resnet8", num_classes=10, input_shape=shape)
+    fake = resnet.create_model("resnet8", num_classes=10, specs=specs, fold_bn=True)
+    images = np.random.default_rng(0).integers(0, 256, (16, *shape), dtype=np.uint8)
+    x = data.normalize(jnp.asarray(images), data.dataset_info("cifar10_jpeg"))
+    v = fake.init(jax.random.key(1), x[:1])
+    v = {**v, **fake.apply(v, x, train=True, act_quant=False, mutable=["quant_stats"])[1]}
+    header = {"model": "resnet8", "num_classes": 10, "width": 1.0, "fold_bn": True, "input_shape": list(shape)}
+    header |= {"dataset": "cifar10_jpeg", "setting": setting, "specs": {k: s.to_dict() for k, s in specs.items()}}
+    model = onnx_export.build(header, export.integer_variables(v, specs))
+    got = onnx_eval.session(model.SerializeToString(), optimize=False).run(["logits"], {"image": images})[0]
+    want = np.asarray(fake.apply(v, x, act_quant=True))
+    assert (got.argmax(1) == want.argmax(1)).all()
+    assert np.linalg.norm(got - want) <= tol * np.linalg.norm(want)
+    ops_ = [n.op_type for n in model.graph.node]
+    # One quantizer per layer input, except a projection's, which reads conv1's codes; one per projection output.
+    assert "BatchNormalization" not in ops_ and ops_.count("QuantizeLinear") == len(specs)
 
 
 def test_per_channel_activation_runs_are_refused_with_the_fix(tmp_path):
