@@ -22,9 +22,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from qresnet import results
+
+
+class RayBackendError(ValueError):
+    """A Ray sweep that cannot start; the message names the fix."""
 
 
 class RunDied(RuntimeError):
@@ -35,22 +38,18 @@ def _ray():
     try:
         import ray
     except ImportError:
-        from qresnet.sweep import SweepError
-
-        raise SweepError('--backend ray needs Ray: pip install -e ".[ray]" (or pip install "ray>=2.40")') from None
+        raise RayBackendError('--backend ray needs Ray: pip install -e ".[ray]" (or pip install "ray>=2.40")') from None
     return ray
 
 
 def check_options(backend: str, address: str | None, mps: bool) -> None:
-    """Raises SweepError for a backend that does not exist or options that do not go with it."""
-    from qresnet.sweep import SweepError
-
+    """Raises RayBackendError for a backend that does not exist or options that do not go with it."""
     if backend not in ("local", "ray"):
-        raise SweepError(f"--backend {backend!r}: choose local or ray")
+        raise RayBackendError(f"--backend {backend!r}: choose local or ray")
     if backend == "local" and address:
-        raise SweepError(f"--address {address} is a Ray cluster's: add --backend ray, or drop --address")
+        raise RayBackendError(f"--address {address} is a Ray cluster's: add --backend ray, or drop --address")
     if backend == "ray" and mps:
-        raise SweepError(
+        raise RayBackendError(
             "--mps starts an MPS daemon on this host only: on a Ray cluster start one on each node, and drop --mps"
         )
 
@@ -63,15 +62,19 @@ def connect(address: str | None):
     return ray
 
 
+def join(address: str | None, root: Path) -> None:
+    """`connect`, then `check_shared_root`: what a Ray sweep does before it launches anything."""
+    connect(address)
+    check_shared_root(root)
+
+
 def _sees(path: str) -> bool:
     return Path(path).is_file()
 
 
 def check_shared_root(root: Path) -> None:
-    """Raises SweepError unless every alive Ray node sees `root` (a token file written there)."""
+    """Raises RayBackendError unless every alive Ray node sees `root` (a token file written there)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from qresnet.sweep import SweepError
 
     ray = _ray()
     token = root / f".ray_fs_check_{uuid.uuid4().hex}"
@@ -87,34 +90,35 @@ def check_shared_root(root: Path) -> None:
     finally:
         token.unlink(missing_ok=True)
     if blind:
-        raise SweepError(
+        raise RayBackendError(
             f"--root {root} is not visible from Ray node(s) {', '.join(blind)}: put the sweep root on a filesystem "
             "every node mounts at the same path (NFS, Lustre, a shared volume) and give that path"
         )
 
 
-def _train_task(config_path: str, workdir: str, args: list[str], extra_env: dict[str, str]) -> dict[str, Any]:
-    """Body of one run's Ray task: trains the run unless it is finished; raises RunDied to be retried."""
-    from qresnet import sweep
-
+def _train_task(config_path: str, workdir: str, args: list[str], extra_env: dict, launch, interrupted: int) -> dict:
+    """Body of one run's Ray task: trains the run (`launch`: the sweep's, starting `qresnet train`)
+    unless it is finished; raises RunDied to be retried. `interrupted`: train's exit code when stopped."""
     workdir_path = Path(workdir)
     # What the run saw, and when it ran (wall clock, for the sweep log).
     seen = {"devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "start": time.time()}
     if results.read_result(workdir_path) is not None:
         return {"status": "ok", "trained": False, **seen, "end": time.time()}
-    proc = sweep._launch(config_path, workdir_path, args, None, extra_env)
+    proc = launch(config_path, workdir_path, args, None, extra_env)
     try:
         code = proc.wait()
     except KeyboardInterrupt:  # ray.cancel: the run checkpoints and stops, as under the local backend
         proc.send_signal(signal.SIGTERM)
         proc.wait()
-        code = sweep.INTERRUPTED
-    if code in (0, sweep.INTERRUPTED):
+        code = interrupted
+    if code in (0, interrupted):
         return {"status": "ok" if code == 0 else "stopped", "trained": True, **seen, "end": time.time()}
     raise RunDied(f"{workdir_path.name}: qresnet train exited with {code} (see {workdir_path / 'log.txt'})")
 
 
-def run_all(config_path, root: Path, todo, slots, done, total, env, stop, heartbeat=None, *, retries: int = 3):
+def run_all(
+    config_path, root: Path, todo, slots, done, total, env, stop, heartbeat=None, *, launch, interrupted, retries=3
+):
     """Runs `todo` [(name, args)] as Ray tasks (module doc): the local scheduler's `_run_all` with
     Ray in place of `slots` (whose count per device is --jobs); returns [{name, status, s,
     devices, start, end}] of the runs that ended."""
@@ -123,7 +127,10 @@ def run_all(config_path, root: Path, todo, slots, done, total, env, stop, heartb
     gpus = ray.cluster_resources().get("GPU", 0)
     share = {"num_gpus": 1.0 / (jobs or 3), "num_cpus": 0} if gpus else {"num_cpus": 1}
     task = ray.remote(max_retries=retries, retry_exceptions=[RunDied], **share)(_train_task)
-    launched = {task.remote(str(config_path), str(root / name), list(args), dict(env)): name for name, args in todo}
+    launched = {
+        task.remote(str(config_path), str(root / name), list(args), dict(env), launch, interrupted): name
+        for name, args in todo
+    }
     timings, t0, cancelled = [], time.time(), False
     print(f"sweep: {len(todo)} run(s) submitted to Ray ({gpus:g} GPU(s) in the cluster)", flush=True)
     while launched:

@@ -62,16 +62,17 @@ def weight_damage(kernel: np.ndarray, trace: float, bits: int, granularity: str 
     return float(trace / w.size * jnp.sum(err * err))
 
 
-def _quantize_one_input(index: Mapping[str, int], target: jax.Array, bits: int, signed: set[str]):
+def _quantize_one_input(index: Mapping[tuple, tuple[int, str]], target: jax.Array, bits: int, signed: set[str]):
     """A Flax interceptor that fake-quantizes at `bits` the input of the layer whose position in
-    `index` equals `target` (a traced int: one compiled program serves every layer)."""
+    `index` ({module path: (position, layer name)}) equals `target` (a traced int: one compiled
+    program serves every layer)."""
 
     def interceptor(next_fun, args, kwargs, context):
-        name = resnet._path_to_name(context.module.scope.path)
-        if context.method_name == "__call__" and name in index:
+        i, name = index.get(tuple(context.module.scope.path), (None, None))
+        if context.method_name == "__call__" and i is not None:
             x = args[0]
             q = ops.fake_quant(x, bits, jnp.max(jnp.abs(x)), name in signed).astype(x.dtype)
-            args = (jnp.where(target == index[name], q, x), *args[1:])
+            args = (jnp.where(target == i, q, x), *args[1:])
         return next_fun(*args, **kwargs)
 
     return interceptor
@@ -120,11 +121,11 @@ def sensitivities(
     base = float(np.mean([loss(params, b) for b in batches]))
     names = resnet.kernel_paths(params)
     signed = set(resnet.signed_layers(tuple(names)))
-    index = {name: i for i, name in enumerate(names)}
+    index = {tuple(path): (i, name) for i, (name, path) in enumerate(names.items())}
     a_damage = {name: {} for name in names}
     for b in bits:
         hooked = jax.jit(lambda p, batch, t, b=b: loss(p, batch, _quantize_one_input(index, t, b, signed)))
-        for name, i in index.items():
+        for i, name in index.values():
             a_damage[name][b] = float(np.mean([hooked(params, batch, i) for batch in batches])) - base
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     layers = {}

@@ -23,7 +23,7 @@ the root.
 from __future__ import annotations
 
 import contextlib
-import importlib
+import functools
 import json
 import os
 import re
@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qresnet import config_lib, results
+from qresnet import config_lib, ray_backend, results
 
 # Exit code of a run or sweep stopped by SIGTERM (128 + 15, as a shell reports it).
 INTERRUPTED = 128 + signal.SIGTERM
@@ -192,8 +192,7 @@ def run_sweep(
       command_buffers: run each whole training epoch (its scan loop included) as
         CUDA graphs (`COMMAND_BUFFER_FLAG` added to the runs' XLA_FLAGS).
       only: a regex; run only the runs whose name it matches (anywhere in the name).
-      backend: "local" (this host's GPUs, qresnet's scheduler) or "ray" (`qresnet.ray_backend`).
-      address: the Ray cluster to join (None: $RAY_ADDRESS, else a local one).
+      backend, address: "local" (qresnet's scheduler) or "ray" (`qresnet.ray_backend`), and its cluster.
 
     Returns:
       0 if every run finished, 1 if any failed.
@@ -202,8 +201,7 @@ def run_sweep(
 
     if jobs < 0:
         raise SweepError(f"--jobs {jobs} must be >= 0 (0: 3 runs at a time on a GPU, 1 on a CPU)")
-    ray_backend = importlib.import_module("qresnet.ray_backend")  # imports Ray only when asked to
-    ray_backend.check_options(backend, address, mps)
+    ray_backend.check_options(backend, address, mps)  # Ray itself is imported only for --backend ray
     runs = expand(config_path, overrides, only)
     root_path = Path(root)
     if root_path.exists() and not root_path.is_dir():
@@ -221,8 +219,7 @@ def run_sweep(
     root_path.mkdir(parents=True, exist_ok=True)
     with locks.exclusive(root_path / LOCK_FILE, f"sweep root {root}"):
         if backend == "ray":
-            ray_backend.connect(address)
-            ray_backend.check_shared_root(root_path)
+            ray_backend.join(address, root_path)
         return _sweep_locked(config_path, root_path, runs, jobs, mps, command_buffers, only, backend)
 
 
@@ -291,7 +288,8 @@ def _sweep_locked(config_path, root_path: Path, runs, jobs, mps, command_buffers
         if todo:
             entry = _entry(started, per_device, "CUDA_MPS_PIPE_DIRECTORY" in env, devices, xla_flags)
             running = _Running(root_path, entry)
-        run_all = _run_all if backend == "local" else importlib.import_module("qresnet.ray_backend").run_all
+        ray_run = functools.partial(ray_backend.run_all, launch=launch, interrupted=INTERRUPTED)
+        run_all = _run_all if backend == "local" else ray_run
         with train.stop_requests() as stop:
             timings = run_all(config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop, running)
     failed = [t["name"] for t in timings if t["status"] == "FAILED"]
@@ -463,7 +461,7 @@ def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, s
         for slot in slots:
             if slot not in running and queue:
                 name, args = queue.pop(0)
-                running[slot] = (name, _launch(config_path, root / name, args, slot[0], env), time.time())
+                running[slot] = (name, launch(config_path, root / name, args, slot[0], env), time.time())
         time.sleep(0.5)
         if heartbeat is not None:
             heartbeat.beat(timings)
@@ -488,7 +486,8 @@ def _run_all(config_path, root: Path, todo, slots, done: int, total: int, env, s
     return timings
 
 
-def _launch(config_path, workdir: Path, args, device, extra_env):
+def launch(config_path, workdir: Path, args, device, extra_env):
+    """Starts `qresnet train` for one run in `workdir` (its output appended to log.txt) on `device`."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", **extra_env)
     # Re-runs of a killed run skip recompilation.

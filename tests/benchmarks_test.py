@@ -535,3 +535,33 @@ def test_imagenet_projection_scales_with_speed_and_the_sweeps_macs(capsys):
     assert json.loads(capsys.readouterr().out)["images_per_s"] == 6000
     with pytest.raises(SystemExit):
         imagenet_dry_run.main(["--root", "x", "--act-start-epoch", "5", "--epochs", "4"])
+
+
+def test_onnx_cpu_benchmark_times_the_qdq_and_float32_models(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from benchmarks import onnx_cpu
+
+    out = tmp_path / "onnx.jsonl"
+    assert (
+        onnx_cpu.main(["--case", "resnet8:16:4", "--setting", "w8a8_deploy", "--rounds", "1", "--out", str(out)]) == 0
+    )
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["model"] == "resnet8" and row["setting"] == "w8a8_deploy" and row["weights"] == "random"
+    for key in ("qdq", "qdq_integer_kernels", "float32"):
+        assert row[f"{key}_images_per_s"] > 0
+    assert row["qdq_vs_float32"] == pytest.approx(row["qdq_images_per_s"] / row["float32_images_per_s"])
+    assert {"device", "date", "commit", "cpu", "threads", "onnx_runtime"} <= set(row)
+
+
+def test_sweep_backends_benchmark_reports_both_backends_side_by_side(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from benchmarks import sweep_backends
+    from qresnet import sweep
+
+    calls = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda config, root, backend="local": calls.append(backend) or 0)
+    out = tmp_path / "b.jsonl"
+    assert sweep_backends.main(["--repeats", "2", "--out", str(out)]) == 0
+    assert calls == ["local", "ray", "local", "ray"]  # alternated
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(row["local_s"]) == len(row["ray_s"]) == 2 and row["ray_vs_local"] > 0 and row["runs"] == 2

@@ -97,7 +97,7 @@ def test_ray_sweep_retries_a_killed_run_and_matches_the_local_backend(cluster, t
 
 def test_a_root_some_node_cannot_see_is_refused_before_anything_runs(cluster, tmp_path, monkeypatch):
     monkeypatch.setattr(ray_backend, "_sees", lambda path: False)
-    with pytest.raises(sweep.SweepError, match="not visible from Ray node"):
+    with pytest.raises(ray_backend.RayBackendError, match="not visible from Ray node"):
         ray_backend.check_shared_root(tmp_path)
     assert not list(tmp_path.iterdir())  # the token is gone
 
@@ -111,6 +111,6 @@ def test_a_root_some_node_cannot_see_is_refused_before_anything_runs(cluster, tm
     ],
 )
 def test_bad_backend_options_are_clear_errors(kw, message, tmp_path):
-    with pytest.raises(sweep.SweepError, match=message):
+    with pytest.raises(ray_backend.RayBackendError, match=message):
         sweep.run_sweep(str(ROOT / "configs/smoke_sweep.py"), str(tmp_path / "r"), **kw)
     assert not (tmp_path / "r").exists()
