@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 USAGE = """qresnet <command> [options]
 
@@ -286,6 +287,8 @@ def _bits(text: str) -> list[int]:
 def _sensitivity(ns) -> int:
     from qresnet import results, sensitivity
 
+    if Path(ns.out).exists():  # before minutes of work, not after
+        raise OSError(f"--out {ns.out} exists; qresnet never overwrites a file: choose another path")
     kw = dict(batches=ns.batches, batch_size=ns.batch_size, probes=ns.probes, seed=ns.seed)
     obj = sensitivity.run_sensitivity(ns.workdir, _bits(ns.bits), **kw)
     try:

@@ -75,6 +75,8 @@ def test_sensitivity_then_search_writes_a_sweep_that_dry_runs_with_the_predicted
     argv = ["sensitivity", "--workdir", str(float_run), "--bits", "2,4,8", "--batches", "2", "--batch-size", "16"]
     assert cli.main([*argv, "--probes", "2", "--out", str(sens)]) == 0
     obj = json.loads(sens.read_text())
+    assert cli.main([*argv, "--probes", "2", "--out", str(sens)]) == 1  # refused up front, the file kept
+    assert "never overwrites" in capsys.readouterr().err and json.loads(sens.read_text()) == obj
     layers = obj["layers"]
     assert list(layers)[0] == "stem" and list(layers)[-1] == "head"
     for layer in layers.values():  # fewer bits, more damage (weights); every value finite
