@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import settings
-from qresnet import export, onnx_export, resnet, results
+from qresnet import export, onnx_eval, onnx_export, resnet, results
 
 DEFAULT_CASES = ("resnet20:32:256",)
 DEFAULT_SETTINGS = ("w8a8_deploy", "w4a4_ends8_deploy")
@@ -53,17 +53,11 @@ def bench(header, variables, batch: int, *, threads: int, rounds: int, warmup: i
     """Median images/s of the QDQ and the float32 model of one network, timed in turn (module doc)."""
     import onnxruntime as ort
 
-    sessions = {}
-    for key, kw in (
-        ("qdq", {}),
-        ("qdq_integer_kernels", {"integer_kernels": True}),
-        ("float32", {"quantized": False}),
-    ):
-        model = onnx_export.build(header, variables, **kw)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads
-        sessions[key] = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    graphs = {"qdq": {}, "qdq_integer_kernels": {"integer_kernels": True}, "float32": {"quantized": False}}
+    sessions = {
+        key: onnx_eval.session(onnx_export.build(header, variables, **kw).SerializeToString(), threads)
+        for key, kw in graphs.items()
+    }
     h, w, c = header["input_shape"]
     images = np.random.default_rng(0).integers(0, 256, (batch, h, w, c), dtype=np.uint8)
     times = {k: [] for k in sessions}

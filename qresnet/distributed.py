@@ -34,6 +34,16 @@ def _cluster() -> str:
     return ""
 
 
+def _env_int(var: str) -> int | None:
+    value = os.environ.get(var)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise DistributedError(f"${var}={value!r} is not an integer; set it to this job's number or unset it") from None
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> str:
     """Joins the job if there is one (module doc); returns how ("" for a single process).
 
@@ -41,10 +51,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
       DistributedError: a coordinator without the process count and id, or an id out of range.
     """
     coordinator = coordinator or os.environ.get("QRESNET_COORDINATOR") or None
-    if num_processes is None and os.environ.get("QRESNET_NUM_PROCESSES"):
-        num_processes = int(os.environ["QRESNET_NUM_PROCESSES"])
-    if process_id is None and os.environ.get("QRESNET_PROCESS_ID"):
-        process_id = int(os.environ["QRESNET_PROCESS_ID"])
+    num_processes = _env_int("QRESNET_NUM_PROCESSES") if num_processes is None else num_processes
+    process_id = _env_int("QRESNET_PROCESS_ID") if process_id is None else process_id
     # Collectives between CPU processes (tests, CPU clusters) go through Gloo; GPUs use NCCL.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator:

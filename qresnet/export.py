@@ -359,14 +359,7 @@ def evaluate(
     fn = _apply_fn(model, data.dataset_info(header["dataset"]))
     variables = jax.device_put(variables)  # once: numpy arguments would be copied to the GPU every batch
     correct = n = 0
-    batches = data.test_batches(
-        header["dataset"],
-        data_dir=data_dir,
-        tfds_name=header.get("tfds_name", ""),
-        image_size=header.get("image_size", 0),
-        image_backend=header.get("image_backend", "pillow"),  # exports before it was recorded used Pillow
-    )
-    for images, labels in batches:
+    for images, labels in test_batches(header, data_dir):
         correct += int(np.sum(np.asarray(fn(variables, images)).argmax(1) == labels))
         n += len(labels)
     return {
@@ -402,6 +395,17 @@ def _fused_fields(model) -> dict[str, Any]:
     if not isinstance(model, fused.FusedResNet):
         return {}
     return {"int_rounding": model.rounding, **{f"int_{k}": v for k, v in model.check.items()}}
+
+
+def test_batches(header: Mapping[str, Any], data_dir: str = ""):
+    """`data.test_batches` of the dataset an export's header names, decoded as the run trained."""
+    return data.test_batches(
+        header["dataset"],
+        data_dir=data_dir,
+        tfds_name=header.get("tfds_name", ""),
+        image_size=header.get("image_size", 0),
+        image_backend=header.get("image_backend", "pillow"),  # exports before it was recorded used Pillow
+    )
 
 
 def fake_quant_batches(workdir: str | Path, header: Mapping[str, Any], data_dir: str = ""):
@@ -477,9 +481,7 @@ def equivalence(
         ys.append(labels)
     l_fake, l_int, labels = np.concatenate(l_fake), np.concatenate(l_int), np.concatenate(ys)
     config = checkpoints.run_config(workdir)
-    size = size_check(
-        export_path, run_spec.config_cost(config, run_spec.finished_run_spec(config).specs)["total"]["memory"]
-    )
+    size = size_check(export_path, run_spec.config_cost(config)["total"]["memory"])
     return {
         "model": header["model"],
         "setting": header["setting"],

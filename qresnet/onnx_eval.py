@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from qresnet import data, results
+from qresnet import results
 from qresnet.onnx_export import FORMAT, OnnxError, onnx_package
 
 
@@ -78,16 +78,7 @@ def evaluate(
     if compare is not None:
         batches = export.fake_quant_batches(compare, header, data_dir)
     else:
-        batches = (
-            (images, labels, None)
-            for images, labels in data.test_batches(
-                header["dataset"],
-                data_dir=data_dir,
-                tfds_name=header.get("tfds_name", ""),
-                image_size=header.get("image_size", 0),
-                image_backend=header.get("image_backend", "pillow"),
-            )
-        )
+        batches = ((images, labels, None) for images, labels in export.test_batches(header, data_dir))
     l_onnx, l_fake, ys = [], [], []
     for images, labels, reference in batches:
         l_onnx.append(sess.run(["logits"], {"image": np.asarray(images, np.uint8)})[0])

@@ -7,7 +7,7 @@ same path: `check_shared_root` asks every alive node to read a token written the
 before anything is launched otherwise.
 
 A task whose training process dies (node lost, out of memory, preempted, killed) raises, and Ray
-runs it again, up to `retries` times, on any node: `qresnet train` resumes from the run's last
+runs it again, up to `RETRIES` times, on any node: `qresnet train` resumes from the run's last
 checkpoint, and its workdir lock keeps a second process off a run still training. A task finds a
 run that already has its result.json and returns without training, so a run is trained to
 completion once and its result written once. The driver (the `qresnet sweep` process) keeps the
@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 
 from qresnet import results
+
+RETRIES = 3  # more attempts of a run whose training process died
 
 
 class RayBackendError(ValueError):
@@ -117,16 +119,28 @@ def _train_task(config_path: str, workdir: str, args: list[str], extra_env: dict
 
 
 def run_all(
-    config_path, root: Path, todo, slots, done, total, env, stop, heartbeat=None, *, launch, interrupted, retries=3
+    config_path,
+    root: Path,
+    todo,
+    slots,
+    done,
+    total,
+    env,
+    stop,
+    heartbeat=None,
+    *,
+    jobs,
+    launch,
+    interrupted,
 ):
     """Runs `todo` [(name, args)] as Ray tasks (module doc): the local scheduler's `_run_all` with
-    Ray in place of `slots` (whose count per device is --jobs); returns [{name, status, s,
-    devices, start, end}] of the runs that ended."""
+    Ray in place of this host's `slots`; `jobs` runs share a GPU (0: 3, as locally); returns
+    [{name, status, s, devices, start, end}] of the runs that ended."""
+    del slots  # Ray places the runs
     ray = _ray()
-    jobs = sum(1 for s in slots if s[0] == slots[0][0])
     gpus = ray.cluster_resources().get("GPU", 0)
     share = {"num_gpus": 1.0 / (jobs or 3), "num_cpus": 0} if gpus else {"num_cpus": 1}
-    task = ray.remote(max_retries=retries, retry_exceptions=[RunDied], **share)(_train_task)
+    task = ray.remote(max_retries=RETRIES, retry_exceptions=[RunDied], **share)(_train_task)
     launched = {
         task.remote(str(config_path), str(root / name), list(args), dict(env), launch, interrupted): name
         for name, args in todo
@@ -153,7 +167,7 @@ def run_all(
                 out = {"status": "stopped" if cancelled else "FAILED", "devices": "", "start": t0, "end": time.time()}
                 if not cancelled:
                     print(
-                        f"{name}: failed after {retries + 1} attempt(s): {str(e).splitlines()[-1][:300]}",
+                        f"{name}: failed after {RETRIES + 1} attempt(s): {str(e).splitlines()[-1][:300]}",
                         file=sys.stderr,
                     )
             # s: the last attempt's wall time; start/end: wall-clock seconds, for concurrency.

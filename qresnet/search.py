@@ -127,7 +127,7 @@ def damages(sens: Mapping[str, Any], bits: Sequence[int]) -> dict[str, dict[Pair
             {int(k): v for k, v in layer["w"].items()},
             {int(k): v for k, v in layer["a"].items()},
         )
-        missing = sorted(set(check_bits(bits)) - set(w) - set(a))
+        missing = sorted(set(check_bits(bits)) - (set(w) & set(a)))
         if missing:
             raise SearchError(
                 f"the sensitivity file has no {missing}-bit measurement for layer {name!r} (it has "

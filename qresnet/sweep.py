@@ -288,7 +288,7 @@ def _sweep_locked(config_path, root_path: Path, runs, jobs, mps, command_buffers
         if todo:
             entry = _entry(started, per_device, "CUDA_MPS_PIPE_DIRECTORY" in env, devices, xla_flags)
             running = _Running(root_path, entry)
-        ray_run = functools.partial(ray_backend.run_all, launch=launch, interrupted=INTERRUPTED)
+        ray_run = functools.partial(ray_backend.run_all, jobs=jobs, launch=launch, interrupted=INTERRUPTED)
         run_all = _run_all if backend == "local" else ray_run
         with train.stop_requests() as stop:
             timings = run_all(config_path, root_path, todo, slots, len(runs) - len(todo), len(runs), env, stop, running)

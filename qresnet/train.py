@@ -163,12 +163,14 @@ def _initial_state(run: RunSpec, feed: feeds.Feed, mesh, key, workdir: Path, man
     if missing or len(history) != start_epoch:
         # A result must come from every epoch's row: without them the checkpoint cannot be used.
         distributed.sync("qresnet_checked_metrics")  # every process has read them before they move
-        aside = results.move_aside(workdir / "ckpt", "incomplete") if distributed.primary() else "ckpt.incomplete"
-        print(
-            f"qresnet: metrics.jsonl lacks epoch(s) {_ranges(missing) or 'rows'} that the checkpoint of epoch "
-            f"{start_epoch} covers; training again from the start (the checkpoints are kept in {aside})",
-            file=sys.stderr,
-        )
+        if distributed.primary():
+            aside = results.move_aside(workdir / "ckpt", "incomplete")
+            print(
+                f"qresnet: metrics.jsonl lacks epoch(s) {_ranges(missing) or 'rows'} that the checkpoint of epoch "
+                f"{start_epoch} covers; training again from the start (the checkpoints are kept in {aside})",
+                file=sys.stderr,
+            )
+        distributed.sync("qresnet_moved_checkpoints")  # and none opens ckpt/ before it has moved
         manager = checkpoints.manager(workdir)
         state, start_epoch, history = fresh, 0, []
     if start_epoch == 0 and run.init_from:

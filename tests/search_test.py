@@ -106,6 +106,19 @@ def test_sensitivity_then_search_writes_a_sweep_that_dry_runs_with_the_predicted
     assert "give a budget >=" in capsys.readouterr().err and not (tmp_path / "x.py").exists()
     assert cli.main([*argv[:5], "--budgets", "0.02", "--bits", "3,4", "--out", str(tmp_path / "y.py")]) == 1
     assert "no [3]-bit measurement" in capsys.readouterr().err
+    # A width measured for weights but not for activations is missing too.
+    lacks_a = dict(obj, layers={k: dict(v, a={b: d for b, d in v["a"].items() if b != "4"}) for k, v in layers.items()})
+    (tmp_path / "lacks_a.json").write_text(json.dumps(lacks_a))
+    argv3 = [
+        "search",
+        "--sensitivity",
+        str(tmp_path / "lacks_a.json"),
+        "--budgets",
+        "0.03",
+        "--out",
+        str(tmp_path / "w.py"),
+    ]
+    assert cli.main(argv3) == 1 and "no [4]-bit measurement" in capsys.readouterr().err
     assert cli.main([*argv, "--out", str(out)]) == 1 and out.read_bytes() == before
     assert "never overwrites" in capsys.readouterr().err
     # Sensitivities of layers the model does not have (another model's file).
