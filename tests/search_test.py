@@ -106,33 +106,20 @@ def test_sensitivity_then_search_writes_a_sweep_that_dry_runs_with_the_predicted
     assert "give a budget >=" in capsys.readouterr().err and not (tmp_path / "x.py").exists()
     assert cli.main([*argv[:5], "--budgets", "0.02", "--bits", "3,4", "--out", str(tmp_path / "y.py")]) == 1
     assert "no [3]-bit measurement" in capsys.readouterr().err
-    # A width measured for weights but not for activations is missing too.
-    lacks_a = dict(obj, layers={k: dict(v, a={b: d for b, d in v["a"].items() if b != "4"}) for k, v in layers.items()})
-    (tmp_path / "lacks_a.json").write_text(json.dumps(lacks_a))
-    argv3 = [
-        "search",
-        "--sensitivity",
-        str(tmp_path / "lacks_a.json"),
-        "--budgets",
-        "0.03",
-        "--out",
-        str(tmp_path / "w.py"),
-    ]
-    assert cli.main(argv3) == 1 and "no [4]-bit measurement" in capsys.readouterr().err
     assert cli.main([*argv, "--out", str(out)]) == 1 and out.read_bytes() == before
     assert "never overwrites" in capsys.readouterr().err
+
+    def refused(layers_, name):
+        """`qresnet search` on a copy of the file with other layers: exit 1, its message, nothing written."""
+        (tmp_path / f"{name}.json").write_text(json.dumps(dict(obj, layers=layers_)))
+        args = ["search", "--sensitivity", str(tmp_path / f"{name}.json"), "--budgets", "0.03"]
+        assert cli.main([*args, "--out", str(tmp_path / f"{name}.py")]) == 1
+        assert not (tmp_path / f"{name}.py").exists()
+        return capsys.readouterr().err
+
+    # A width measured for weights but not for activations is missing too.
+    lacks_a = {k: dict(v, a={b: d for b, d in v["a"].items() if b != "4"}) for k, v in layers.items()}
+    assert "no [4]-bit measurement" in refused(lacks_a, "lacks_a")
     # Sensitivities of layers the model does not have (another model's file).
-    other = dict(obj, layers={("renamed" if k == "stem" else k): v for k, v in layers.items()})
-    (tmp_path / "other.json").write_text(json.dumps(other))
-    argv2 = [
-        "search",
-        "--sensitivity",
-        str(tmp_path / "other.json"),
-        "--budgets",
-        "0.03",
-        "--out",
-        str(tmp_path / "z.py"),
-    ]
-    assert cli.main(argv2) == 1
-    err = capsys.readouterr().err
-    assert "['renamed', 'stem'] are in only one of the sensitivity file and the run's model" in err
+    other = {("renamed" if k == "stem" else k): v for k, v in layers.items()}
+    assert "['renamed', 'stem'] are in only one of the sensitivity file and the run's model" in refused(other, "other")
