@@ -1,15 +1,21 @@
 """The paper's precision settings as ordered per-layer rules (regex, w_bits, a_bits)."""
 
+# Learned step sizes (LSQ, Esser et al. 2020) for weights and inputs instead of the paper's max|W| and
+# frozen EMA of batch maxima: below 4 bits a max-abs grid leaves most codes unused (at 2 bits every
+# weight under half the channel's max becomes 0).
+LSQ = {"w_bound": "lsq", "a_bound": "lsq"}
+
 SETTINGS = {
     "bf16": [(".*", None, None)],
     "w8a8": [(".*", 8, 8)],
     "w4a4": [(".*", 4, 4)],
     # "Mostly 4-bit": stem conv and classifier at 8 bits, the rest at 4.
     "w4a4_ends8": [("stem|head", 8, 8), (".*", 4, 4)],
-    # Below 4 bits, stem and head at 8 (the paper's "ends8"). Any other mix is a list of rules in the
-    # same form, e.g. [("stem|head", 8, 8), (".*", 2, 4)] for 2-bit weights and 4-bit activations.
-    "w3a3_ends8": [("stem|head", 8, 8), (".*", 3, 3)],
-    "w2a2_ends8": [("stem|head", 8, 8), (".*", 2, 2)],
+    # Below 4 bits, stem and head at 8 (the paper's "ends8"), learned step sizes everywhere. Any other
+    # mix is a list of rules in the same form, e.g. [("stem|head", 8, 8, LSQ), (".*", 2, 4, LSQ)] for
+    # 2-bit weights and 4-bit inputs.
+    "w3a3_ends8": [("stem|head", 8, 8, LSQ), (".*", 3, 3, LSQ)],
+    "w2a2_ends8": [("stem|head", 8, 8, LSQ), (".*", 2, 2, LSQ)],
     # For integer deployment (`qresnet export`): one activation scale per tensor, which an
     # integer conv applies exactly (the paper's per-input-channel scales cannot be).
     "w8a8_deploy": [(".*", 8, 8, {"a_granularity": "per_tensor"})],
@@ -42,12 +48,12 @@ SETTINGS = {
         ("stem|head", 8, 8, {"a_granularity": "per_tensor", "w_granularity": "per_tensor", "pow2_scale": True}),
         (".*", 4, 4, {"a_granularity": "per_tensor", "w_granularity": "per_tensor", "pow2_scale": True}),
     ],
-    # Not the paper's bounds: LSQ learns each activation bound (step size) by gradient descent
-    # instead of freezing the EMA of batch maxima; for the 4-bit accuracy gap.
-    "w4a4_ends8_lsq": [("stem|head", 8, 8, {"a_bound": "lsq"}), (".*", 4, 4, {"a_bound": "lsq"})],
+    # The paper's settings with learned step sizes (LSQ) for weights and inputs.
+    "w8a8_lsq": [(".*", 8, 8, LSQ)],
+    "w4a4_ends8_lsq": [("stem|head", 8, 8, LSQ), (".*", 4, 4, LSQ)],
     "w4a4_ends8_lsq_deploy": [
-        ("stem|head", 8, 8, {"a_bound": "lsq", "a_granularity": "per_tensor"}),
-        (".*", 4, 4, {"a_bound": "lsq", "a_granularity": "per_tensor"}),
+        ("stem|head", 8, 8, {**LSQ, "a_granularity": "per_tensor"}),
+        (".*", 4, 4, {**LSQ, "a_granularity": "per_tensor"}),
     ],
 }
 

@@ -112,12 +112,37 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=256)
         p.add_argument("--probes", type=int, default=4, help="Hutchinson probes per batch")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--quantizer",
+            choices=("lsq", "max_abs"),
+            default="lsq",
+            help="the quantizer the searched runs train with: learned step sizes (lsq) or the paper's max-abs bounds",
+        )
+        p.add_argument(
+            "--measure-bits",
+            default="",
+            help="also measure each layer's test top-1 drop with its weights alone at these widths, and the "
+            "Spearman correlation with the predicted damage (e.g. 2)",
+        )
         p.add_argument("--out", required=True, help="the JSON file to write")
     if command == "search":
         p.add_argument("--sensitivity", required=True, help="a file written by qresnet sensitivity")
         p.add_argument("--cost", choices=("linear", "quadratic", "memory"), default="quadratic")
-        p.add_argument("--budgets", required=True, help="cost ratios to the bf16 reference, comma-separated")
+        p.add_argument(
+            "--budgets",
+            required=True,
+            help="cost ratios to the bf16 reference, or setting names (that setting's cost for this model), "
+            "comma-separated: 0.02,w3a3_ends8",
+        )
         p.add_argument("--bits", help="candidate bit widths (default: the sensitivity file's)")
+        p.add_argument(
+            "--random",
+            type=int,
+            default=0,
+            help="instead: N allocations a budget that spend it as the search does but by random per-layer "
+            "sensitivities (the baseline that says whether the sensitivities matter)",
+        )
+        p.add_argument("--seed", type=int, default=0, help="--random's seed")
         p.add_argument("--out", required=True, help="the sweep config (.py) to write")
     if command == "runs":
         p.add_argument("--root", required=True, help="a folder of runs (a sweep root, or any folder of workdirs)")
@@ -289,7 +314,8 @@ def _sensitivity(ns) -> int:
 
     if Path(ns.out).exists():  # before minutes of work, not after
         raise OSError(f"--out {ns.out} exists; qresnet never overwrites a file: choose another path")
-    kw = dict(batches=ns.batches, batch_size=ns.batch_size, probes=ns.probes, seed=ns.seed)
+    kw = dict(batches=ns.batches, batch_size=ns.batch_size, probes=ns.probes, seed=ns.seed, quantizer=ns.quantizer)
+    kw["measure_bits"] = _bits(ns.measure_bits) if ns.measure_bits else ()
     obj = sensitivity.run_sensitivity(ns.workdir, _bits(ns.bits), **kw)
     try:
         results.atomic_write_bytes(ns.out, (json.dumps(obj, indent=1) + "\n").encode(), overwrite=False)
@@ -309,18 +335,15 @@ def _search(ns) -> int:
         raise search.SearchError(
             f"{ns.sensitivity} is not a qresnet sensitivity file; write one with qresnet sensitivity"
         )
-    try:
-        budgets = [float(b) for b in ns.budgets.split(",")]
-    except ValueError:
-        raise search.SearchError(
-            f"--budgets {ns.budgets!r}: give cost ratios, comma-separated, e.g. 0.05,0.1"
-        ) from None
     bits = _bits(ns.bits) if ns.bits else sens["bits"]
     config = ml_collections.ConfigDict(sens["config"])
-    found = search.search(sens, config, ns.cost, budgets, bits)
+    from configs import settings
+
+    budgets = search.parse_budgets(ns.budgets, config, ns.cost, settings.SETTINGS)
+    found = search.search(sens, config, ns.cost, budgets, bits, random_draws=ns.random, seed=ns.seed)
     path = search.write_sweep(ns.out, config, ns.cost, found, ns.sensitivity)
     for f in found:
-        print(f"budget {f['budget']:g}: {ns.cost} {f['cost']:.4f}, predicted damage {f['damage']:.4g}")
+        print(f"{f['name']}: {ns.cost} {f['cost']:.4f} (budget {f['budget']:g}), predicted damage {f['damage']:.4g}")
     print(f"wrote {path}: qresnet sweep --config {path} --root R")
     return 0
 

@@ -150,6 +150,16 @@ def default_reference(name: str, num_classes: int, input_shape: Sequence[int]) -
     return ref, 1.0, int(num_classes), tuple(int(d) for d in input_shape)
 
 
+def mac_weighted_bits(layers: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """{"w", "a"}: each side's bits averaged over the layers weighted by their MACs (float counts as
+    FLOAT_BITS): how many bits a model computes with, whatever its per-layer mix."""
+    macs = sum(layer["macs"] for layer in layers)
+    return {
+        side: sum(layer["macs"] * (layer[f"{side}_bits"] or FLOAT_BITS) for layer in layers) / macs
+        for side in ("w", "a")
+    }
+
+
 def ratios(total: Mapping[str, int], reference: Mapping[str, int]) -> dict[str, float]:
     """total / reference for linear, quadratic and memory."""
     return {k: total[k] / reference[k] for k in COST_KEYS}
@@ -182,6 +192,7 @@ def model_cost(
         "layers": [dataclasses.asdict(c) for c in costs],
         "total": total,
         "ratio": ratios(total, ref_total),
+        "avg_bits": mac_weighted_bits([dataclasses.asdict(c) for c in costs]),
         "reference": {
             "model": ref[0],
             "width": ref[1],

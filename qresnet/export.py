@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qresnet import data, fused, resnet, results
-from qresnet.quant import int_layers
+from qresnet.quant import int_layers, ops
 from qresnet.quant import specs as specs_lib
 
 FORMAT = "qresnet-export"
@@ -89,8 +89,8 @@ def integer_variables(variables: Mapping[str, Any], specs: Mapping[str, specs_li
                 bound = np.float32(spec.a_fixed_bound)
             else:
                 bound = np.asarray(layer_stats["act_bound"], np.float32)
-            if spec.a_bound == "lsq":  # the float32 sum the layer computes
-                bound = bound + np.asarray(layer.pop("act_bound_offset"), np.float32)
+            if spec.a_bound == "lsq":  # the float32 value the layer computes
+                bound = np.asarray(ops.learned_bound(bound, layer.pop("act_bound_offset")))
             if spec.w_bits is not None and np.ndim(bound):
                 raise ExportError(
                     f"layer {name!r} has per-input-channel activation scales, which an integer conv cannot apply "
@@ -101,7 +101,10 @@ def integer_variables(variables: Mapping[str, Any], specs: Mapping[str, specs_li
         elif spec.a_bits is not None and "out_bound" not in layer_stats:
             raise ExportError(f"layer {name!r} quantizes its input but the run has no bound for it (quant_stats)")
         if spec.w_bits is not None:
-            q, s = int_layers.kernel_codes(jnp.asarray(layer.pop("kernel")), spec)
+            w_bound = None
+            if spec.w_bound == "lsq":
+                w_bound = ops.learned_bound(layer_stats["kernel_bound"], layer.pop("kernel_bound_offset"))
+            q, s = int_layers.kernel_codes(jnp.asarray(layer.pop("kernel")), spec, w_bound)
             layer["kernel_int"], layer["w_scale"] = np.asarray(q), np.asarray(s)
     batch_stats = jax.device_get(variables.get("batch_stats", {}))
     return {"params": out_params, "batch_stats": batch_stats, "quant_stats": out_stats}

@@ -33,6 +33,13 @@ class Point:
     accuracy: float
     train_accuracy: float | None = None
     width: float | None = None
+    # MAC-weighted average weight and input bits (`cost.mac_weighted_bits`); None in older records.
+    w_bits: float | None = None
+    a_bits: float | None = None
+
+    @property
+    def series(self) -> str:
+        return series(self.setting)
 
     @property
     def gap(self) -> float | None:
@@ -68,8 +75,22 @@ def cheapest_dominator(point: Point, points: Sequence[Point]) -> Point | None:
     return min(doms, key=lambda q: (q.cost, -q.accuracy, q.name)) if doms else None
 
 
+# Settings `qresnet search` writes: per-layer allocations searched, or random, on one cost axis.
+MIXED = re.compile(r"(searched|random)\d*_(linear|quadratic|memory)_")
+
+
+def series(setting: str) -> str:
+    """The curve a setting belongs to: itself, or "searched (axis)" / "random (axis)" for the per-layer
+    allocations of `qresnet search`, whatever their budget or draw."""
+    m = MIXED.match(setting)
+    return f"{m[1]} ({m[2]})" if m else setting
+
+
 def bit_class(setting: str) -> str:
-    """ "float" for bf16/float settings, "N-bit" for wNaM settings (N = the larger), else the name."""
+    """ "float" for bf16/float settings, "N-bit" for wNaM settings (N = the larger), "mixed" for
+    searched and random per-layer allocations, else the name."""
+    if MIXED.match(setting):
+        return "mixed"
     s = setting.lower()
     if s in ("bf16", "bfloat16", "float", "fp32", "float32", "fp16"):
         return "float"
@@ -129,8 +150,9 @@ def _checked(p: Point, where: str) -> Point:
     return p
 
 
-# A replicate must be the same run: the fields of result.json that say what was trained.
-REPLICATE_FIELDS = ("model", "dataset", "setting", "width", "epochs", "batch_size", "w_bits", "a_bits", "init_from")
+# A replicate must be the same run: the fields of result.json that say what was trained. Replicates
+# may be fine-tuned from different float runs (each seed's own), but all or none fine-tuned.
+REPLICATE_FIELDS = ("model", "dataset", "setting", "width", "epochs", "batch_size", "w_bits", "a_bits", "fine_tuned")
 
 
 def points_from_root(root: str | Path, cost_key: str) -> list[Point]:
@@ -146,7 +168,17 @@ def _root_results(root: str | Path) -> list[dict]:
 
 
 def _point(r: dict, cost_key: str, root) -> Point:
-    p = Point(r["name"], r["setting"], r["cost"]["ratio"][cost_key], r["top1"], r["train_top1_at_best"], r["width"])
+    bits = r["cost"].get("avg_bits") or {}
+    p = Point(
+        r["name"],
+        r["setting"],
+        r["cost"]["ratio"][cost_key],
+        r["top1"],
+        r["train_top1_at_best"],
+        r["width"],
+        bits.get("w"),
+        bits.get("a"),
+    )
     return _checked(p, f"{root}/{r['name']}/result.json")
 
 
@@ -202,15 +234,19 @@ def _check_replicates(roots, records) -> None:
             ref = first.get(r["name"])
             if ref is None:
                 continue
-            fields = [f for f in REPLICATE_FIELDS if r.get(f) != ref.get(f)]
+            fields = [f for f in REPLICATE_FIELDS if _field(r, f) != _field(ref, f)]
             if r.get("run_id") and ref.get("run_id") and r["run_id"] != ref["run_id"]:
                 fields = fields or ["run_id (the config)"]
             if fields:
                 f = fields[0]
                 raise PointsError(
-                    f"run {r['name']!r} is not a replicate: its {f} is {r.get(f)!r} in {str(root)!r} but "
-                    f"{ref.get(f)!r} in {str(roots[0])!r}; pass roots of the same sweep, trained the same way"
+                    f"run {r['name']!r} is not a replicate: its {f} is {_field(r, f)!r} in {str(root)!r} but "
+                    f"{_field(ref, f)!r} in {str(roots[0])!r}; pass roots of the same sweep, trained the same way"
                 )
+
+
+def _field(result: dict, name: str):
+    return bool(result.get("init_from")) if name == "fine_tuned" else result.get(name)
 
 
 def replicate_lines(accs: dict[str, list[float]]) -> list[str]:
@@ -228,60 +264,15 @@ def replicate_lines(accs: dict[str, list[float]]) -> list[str]:
     ]
 
 
-def _axes():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(7, 4.5))
-
-
-def _save(fig, ax, out: Path, stem: str) -> None:
-    import matplotlib.pyplot as plt
-
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=150)
-        results.atomic_write_bytes(out / f"{stem}.{ext}", buf.getvalue())
-    plt.close(fig)
-
-
-def _plot(points, front, cost_key, out: Path) -> None:
-    fig, ax = _axes()
-    for setting in sorted({p.setting for p in points}):
-        pts = sorted((p for p in points if p.setting == setting), key=lambda p: p.cost)
-        ax.plot([p.cost for p in pts], [100 * p.accuracy for p in pts], "o-", ms=4, label=setting)
-    xs, ys = [p.cost for p in front], [100 * p.accuracy for p in front]
-    ax.plot(xs, ys, "k--", lw=1, drawstyle="steps-post", label="Pareto frontier")
-    ax.scatter(xs, ys, s=80, facecolors="none", edgecolors="k", zorder=3)
-    ax.set_xlabel(f"{cost_key} cost (ratio to the bf16 reference model)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    _save(fig, ax, out, f"pareto_{cost_key}")
-
-
-def _plot_gap(points, out: Path) -> None:
-    pts = [p for p in points if p.gap is not None]
-    if not pts:
-        return
-    by_width = all(p.width is not None for p in pts)
-    x = (lambda p: p.width) if by_width else (lambda p: p.cost)
-    fig, ax = _axes()
-    for setting in sorted({p.setting for p in pts}):
-        sp = sorted((p for p in pts if p.setting == setting), key=x)
-        ax.plot([x(p) for p in sp], [100 * p.gap for p in sp], "o-", ms=4, label=setting)
-    ax.set_xlabel("width multiplier" if by_width else "cost")
-    ax.set_ylabel("train top-1 - eval top-1 (points)")
-    ax.axhline(0, color="k", lw=0.5)
-    _save(fig, ax, out, "gap")
-
-
-def report_markdown(points: Sequence[Point], cost_key: str, replicates: dict[str, list[float]] | None = None) -> str:
-    """report.md: frontier table, dominance of every float point, share per bit width, gap, and
-    with `replicates` ({name: top-1 in each replicate root}) how much each run varied."""
+def report_markdown(
+    points: Sequence[Point],
+    cost_key: str,
+    replicates: dict[str, list[float]] | None = None,
+    by_axis: dict[str, Sequence[Point]] | None = None,
+) -> str:
+    """report.md: frontier table, dominance of every float point, share per bit width, gap, with
+    `replicates` ({name: top-1 in each replicate root}) how much each run varied, and with `by_axis`
+    ({cost axis: points}) each axis's frontier."""
     front = frontier(points)
     lines = [f"# Pareto report ({cost_key} cost)", "", f"{len(points)} points, {len(front)} on the frontier.", ""]
     floats = [p for p in points if is_float(p)]
@@ -296,18 +287,13 @@ def report_markdown(points: Sequence[Point], cost_key: str, replicates: dict[str
             + (" (every float point is dominated)" if n_dom == len(floats) else "")
             + f"; **by a quantized point: {n_q} of {len(floats)}**."
         )
-    shares = {}
-    for p in front:
-        shares[bit_class(p.setting)] = shares.get(bit_class(p.setting), 0) + 1
-    lines.append(
-        "**Frontier by bit width:** "
-        + ", ".join(
-            f"{k} {v}/{len(front)} ({100 * v / len(front):.0f}%)"
-            for k, v in sorted(shares.items(), key=lambda kv: -kv[1])
-        )
-    )
-    lines += ["", "## Frontier (cheapest first)", "", "| name | setting | cost | accuracy |", "|---|---|---|---|"]
-    lines += [f"| {p.name} | {p.setting} | {p.cost:.4f} | {p.accuracy:.4f} |" for p in front]
+    lines.append(share_line(front))
+    lines += ["", "## Frontier (cheapest first)", "", "| name | setting | cost | accuracy | avg w bits | avg a bits |"]
+    lines += ["|---|---|---|---|---|---|"]
+    lines += [
+        f"| {p.name} | {p.setting} | {p.cost:.4f} | {p.accuracy:.4f} | {_bits(p.w_bits)} | {_bits(p.a_bits)} |"
+        for p in front
+    ]
     if floats:
         lines += [
             "",
@@ -325,6 +311,7 @@ def report_markdown(points: Sequence[Point], cost_key: str, replicates: dict[str
             lines.append(f"| {p.name} | {p.cost:.4f} | {p.accuracy:.4f} | {cells[0]} | {cells[1]} |")
     lines += seed_table(points)
     lines += replicate_lines(replicates or {})
+    lines += axes_lines(by_axis) if by_axis else []
     gaps = [p for p in points if p.gap is not None]
     if gaps:
         lines += [
@@ -336,6 +323,40 @@ def report_markdown(points: Sequence[Point], cost_key: str, replicates: dict[str
         ]
         lines += [f"| {p.name} | {p.setting} | {p.gap:+.4f} |" for p in sorted(gaps, key=lambda p: (p.setting, p.cost))]
     return "\n".join(lines) + "\n"
+
+
+def _bits(v: float | None) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def share_line(front: Sequence[Point]) -> str:
+    """The frontier's share by bit width (setting) and, where recorded, its MAC-weighted average bits."""
+    shares: dict[str, int] = {}
+    for p in front:
+        shares[bit_class(p.setting)] = shares.get(bit_class(p.setting), 0) + 1
+    line = "**Frontier by bit width:** " + ", ".join(
+        f"{k} {v}/{len(front)} ({100 * v / len(front):.0f}%)" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])
+    )
+    bits = [p for p in front if p.w_bits is not None]
+    if bits:
+        w, a = (statistics.mean(getattr(p, f) for p in bits) for f in ("w_bits", "a_bits"))
+        line += f"; **MAC-weighted average bits** over its points: weights {w:.2f}, inputs {a:.2f}"
+    return line + "."
+
+
+def axes_lines(by_axis: dict[str, Sequence[Point]]) -> list[str]:
+    """Markdown: for each cost axis, its frontier's size, shares and members."""
+    lines = ["", "## Every cost axis", ""]
+    for axis, pts in by_axis.items():
+        front = frontier(pts)
+        lines += [
+            f"**{axis}** ([figure](pareto_{axis}.png)): {len(front)} of {len(pts)} points on the frontier. "
+            + share_line(front),
+            "",
+            "Frontier: " + ", ".join(f"{p.name} ({p.cost:.4f}, {p.accuracy:.4f})" for p in front) + ".",
+            "",
+        ]
+    return lines
 
 
 def seed_table(points: Sequence[Point]) -> list[str]:
@@ -385,7 +406,8 @@ def seed_table(points: Sequence[Point]) -> list[str]:
 
 
 def write_report(*, root: str | Sequence[str] | None, points: str | None, cost_key: str, out: str) -> list[Point]:
-    """Writes pareto_<cost>.png/.svg, gap.png/.svg, report.md and frontier.csv to `out`.
+    """Writes pareto_<cost>.png/.svg (from sweep roots, one for each cost axis), gap.png/.svg, report.md
+    and frontier.csv to `out`.
 
     Args:
       root: a sweep root (reads result.json files), several replicate roots of one sweep (each
@@ -399,8 +421,12 @@ def write_report(*, root: str | Sequence[str] | None, points: str | None, cost_k
     """
     roots = [root] if isinstance(root, (str, Path)) else list(root or [])
     accs: dict[str, list[float]] = {}
+    by_axis = {}
     if roots:
         pts, accs = points_from_roots(roots, cost_key)
+        by_axis = {
+            k: pts if k == cost_key else points_from_roots(roots, k)[0] for k in ("linear", "quadratic", "memory")
+        }
     else:
         pts = read_points_csv(points)
     out_dir = Path(out)
@@ -411,9 +437,12 @@ def write_report(*, root: str | Sequence[str] | None, points: str | None, cost_k
         raise PointsError(f"--out {out} holds a run's records ({', '.join(held)}); write the report elsewhere")
     out_dir.mkdir(parents=True, exist_ok=True)
     front = frontier(pts)
-    _plot(pts, front, cost_key, out_dir)
-    _plot_gap(pts, out_dir)
-    results.atomic_write_text(out_dir / "report.md", report_markdown(pts, cost_key, accs))
+    from qresnet import pareto_plots
+
+    for axis, axis_points in (by_axis or {cost_key: pts}).items():
+        pareto_plots.plot(axis_points, frontier(axis_points), axis, out_dir)
+    pareto_plots.plot_gap(pts, out_dir)
+    results.atomic_write_text(out_dir / "report.md", report_markdown(pts, cost_key, accs, by_axis))
     results.atomic_write_text(out_dir / "frontier.csv", _csv(["name", "setting", "cost", "accuracy"], front))
     if len(roots) > 1:
         cols = ["name", "setting", "cost", "accuracy", "train_accuracy", "replicates"]

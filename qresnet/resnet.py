@@ -339,6 +339,11 @@ def check_fold_specs(specs: Mapping[str, QuantSpec]) -> None:
                 f"a_granularity={spec.a_granularity!r}; a fused integer conv applies one scale per tensor: "
                 "use per_tensor for both (settings w8a8_fused, w4a4_ends8_fused)"
             )
+        if spec.w_bound == "lsq":
+            raise ValueError(
+                f"model.fold_bn: layer {name!r} learns its weight bound (w_bound='lsq'), which the fused network "
+                "does not carry; use w_bound='max_abs' (settings w8a8_fused, w4a4_ends8_fused)"
+            )
         if name != "stem" and max(spec.a_bits, spec.w_bits) > 8:
             raise ValueError(
                 f"model.fold_bn: layer {name!r} has w_bits={spec.w_bits}, a_bits={spec.a_bits}; "

@@ -197,12 +197,45 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
         grad_accum_steps=accum,
         seed=int(config.seed),
         setting=setting_label(str(config.setting), specs),
-        init_from=str(config.get("init_from", "") or ""),
+        init_from=resolve_init_from(
+            str(config.get("init_from", "") or ""), model.name, float(model.width), config.dataset.name, config.seed
+        ),
         checkpoint_every_epochs=int(config.checkpoint_every_epochs),
         smoothing_window=int(config.smoothing_window),
         eval_batch_size=int(config.eval_batch_size),
         compile_float_first=bool(config.get("compile_float_first", False)),
     )
+
+
+def resolve_init_from(source: str, model: str, width: float, dataset: str, seed: int) -> str:
+    """config.init_from as a run's workdir: `source` itself where it is one (or is not a folder: the
+    error comes when it is read), else the finished float run of this model, width and dataset in the
+    folder `source` (a sweep root of float runs; of several seeds, this run's). So one sweep over
+    widths fine-tunes each width from its own float run: --config.init_from=FLOAT_ROOT."""
+    import json
+    from pathlib import Path
+
+    root = Path(source)
+    if not source or (root / "config.json").is_file() or not root.is_dir():
+        return source
+    found = []
+    for result in sorted(root.glob("*/result.json")):
+        try:
+            r = json.loads(result.read_text())
+        except (OSError, ValueError):
+            continue
+        bits = [*r.get("w_bits", {}).values(), *r.get("a_bits", {}).values()]
+        if (r.get("model"), r.get("dataset")) == (model, dataset) and r.get("width") == width and not any(bits):
+            found.append((r.get("seed"), str(result.parent)))
+    if len(found) > 1:
+        found = [f for f in found if f[0] == seed] or found
+    if len(found) != 1:
+        which = "no" if not found else f"{len(found)} ({', '.join(Path(f[1]).name for f in found)})"
+        raise TrainError(
+            f"config.init_from={source!r} is not a run's workdir, and it holds {which} finished float run(s) of "
+            f"{model} width {width:g} on {dataset} (seed {seed}): give one run's workdir"
+        )
+    return found[0][1]
 
 
 def setting_label(setting: str, specs: Mapping[str, specs_lib.QuantSpec]) -> str:

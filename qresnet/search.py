@@ -5,6 +5,10 @@ the linear, quadratic or memory axis) and a predicted damage (a sensitivity, `da
 allocation that minimises the summed damage with the summed cost within a budget is a
 multiple-choice knapsack: binary x[l, c], one pair per layer (sum_c x[l, c] = 1), cost <= budget,
 solved as a mixed-integer program by `scipy.optimize.milp` (HiGHS), exact up to its tolerances.
+
+The baseline that says whether the sensitivities matter (`random_damages`): the same knapsack with
+random per-layer sensitivities, so a random allocation spends the budget as fully as the search does
+and differs from it only in which layers get the bits.
 """
 
 from __future__ import annotations
@@ -92,6 +96,51 @@ def allocate(
     )
 
 
+def random_damages(
+    layers: Sequence[str], bits: Sequence[int], rng: np.random.Generator
+) -> dict[str, dict[Pair, float]]:
+    """{layer: {(w, a): r_w * 4^-w + r_a * 4^-a}} with r log-uniform over [0.01, 100] per layer and side:
+    each layer's damage falls with its bits as quantization noise power does (4x a bit), at a random
+    importance."""
+    out = {}
+    for name in layers:
+        r_w, r_a = 10.0 ** rng.uniform(-2, 2, size=2)
+        out[name] = {(w, a): r_w * 4.0**-w + r_a * 4.0**-a for w, a in pairs(bits)}
+    return out
+
+
+def parse_budgets(text: str, config, cost_key: str, settings: Mapping[str, Sequence]) -> list[tuple[str, float]]:
+    """[(label, budget)] from "0.05,w3a3_ends8": numbers are cost ratios, names are that setting's cost
+    (rules in `settings`) for `config`'s model on `cost_key`."""
+    from qresnet import cost, run_spec
+
+    if cost_key not in cost.COST_KEYS:
+        raise SearchError(f"--cost {cost_key!r}: choose one of {', '.join(cost.COST_KEYS)}")
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        try:
+            out.append((f"{float(item):g}", float(item)))
+            continue
+        except ValueError:
+            pass
+        if item not in settings:
+            raise SearchError(
+                f"--budgets: {item!r} is neither a cost ratio nor a setting; give numbers (0.05) or one of "
+                f"{', '.join(sorted(settings))}"
+            )
+        c = config.copy_and_resolve_references()
+        c.quant.rules = list(settings[item])
+        out.append((item, float(run_spec.config_cost(c)["ratio"][cost_key])))
+    if not out or any(b <= 0 for _, b in out):
+        raise SearchError(f"--budgets {text!r}: give positive cost ratios or setting names, e.g. 0.05,w3a3_ends8")
+    return out
+
+
+def rule_options(quantizer: str) -> dict[str, str]:
+    """The rule options of the quantizer a sensitivity file was computed for (`sensitivity.QUANTIZERS`)."""
+    return {"w_bound": "lsq", "a_bound": "lsq"} if quantizer == "lsq" else {}
+
+
 def candidate_costs(config, bits: Sequence[int], cost_key: str) -> dict[str, dict[Pair, float]]:
     """{layer: {(w_bits, a_bits): cost}} of a run's model on one axis, as ratios to the config's
     bf16 reference (the numbers `qresnet cost` and `qresnet sweep --dry-run` print)."""
@@ -141,10 +190,18 @@ def search(
     sens: Mapping[str, Any],
     config,
     cost_key: str,
-    budgets: Sequence[float],
+    budgets: Sequence[tuple[str, float]],
     bits: Sequence[int],
+    *,
+    random_draws: int = 0,
+    seed: int = 0,
 ) -> list:
-    """[{budget, cost, damage, rules}] for each budget: the allocation (`allocate`) as exact-name rules."""
+    """[{name, budget, cost, damage, rules}] for each (label, budget): the allocation (`allocate`) as
+    exact-name rules with the sensitivity file's quantizer (`rule_options`); with `random_draws`, that
+    many allocations a budget by random sensitivities instead (`random_damages`; damage is then the
+    file's predicted damage of the random allocation)."""
+    if random_draws < 0:
+        raise SearchError(f"--random {random_draws}: give a number of draws >= 0")
     costs = candidate_costs(config, bits, cost_key)
     dmg = damages(sens, bits)
     unknown = sorted(set(dmg) ^ set(costs))
@@ -153,11 +210,20 @@ def search(
             f"layers {unknown[:4]} are in only one of the sensitivity file and the run's model: compute the "
             "sensitivity of this run (qresnet sensitivity --workdir RUN)"
         )
+    options = rule_options(sens.get("quantizer", "max_abs"))
+    rng = np.random.default_rng(seed)
     out = []
-    for budget in budgets:
-        chosen, total, damage = allocate(costs, dmg, budget)
-        rules = [(re.escape(name), *chosen[name]) for name in costs]
-        out.append({"budget": budget, "cost": total, "damage": damage, "rules": rules})
+    for label, budget in budgets:
+        draws = [(f"searched_{cost_key}_{label}", dmg)]
+        if random_draws:
+            draws = [
+                (f"random{i}_{cost_key}_{label}", random_damages(list(costs), bits, rng)) for i in range(random_draws)
+            ]
+        for name, by in draws:
+            chosen, total, _ = allocate(costs, by, budget)
+            rules = [(re.escape(n), *chosen[n], options) if options else (re.escape(n), *chosen[n]) for n in costs]
+            damage = sum(dmg[n][p] for n, p in chosen.items())
+            out.append({"name": name, "budget": budget, "cost": total, "damage": damage, "rules": rules})
     return out
 
 
@@ -167,13 +233,7 @@ def write_sweep(path, config, cost_key: str, found: Sequence[Mapping[str, Any]],
     from qresnet import config_lib, results
 
     path = Path(path)
-    entries = [
-        {
-            "setting": f"searched_{cost_key}{f['budget']:g}",
-            "quant.rules": [tuple(r) for r in f["rules"]],
-        }
-        for f in found
-    ]
+    entries = [{"setting": f["name"], "quant.rules": [tuple(r) for r in f["rules"]]} for f in found]
     predicted = {e["setting"]: {cost_key: f["cost"], "damage": f["damage"]} for e, f in zip(entries, found)}
     text = f'''"""Per-layer bit allocations searched by qresnet search (cost axis {cost_key!r}) from {source}:
 one run per budget, the training recipe of the run the sensitivities were computed on.

@@ -9,7 +9,15 @@ E[v_l . (H v)_l] = tr(H_ll); H v is a forward-mode derivative of the gradient (`
 A negative trace estimate counts as 0 in Omega (the raw estimate is recorded as "trace").
 
 Activations: the measured increase of the loss when layer l's input alone is fake-quantized at b
-bits (bound: the batch's max |x|, one per tensor; signed where the model reads a signed input).
+bits (one bound per tensor; signed where the model reads a signed input).
+
+Both use the quantizer the searched runs will train with (`quantizer`): "lsq" (learned step sizes,
+`w_bound`/`a_bound` "lsq": bounds at LSQ's start, step 2 mean|x| / sqrt(qmax)) or "max_abs" (the
+paper's max|W| per channel and the batch's max|x|).
+
+With `measure_bits`, each layer's weights alone are also quantized and the test top-1 measured: the
+drop against the float model is what Omega predicts, and the Spearman rank correlation of the two
+over the layers says how well it does.
 
 The loss is the run's training loss (cross-entropy, BN in inference mode, activations as the run
 evaluates them) on training batches without augmentation.
@@ -54,15 +62,37 @@ def hutchinson_traces(loss_fn: Callable, params, batches: Sequence, key: jax.Arr
     return {path: float(value) / n for path, value in flat.items()}
 
 
-def weight_damage(kernel: np.ndarray, trace: float, bits: int, granularity: str = "per_channel") -> float:
+QUANTIZERS = ("lsq", "max_abs")
+
+
+def quantize_weight(kernel: jax.Array, bits: int, quantizer: str = "max_abs") -> jax.Array:
+    """A kernel fake-quantized per output channel as a run starts quantizing it: max|W| ("max_abs") or
+    LSQ's start (step 2 mean|W| / sqrt(qmax), "lsq")."""
+    w = jnp.asarray(kernel, jnp.float32)
+    if quantizer == "lsq":
+        return ops.fake_quant(
+            w, bits, ops.lsq_init_bound(w, bits, True, ops.reduction_axes(w.ndim, "per_channel")), True
+        )
+    return ops.fake_quant_weight(w, bits, "per_channel")
+
+
+def _input_bound(x: jax.Array, bits: int, signed: bool, quantizer: str) -> jax.Array:
+    if quantizer == "lsq":
+        return ops.lsq_init_bound(x, bits, signed, tuple(range(x.ndim)))
+    return jnp.max(jnp.abs(x.astype(jnp.float32)))
+
+
+def weight_damage(kernel: np.ndarray, trace: float, bits: int, quantizer: str = "max_abs") -> float:
     """tr(H)/n * ||Q_b(W) - W||^2 (module doc). A negative trace estimate (a Hessian that is not
     positive semi-definite where the run stopped, or too few probes) is taken as 0 by the caller."""
     w = jnp.asarray(kernel, jnp.float32)
-    err = ops.fake_quant_weight(w, bits, granularity) - w
+    err = quantize_weight(w, bits, quantizer) - w
     return float(trace / w.size * jnp.sum(err * err))
 
 
-def _quantize_one_input(index: Mapping[tuple, tuple[int, str]], target: jax.Array, bits: int, signed: set[str]):
+def _quantize_one_input(
+    index: Mapping[tuple, tuple[int, str]], target: jax.Array, bits: int, signed: set[str], quantizer: str
+):
     """A Flax interceptor that fake-quantizes at `bits` the input of the layer whose position in
     `index` ({module path: (position, layer name)}) equals `target` (a traced int: one compiled
     program serves every layer)."""
@@ -71,7 +101,8 @@ def _quantize_one_input(index: Mapping[tuple, tuple[int, str]], target: jax.Arra
         i, name = index.get(tuple(context.module.scope.path), (None, None))
         if context.method_name == "__call__" and i is not None:
             x = args[0]
-            q = ops.fake_quant(x, bits, jnp.max(jnp.abs(x)), name in signed).astype(x.dtype)
+            bound = _input_bound(x, bits, name in signed, quantizer)
+            q = ops.fake_quant(x, bits, bound, name in signed).astype(x.dtype)
             args = (jnp.where(target == i, q, x), *args[1:])
         return next_fun(*args, **kwargs)
 
@@ -87,6 +118,7 @@ def sensitivities(
     *,
     probes: int = 4,
     seed: int = 0,
+    quantizer: str = "max_abs",
 ) -> dict[str, Any]:
     """Per-layer weight and activation sensitivities of a trained model (module doc).
 
@@ -98,6 +130,7 @@ def sensitivities(
       bits: candidate bit widths.
       probes: Rademacher probes per batch.
       seed: the probes' seed.
+      quantizer: "lsq" or "max_abs", the quantizer the damages are computed for (module doc).
 
     Returns:
       {"loss": the unquantized loss, "layers": {layer: {"weights", "trace", "w": {bits: Omega},
@@ -124,7 +157,7 @@ def sensitivities(
     index = {tuple(path): (i, name) for i, (name, path) in enumerate(names.items())}
     a_damage = {name: {} for name in names}
     for b in bits:
-        hooked = jax.jit(lambda p, batch, t, b=b: loss(p, batch, _quantize_one_input(index, t, b, signed)))
+        hooked = jax.jit(lambda p, batch, t, b=b: loss(p, batch, _quantize_one_input(index, t, b, signed, quantizer)))
         for i, name in index.values():
             a_damage[name][b] = float(np.mean([hooked(params, batch, i) for batch in batches])) - base
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
@@ -134,22 +167,78 @@ def sensitivities(
         layers[name] = {
             "weights": int(kernel.size),
             "trace": trace,
-            "w": {b: weight_damage(kernel, max(trace, 0.0), b) for b in bits},
+            "w": {b: weight_damage(kernel, max(trace, 0.0), b, quantizer) for b in bits},
             "a": a_damage[name],
         }
     return {"loss": base, "layers": layers}
 
 
+def measured_drops(
+    model, variables, batches, normalize: Callable, bits: Sequence[int], quantizer: str = "max_abs"
+) -> tuple[float, dict[str, dict[int, float]]]:
+    """(float top-1, {layer: {bits: top-1 drop}}) over `batches` (test images), each layer's weights
+    alone quantized (`quantize_weight`) and everything else float. One compiled program: the
+    kernels are arguments."""
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+
+    @jax.jit
+    def correct(p, images, labels):
+        logits = model.apply({"params": p, **rest}, normalize(images), train=False)
+        return jnp.sum(jnp.argmax(logits, -1) == labels)
+
+    def top1(p):
+        n = sum(len(y) for _, y in batches)
+        return float(sum(int(correct(p, jnp.asarray(x), jnp.asarray(y))) for x, y in batches)) / n
+
+    base = top1(params)
+    names = resnet.kernel_paths(params)
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+    drops = {}
+    for name, path in names.items():
+        drops[name] = {}
+        for b in bits:
+            kernel = flat[(*path, "kernel")]
+            changed = dict(flat)
+            changed[(*path, "kernel")] = quantize_weight(kernel, b, quantizer).astype(kernel.dtype)
+            drops[name][b] = base - top1(flax.traverse_util.unflatten_dict(changed))
+    return base, drops
+
+
+def spearman(sens_layers: Mapping[str, Any], drops: Mapping[str, Mapping[int, float]], bits: int) -> float:
+    """Spearman's rank correlation over the layers of the predicted Omega at `bits` and the measured drop."""
+    from scipy import stats
+
+    names = sorted(drops)
+    rho = stats.spearmanr([sens_layers[n]["w"][bits] for n in names], [drops[n][bits] for n in names]).statistic
+    return float(rho)
+
+
 def run_sensitivity(
-    workdir, bits: Sequence[int], *, batches: int = 4, batch_size: int = 256, probes: int = 4, seed: int = 0
+    workdir,
+    bits: Sequence[int],
+    *,
+    batches: int = 4,
+    batch_size: int = 256,
+    probes: int = 4,
+    seed: int = 0,
+    quantizer: str = "lsq",
+    measure_bits: Sequence[int] = (),
 ) -> dict[str, Any]:
     """`sensitivities` of a finished run's final checkpoint on `batches` training batches of the run's
-    dataset (the first examples of a fixed shuffle); the JSON object `qresnet sensitivity` writes."""
+    dataset (the first examples of a fixed shuffle); the JSON object `qresnet sensitivity` writes.
+    With `measure_bits`, also each layer's measured test top-1 drop (`measured_drops`) and its
+    Spearman correlation with Omega at each of those widths."""
     import time
 
     from qresnet import checkpoints, config_lib, data, feeds, results, run_spec, search
 
     bits = search.check_bits(bits)
+    measure_bits = search.check_bits(measure_bits) if measure_bits else ()
+    if quantizer not in QUANTIZERS:
+        raise search.SearchError(f"--quantizer {quantizer!r}: choose one of {', '.join(QUANTIZERS)}")
+    if set(measure_bits) - set(bits):
+        raise search.SearchError(f"--measure-bits {list(measure_bits)} must be among --bits {list(bits)}")
     if min(batches, batch_size, probes) < 1:
         raise search.SearchError(
             f"--batches {batches}, --batch-size {batch_size}, --probes {probes}: each must be >= 1"
@@ -170,9 +259,19 @@ def run_sensitivity(
         config.model.name, num_classes=run.info.num_classes, width=run.width, specs=run.specs, dtype="float32"
     )
     t0 = time.perf_counter()
+    normalize = lambda x: data.normalize(x, run.info)  # noqa: E731
     out = sensitivities(
-        model, state.variables(), chosen, lambda x: data.normalize(x, run.info), bits, probes=probes, seed=seed
+        model, state.variables(), chosen, normalize, bits, probes=probes, seed=seed, quantizer=quantizer
     )
+    seconds = round(time.perf_counter() - t0, 2)
+    if measure_bits:
+        test = [
+            (arrays.test_images[i : i + batch_size], arrays.test_labels[i : i + batch_size].astype(np.int32))
+            for i in range(0, len(arrays.test_labels), batch_size)
+        ]
+        top1, drops = measured_drops(model, state.variables(), test, normalize, measure_bits, quantizer)
+        out["measured"] = {"top1": top1, "drop": drops}
+        out["spearman"] = {b: spearman(out["layers"], drops, b) for b in measure_bits}
     return {
         "workdir": str(workdir),
         "run_id": results.recorded_identity(workdir),
@@ -184,7 +283,8 @@ def run_sensitivity(
         "batch_size": batch_size,
         "probes": probes,
         "seed": seed,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "quantizer": quantizer,
+        "seconds": seconds,
         "config": config_lib.to_json(config),
         **out,
         **results.provenance(),

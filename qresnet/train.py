@@ -145,7 +145,7 @@ def train_and_evaluate(
             workdir,
             quiet=quiet,
             t_enter=t_enter,
-            extra={"run_id": run_id, "cost": {"total": cost_obj["total"], "ratio": cost_obj["ratio"]}},
+            extra={"run_id": run_id, "cost": {k: cost_obj[k] for k in ("total", "ratio", "avg_bits")}},
         )
 
 

@@ -113,6 +113,47 @@ def test_lsq_start_follows_the_activations_until_quantization_starts():
         np.testing.assert_array_equal(frozen["quant_stats"]["act_bound"], v["quant_stats"]["act_bound"])
 
 
+def test_lsq_kernel_bound_starts_from_the_kernel_and_learns_its_step_as_lsq_does():
+    """w_bound="lsq": one bound per output channel, started at LSQ's init (step 2 mean|W| / sqrt(qmax),
+    at 2 bits the ternary grid {-s, 0, s}); the step moves as LSQ's with g = 1/sqrt(weights per channel * qmax)."""
+    spec = QuantSpec(w_bits=2, w_bound="lsq")
+    x = jax.random.normal(jax.random.key(0), (4, 5))
+    layer = QDense(3, spec=spec, use_bias=False)
+    v = layer.init(jax.random.key(1), x)
+    kernel = v["params"]["kernel"]
+    start = 2 * jnp.mean(jnp.abs(kernel), axis=0)  # qmax = N = 1 at 2 bits signed
+    np.testing.assert_allclose(v["quant_stats"]["kernel_bound"], start, rtol=1e-6)
+    y = layer.apply(v, x)
+    w_hat = ops.lsq_fake_quant(kernel, 2, start, True, 1.0)
+    assert set(np.unique(np.round(np.asarray(w_hat / start), 6))) <= {-1.0, 0.0, 1.0}
+    np.testing.assert_allclose(y, x @ w_hat, rtol=1e-5)
+    g = 1.0 / (5 * 1) ** 0.5  # 5 weights per output channel, qmax 1
+
+    def lsq_loss(step):
+        return jnp.sum(jnp.sin(x @ ops.lsq_fake_quant(kernel, 2, step, True, g)))
+
+    d_step = jax.grad(lsq_loss)(start)
+    d_offset = jax.grad(lambda p: jnp.sum(jnp.sin(layer.apply({**v, "params": p}, x))))(v["params"])
+    assert float(jnp.abs(d_step).sum()) > 0
+    np.testing.assert_allclose(d_offset["kernel_bound_offset"], d_step, rtol=1e-5)
+
+
+def test_learned_bound_pushed_below_zero_is_held_positive_and_keeps_learning():
+    """An offset that would make the bound negative quantizes with a small positive bound (not to 0, a
+    dead channel) and still gets a gradient, so the bound can come back."""
+    spec = QuantSpec(a_bits=4, a_bound="lsq", a_signed=False, a_granularity="per_tensor")
+    x = jax.random.uniform(jax.random.key(0), (8, 3), maxval=4.0)
+    layer = QDense(2, spec=spec, use_bias=False)
+    v = layer.init(jax.random.key(1), x)
+    start = v["quant_stats"]["act_bound"]
+    params = {**v["params"], "act_bound_offset": -2 * start}
+    y = layer.apply({**v, "params": params}, x)
+    assert float(jnp.abs(y).sum()) > 0
+    g = jax.grad(lambda p: jnp.sum(layer.apply({**v, "params": p}, x) ** 2))(params)
+    assert float(jnp.abs(g["act_bound_offset"])) > 0
+    np.testing.assert_allclose(ops.learned_bound(start, -2 * start), ops.LSQ_MIN_FRACTION * start, rtol=1e-6)
+
+
 @pytest.mark.parametrize("act_quant", [True, jnp.bool_(True)])
 def test_static_and_traced_switch_agree(act_quant):
     spec = QuantSpec(w_bits=8, a_bits=4, a_bound="fixed", a_fixed_bound=1.0, a_signed=True)

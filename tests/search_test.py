@@ -73,8 +73,10 @@ def float_run(tmp_path_factory):
 def test_sensitivity_then_search_writes_a_sweep_that_dry_runs_with_the_predicted_costs(float_run, tmp_path, capsys):
     sens = tmp_path / "s.json"
     argv = ["sensitivity", "--workdir", str(float_run), "--bits", "2,4,8", "--batches", "2", "--batch-size", "16"]
-    assert cli.main([*argv, "--probes", "2", "--out", str(sens)]) == 0
+    assert cli.main([*argv, "--probes", "2", "--measure-bits", "2", "--out", str(sens)]) == 0
     obj = json.loads(sens.read_text())
+    assert obj["quantizer"] == "lsq" and set(obj["measured"]["drop"]) == set(obj["layers"])
+    assert -1 <= obj["spearman"]["2"] <= 1 and 0 <= obj["measured"]["top1"] <= 1
     assert cli.main([*argv, "--probes", "2", "--out", str(sens)]) == 1  # refused up front, the file kept
     assert "never overwrites" in capsys.readouterr().err and json.loads(sens.read_text()) == obj
     layers = obj["layers"]
@@ -93,13 +95,28 @@ def test_sensitivity_then_search_writes_a_sweep_that_dry_runs_with_the_predicted
         cfg = config_lib.load_config(str(out), sweep.override_args(entry))
         predicted = module.PREDICTED[entry["setting"]]["quadratic"]
         assert run_spec.config_cost(cfg)["ratio"]["quadratic"] == pytest.approx(predicted, rel=1e-9)
-        assert predicted <= float(entry["setting"].removeprefix("searched_quadratic")) + 1e-12
+        assert predicted <= float(entry["setting"].removeprefix("searched_quadratic_")) + 1e-12
+        assert all(r[3] == {"w_bound": "lsq", "a_bound": "lsq"} for r in entry["quant.rules"])  # the file's quantizer
     capsys.readouterr()
     assert cli.main(["sweep", "--config", str(out), "--root", str(tmp_path / "r"), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     for entry in entries:
         line = next(line for line in printed.splitlines() if line.startswith(sweep.run_name(entry)))
         assert float(line.split()[2]) == pytest.approx(module.PREDICTED[entry["setting"]]["quadratic"], abs=1e-4)
+    # Random baselines: 3 draws a budget, a setting's cost as the budget, each within it.
+    rand = tmp_path / "random.py"
+    assert cli.main([*argv[:5], "--budgets", "w4a4_ends8,0.03", "--random", "3", "--out", str(rand)]) == 0
+    spec = importlib.util.spec_from_file_location("random_", rand)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    names = [e["setting"] for e in module.get_sweep()]
+    assert names == [f"random{i}_quadratic_{b}" for b in ("w4a4_ends8", "0.03") for i in range(3)]
+    w4 = config_lib.load_config(SMOKE, [f"--config.quant.rules={settings.SETTINGS['w4a4_ends8']!r}"])
+    w4_cost = run_spec.config_cost(w4)["ratio"]["quadratic"]
+    assert all(module.PREDICTED[n]["quadratic"] <= w4_cost + 1e-12 for n in names[:3])
+    assert len({json.dumps(e["quant.rules"]) for e in module.get_sweep()}) > 2  # the draws differ
+    assert cli.main([*argv[:5], "--budgets", "w9a9", "--out", str(tmp_path / "z.py")]) == 1
+    assert "neither a cost ratio nor a setting" in capsys.readouterr().err
     # Bad budgets and bits: clear errors, nothing written.
     before = out.read_bytes()
     assert cli.main([*argv[:5], "--budgets", "0.00001", "--out", str(tmp_path / "x.py")]) == 1

@@ -184,9 +184,11 @@ class IntDense(nn.Module):
         return acc / (s_x * s_w) + bias
 
 
-def kernel_codes(kernel: jax.Array, spec: QuantSpec) -> tuple[jax.Array, jax.Array]:
-    """(int8 codes, per-output-channel scale) of a kernel, as the fake quantizer rounds it."""
-    bound = ops.weight_bound(kernel, spec.w_granularity)
+def kernel_codes(kernel: jax.Array, spec: QuantSpec, bound: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(int8 codes, per-output-channel scale) of a kernel, as the fake quantizer rounds it: with its
+    max-abs bound, or with `bound` (a learned one, `w_bound="lsq"`)."""
+    if bound is None:
+        bound = ops.weight_bound(kernel, spec.w_granularity)
     q, s = ops.int_codes(kernel, spec.w_bits, bound, True, spec.pow2_scale)
     s = jnp.broadcast_to(s, (kernel.shape[-1],))
     return q.astype(jnp.int8), s.astype(jnp.float32)

@@ -57,23 +57,29 @@ def _input_bound(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_
     return spec.a_fixed_bound
 
 
-def _lsq_learned_bound(module, x, spec, train, act_quant):
-    """A learned bound: its start (`quant_stats`) plus a learned offset (`params`, from 0).
+def _learned_bound(module, name: str, statistic, coeff: float, train: bool, act_quant):
+    """A learned (LSQ) bound: its start (`quant_stats/<name>`) plus a learned offset (`params/<name>_offset`,
+    from 0), held above LSQ_MIN_FRACTION of the start (`ops.positive_bound`).
 
-    The start is LSQ's data-driven init, from the first batch and then tracked as an EMA
-    while activation quantization is off, frozen once it is on: learning begins from the
-    activations of the network being quantized, not of the untrained one (which left the
-    bounds far off when quantization started late in training).
+    The start is LSQ's data-driven init (`statistic()`), tracked (an EMA with `coeff`) while activation
+    quantization is off and frozen once it is on: learning begins from the tensors of the network being
+    quantized, not of the untrained one (which left the bounds far off when quantization started late
+    in training), and a fine-tuned run starts from its source's weights.
     """
-    axes = ops.reduction_axes(x.ndim, spec.a_granularity)
-    bits, signed = spec.a_bits, bool(spec.a_signed)
-    start = module.variable("quant_stats", "act_bound", lambda: ops.lsq_init_bound(x, bits, signed, axes))
-    offset = module.param("act_bound_offset", nn.initializers.zeros, start.value.shape, jnp.float32)
+    start = module.variable("quant_stats", name, statistic)
+    offset = module.param(name + "_offset", nn.initializers.zeros, start.value.shape, jnp.float32)
     if train and not module.is_initializing() and act_quant is not True:
-        batch = lax.stop_gradient(ops.lsq_init_bound(x, bits, signed, axes))
-        updated = ops.ema_max_update(start.value, batch, batch > ops.LSQ_MIN_BOUND, spec.a_ema_coeff)
+        batch = lax.stop_gradient(statistic())
+        updated = ops.ema_max_update(start.value, batch, batch > ops.LSQ_MIN_BOUND, coeff)
         start.value = _select(act_quant, start.value, updated)
-    return start.value + offset
+    return ops.learned_bound(start.value, offset)
+
+
+def _lsq_learned_bound(module, x, spec, train, act_quant):
+    """An input's learned bound (`_learned_bound`), started from LSQ's init over the batch."""
+    axes = ops.reduction_axes(x.ndim, spec.a_granularity)
+    stat = lambda: ops.lsq_init_bound(x, spec.a_bits, bool(spec.a_signed), axes)  # noqa: E731
+    return _learned_bound(module, "act_bound", stat, spec.a_ema_coeff, train, act_quant)
 
 
 def _lsq_grad_scale(x: Array, bound: Array, spec: QuantSpec) -> float:
@@ -88,10 +94,24 @@ def _lsq_grad_scale(x: Array, bound: Array, spec: QuantSpec) -> float:
     4 bits unsigned: the bounds could barely leave their start). With N^2 g, SGD moves the step
     exactly as LSQ's does.
     """
-    bits, signed = spec.a_bits, bool(spec.a_signed)
     features = x.size // x.shape[0] // max(bound.size, 1)
+    return _bound_grad_scale(features, spec.a_bits, bool(spec.a_signed))
+
+
+def _bound_grad_scale(features: int, bits: int, signed: bool) -> float:
     n = ops.scale_numerator(bits, signed)
     return n * n / (features * ops.int_range(bits, signed)[1]) ** 0.5
+
+
+def _kernel_bound(module, kernel: Array, spec: QuantSpec, train: bool, act_quant) -> tuple[Array, float]:
+    """(learned bound, its gradient scale) of a kernel with `w_bound="lsq"`: one per output channel
+    (or per tensor), started at LSQ's init from the kernel (step 2 mean|W| / sqrt(qmax)); the start
+    follows the kernel while activation quantization is off (`_learned_bound`). The gradient scale is
+    LSQ's 1/sqrt(weights per step * qmax), times N^2 as for inputs (`_lsq_grad_scale`)."""
+    axes = ops.reduction_axes(kernel.ndim, spec.w_granularity)
+    stat = lambda: ops.lsq_init_bound(lax.stop_gradient(kernel), spec.w_bits, True, axes)  # noqa: E731
+    bound = _learned_bound(module, "kernel_bound", stat, 1.0, train, act_quant)
+    return bound, _bound_grad_scale(kernel.size // max(bound.size, 1), spec.w_bits, True)
 
 
 def quantize_input(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_quant) -> Array:
@@ -135,10 +155,22 @@ def _ema_bound(module, x, spec, train, act_quant):
     return var.value
 
 
-def quantize_kernel(kernel: Array, spec: QuantSpec) -> Array:
+def quantize_kernel(module: nn.Module, kernel: Array, spec: QuantSpec, train: bool, act_quant) -> Array:
+    """Fake-quantizes a kernel per `spec` (max-abs or learned bound), creating state in `module`."""
     if spec.w_bits is None:
         return kernel
+    if spec.w_bound == "lsq":
+        bound, g = _kernel_bound(module, kernel, spec, train, act_quant)
+        return ops.lsq_fake_quant(kernel, spec.w_bits, bound, True, g)
     return ops.fake_quant_weight(kernel, spec.w_bits, spec.w_granularity, spec.pow2_scale)
+
+
+def kernel_codes(module: nn.Module, kernel: Array, spec: QuantSpec, train: bool, act_quant) -> tuple[Array, Array]:
+    """(q, s_w) of a kernel, `quantize_kernel` = q / s_w, creating state in `module`."""
+    if spec.w_bound == "lsq":
+        bound, g = _kernel_bound(module, kernel, spec, train, act_quant)
+        return ops.lsq_ste_codes(kernel, spec.w_bits, bound, True, g)
+    return ops.weight_ste_codes(kernel, spec.w_bits, spec.w_granularity, spec.pow2_scale)
 
 
 def code_domain(spec: QuantSpec) -> bool:
@@ -163,15 +195,15 @@ def _quantized_operands(module, x, kernel_prefix: tuple[int, ...], train, act_qu
     if x_scale is not None:
         if spec.w_bits is None:
             raise ValueError(f"{module.name}: given input codes, the layer needs quantized weights")
-        kernel, s_w = ops.weight_ste_codes(kernel, spec.w_bits, spec.w_granularity, spec.pow2_scale)
+        kernel, s_w = kernel_codes(module, kernel, spec, train, act_quant)
         scale, codes = x_scale * s_w, (x, x_scale)
     elif code_domain(spec):
         x, s_x = input_codes(module, x, spec, train, act_quant)
-        kernel, s_w = ops.weight_ste_codes(kernel, spec.w_bits, spec.w_granularity, spec.pow2_scale)
+        kernel, s_w = kernel_codes(module, kernel, spec, train, act_quant)
         scale, codes = s_x * s_w, (x, s_x)
     else:
         x = quantize_input(module, x, spec, train, act_quant)
-        kernel = quantize_kernel(kernel, spec)
+        kernel = quantize_kernel(module, kernel, spec, train, act_quant)
         codes = (x, None)
     return (*nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype), scale, codes)
 

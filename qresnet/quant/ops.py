@@ -24,6 +24,8 @@ from jax import lax
 GRANULARITIES = ("per_channel", "per_tensor")
 # Smallest LSQ start bound: channels whose activations are all zero (dead ReLUs) get it.
 LSQ_MIN_BOUND = 1e-8
+# A learned bound never falls below this fraction of its start in the forward pass (`positive_bound`).
+LSQ_MIN_FRACTION = 1e-2
 
 
 def _check_bits(bits: int) -> None:
@@ -147,6 +149,24 @@ def _lsq_bound(bound, grad_scale):
     scaled = bound * grad_scale
     # Forward value exactly `bound` (y - y is 0), gradient scaled by grad_scale.
     return lax.stop_gradient(bound) + (scaled - lax.stop_gradient(scaled))
+
+
+def positive_bound(bound: jax.Array, floor: jax.Array) -> jax.Array:
+    """max(bound, floor) in the forward pass, with the gradient of `bound` itself.
+
+    A learned bound that one large step pushes to or below zero would quantize its whole channel to
+    0 and, since nothing then depends on it, get no gradient again: the channel would be dead for
+    the rest of training. Held at `floor` (> 0) with a straight-through gradient, it keeps learning
+    and can come back.
+    """
+    b = jnp.asarray(bound, jnp.float32)
+    return b + lax.stop_gradient(jnp.maximum(b, floor) - b)
+
+
+def learned_bound(start: jax.Array, offset: jax.Array) -> jax.Array:
+    """A learned (LSQ) bound: start + offset, held above LSQ_MIN_FRACTION of the start (`positive_bound`)."""
+    start = jnp.asarray(start, jnp.float32)
+    return positive_bound(start + jnp.asarray(offset, jnp.float32), LSQ_MIN_FRACTION * start)
 
 
 def int_codes(

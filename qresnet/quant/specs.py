@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 BOUND_METHODS = ("ema_max", "fixed", "lsq")
+WEIGHT_BOUND_METHODS = ("max_abs", "lsq")
 GRANULARITIES = ("per_channel", "per_tensor")
 
 
@@ -47,6 +48,8 @@ class QuantSpec:
         "per_tensor" (what an integer conv can apply exactly).
       a_bound: "ema_max" (EMA of the batch max, frozen when activation
         quantization starts), "fixed" (`a_fixed_bound`) or "lsq" (learned).
+      w_bound: "max_abs" (the paper: max|W| per channel, a grid that wastes most codes below
+        4 bits) or "lsq" (a learned step per channel, started from the kernel's statistics).
       a_signed: signed grid for the input; None lets the model decide (the paper:
         signed for the stem and each stage's first conv1, unsigned elsewhere).
       a_fixed_bound: the bound used by "fixed".
@@ -64,6 +67,7 @@ class QuantSpec:
     w_granularity: str = "per_channel"
     a_granularity: str = "per_channel"
     a_bound: str = "ema_max"
+    w_bound: str = "max_abs"
     a_signed: bool | None = None
     a_fixed_bound: float = 6.0
     a_ema_coeff: float = 0.1
@@ -76,6 +80,7 @@ class QuantSpec:
             ("w_granularity", GRANULARITIES),
             ("a_granularity", GRANULARITIES),
             ("a_bound", BOUND_METHODS),
+            ("w_bound", WEIGHT_BOUND_METHODS),
         ):
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -87,10 +92,10 @@ class QuantSpec:
             raise SpecError(f"a_ema_coeff must be in (0, 1], got {self.a_ema_coeff}")
         if not isinstance(self.pow2_scale, bool):
             raise SpecError(f"pow2_scale must be True or False, got {self.pow2_scale!r}")
-        if self.pow2_scale and self.a_bound == "lsq":
+        if self.pow2_scale and "lsq" in (self.a_bound, self.w_bound):
             raise SpecError(
                 "pow2_scale rounds the scale down to a power of two, which stops LSQ's bound gradient; "
-                "use a_bound='ema_max' or 'fixed' with pow2_scale"
+                "use a_bound='ema_max' or 'fixed' and w_bound='max_abs' with pow2_scale"
             )
 
     @property
