@@ -31,5 +31,6 @@ def test_init_from_a_root_picks_the_float_run_of_this_width_and_seed(tmp_path):
     with pytest.raises(run_spec.TrainError, match="holds no finished float run"):
         resolve(str(tmp_path), "resnet20", 2.0, "cifar10_jpeg", 0)
     _run(tmp_path, "bf16_width0.5_seed0_again", 0.5, 0)
-    with pytest.raises(run_spec.TrainError, match=r"holds 2 \(bf16_width0.5_seed0, bf16_width0.5_seed0_again\) finished"):
+    both = r"holds 2 \(bf16_width0.5_seed0, bf16_width0.5_seed0_again\) finished"
+    with pytest.raises(run_spec.TrainError, match=both):
         resolve(str(tmp_path), "resnet20", 0.5, "cifar10_jpeg", 0)
