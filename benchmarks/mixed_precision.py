@@ -8,10 +8,10 @@
    seed-0 float run (learned-step-size quantizers, with each layer's measured 2-bit drop and its
    Spearman correlation, R/sensitivity_w<W>.json), then `qresnet search` on the quadratic and the
    memory axis at 4 budgets (the costs of uniform w2a2_ends8, w3a3_ends8 and w4a4_ends8 at that
-   width, and the midpoint of the last two) and 3 random draws a quadratic budget, into
+   width, and the midpoint of the last two) and, at width 1, 3 random draws a quadratic budget, into
    configs/cifar10/mixed/.
-3. `configs/cifar10/sweep_lowbit.py` (width 1, 30 epochs, R/lowbit) and `configs/cifar10/sweep_mixed.py`
-   for each seed (R/mixed_seed<S>), every run fine-tuned from its float run.
+3. `configs/cifar10/sweep_mixed.py` for each seed (R/mixed_seed<S>), every run fine-tuned from its
+   float run.
 4. `qresnet pareto` over the mixed roots (quadratic axis first, all three drawn) into R/pareto.
 
 Every step is a qresnet command on a workdir, so running the same command again resumes.
@@ -66,11 +66,10 @@ def write_searches(root: Path, float_root: Path) -> list[dict]:
         if not sens.exists():
             qresnet("sensitivity", "--workdir", run, "--bits", "2,3,4,8", "--measure-bits", "2", "--out", str(sens))
         t1 = time.perf_counter()
-        for kind, cost_key, extra in (
-            ("searched_quadratic", "quadratic", []),
-            ("searched_memory", "memory", []),
-            ("random_quadratic", "quadratic", ["--random", "3"]),
-        ):
+        kinds = [("searched_quadratic", "quadratic", []), ("searched_memory", "memory", [])]
+        if width == max(sweep_mixed_float.WIDTHS):
+            kinds.append(("random_quadratic", "quadratic", ["--random", "3"]))
+        for kind, cost_key, extra in kinds:
             out = MIXED / f"{kind}_w{width:g}.py"
             if not out.exists():
                 b = budgets(sens, cost_key)
@@ -95,7 +94,6 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", required=True, type=Path)
     p.add_argument("--seeds", default="0,1")
-    p.add_argument("--skip-lowbit", action="store_true", help="leave out sweep_lowbit (step 3)")
     ns, sweep_args = p.parse_known_args(argv)
     root, seeds = ns.root.resolve(), [int(s) for s in ns.seeds.split(",")]
     root.mkdir(parents=True, exist_ok=True)
@@ -105,8 +103,6 @@ def main(argv=None) -> int:
         rows = write_searches(root, float_root)
         print(json.dumps({"searches": rows}), flush=True)
     init = f"--config.init_from={float_root}"
-    if not ns.skip_lowbit:
-        qresnet("sweep", "--config", str(CIFAR / "sweep_lowbit.py"), "--root", str(root / "lowbit"), init, *sweep_args)
     mixed = [root / f"mixed_seed{s}" for s in seeds]
     for seed, r in zip(seeds, mixed):
         qresnet(
