@@ -101,9 +101,8 @@ def integer_variables(variables: Mapping[str, Any], specs: Mapping[str, specs_li
         elif spec.a_bits is not None and "out_bound" not in layer_stats:
             raise ExportError(f"layer {name!r} quantizes its input but the run has no bound for it (quant_stats)")
         if spec.w_bits is not None:
-            w_bound = None
-            if spec.w_bound == "lsq":
-                w_bound = ops.learned_bound(layer_stats["kernel_bound"], layer.pop("kernel_bound_offset"))
+            lsq = spec.w_bound == "lsq"  # a learned bound, else max|W|
+            w_bound = ops.learned_bound(layer_stats["kernel_bound"], layer.pop("kernel_bound_offset")) if lsq else None
             q, s = int_layers.kernel_codes(jnp.asarray(layer.pop("kernel")), spec, w_bound)
             layer["kernel_int"], layer["w_scale"] = np.asarray(q), np.asarray(s)
     batch_stats = jax.device_get(variables.get("batch_stats", {}))
