@@ -186,3 +186,39 @@ def test_replicate_roots_must_be_the_same_sweep(tmp_path, write_run, change, mes
     with pytest.raises(pareto.PointsError, match=message):
         pareto.write_report(root=[str(a), str(b)], points=None, cost_key="linear", out=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()  # nothing written for a bad set of roots
+
+
+def test_mixed_allocations_are_one_series_with_mac_weighted_bits_on_every_axis(tmp_path, result_record):
+    """Searched and random allocations are series of their own (whatever the budget), in the 'mixed'
+    bit class; the report gives each frontier point's MAC-weighted bits and every cost axis's frontier,
+    and draws each axis; replicates fine-tuned from different float runs are still replicates."""
+    from qresnet import results
+
+    def write(root, name, setting, costs, top1, bits, init_from):
+        cost = {"total": costs, "ratio": costs, "avg_bits": {"w": bits, "a": bits}}
+        record = result_record(name, setting, top1, 0.95, cost=cost, init_from=init_from)
+        results.atomic_write_json(root / name / "result.json", record)
+
+    roots = [tmp_path / "s0", tmp_path / "s1"]
+    for seed, root in enumerate(roots):
+        src = f"/floats/seed{seed}"
+        write(root, "bf16", "bf16", {"linear": 1.0, "quadratic": 1.0, "memory": 1.0}, 0.88, 16.0, src)
+        write(root, "w4", "w4a4_ends8", {"linear": 0.25, "quadratic": 0.06, "memory": 0.25}, 0.875, 4.2, src)
+        write(root, "w2", "w2a2_ends8", {"linear": 0.25, "quadratic": 0.02, "memory": 0.13}, 0.85, 2.3, src)
+        # Cheaper than w4 on the quadratic axis and more accurate than w2; costlier on memory than w2.
+        mixed = {"linear": 0.25, "quadratic": 0.04, "memory": 0.2}
+        write(root, "sq", "searched_quadratic_w3a3_ends8", mixed, 0.87, 3.1, src)
+        write(root, "r0", "random0_quadratic_w3a3_ends8", mixed, 0.86, 3.0, src)
+    front = pareto.write_report(
+        root=[str(r) for r in roots], points=None, cost_key="quadratic", out=str(tmp_path / "o")
+    )
+    assert _names(front) == ["w2", "sq", "w4", "bf16"]
+    assert pareto.series("searched_quadratic_0.05") == "searched (quadratic)"
+    assert pareto.series("random2_memory_w3a3_ends8") == "random (memory)" and pareto.series("w4a4") == "w4a4"
+    assert pareto.bit_class("random0_quadratic_0.05") == "mixed"
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "| sq | searched_quadratic_w3a3_ends8 | 0.0400 | 0.8700 | 3.10 | 3.10 |" in report
+    assert "mixed 1/4 (25%)" in report and "weights 6.40, inputs 6.40" in report  # (2.3 + 3.1 + 4.2 + 16) / 4
+    assert "**linear**" in report and "**memory**" in report and "**quadratic**" in report
+    for axis in ("linear", "quadratic", "memory"):
+        assert (tmp_path / "o" / f"pareto_{axis}.png").exists()
