@@ -94,6 +94,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", required=True, type=Path)
     p.add_argument("--seeds", default="0,1")
+    p.add_argument(
+        "--first",
+        default="width1$",
+        help="train the mixed runs this regex matches for every seed before the others ('' = in one pass)",
+    )
     ns, sweep_args = p.parse_known_args(argv)
     root, seeds = ns.root.resolve(), [int(s) for s in ns.seeds.split(",")]
     root.mkdir(parents=True, exist_ok=True)
