@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument(
         "--first",
-        default="^(?!searched-memory).*width1$",
+        default="^(?!searched-memory|random).*width1$",
         help="train the mixed runs this regex matches for every seed before the others ('' = in one pass)",
     )
     ns, sweep_args = p.parse_known_args(argv)
