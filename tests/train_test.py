@@ -59,7 +59,8 @@ def test_smoke_run_writes_a_complete_workdir(smoke_run):
     # epoch 1 calibrates; the evaluation program, then the quantized phase's program compiled in
     # the background meanwhile
     assert list(on_disk["compile_s"]) == ["eval", "quantized"] and min(on_disk["compile_s"].values()) > 0
-    assert set(on_disk["cost"]) == {"total", "ratio"} and on_disk["cost"]["ratio"]["linear"] < 1
+    assert set(on_disk["cost"]) == {"total", "ratio", "avg_bits"} and on_disk["cost"]["ratio"]["linear"] < 1
+    assert 4 < on_disk["cost"]["avg_bits"]["w"] < 8  # w4a4_ends8, MAC-weighted: stem and head at 8
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     config = json.loads((workdir / "config.json").read_text())
