@@ -26,10 +26,13 @@ SHAPES = {
 BITS = (2, 3, 4, 8)
 
 
-def bench(model_name: str, *, batches: int = 4, probes: int = 4) -> dict:
+def bench(model_name: str, *, batches: int = 4, probes: int = 4, batch: int = 0, bits=BITS) -> dict:
+    """One row: `model_name`'s sensitivities (`batches` of `batch` images, default the model's,
+    `probes` probes, candidate `bits`) and the 4 searches, timed."""
     from qresnet import config_lib
 
-    path, batch, shape, classes = SHAPES[model_name]
+    path, default_batch, shape, classes = SHAPES[model_name]
+    batch = batch or default_batch
     config = config_lib.load_config(path, [f"--config.model.name={model_name}"])
     model = resnet.create_model(model_name, num_classes=classes, width=1.0, dtype="float32")
     rng = np.random.default_rng(0)
@@ -43,11 +46,11 @@ def bench(model_name: str, *, batches: int = 4, probes: int = 4) -> dict:
     info = data.dataset_info(config.dataset.name)
     t0 = time.perf_counter()
     sens = sensitivity.sensitivities(
-        model, variables, chosen, lambda x: data.normalize(x, info), BITS, probes=probes, quantizer="lsq"
+        model, variables, chosen, lambda x: data.normalize(x, info), bits, probes=probes, quantizer="lsq"
     )
     t1 = time.perf_counter()
-    costs = search.candidate_costs(config, BITS, "quadratic")
-    dmg = search.damages({"layers": {n: {"w": v["w"], "a": v["a"]} for n, v in sens["layers"].items()}}, BITS)
+    costs = search.candidate_costs(config, bits, "quadratic")
+    dmg = search.damages({"layers": {n: {"w": v["w"], "a": v["a"]} for n, v in sens["layers"].items()}}, bits)
     cheapest = sum(min(c.values()) for c in costs.values())
     solves = []
     for factor in (1.2, 1.5, 2.0, 3.0):
@@ -60,7 +63,7 @@ def bench(model_name: str, *, batches: int = 4, probes: int = 4) -> dict:
         "model": model_name,
         "image_shape": list(shape),
         "layers": len(costs),
-        "bit_pairs": len(BITS) ** 2,
+        "bit_pairs": len(bits) ** 2,
         "batches": batches,
         "batch_size": batch,
         "probes": probes,

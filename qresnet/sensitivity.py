@@ -118,7 +118,7 @@ def sensitivities(
     *,
     probes: int = 4,
     seed: int = 0,
-    quantizer: str = "max_abs",
+    quantizer: str = "lsq",
 ) -> dict[str, Any]:
     """Per-layer weight and activation sensitivities of a trained model (module doc).
 

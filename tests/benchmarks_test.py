@@ -565,3 +565,30 @@ def test_sweep_backends_benchmark_reports_both_backends_side_by_side(tmp_path, m
     assert calls == ["local", "ray", "local", "ray"]  # alternated
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(row["local_s"]) == len(row["ray_s"]) == 2 and row["ray_vs_local"] > 0 and row["runs"] == 2
+
+
+def test_sensitivity_speed_rows_time_sensitivity_and_search():
+    from benchmarks import sensitivity_speed
+
+    row = sensitivity_speed.bench("resnet20", batches=1, probes=1, batch=4, bits=(2, 8))
+    assert row["layers"] == 22 and row["bit_pairs"] == 4
+    assert row["sensitivity_s"] > 0 and 0 < row["max_solve_s"] <= row["search_s"] <= row["total_s"]
+
+
+def test_mixed_precision_budgets_are_the_uniform_settings_costs(tmp_path):
+    """The experiment's 4 budgets at a width: uniform w2a2_ends8, w3a3_ends8, w4a4_ends8 and the w3/w4 midpoint."""
+    from benchmarks import mixed_precision
+    from configs import settings
+    from qresnet import config_lib, run_spec
+
+    cfg = config_lib.load_config("configs/cifar10/sweep_mixed_float.py", ["--config.model.width=0.5"])
+    sens = tmp_path / "s.json"
+    sens.write_text(json.dumps({"config": config_lib.to_json(cfg)}))
+    labels = mixed_precision.budgets(sens, "memory").split(",")
+    assert labels[0::3] == ["w2a2_ends8", "w4a4_ends8"] and labels[1] == "w3a3_ends8"
+
+    def cost(s):
+        cfg.quant.rules = settings.SETTINGS[s]
+        return run_spec.config_cost(cfg)["ratio"]["memory"]
+
+    assert float(labels[2]) == pytest.approx((cost("w3a3_ends8") + cost("w4a4_ends8")) / 2, rel=1e-4)
