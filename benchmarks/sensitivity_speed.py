@@ -11,6 +11,7 @@ quadratic axis) in seconds, and the slowest single solve.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
@@ -72,6 +73,7 @@ def bench(model_name: str, *, batches: int = 4, probes: int = 4, batch: int = 0,
         "max_solve_s": round(max(solves), 3),
         "total_s": round(t2 - t0, 2),
         "device": results.device_description(),
+        "command": " ".join(["python -m benchmarks.sensitivity_speed", *sys.argv[1:]]),
         **results.provenance(),
     }
 
