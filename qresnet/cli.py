@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "pareto":
             from qresnet import pareto
 
-            pareto.write_report(root=ns.root, points=ns.points, cost_key=ns.cost, out=ns.out)
+            pareto.write_report(root=ns.root, points=ns.points, cost_key=ns.cost, out=ns.out, all_axes=True)
             return 0
     except errors as e:
         print(f"qresnet {command}: error: {e}", file=sys.stderr)

@@ -150,6 +150,7 @@ def _checked(p: Point, where: str) -> Point:
     return p
 
 
+COST_AXES = ("linear", "quadratic", "memory")
 # A replicate must be the same run: the fields of result.json that say what was trained. Replicates
 # may be fine-tuned from different float runs (each seed's own), but all or none fine-tuned.
 REPLICATE_FIELDS = ("model", "dataset", "setting", "width", "epochs", "batch_size", "w_bits", "a_bits", "fine_tuned")
@@ -405,9 +406,11 @@ def seed_table(points: Sequence[Point]) -> list[str]:
     return lines
 
 
-def write_report(*, root: str | Sequence[str] | None, points: str | None, cost_key: str, out: str) -> list[Point]:
-    """Writes pareto_<cost>.png/.svg (from sweep roots, one for each cost axis), gap.png/.svg, report.md
-    and frontier.csv to `out`.
+def write_report(
+    *, root: str | Sequence[str] | None, points: str | None, cost_key: str, out: str, all_axes: bool = False
+) -> list[Point]:
+    """Writes pareto_<cost>.png/.svg, gap.png/.svg, report.md and frontier.csv to `out`; with `all_axes`
+    (sweep roots only: a points CSV has one cost), a figure and a report section for every cost axis.
 
     Args:
       root: a sweep root (reads result.json files), several replicate roots of one sweep (each
@@ -424,9 +427,8 @@ def write_report(*, root: str | Sequence[str] | None, points: str | None, cost_k
     by_axis = {}
     if roots:
         pts, accs = points_from_roots(roots, cost_key)
-        by_axis = {
-            k: pts if k == cost_key else points_from_roots(roots, k)[0] for k in ("linear", "quadratic", "memory")
-        }
+        if all_axes:
+            by_axis = {k: pts if k == cost_key else points_from_roots(roots, k)[0] for k in COST_AXES}
     else:
         pts = read_points_csv(points)
     out_dir = Path(out)

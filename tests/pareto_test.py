@@ -210,7 +210,7 @@ def test_mixed_allocations_are_one_series_with_mac_weighted_bits_on_every_axis(t
         write(root, "sq", "searched_quadratic_w3a3_ends8", mixed, 0.87, 3.1, src)
         write(root, "r0", "random0_quadratic_w3a3_ends8", mixed, 0.86, 3.0, src)
     front = pareto.write_report(
-        root=[str(r) for r in roots], points=None, cost_key="quadratic", out=str(tmp_path / "o")
+        root=[str(r) for r in roots], points=None, cost_key="quadratic", out=str(tmp_path / "o"), all_axes=True
     )
     assert _names(front) == ["w2", "sq", "w4", "bf16"]
     assert pareto.series("searched_quadratic_0.05") == "searched (quadratic)"
