@@ -131,7 +131,7 @@ def parse_budgets(text: str, config, cost_key: str, settings: Mapping[str, Seque
         c = config.copy_and_resolve_references()
         c.quant.rules = list(settings[item])
         out.append((item, float(run_spec.config_cost(c)["ratio"][cost_key])))
-    if not out or any(b <= 0 for _, b in out):
+    if not out or not all(0 < b < float("inf") for _, b in out):  # also NaN
         raise SearchError(f"--budgets {text!r}: give positive cost ratios or setting names, e.g. 0.05,w3a3_ends8")
     return out
 

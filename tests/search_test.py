@@ -117,6 +117,8 @@ def test_sensitivity_then_search_writes_a_sweep_that_dry_runs_with_the_predicted
     assert len({json.dumps(e["quant.rules"]) for e in module.get_sweep()}) > 2  # the draws differ
     assert cli.main([*argv[:5], "--budgets", "w9a9", "--out", str(tmp_path / "z.py")]) == 1
     assert "neither a cost ratio nor a setting" in capsys.readouterr().err
+    assert cli.main([*argv[:5], "--budgets", "nan", "--out", str(tmp_path / "z.py")]) == 1
+    assert "give positive cost ratios" in capsys.readouterr().err and not (tmp_path / "z.py").exists()
     # Bad budgets and bits: clear errors, nothing written.
     before = out.read_bytes()
     assert cli.main([*argv[:5], "--budgets", "0.00001", "--out", str(tmp_path / "x.py")]) == 1
