@@ -187,9 +187,11 @@ def measured_drops(
         logits = model.apply({"params": p, **rest}, normalize(images), train=False)
         return jnp.sum(jnp.argmax(logits, -1) == labels)
 
-    def top1(p):
-        n = sum(len(y) for _, y in batches)
-        return float(sum(int(correct(p, jnp.asarray(x), jnp.asarray(y))) for x, y in batches)) / n
+    batches = [(jnp.asarray(x), jnp.asarray(y)) for x, y in batches]  # on the device once
+    n = sum(len(y) for _, y in batches)
+
+    def top1(p):  # one transfer a layer, not one a batch
+        return int(sum(correct(p, x, y) for x, y in batches)) / n
 
     base = top1(params)
     names = resnet.kernel_paths(params)
@@ -265,9 +267,10 @@ def run_sensitivity(
     )
     seconds = round(time.perf_counter() - t0, 2)
     if measure_bits:
+        step = int(config.eval_batch_size)
         test = [
-            (arrays.test_images[i : i + batch_size], arrays.test_labels[i : i + batch_size].astype(np.int32))
-            for i in range(0, len(arrays.test_labels), batch_size)
+            (arrays.test_images[i : i + step], arrays.test_labels[i : i + step].astype(np.int32))
+            for i in range(0, len(arrays.test_labels), step)
         ]
         top1, drops = measured_drops(model, state.variables(), test, normalize, measure_bits, quantizer)
         out["measured"] = {"top1": top1, "drop": drops}
