@@ -11,7 +11,8 @@
    width, and the midpoint of the last two) and, at width 1, 3 random draws a quadratic budget, into
    configs/cifar10/mixed/.
 3. `configs/cifar10/sweep_mixed.py` for each seed (R/mixed_seed<S>), every run fine-tuned from its
-   float run.
+   float run; first the width-1 runs of the uniform settings and the quadratic searches of every
+   seed (`--first`), which answer the accuracy and search questions, then the rest.
 4. `qresnet pareto` over the mixed roots (quadratic axis first, all three drawn) into R/pareto.
 
 Every step is a qresnet command on a workdir, so running the same command again resumes.
