@@ -567,14 +567,6 @@ def test_sweep_backends_benchmark_reports_both_backends_side_by_side(tmp_path, m
     assert len(row["local_s"]) == len(row["ray_s"]) == 2 and row["ray_vs_local"] > 0 and row["runs"] == 2
 
 
-def test_sensitivity_speed_rows_time_sensitivity_and_search():
-    from benchmarks import sensitivity_speed
-
-    row = sensitivity_speed.bench("resnet20", batches=1, probes=1, batch=2, bits=(2,))
-    assert row["layers"] == 22 and row["bit_pairs"] == 1
-    assert row["sensitivity_s"] > 0 and 0 < row["max_solve_s"] <= row["search_s"] <= row["total_s"]
-
-
 def test_mixed_precision_budgets_are_the_uniform_settings_costs(tmp_path):
     """The experiment's 4 budgets at a width: uniform w2a2_ends8, w3a3_ends8, w4a4_ends8 and the w3/w4 midpoint."""
     from benchmarks import mixed_precision
