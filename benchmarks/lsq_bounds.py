@@ -14,6 +14,7 @@ import flax
 import jax
 import numpy as np
 
+from benchmarks import record
 from qresnet import checkpoints, results, run_spec
 from qresnet.quant import ops
 
@@ -51,11 +52,9 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", action="append", required=True)
     p.add_argument("--out", help="append each row to this JSONL file")
     ns = p.parse_args(argv)
+    rows = []
     for w in ns.workdir:
-        row = {"benchmark": "lsq_bounds", **bound_stats(w), **results.provenance()}
-        print(row, flush=True)
-        if ns.out:
-            results.append_jsonl(ns.out, row)
+        record(rows, {"benchmark": "lsq_bounds", **bound_stats(w), **results.provenance()}, ns.out)
     return 0
 
 

@@ -17,6 +17,7 @@ import time
 import jax
 import numpy as np
 
+from benchmarks import record
 from qresnet import data, resnet, results, search, sensitivity
 
 # model: (config module, images per batch, image shape, classes)
@@ -83,11 +84,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="resnet20,resnet50")
     p.add_argument("--out", help="append each row to this JSONL file")
     ns = p.parse_args(argv)
+    rows = []
     for name in ns.models.split(","):
-        row = bench(name)
-        print(row, flush=True)
-        if ns.out:
-            results.append_jsonl(ns.out, row)
+        record(rows, bench(name), ns.out)
     return 0
 
 
