@@ -56,9 +56,15 @@ def exclusive(path: str | Path, what: str, *, wait_s: float = 0.0) -> Iterator[N
         os.close(fd)  # releases the lock
 
 
-def _holder(path: Path) -> str:
-    try:
-        pid, host = path.read_text().split()[:2]
-        return f"process {pid} on {host}"
-    except (OSError, ValueError):
-        return "another process"
+def _holder(path: Path, wait_s: float = 1.0) -> str:
+    # The holder writes its pid just after it takes the lock, so a process refused at that
+    # moment reads an empty file: it looks again for a moment before naming no one.
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pid, host = path.read_text().split()[:2]
+            return f"process {pid} on {host}"
+        except (OSError, ValueError):
+            if time.monotonic() >= deadline:
+                return "another process"
+            time.sleep(0.05)

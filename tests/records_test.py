@@ -3,10 +3,13 @@ it is reused, one process at a time on a workdir or sweep root, no record destro
 every numeric field checked before anything is written, messages instead of tracebacks."""
 
 import csv
+import fcntl
 import json
+import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -152,6 +155,18 @@ def test_a_lock_refuses_a_second_holder_and_outlives_no_killed_holder(tmp_path):
     holder.wait()
     with locks.exclusive(lock, "x", wait_s=5):  # the kernel let go of the killed holder's lock
         pass
+
+
+def test_a_refused_process_names_a_holder_that_has_not_written_its_pid_yet(tmp_path):
+    lock = tmp_path / ".lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)  # holds the lock with the file still empty
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    threading.Timer(0.3, lambda: lock.write_text("4242 thehost\n")).start()
+    try:
+        with pytest.raises(locks.LockError, match="in use by process 4242 on thehost"), locks.exclusive(lock, "x"):
+            pass
+    finally:
+        os.close(fd)
 
 
 def _start_together(cmds):
