@@ -132,17 +132,20 @@ def main(argv=None) -> int:
         print(json.dumps({"searches": rows}), flush=True)
     init = f"--config.init_from={float_root}"
     mixed = [root / f"mixed_seed{s}" for s in seeds]
-    for seed, r in zip(seeds, mixed):
-        qresnet(
-            "sweep",
-            "--config",
-            str(CIFAR / "sweep_mixed.py"),
-            "--root",
-            str(r),
-            init,
-            f"--config.seed={seed}",
-            *sweep_args,
-        )
+    passes = [["--only", ns.first], []] if ns.first else [[]]
+    for only in passes:  # a finished run is skipped, so the second pass trains the rest
+        for seed, r in zip(seeds, mixed):
+            qresnet(
+                "sweep",
+                "--config",
+                str(CIFAR / "sweep_mixed.py"),
+                "--root",
+                str(r),
+                init,
+                f"--config.seed={seed}",
+                *only,
+                *sweep_args,
+            )
     qresnet(
         "pareto", *[a for r in mixed for a in ("--root", str(r))], "--cost", "quadratic", "--out", str(root / "pareto")
     )
