@@ -12,94 +12,26 @@ import csv
 import dataclasses
 import io
 import math
-import re
 import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from qresnet import index, results
+from qresnet import index, pareto_mixed, results
+from qresnet.points import (  # noqa: F401 (the public names of the Pareto analysis)
+    MIXED,
+    Point,
+    bit_class,
+    cheapest_dominator,
+    dominates,
+    frontier,
+    is_float,
+    series,
+)
 
 
 class PointsError(ValueError):
     """A points CSV that cannot be read; the message names the row and column."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Point:
-    name: str
-    setting: str
-    cost: float
-    accuracy: float
-    train_accuracy: float | None = None
-    width: float | None = None
-    # MAC-weighted average weight and input bits (`cost.mac_weighted_bits`); None in older records.
-    w_bits: float | None = None
-    a_bits: float | None = None
-
-    @property
-    def series(self) -> str:
-        return series(self.setting)
-
-    @property
-    def gap(self) -> float | None:
-        return None if self.train_accuracy is None else self.train_accuracy - self.accuracy
-
-
-def dominates(a: Point, b: Point) -> bool:
-    """a costs no more, is no less accurate, and is strictly better in one."""
-    return a.cost <= b.cost and a.accuracy >= b.accuracy and (a.cost < b.cost or a.accuracy > b.accuracy)
-
-
-def frontier(points: Sequence[Point]) -> list[Point]:
-    """Non-dominated points in order of cost (duplicates keep the first by name).
-
-    Args:
-      points: any points.
-
-    Returns:
-      The Pareto frontier (minimise cost, maximise accuracy), cheapest first.
-    """
-    ordered = sorted(points, key=lambda p: (p.cost, -p.accuracy, p.name))
-    out, best = [], -math.inf
-    for p in ordered:
-        if p.accuracy > best:
-            out.append(p)
-            best = p.accuracy
-    return out
-
-
-def cheapest_dominator(point: Point, points: Sequence[Point]) -> Point | None:
-    """The lowest-cost point that dominates `point` (ties: most accurate, then name)."""
-    doms = [q for q in points if dominates(q, point)]
-    return min(doms, key=lambda q: (q.cost, -q.accuracy, q.name)) if doms else None
-
-
-# Settings `qresnet search` writes: per-layer allocations searched, or random, on one cost axis.
-MIXED = re.compile(r"(searched|random)\d*_(linear|quadratic|memory)_")
-
-
-def series(setting: str) -> str:
-    """The curve a setting belongs to: itself, or "searched (axis)" / "random (axis)" for the per-layer
-    allocations of `qresnet search`, whatever their budget or draw."""
-    m = MIXED.match(setting)
-    return f"{m[1]} ({m[2]})" if m else setting
-
-
-def bit_class(setting: str) -> str:
-    """ "float" for bf16/float settings, "N-bit" for wNaM settings (N = the larger), "mixed" for
-    searched and random per-layer allocations, else the name."""
-    if MIXED.match(setting):
-        return "mixed"
-    s = setting.lower()
-    if s in ("bf16", "bfloat16", "float", "fp32", "float32", "fp16"):
-        return "float"
-    m = re.match(r"w(\d+)a(\d+)", s)
-    return f"{max(int(m[1]), int(m[2]))}-bit" if m else setting
-
-
-def is_float(p: Point) -> bool:
-    return bit_class(p.setting) == "float"
 
 
 def read_points_csv(path: str | Path) -> list[Point]:
@@ -311,8 +243,9 @@ def report_markdown(
             ]
             lines.append(f"| {p.name} | {p.cost:.4f} | {p.accuracy:.4f} | {cells[0]} | {cells[1]} |")
     lines += seed_table(points)
+    lines += pareto_mixed.lines(points, cost_key)
     lines += replicate_lines(replicates or {})
-    lines += axes_lines(by_axis) if by_axis else []
+    lines += axes_lines(by_axis, cost_key) if by_axis else []
     gaps = [p for p in points if p.gap is not None]
     if gaps:
         lines += [
@@ -345,8 +278,9 @@ def share_line(front: Sequence[Point]) -> str:
     return line + "."
 
 
-def axes_lines(by_axis: dict[str, Sequence[Point]]) -> list[str]:
-    """Markdown: for each cost axis, its frontier's size, shares and members."""
+def axes_lines(by_axis: dict[str, Sequence[Point]], primary: str = "") -> list[str]:
+    """Markdown: for each cost axis, its frontier's size, shares and members, and for each axis but
+    `primary` (the report's, whose section comes earlier) how its searched allocations fare."""
     lines = ["", "## Every cost axis", ""]
     for axis, pts in by_axis.items():
         front = frontier(pts)
@@ -357,6 +291,8 @@ def axes_lines(by_axis: dict[str, Sequence[Point]]) -> list[str]:
             "Frontier: " + ", ".join(f"{p.name} ({p.cost:.4f}, {p.accuracy:.4f})" for p in front) + ".",
             "",
         ]
+        if axis != primary:
+            lines += pareto_mixed.lines(pts, axis)[1:] + [""]
     return lines
 
 

@@ -222,3 +222,5 @@ def test_mixed_allocations_are_one_series_with_mac_weighted_bits_on_every_axis(t
     assert "**linear**" in report and "**memory**" in report and "**quadratic**" in report
     for axis in ("linear", "quadratic", "memory"):
         assert (tmp_path / "o" / f"pareto_{axis}.png").exists()
+    assert "| sq | 0.0400 | 0.8700 | w4 | 0.0600 | 0.8750 | -0.0050 | 1 | 0.8600 | 0.8600 |" in report
+    assert "at least 0.3 points at 0 of 1 budgets**; it beats every random draw at 1 of 1" in report
