@@ -4,6 +4,10 @@
 # frozen EMA of batch maxima: below 4 bits a max-abs grid leaves most codes unused (at 2 bits every
 # weight under half the channel's max becomes 0).
 LSQ = {"w_bound": "lsq", "a_bound": "lsq"}
+# The same on an unsigned input grid, for every layer but the stem: their inputs come out of a ReLU, so
+# the paper's signed grid for each stage's first conv1 would leave half its codes unused (at 2 bits the
+# input of those layers would be binary).
+LSQ_RELU = {**LSQ, "a_signed": False}
 
 SETTINGS = {
     "bf16": [(".*", None, None)],
@@ -12,10 +16,10 @@ SETTINGS = {
     # "Mostly 4-bit": stem conv and classifier at 8 bits, the rest at 4.
     "w4a4_ends8": [("stem|head", 8, 8), (".*", 4, 4)],
     # Below 4 bits, stem and head at 8 (the paper's "ends8"), learned step sizes everywhere. Any other
-    # mix is a list of rules in the same form, e.g. [("stem|head", 8, 8, LSQ), (".*", 2, 4, LSQ)] for
+    # mix is a list of rules in the same form, e.g. [("stem|head", 8, 8, LSQ), (".*", 2, 4, LSQ_RELU)] for
     # 2-bit weights and 4-bit inputs.
-    "w3a3_ends8": [("stem|head", 8, 8, LSQ), (".*", 3, 3, LSQ)],
-    "w2a2_ends8": [("stem|head", 8, 8, LSQ), (".*", 2, 2, LSQ)],
+    "w3a3_ends8": [("stem|head", 8, 8, LSQ), (".*", 3, 3, LSQ_RELU)],
+    "w2a2_ends8": [("stem|head", 8, 8, LSQ), (".*", 2, 2, LSQ_RELU)],
     # For integer deployment (`qresnet export`): one activation scale per tensor, which an
     # integer conv applies exactly (the paper's per-input-channel scales cannot be).
     "w8a8_deploy": [(".*", 8, 8, {"a_granularity": "per_tensor"})],
@@ -49,11 +53,11 @@ SETTINGS = {
         (".*", 4, 4, {"a_granularity": "per_tensor", "w_granularity": "per_tensor", "pow2_scale": True}),
     ],
     # The paper's settings with learned step sizes (LSQ) for weights and inputs.
-    "w8a8_lsq": [(".*", 8, 8, LSQ)],
-    "w4a4_ends8_lsq": [("stem|head", 8, 8, LSQ), (".*", 4, 4, LSQ)],
+    "w8a8_lsq": [("stem", 8, 8, LSQ), (".*", 8, 8, LSQ_RELU)],
+    "w4a4_ends8_lsq": [("stem|head", 8, 8, LSQ), (".*", 4, 4, LSQ_RELU)],
     "w4a4_ends8_lsq_deploy": [
         ("stem|head", 8, 8, {**LSQ, "a_granularity": "per_tensor"}),
-        (".*", 4, 4, {**LSQ, "a_granularity": "per_tensor"}),
+        (".*", 4, 4, {**LSQ_RELU, "a_granularity": "per_tensor"}),
     ],
 }
 

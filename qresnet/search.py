@@ -136,9 +136,13 @@ def parse_budgets(text: str, config, cost_key: str, settings: Mapping[str, Seque
     return out
 
 
-def rule_options(quantizer: str) -> dict[str, str]:
-    """The rule options of the quantizer a sensitivity file was computed for (`sensitivity.QUANTIZERS`)."""
-    return {"w_bound": "lsq", "a_bound": "lsq"} if quantizer == "lsq" else {}
+def rule_options(quantizer: str, layer: str) -> dict[str, Any]:
+    """A layer's rule options for the quantizer a sensitivity file was computed for
+    (`sensitivity.QUANTIZERS`): learned step sizes for "lsq", on an unsigned input grid for every layer
+    but the stem (as configs/settings.LSQ_RELU: their inputs come out of a ReLU)."""
+    if quantizer != "lsq":
+        return {}
+    return {"w_bound": "lsq", "a_bound": "lsq", **({} if layer == "stem" else {"a_signed": False})}
 
 
 def candidate_costs(config, bits: Sequence[int], cost_key: str) -> dict[str, dict[Pair, float]]:
@@ -210,7 +214,7 @@ def search(
             f"layers {unknown[:4]} are in only one of the sensitivity file and the run's model: compute the "
             "sensitivity of this run (qresnet sensitivity --workdir RUN)"
         )
-    options = rule_options(sens.get("quantizer", "max_abs"))
+    quantizer = sens.get("quantizer", "max_abs")
     rng = np.random.default_rng(seed)
     out = []
     for label, budget in budgets:
@@ -221,7 +225,12 @@ def search(
             ]
         for name, by in draws:
             chosen, total, _ = allocate(costs, by, budget)
-            rules = [(re.escape(n), *chosen[n], options) if options else (re.escape(n), *chosen[n]) for n in costs]
+            rules = [
+                (re.escape(n), *chosen[n], rule_options(quantizer, n))
+                if quantizer == "lsq"
+                else (re.escape(n), *chosen[n])
+                for n in costs
+            ]
             damage = sum(dmg[n][p] for n, p in chosen.items())
             out.append({"name": name, "budget": budget, "cost": total, "damage": damage, "rules": rules})
     return out

@@ -96,7 +96,10 @@ def test_sensitivity_then_search_writes_a_sweep_that_dry_runs_with_the_predicted
         predicted = module.PREDICTED[entry["setting"]]["quadratic"]
         assert run_spec.config_cost(cfg)["ratio"]["quadratic"] == pytest.approx(predicted, rel=1e-9)
         assert predicted <= float(entry["setting"].removeprefix("searched_quadratic_")) + 1e-12
-        assert all(r[3] == {"w_bound": "lsq", "a_bound": "lsq"} for r in entry["quant.rules"])  # the file's quantizer
+        # The file's quantizer, on an unsigned input grid past the stem (inputs out of a ReLU).
+        lsq = {"w_bound": "lsq", "a_bound": "lsq"}
+        assert entry["quant.rules"][0][0] == "stem" and entry["quant.rules"][0][3] == lsq
+        assert all(r[3] == {**lsq, "a_signed": False} for r in entry["quant.rules"][1:])
     capsys.readouterr()
     assert cli.main(["sweep", "--config", str(out), "--root", str(tmp_path / "r"), "--dry-run"]) == 0
     printed = capsys.readouterr().out
