@@ -168,14 +168,29 @@ def _check_replicates(roots, records) -> None:
             if ref is None:
                 continue
             fields = [f for f in REPLICATE_FIELDS if _field(r, f) != _field(ref, f)]
-            if r.get("run_id") and ref.get("run_id") and r["run_id"] != ref["run_id"]:
-                fields = fields or ["run_id (the config)"]
             if fields:
                 f = fields[0]
                 raise PointsError(
                     f"run {r['name']!r} is not a replicate: its {f} is {_field(r, f)!r} in {str(root)!r} but "
                     f"{_field(ref, f)!r} in {str(roots[0])!r}; pass roots of the same sweep, trained the same way"
                 )
+            mine, theirs = _recipe(root, r["name"]), _recipe(roots[0], r["name"])
+            if mine and theirs and mine != theirs:
+                raise PointsError(
+                    f"run {r['name']!r} is not a replicate: its config.json in {str(root)!r} and in "
+                    f"{str(roots[0])!r} differ in more than seed and init_from; pass roots of the same sweep"
+                )
+
+
+def _recipe(root, name: str) -> str | None:
+    """What replicates share: the run's identity (`results.run_identity`) with its seed and init_from
+    left out, so that replicates may differ in seed and float source; None without a config.json."""
+    path = Path(root) / name / "config.json"
+    if not path.exists():
+        return None
+    record = results.read_json(path)
+    config = {k: v for k, v in record["config"].items() if k not in ("seed", "init_from")}
+    return results.run_identity({"config": config, "specs": record["specs"]})
 
 
 def _field(result: dict, name: str):

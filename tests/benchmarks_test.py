@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -584,3 +585,19 @@ def test_mixed_precision_budgets_are_the_uniform_settings_costs(tmp_path):
         return run_spec.config_cost(cfg)["ratio"]["memory"]
 
     assert float(labels[2]) == pytest.approx((cost("w3a3_ends8") + cost("w4a4_ends8")) / 2, rel=1e-4)
+
+
+def test_mixed_precision_trains_the_first_runs_of_every_seed_before_the_rest(tmp_path, monkeypatch):
+    """Floats, then (search files already in configs/cifar10/mixed/) each seed's --first runs, then each
+    seed's whole sweep (its finished runs skipped), then one Pareto report over the seeds."""
+    from benchmarks import mixed_precision
+
+    assert any(mixed_precision.MIXED.glob("*.py"))  # the searches are committed, so none is recomputed
+    calls = []
+    monkeypatch.setattr(mixed_precision, "qresnet", lambda *args: calls.append(args))
+    assert mixed_precision.main(["--root", str(tmp_path), "--seeds", "0,1", "--first", "width1$", "--jobs", "3"]) == 0
+    roots = [(c[4], c[c.index("--only") + 1] if "--only" in c else None) for c in calls[1:-1]]
+    assert [Path(r).name for r, _ in roots] == ["mixed_seed0", "mixed_seed1"] * 2
+    assert [only for _, only in roots] == ["width1$", "width1$", None, None]
+    assert calls[0][:2] == ("sweep", "--config") and calls[0][-2:] == ("--jobs", "3")
+    assert calls[-1][0] == "pareto" and calls[-1].count("--root") == 2

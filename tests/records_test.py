@@ -115,6 +115,22 @@ def test_pareto_refuses_replicates_trained_differently(tmp_path, result_record):
         pareto.points_from_roots([tmp_path / "a", tmp_path / "b"], "linear")
 
 
+def test_replicates_may_differ_in_seed_and_float_source_but_not_in_recipe(tmp_path, result_record):
+    def write(root, seed, lr):
+        config = {"seed": seed, "init_from": f"/floats/seed{seed}", "optim": {"base_lr": lr}}
+        results.atomic_write_json(tmp_path / root / "w4" / "config.json", {"config": config, "specs": {}})
+        record = result_record("w4", "w4a4", 0.9, 0.99, seed=seed, run_id=f"id{seed}{lr}")
+        results.atomic_write_json(tmp_path / root / "w4" / "result.json", record)
+
+    write("a", 0, 0.04)
+    write("b", 1, 0.04)
+    points, accs = pareto.points_from_roots([tmp_path / "a", tmp_path / "b"], "linear")
+    assert accs == {"w4": [0.9, 0.9]}
+    write("b", 1, 0.1)
+    with pytest.raises(pareto.PointsError, match="differ in more than seed and init_from"):
+        pareto.points_from_roots([tmp_path / "a", tmp_path / "b"], "linear")
+
+
 def test_eval_compare_refuses_a_run_that_is_not_the_exported_one(tmp_path):
     from qresnet import export
 

@@ -1,0 +1,116 @@
+"""Per-layer bit allocations searched by qresnet search (cost axis 'memory') from R/sensitivity_w1.json:
+one run per budget, the training recipe of the run the sensitivities were computed on.
+
+    qresnet sweep --config searched_memory_w1.py --root R
+"""
+
+import json
+
+import ml_collections
+
+CONFIG = json.loads("{\"checkpoint_every_epochs\": 10, \"compile_float_first\": false, \"cost\": {\"reference\": \"\"}, \"dataset\": {\"cpu_decode_share\": 0.7, \"crop_pad\": 4, \"data_dir\": \"\", \"decode_batches_per_call\": 2, \"decode_threads\": 3, \"flip\": true, \"gpu_decoder\": \"torchvision\", \"image_backend\": \"opencv\", \"image_size\": 0, \"jpeg_draft\": true, \"jpeg_window\": false, \"name\": \"cifar10_jpeg\", \"synthetic_test\": 256, \"synthetic_train\": 512, \"test_subset\": 0, \"tfds_dir\": \"\", \"tfds_name\": \"\", \"train_subset\": 0, \"via_tfds\": true, \"workers\": 8}, \"distill\": {\"temperature\": 1.0, \"weight\": 0.0}, \"eval_batch_size\": 1000, \"init_from\": \"\", \"model\": {\"channel_multiple\": 8, \"conv_impl\": \"auto\", \"dtype\": \"bfloat16\", \"fold_bn\": false, \"name\": \"resnet20\", \"pallas_max_channels\": 32, \"replica_size\": 0, \"width\": 1.0}, \"optim\": {\"base_lr\": 0.2, \"batch_size\": 256, \"cooldown_epochs\": 0.0, \"cosine_alpha\": 0.0, \"grad_accum_steps\": 1, \"momentum\": 0.9, \"nesterov\": true, \"num_epochs\": 40, \"warmup_epochs\": 2.0, \"weight_decay\": 0.0005}, \"quant\": {\"act_start_epoch\": -1.0, \"act_start_frac\": 0.2, \"act_start_step\": -1, \"rules\": [[\".*\", null, null]]}, \"seed\": 0, \"setting\": \"bf16\", \"smoothing_window\": 5}")
+ENTRIES = [{'setting': 'searched_memory_w2a2_ends8',
+  'quant.rules': [('stem', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq'}),
+                  ('stage0/block0/conv1', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block0/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block1/conv1', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block1/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block2/conv1', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block2/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block0/conv1', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block0/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block0/proj', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block1/conv1', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block1/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block2/conv1', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block2/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block0/conv1', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block0/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block0/proj', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block1/conv1', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block1/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block2/conv1', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block2/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('head', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False})]},
+ {'setting': 'searched_memory_w3a3_ends8',
+  'quant.rules': [('stem', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq'}),
+                  ('stage0/block0/conv1', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block0/conv2', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block1/conv1', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block1/conv2', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block2/conv1', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block2/conv2', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block0/conv1', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block0/conv2', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block0/proj', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block1/conv1', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block1/conv2', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block2/conv1', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block2/conv2', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block0/conv1', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block0/conv2', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block0/proj', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block1/conv1', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block1/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block2/conv1', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block2/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('head', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False})]},
+ {'setting': 'searched_memory_0.21986',
+  'quant.rules': [('stem', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq'}),
+                  ('stage0/block0/conv1', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block0/conv2', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block1/conv1', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block1/conv2', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block2/conv1', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block2/conv2', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block0/conv1', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block0/conv2', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block0/proj', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block1/conv1', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block1/conv2', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block2/conv1', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block2/conv2', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block0/conv1', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block0/conv2', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block0/proj', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block1/conv1', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block1/conv2', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block2/conv1', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block2/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('head', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False})]},
+ {'setting': 'searched_memory_w4a4_ends8',
+  'quant.rules': [('stem', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq'}),
+                  ('stage0/block0/conv1', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block0/conv2', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block1/conv1', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block1/conv2', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block2/conv1', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage0/block2/conv2', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block0/conv1', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block0/conv2', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block0/proj', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block1/conv1', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block1/conv2', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block2/conv1', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage1/block2/conv2', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block0/conv1', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block0/conv2', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block0/proj', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block1/conv1', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block1/conv2', 3, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block2/conv1', 4, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('stage2/block2/conv2', 2, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False}),
+                  ('head', 8, 8, {'w_bound': 'lsq', 'a_bound': 'lsq', 'a_signed': False})]}]
+# Predicted cost of each run (ratio to the bf16 reference, qresnet cost's), and its summed sensitivity.
+PREDICTED = {'searched_memory_0.21986': {'damage': 0.12545771717850585, 'memory': 0.21933140393361292},
+ 'searched_memory_w2a2_ends8': {'damage': 1.067371544195339, 'memory': 0.12645443269741893},
+ 'searched_memory_w3a3_ends8': {'damage': 0.2019463233591523, 'memory': 0.18850038391116888},
+ 'searched_memory_w4a4_ends8': {'damage': 0.09323188435519114, 'memory': 0.24909928533459336}}
+
+
+def get_config():
+    return ml_collections.ConfigDict(CONFIG)
+
+
+def get_sweep():
+    return [dict(e) for e in ENTRIES]
