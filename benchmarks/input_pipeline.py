@@ -41,6 +41,7 @@ import io
 import itertools
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -122,6 +123,9 @@ def shrink_jpegs(src: Path, dst: Path, max_side: int, quality: int = 90) -> None
     results.atomic_write_npz(dst, {"jpeg": np.concatenate(blobs), "offsets": offsets, "labels": labels})
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 class JpegSource:
     """Random access to the file's examples as JPEG bytes (as `imagenet_input.open_source` reads them).
 
@@ -139,8 +143,12 @@ class JpegSource:
         self._n = length or self._distinct
 
     def _arrays(self):
+        # grain's threads read items side by side: one of them loads the file. (Parsing .npy headers
+        # in several threads at once can also trip CPython 3.11's AST recursion check.)
         if self._z is None:
-            self._z = dict(np.load(self.path))
+            with _LOAD_LOCK:
+                if self._z is None:
+                    self._z = dict(np.load(self.path))
         return self._z
 
     def __len__(self) -> int:
