@@ -15,6 +15,9 @@ from collections.abc import Sequence
 
 @dataclasses.dataclass(frozen=True)
 class Point:
+    """One run on the plane: its cost (a ratio on one cost axis) and eval top-1, with what the report
+    shows beside them (train top-1, width, average bits)."""
+
     name: str
     setting: str
     cost: float
