@@ -7,6 +7,9 @@ from pathlib import Path
 
 from qresnet import results
 
+# Costs spanning more than this ratio are drawn on a log axis.
+LOG_SPAN = 30.0
+
 
 def _axes():
     import matplotlib
@@ -39,7 +42,13 @@ def plot(points, front, cost_key, out: Path) -> None:
     xs, ys = [p.cost for p in front], [100 * p.accuracy for p in front]
     ax.plot(xs, ys, "k--", lw=1, drawstyle="steps-post", label="Pareto frontier")
     ax.scatter(xs, ys, s=80, facecolors="none", edgecolors="k", zorder=3)
-    ax.set_xlabel(f"{cost_key} cost (ratio to the bf16 reference model)")
+    costs = [p.cost for p in points]
+    # Over more than a decade and a half (sub-4-bit points on the quadratic axis), a linear axis would
+    # squeeze every quantized point against the left edge.
+    log = min(costs) > 0 and max(costs) / min(costs) > LOG_SPAN
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{cost_key} cost (ratio to the bf16 reference model{', log scale' if log else ''})")
     ax.set_ylabel("top-1 accuracy (%)")
     _save(fig, ax, out, f"pareto_{cost_key}")
 
