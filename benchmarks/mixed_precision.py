@@ -35,8 +35,12 @@ MIXED = CIFAR / "mixed"
 UNIFORM_BUDGETS = ("w2a2_ends8", "w3a3_ends8", "w4a4_ends8")
 
 
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qresnet.cli", *args]
+
+
 def qresnet(*args: str) -> None:
-    cmd = [sys.executable, "-m", "qresnet.cli", *args]
+    cmd = _command(*args)
     print("+", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -65,20 +69,12 @@ def write_searches(root: Path, float_root: Path) -> list[dict]:
     # One process a width, side by side: each is mostly compiles and small batches.
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "qresnet.cli",
+            _command(
                 "sensitivity",
                 "--workdir",
                 run_spec.resolve_init_from(str(float_root), "resnet20", float(w), "cifar10_jpeg", 0),
-                "--bits",
-                "2,3,4,8",
-                "--measure-bits",
-                "2",
-                "--out",
-                str(sens),
-            ],
+                *("--bits", "2,3,4,8", "--measure-bits", "2", "--out", str(sens)),
+            ),
             env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},  # three share the device
         )
         for w, sens in sens_of.items()
