@@ -8,6 +8,10 @@ LSQ = {"w_bound": "lsq", "a_bound": "lsq"}
 # the paper's signed grid for each stage's first conv1 would leave half its codes unused (at 2 bits the
 # input of those layers would be binary).
 LSQ_RELU = {**LSQ, "a_signed": False}
+# Learned step sizes started at the paper's bounds (max|W| per channel, the EMA of the batch max) rather than
+# at LSQ's 2 mean|x| / sqrt(qmax), then learned from there.
+LSQ_MAX = {**LSQ, "lsq_start": "max"}
+LSQ_RELU_MAX = {**LSQ_RELU, "lsq_start": "max"}
 
 SETTINGS = {
     "bf16": [(".*", None, None)],
@@ -55,6 +59,9 @@ SETTINGS = {
     # The paper's settings with learned step sizes (LSQ) for weights and inputs.
     "w8a8_lsq": [("stem", 8, 8, LSQ), (".*", 8, 8, LSQ_RELU)],
     "w4a4_ends8_lsq": [("stem|head", 8, 8, LSQ), (".*", 4, 4, LSQ_RELU)],
+    "w4a4_ends8_lsq_max": [("stem|head", 8, 8, LSQ_MAX), (".*", 4, 4, LSQ_RELU_MAX)],
+    "w3a3_ends8_max": [("stem|head", 8, 8, LSQ_MAX), (".*", 3, 3, LSQ_RELU_MAX)],
+    "w2a2_ends8_max": [("stem|head", 8, 8, LSQ_MAX), (".*", 2, 2, LSQ_RELU_MAX)],
     "w4a4_ends8_lsq_deploy": [
         ("stem|head", 8, 8, {**LSQ, "a_granularity": "per_tensor"}),
         (".*", 4, 4, {**LSQ_RELU, "a_granularity": "per_tensor"}),

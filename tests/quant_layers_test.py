@@ -113,6 +113,33 @@ def test_lsq_start_follows_the_activations_until_quantization_starts():
         np.testing.assert_array_equal(frozen["quant_stats"]["act_bound"], v["quant_stats"]["act_bound"])
 
 
+def test_lsq_max_start_is_the_papers_bound_then_learns():
+    """lsq_start="max": the input bound starts at the batch max and follows its EMA as the paper's
+    EMA-max bound does until quantization starts; the kernel bound starts at max|W| per channel;
+    both then get LSQ's gradient through their offsets."""
+    spec = QuantSpec(w_bits=4, a_bits=4, w_bound="lsq", a_bound="lsq", a_signed=False, lsq_start="max")
+    paper = QuantSpec(w_bits=4, a_bits=4, a_signed=False)
+    x = jax.random.uniform(jax.random.key(0), (8, 3), maxval=jnp.array([1.0, 2.0, 4.0]))
+    layer, ref = QDense(2, spec=spec, use_bias=False), QDense(2, spec=paper, use_bias=False)
+    v = layer.init(jax.random.key(1), x)
+    np.testing.assert_allclose(v["quant_stats"]["act_bound"], jnp.max(x, axis=0))
+    np.testing.assert_allclose(v["quant_stats"]["kernel_bound"], jnp.max(jnp.abs(v["params"]["kernel"]), axis=0))
+    w = {"params": {"kernel": v["params"]["kernel"]}, "quant_stats": {"act_bound": jnp.zeros(3)}}
+    for scale in (3.0, 0.5):  # calibration: the start tracks the batch max as the EMA-max bound does
+        _, new = layer.apply(v, scale * x, train=True, act_quant=False, mutable=["quant_stats"])
+        _, new_ref = ref.apply(w, scale * x, train=True, act_quant=False, mutable=["quant_stats"])
+        v, w = {**v, **new}, {**w, **new_ref}
+    # The EMA-max bound starts from 0; the learned one from the init batch's max: a known difference.
+    expected = 0.9 * (0.9 * jnp.max(x, axis=0) + 0.1 * 3 * jnp.max(x, axis=0)) + 0.1 * 0.5 * jnp.max(x, axis=0)
+    np.testing.assert_allclose(v["quant_stats"]["act_bound"], expected, rtol=1e-6)
+    assert float(jnp.max(w["quant_stats"]["act_bound"])) > 0
+    # At the start the forward pass is the paper's quantizer with these bounds.
+    paper_w = {"params": w["params"], "quant_stats": {"act_bound": v["quant_stats"]["act_bound"]}}
+    np.testing.assert_allclose(layer.apply(v, 2 * x), ref.apply(paper_w, 2 * x), rtol=1e-5, atol=1e-6)
+    g = jax.grad(lambda p: jnp.sum(jnp.sin(layer.apply({**v, "params": p}, 2 * x))))(v["params"])
+    assert float(jnp.abs(g["act_bound_offset"]).sum()) > 0 and float(jnp.abs(g["kernel_bound_offset"]).sum()) > 0
+
+
 def test_lsq_kernel_bound_starts_from_the_kernel_and_learns_its_step_as_lsq_does():
     """w_bound="lsq": one bound per output channel, started at LSQ's init (step 2 mean|W| / sqrt(qmax),
     at 2 bits the ternary grid {-s, 0, s}); the step moves as LSQ's with g = 1/sqrt(weights per channel * qmax)."""

@@ -74,3 +74,11 @@ def test_pow2_scale_is_a_bool_and_not_with_lsq():
         specs.QuantSpec(w_bits=8, a_bits=8, a_bound="lsq", pow2_scale=True)
     with pytest.raises(specs.SpecError, match="pow2_scale must be True or False, got 'yes'"):
         specs.QuantSpec(w_bits=8, a_bits=8, pow2_scale="yes")
+
+
+def test_lsq_start_names_a_start_and_needs_a_learned_bound():
+    assert specs.QuantSpec(w_bits=4, w_bound="lsq", lsq_start="max").lsq_start == "max"
+    with pytest.raises(specs.SpecError, match="lsq_start must be one of"):
+        specs.QuantSpec(w_bits=4, w_bound="lsq", lsq_start="median")
+    with pytest.raises(specs.SpecError, match="add a_bound='lsq' or w_bound='lsq'"):
+        specs.make_rule((".*", 4, 4, {"lsq_start": "max"}))

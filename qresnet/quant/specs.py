@@ -18,6 +18,7 @@ from typing import Any
 BOUND_METHODS = ("ema_max", "fixed", "lsq")
 WEIGHT_BOUND_METHODS = ("max_abs", "lsq")
 GRANULARITIES = ("per_channel", "per_tensor")
+LSQ_STARTS = ("mean", "max")
 
 
 class SpecError(ValueError):
@@ -60,6 +61,9 @@ class QuantSpec:
         residual) is exact in float32 in any order and no value lands on a rounding boundary, so
         cuDNN's int8 output equals the fake-quant model's codes to the bit (`qresnet.fused`).
         At most one bit of each grid's range goes unused. Not with "lsq" bounds.
+      lsq_start: where a learned ("lsq") bound starts: "mean" (LSQ's init, step 2 mean|x| / sqrt(qmax))
+        or "max" (the paper's bound: max|W| per channel for a kernel, the EMA of the batch max for an
+        input), from which it then learns.
     """
 
     w_bits: int | None = None
@@ -72,6 +76,7 @@ class QuantSpec:
     a_fixed_bound: float = 6.0
     a_ema_coeff: float = 0.1
     pow2_scale: bool = False
+    lsq_start: str = "mean"
 
     def __post_init__(self):
         _check_bits(self.w_bits, "w_bits")
@@ -81,6 +86,7 @@ class QuantSpec:
             ("a_granularity", GRANULARITIES),
             ("a_bound", BOUND_METHODS),
             ("w_bound", WEIGHT_BOUND_METHODS),
+            ("lsq_start", LSQ_STARTS),
         ):
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -96,6 +102,12 @@ class QuantSpec:
             raise SpecError(
                 "pow2_scale rounds the scale down to a power of two, which stops LSQ's bound gradient; "
                 "use a_bound='ema_max' or 'fixed' and w_bound='max_abs' with pow2_scale"
+            )
+
+        if self.lsq_start != "mean" and "lsq" not in (self.a_bound, self.w_bound):
+            raise SpecError(
+                f"lsq_start={self.lsq_start!r} sets where a learned bound starts, but this spec learns none: "
+                "add a_bound='lsq' or w_bound='lsq', or drop lsq_start"
             )
 
     @property
