@@ -9,9 +9,11 @@ LSQ = {"w_bound": "lsq", "a_bound": "lsq"}
 # input of those layers would be binary).
 LSQ_RELU = {**LSQ, "a_signed": False}
 # Learned step sizes started at the paper's bounds (max|W| per channel, the EMA of the batch max) rather than
-# at LSQ's 2 mean|x| / sqrt(qmax), then learned from there.
-LSQ_MAX = {**LSQ, "lsq_start": "max"}
-LSQ_RELU_MAX = {**LSQ_RELU, "lsq_start": "max"}
+# at LSQ's 2 mean|x| / sqrt(qmax), then learned from there: for weights and inputs, or for inputs only.
+LSQ_MAX = {**LSQ, "w_lsq_start": "max", "a_lsq_start": "max"}
+LSQ_RELU_MAX = {**LSQ_RELU, "w_lsq_start": "max", "a_lsq_start": "max"}
+LSQ_AMAX = {**LSQ, "a_lsq_start": "max"}
+LSQ_RELU_AMAX = {**LSQ_RELU, "a_lsq_start": "max"}
 
 SETTINGS = {
     "bf16": [(".*", None, None)],
@@ -62,6 +64,9 @@ SETTINGS = {
     "w4a4_ends8_lsq_max": [("stem|head", 8, 8, LSQ_MAX), (".*", 4, 4, LSQ_RELU_MAX)],
     "w3a3_ends8_max": [("stem|head", 8, 8, LSQ_MAX), (".*", 3, 3, LSQ_RELU_MAX)],
     "w2a2_ends8_max": [("stem|head", 8, 8, LSQ_MAX), (".*", 2, 2, LSQ_RELU_MAX)],
+    "w4a4_ends8_lsq_amax": [("stem|head", 8, 8, LSQ_AMAX), (".*", 4, 4, LSQ_RELU_AMAX)],
+    "w3a3_ends8_amax": [("stem|head", 8, 8, LSQ_AMAX), (".*", 3, 3, LSQ_RELU_AMAX)],
+    "w2a2_ends8_amax": [("stem|head", 8, 8, LSQ_AMAX), (".*", 2, 2, LSQ_RELU_AMAX)],
     "w4a4_ends8_lsq_deploy": [
         ("stem|head", 8, 8, {**LSQ, "a_granularity": "per_tensor"}),
         (".*", 4, 4, {**LSQ_RELU, "a_granularity": "per_tensor"}),

@@ -114,10 +114,10 @@ def test_lsq_start_follows_the_activations_until_quantization_starts():
 
 
 def test_lsq_max_start_is_the_papers_bound_then_learns():
-    """lsq_start="max": the input bound starts at the batch max and follows its EMA as the paper's
+    """w_lsq_start and a_lsq_start "max": the input bound starts at the batch max and follows its EMA as the paper's
     EMA-max bound does until quantization starts; the kernel bound starts at max|W| per channel;
     both then get LSQ's gradient through their offsets."""
-    spec = QuantSpec(w_bits=4, a_bits=4, w_bound="lsq", a_bound="lsq", a_signed=False, lsq_start="max")
+    spec = QuantSpec(w_bits=4, a_bits=4, w_bound="lsq", a_bound="lsq", a_signed=False, w_lsq_start="max", a_lsq_start="max")
     paper = QuantSpec(w_bits=4, a_bits=4, a_signed=False)
     x = jax.random.uniform(jax.random.key(0), (8, 3), maxval=jnp.array([1.0, 2.0, 4.0]))
     layer, ref = QDense(2, spec=spec, use_bias=False), QDense(2, spec=paper, use_bias=False)

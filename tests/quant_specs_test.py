@@ -77,8 +77,8 @@ def test_pow2_scale_is_a_bool_and_not_with_lsq():
 
 
 def test_lsq_start_names_a_start_and_needs_a_learned_bound():
-    assert specs.QuantSpec(w_bits=4, w_bound="lsq", lsq_start="max").lsq_start == "max"
-    with pytest.raises(specs.SpecError, match="lsq_start must be one of"):
-        specs.QuantSpec(w_bits=4, w_bound="lsq", lsq_start="median")
-    with pytest.raises(specs.SpecError, match="add a_bound='lsq' or w_bound='lsq'"):
-        specs.make_rule((".*", 4, 4, {"lsq_start": "max"}))
+    assert specs.QuantSpec(w_bits=4, w_bound="lsq", w_lsq_start="max").w_lsq_start == "max"
+    with pytest.raises(specs.SpecError, match="a_lsq_start must be one of"):
+        specs.QuantSpec(a_bits=4, a_bound="lsq", a_lsq_start="median")
+    with pytest.raises(specs.SpecError, match="set a_bound='lsq' or drop a_lsq_start"):
+        specs.make_rule((".*", 4, 4, {"w_bound": "lsq", "a_lsq_start": "max"}))

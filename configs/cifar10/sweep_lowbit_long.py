@@ -20,6 +20,8 @@ SETTINGS = (
     "w3a3_ends8_max",
     "w2a2_ends8",
     "w2a2_ends8_max",
+    "w3a3_ends8_amax",
+    "w2a2_ends8_amax",
 )
 
 

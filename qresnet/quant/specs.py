@@ -61,9 +61,10 @@ class QuantSpec:
         residual) is exact in float32 in any order and no value lands on a rounding boundary, so
         cuDNN's int8 output equals the fake-quant model's codes to the bit (`qresnet.fused`).
         At most one bit of each grid's range goes unused. Not with "lsq" bounds.
-      lsq_start: where a learned ("lsq") bound starts: "mean" (LSQ's init, step 2 mean|x| / sqrt(qmax))
-        or "max" (the paper's bound: max|W| per channel for a kernel, the EMA of the batch max for an
-        input), from which it then learns.
+      w_lsq_start: where a learned ("lsq") kernel bound starts: "mean" (LSQ's init, step
+        2 mean|W| / sqrt(qmax)) or "max" (the paper's max|W| per channel), from which it then learns.
+      a_lsq_start: the same for a learned input bound: "mean" (2 mean|x| / sqrt(qmax)) or "max"
+        (the paper's bound, the EMA of the batch max).
     """
 
     w_bits: int | None = None
@@ -76,7 +77,8 @@ class QuantSpec:
     a_fixed_bound: float = 6.0
     a_ema_coeff: float = 0.1
     pow2_scale: bool = False
-    lsq_start: str = "mean"
+    w_lsq_start: str = "mean"
+    a_lsq_start: str = "mean"
 
     def __post_init__(self):
         _check_bits(self.w_bits, "w_bits")
@@ -86,7 +88,8 @@ class QuantSpec:
             ("a_granularity", GRANULARITIES),
             ("a_bound", BOUND_METHODS),
             ("w_bound", WEIGHT_BOUND_METHODS),
-            ("lsq_start", LSQ_STARTS),
+            ("w_lsq_start", LSQ_STARTS),
+            ("a_lsq_start", LSQ_STARTS),
         ):
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -104,11 +107,13 @@ class QuantSpec:
                 "use a_bound='ema_max' or 'fixed' and w_bound='max_abs' with pow2_scale"
             )
 
-        if self.lsq_start != "mean" and "lsq" not in (self.a_bound, self.w_bound):
-            raise SpecError(
-                f"lsq_start={self.lsq_start!r} sets where a learned bound starts, but this spec learns none: "
-                "add a_bound='lsq' or w_bound='lsq', or drop lsq_start"
-            )
+        for side, bound in (("w", self.w_bound), ("a", self.a_bound)):
+            start = getattr(self, f"{side}_lsq_start")
+            if start != "mean" and bound != "lsq":
+                raise SpecError(
+                    f"{side}_lsq_start={start!r} sets where a learned bound starts, but {side}_bound={bound!r} "
+                    f"is not learned: set {side}_bound='lsq' or drop {side}_lsq_start"
+                )
 
     @property
     def is_float(self) -> bool:
