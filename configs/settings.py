@@ -64,7 +64,6 @@ SETTINGS = {
     "w4a4_ends8_lsq_max": [("stem|head", 8, 8, LSQ_MAX), (".*", 4, 4, LSQ_RELU_MAX)],
     "w3a3_ends8_max": [("stem|head", 8, 8, LSQ_MAX), (".*", 3, 3, LSQ_RELU_MAX)],
     "w2a2_ends8_max": [("stem|head", 8, 8, LSQ_MAX), (".*", 2, 2, LSQ_RELU_MAX)],
-    "w4a4_ends8_lsq_amax": [("stem|head", 8, 8, LSQ_AMAX), (".*", 4, 4, LSQ_RELU_AMAX)],
     "w3a3_ends8_amax": [("stem|head", 8, 8, LSQ_AMAX), (".*", 3, 3, LSQ_RELU_AMAX)],
     "w2a2_ends8_amax": [("stem|head", 8, 8, LSQ_AMAX), (".*", 2, 2, LSQ_RELU_AMAX)],
     "w4a4_ends8_lsq_deploy": [

@@ -117,7 +117,8 @@ def test_lsq_max_start_is_the_papers_bound_then_learns():
     """w_lsq_start and a_lsq_start "max": the input bound starts at the batch max and follows its EMA as the paper's
     EMA-max bound does until quantization starts; the kernel bound starts at max|W| per channel;
     both then get LSQ's gradient through their offsets."""
-    spec = QuantSpec(w_bits=4, a_bits=4, w_bound="lsq", a_bound="lsq", a_signed=False, w_lsq_start="max", a_lsq_start="max")
+    learned = {"w_bound": "lsq", "a_bound": "lsq", "a_signed": False}
+    spec = QuantSpec(w_bits=4, a_bits=4, **learned, w_lsq_start="max", a_lsq_start="max")
     paper = QuantSpec(w_bits=4, a_bits=4, a_signed=False)
     x = jax.random.uniform(jax.random.key(0), (8, 3), maxval=jnp.array([1.0, 2.0, 4.0]))
     layer, ref = QDense(2, spec=spec, use_bias=False), QDense(2, spec=paper, use_bias=False)
@@ -138,6 +139,13 @@ def test_lsq_max_start_is_the_papers_bound_then_learns():
     np.testing.assert_allclose(layer.apply(v, 2 * x), ref.apply(paper_w, 2 * x), rtol=1e-5, atol=1e-6)
     g = jax.grad(lambda p: jnp.sum(jnp.sin(layer.apply({**v, "params": p}, 2 * x))))(v["params"])
     assert float(jnp.abs(g["act_bound_offset"]).sum()) > 0 and float(jnp.abs(g["kernel_bound_offset"]).sum()) > 0
+    # Each side has its own start: inputs at the max, the kernel at LSQ's init.
+    inputs_only = QDense(2, spec=QuantSpec(w_bits=4, a_bits=4, **learned, a_lsq_start="max"), use_bias=False)
+    v = inputs_only.init(jax.random.key(1), x)
+    np.testing.assert_allclose(v["quant_stats"]["act_bound"], jnp.max(x, axis=0))
+    np.testing.assert_allclose(
+        v["quant_stats"]["kernel_bound"], ops.lsq_init_bound(v["params"]["kernel"], 4, True, (0,)), rtol=1e-6
+    )
 
 
 def test_lsq_kernel_bound_starts_from_the_kernel_and_learns_its_step_as_lsq_does():

@@ -1,7 +1,7 @@
 """Uniform 4, 3 and 2 bits under a longer fine-tune: `sweep_mixed`'s recipe (distilled from the float
 run of each seed, 1 epoch of calibration) for 30 epochs instead of 10, ResNet-20 width 1, seeds 0 and 1,
-with the bf16 control fine-tuned the same; learned bounds started at LSQ's init and at the paper's
-bounds (the `_max` settings):
+with the bf16 control fine-tuned the same; learned bounds started at LSQ's init, at the paper's
+bounds (the `_max` settings), and inputs at the paper's bound with weights at LSQ's init (`_amax`):
 
     qresnet sweep --config configs/cifar10/sweep_mixed_float.py --root R/float --only width1_
     qresnet sweep --config configs/cifar10/sweep_lowbit_long.py --root R/long --config.init_from=R/float
