@@ -61,10 +61,11 @@ def _learned_bound(module, name: str, statistic, coeff: float, train: bool, act_
     """A learned (LSQ) bound: its start (`quant_stats/<name>`) plus a learned offset (`params/<name>_offset`,
     from 0), held above LSQ_MIN_FRACTION of the start (`ops.positive_bound`).
 
-    The start is LSQ's data-driven init (`statistic()`), tracked (an EMA with `coeff`) while activation
-    quantization is off and frozen once it is on: learning begins from the tensors of the network being
-    quantized, not of the untrained one (which left the bounds far off when quantization started late
-    in training), and a fine-tuned run starts from its source's weights.
+    The start is a statistic of the tensor (`statistic()`: LSQ's init or the max-abs), tracked (an EMA
+    with `coeff`) while activation quantization is off and frozen once it is on: learning begins from
+    the tensors of the network being quantized, not of the untrained one (which left the bounds far
+    off when quantization started late in training), and a fine-tuned run starts from its source's
+    weights.
     """
     start = module.variable("quant_stats", name, statistic)
     offset = module.param(name + "_offset", nn.initializers.zeros, start.value.shape, jnp.float32)
@@ -76,7 +77,7 @@ def _learned_bound(module, name: str, statistic, coeff: float, train: bool, act_
 
 
 def _lsq_learned_bound(module, x, spec, train, act_quant):
-    """An input's learned bound (`_learned_bound`), started from LSQ's init over the batch."""
+    """An input's learned bound (`_learned_bound`), started per `spec.a_lsq_start` over the batch."""
     axes = ops.reduction_axes(x.ndim, spec.a_granularity)
     stat = lambda: _lsq_start(x, spec.a_bits, bool(spec.a_signed), axes, spec.a_lsq_start)  # noqa: E731
     return _learned_bound(module, "act_bound", stat, spec.a_ema_coeff, train, act_quant)
@@ -112,9 +113,10 @@ def _bound_grad_scale(features: int, bits: int, signed: bool) -> float:
 
 def _kernel_bound(module, kernel: Array, spec: QuantSpec, train: bool, act_quant) -> tuple[Array, float]:
     """(learned bound, its gradient scale) of a kernel with `w_bound="lsq"`: one per output channel
-    (or per tensor), started at LSQ's init from the kernel (step 2 mean|W| / sqrt(qmax)); the start
-    follows the kernel while activation quantization is off (`_learned_bound`). The gradient scale is
-    LSQ's 1/sqrt(weights per step * qmax), times N^2 as for inputs (`_lsq_grad_scale`)."""
+    (or per tensor), started per `spec.w_lsq_start` from the kernel (LSQ's init, step 2 mean|W| /
+    sqrt(qmax), or max|W|); the start follows the kernel while activation quantization is off
+    (`_learned_bound`). The gradient scale is LSQ's 1/sqrt(weights per step * qmax), times N^2 as for
+    inputs (`_lsq_grad_scale`)."""
     axes = ops.reduction_axes(kernel.ndim, spec.w_granularity)
     stat = lambda: _lsq_start(lax.stop_gradient(kernel), spec.w_bits, True, axes, spec.w_lsq_start)  # noqa: E731
     bound = _learned_bound(module, "kernel_bound", stat, 1.0, train, act_quant)

@@ -64,7 +64,7 @@ class QuantSpec:
       w_lsq_start: where a learned ("lsq") kernel bound starts: "mean" (LSQ's init, step
         2 mean|W| / sqrt(qmax)) or "max" (the paper's max|W| per channel), from which it then learns.
       a_lsq_start: the same for a learned input bound: "mean" (2 mean|x| / sqrt(qmax)) or "max"
-        (the paper's bound, the EMA of the batch max).
+        (the paper's bound, the EMA of the batch max; over the whole batch, also with replica statistics).
     """
 
     w_bits: int | None = None
