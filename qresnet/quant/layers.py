@@ -78,16 +78,16 @@ def _learned_bound(module, name: str, statistic, coeff: float, train: bool, act_
 
 def _lsq_learned_bound(module, x, spec, train, act_quant):
     """An input's learned bound (`_learned_bound`), started per `spec.a_lsq_start` over the batch."""
-    axes = ops.reduction_axes(x.ndim, spec.a_granularity)
-    stat = lambda: _lsq_start(x, spec.a_bits, bool(spec.a_signed), axes, spec.a_lsq_start)  # noqa: E731
+    stat = lambda: _lsq_start(x, spec.a_bits, bool(spec.a_signed), spec.a_granularity, spec.a_lsq_start)  # noqa: E731
     return _learned_bound(module, "act_bound", stat, spec.a_ema_coeff, train, act_quant)
 
 
-def _lsq_start(x: Array, bits: int, signed: bool, axes, start: str) -> Array:
-    """A learned bound's start from one tensor (`QuantSpec.w_lsq_start`, `a_lsq_start`): LSQ's init or the max-abs."""
+def _lsq_start(x: Array, bits: int, signed: bool, granularity: str, start: str) -> Array:
+    """A learned bound's start from one tensor (`QuantSpec.w_lsq_start`, `a_lsq_start`): LSQ's init or
+    the max-abs (per channel of the last axis, or per tensor), never below LSQ_MIN_BOUND."""
     if start == "max":
-        return jnp.maximum(jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axes), ops.LSQ_MIN_BOUND)
-    return ops.lsq_init_bound(x, bits, signed, axes)
+        return jnp.maximum(ops.batch_max_abs(x, granularity)[0], ops.LSQ_MIN_BOUND)
+    return ops.lsq_init_bound(x, bits, signed, ops.reduction_axes(x.ndim, granularity))
 
 
 def _lsq_grad_scale(x: Array, bound: Array, spec: QuantSpec) -> float:
@@ -117,8 +117,7 @@ def _kernel_bound(module, kernel: Array, spec: QuantSpec, train: bool, act_quant
     sqrt(qmax), or max|W|); the start follows the kernel while activation quantization is off
     (`_learned_bound`). The gradient scale is LSQ's 1/sqrt(weights per step * qmax), times N^2 as for
     inputs (`_lsq_grad_scale`)."""
-    axes = ops.reduction_axes(kernel.ndim, spec.w_granularity)
-    stat = lambda: _lsq_start(lax.stop_gradient(kernel), spec.w_bits, True, axes, spec.w_lsq_start)  # noqa: E731
+    stat = lambda: _lsq_start(lax.stop_gradient(kernel), spec.w_bits, True, spec.w_granularity, spec.w_lsq_start)  # noqa: E731
     bound = _learned_bound(module, "kernel_bound", stat, 1.0, train, act_quant)
     return bound, _bound_grad_scale(kernel.size // max(bound.size, 1), spec.w_bits, True)
 
