@@ -14,6 +14,10 @@ LSQ_MAX = {**LSQ, "w_lsq_start": "max", "a_lsq_start": "max"}
 LSQ_RELU_MAX = {**LSQ_RELU, "w_lsq_start": "max", "a_lsq_start": "max"}
 LSQ_AMAX = {**LSQ, "a_lsq_start": "max"}
 LSQ_RELU_AMAX = {**LSQ_RELU, "a_lsq_start": "max"}
+# Learned steps with kernels on the full two's-complement grid, as LSQ's: -2^(b-1)..2^(b-1)-1, four levels at
+# 2 bits where the symmetric grid is ternary.
+LSQ_FULL = {**LSQ, "w_grid": "full"}
+LSQ_RELU_FULL = {**LSQ_RELU, "w_grid": "full"}
 
 SETTINGS = {
     "bf16": [(".*", None, None)],
@@ -66,6 +70,8 @@ SETTINGS = {
     "w2a2_ends8_max": [("stem|head", 8, 8, LSQ_MAX), (".*", 2, 2, LSQ_RELU_MAX)],
     "w3a3_ends8_amax": [("stem|head", 8, 8, LSQ_AMAX), (".*", 3, 3, LSQ_RELU_AMAX)],
     "w2a2_ends8_amax": [("stem|head", 8, 8, LSQ_AMAX), (".*", 2, 2, LSQ_RELU_AMAX)],
+    "w3a3_ends8_full": [("stem|head", 8, 8, LSQ_FULL), (".*", 3, 3, LSQ_RELU_FULL)],
+    "w2a2_ends8_full": [("stem|head", 8, 8, LSQ_FULL), (".*", 2, 2, LSQ_RELU_FULL)],
     "w4a4_ends8_lsq_deploy": [
         ("stem|head", 8, 8, {**LSQ, "a_granularity": "per_tensor"}),
         (".*", 4, 4, {**LSQ_RELU, "a_granularity": "per_tensor"}),

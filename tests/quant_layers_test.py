@@ -173,6 +173,23 @@ def test_lsq_kernel_bound_starts_from_the_kernel_and_learns_its_step_as_lsq_does
     np.testing.assert_allclose(d_offset["kernel_bound_offset"], d_step, rtol=1e-5)
 
 
+def test_full_weight_grid_has_four_levels_at_two_bits_in_both_layer_paths():
+    """w_grid="full": the kernel takes LSQ's {-2, -1, 0, 1} steps at 2 bits, alike where the layer multiplies
+    fake-quantized values and where it multiplies codes (per-tensor inputs)."""
+    x = jax.random.normal(jax.random.key(0), (4, 64))
+    laplace = lambda key, shape, dtype: jax.random.laplace(key, shape, dtype)  # noqa: E731  (tails past 3 mean|W|)
+    for a_granularity in ("per_channel", "per_tensor"):
+        spec = QuantSpec(w_bits=2, a_bits=8, w_bound="lsq", w_grid="full", a_signed=True, a_granularity=a_granularity)
+        layer = QDense(3, spec=spec, use_bias=False, kernel_init=laplace)
+        v = layer.init(jax.random.key(1), x)
+        bound = v["quant_stats"]["kernel_bound"]
+        w_hat = ops.lsq_fake_quant(v["params"]["kernel"], 2, bound, True, 1.0, full=True)
+        levels = set(np.unique(np.round(np.asarray(w_hat / bound), 6)))
+        assert levels == {-2.0, -1.0, 0.0, 1.0}, a_granularity
+        x_hat = ops.fake_quant(x, 8, v["quant_stats"]["act_bound"], True)
+        np.testing.assert_allclose(layer.apply(v, x, act_quant=True), x_hat @ w_hat, rtol=2e-2, atol=2e-2)
+
+
 def test_learned_bound_pushed_below_zero_is_held_positive_and_keeps_learning():
     """An offset that would make the bound negative quantizes with a small positive bound (not to 0, a
     dead channel) and still gets a gradient, so the bound can come back."""

@@ -162,6 +162,44 @@ def test_lsq_init_from_data():
     np.testing.assert_allclose(b, 2 * 2.0 / np.sqrt(7) * 7, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "name,x,expected",
+    [
+        # bits=2, bound=1 -> s=1: the full grid -2..1 (LSQ's weights) where the symmetric one is -1..1.
+        ("lowest_code", -1.7, -2.0),
+        ("below_lowest_clips", -9.0, -2.0),
+        ("tie_up", -1.5, -1.0),
+        ("top_unchanged", 3.0, 1.0),
+        ("zero", 0.2, 0.0),
+    ],
+)
+def test_full_signed_grid_named_cases(name, x, expected):
+    assert float(ops.lsq_fake_quant(jnp.float32(x), 2, 1.0, True, 1.0, full=True)) == expected, name
+    q, s = ops.int_codes(jnp.float32(x), 2, 1.0, True, full=True)
+    assert float(q / s) == expected, name
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_full_signed_grid_has_2_to_the_bits_levels_and_the_lsq_gradient(bits):
+    x = np.linspace(-3, 3, 4001).astype(np.float32)
+    out = np.asarray(ops.lsq_fake_quant(jnp.asarray(x), bits, 1.0, True, 1.0, full=True))
+    assert len(np.unique(out)) == 2**bits
+    assert ops.int_range(bits, True, full=True) == (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    # Straight through down to the extra code, LSQ's -Q_N at the clipped low end.
+    n = 2 ** (bits - 1) - 1
+    xs = jnp.array([-(n + 0.9) / n, -(n + 1.5) / n])
+    gx = jax.grad(lambda v: ops.lsq_fake_quant(v, bits, 1.0, True, 1.0, full=True).sum())(xs)
+    np.testing.assert_array_equal(gx, [1.0, 0.0])
+    gb = jax.grad(lambda b: ops.lsq_fake_quant(xs[1:], bits, b, True, 1.0, full=True).sum())(1.0)
+    assert float(gb) == pytest.approx(-(n + 1) / n, rel=1e-6)  # d(q * step)/d bound at q = -(n+1)
+
+
+@pytest.mark.parametrize("bits,signed", [(1, True), (4, False)])
+def test_full_grid_is_signed_of_two_or_more_bits(bits, signed):
+    with pytest.raises(ValueError, match="full-range grid is a signed grid of 2 or more bits"):
+        ops.int_range(bits, signed, full=True)
+
+
 @pytest.mark.parametrize("bits", [0, 17, -1])
 def test_bad_bits_raise(bits):
     with pytest.raises(ValueError, match="bits"):

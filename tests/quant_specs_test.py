@@ -76,6 +76,26 @@ def test_pow2_scale_is_a_bool_and_not_with_lsq():
         specs.QuantSpec(w_bits=8, a_bits=8, pow2_scale="yes")
 
 
+def test_full_weight_grid_needs_a_learned_kernel_bound_of_two_or_more_bits():
+    assert specs.QuantSpec(w_bits=2, w_bound="lsq", w_grid="full").w_grid == "full"
+    with pytest.raises(specs.SpecError, match="w_grid must be one of"):
+        specs.QuantSpec(w_bits=2, w_bound="lsq", w_grid="asym")
+    with pytest.raises(specs.SpecError, match="set w_bound='lsq' and 2 or more bits"):
+        specs.make_rule((".*", 2, 2, {"w_grid": "full"}))
+    with pytest.raises(specs.SpecError, match="w_bits=1"):
+        specs.QuantSpec(w_bits=1, w_bound="lsq", w_grid="full")
+
+
+def test_options_added_later_are_left_out_of_records_at_their_default():
+    """A run recorded before w_grid (or the learned bounds' starts) existed keeps its identity: its record
+    reads the same as today's spec at the default, and a set option is recorded."""
+    spec = specs.QuantSpec(w_bits=4, a_bits=4, w_bound="lsq")
+    assert not {"w_grid", "w_lsq_start", "a_lsq_start"} & set(spec.to_dict())
+    assert specs.QuantSpec(**spec.to_dict()) == spec
+    full = specs.QuantSpec(w_bits=2, w_bound="lsq", w_grid="full", a_lsq_start="mean")
+    assert full.to_dict()["w_grid"] == "full" and specs.specs_from_json(specs.specs_to_json({"a": full}))["a"] == full
+
+
 def test_lsq_start_names_a_start_and_needs_a_learned_bound():
     assert specs.QuantSpec(w_bits=4, w_bound="lsq", w_lsq_start="max").w_lsq_start == "max"
     with pytest.raises(specs.SpecError, match="a_lsq_start must be one of"):

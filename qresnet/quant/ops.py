@@ -7,7 +7,9 @@ Everything here is a small pure function of arrays; Flax layers live in
 Grids (b = bits, B = bound):
   signed:   s = (2^(b-1)-1)/B,  q = clip(floor(x*s + 0.5), -(2^(b-1)-1), 2^(b-1)-1)
   unsigned: s = 2^b/B,          q = clip(floor(x*s), 0, 2^b-1)
-  and x_hat = q/s.
+  and x_hat = q/s. The signed grid's `full` variant (b >= 2) also takes the code -2^(b-1), as two's
+  complement stores it and LSQ's weight grid has it: at 2 bits {-2, -1, 0, 1} instead of the
+  symmetric {-1, 0, 1}, four levels where the symmetric grid has three.
 
 Edge cases, chosen so every input gives a finite result:
   * bits = 1, signed: the formula's grid collapses to {0}; we use the binary
@@ -33,20 +35,23 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"bits must be an int in 1..16, got {bits!r}")
 
 
-def int_range(bits: int, signed: bool) -> tuple[int, int]:
+def int_range(bits: int, signed: bool, full: bool = False) -> tuple[int, int]:
     """The integer codes a quantizer can produce.
 
     Args:
       bits: bit width, 1..16.
       signed: signed (symmetric, round half up) or unsigned (floor) grid.
+      full: a signed grid that also takes -2^(b-1) (two's complement's whole range); b >= 2.
 
     Returns:
       (qmin, qmax), inclusive.
     """
     _check_bits(bits)
+    if full and (not signed or bits < 2):
+        raise ValueError(f"the full-range grid is a signed grid of 2 or more bits, got bits={bits}, signed={signed}")
     if signed:
         qmax = 2 ** (bits - 1) - 1 if bits > 1 else 1
-        return -qmax, qmax
+        return -qmax - int(full), qmax
     return 0, 2**bits - 1
 
 
@@ -91,19 +96,19 @@ def bias_on_grid(bias: jax.Array, scale: jax.Array) -> jax.Array:
     return (b + lax.stop_gradient(q - b)).astype(bias.dtype)
 
 
-def _ste_codes(x, bound, bits, signed, bound_grad: bool, pow2: bool = False):
+def _ste_codes(x, bound, bits, signed, bound_grad: bool, pow2: bool = False, full: bool = False):
     """(q, s): codes q = clip-round(x*s) with straight-through gradients and the scale s.
 
     Where bound <= 0, q = 0 and s = 1. With bound_grad=False no gradient reaches
     the bound (the paper's quantizers); with True the bound gets the LSQ gradient
-    through both q and s. q is float32.
+    through both q and s. q is float32. `full`: the full-range signed grid (`int_range`).
     """
     x = x.astype(jnp.float32)
     bound = jnp.asarray(bound, jnp.float32)
     if not bound_grad:
         bound = lax.stop_gradient(bound)
     positive, s = _scale(bound, bits, signed, pow2)
-    qmin, qmax = int_range(bits, signed)
+    qmin, qmax = int_range(bits, signed, full)
     v = x * s
     inside = (v >= qmin) & (v <= qmax)
     # Straight-through: identity inside the clip range, zero outside.
@@ -139,9 +144,9 @@ def ste_codes(
     return _ste_codes(x, bound, bits, signed, bound_grad=False, pow2=pow2)
 
 
-def lsq_ste_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad_scale: float):
+def lsq_ste_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad_scale: float, full: bool = False):
     """`ste_codes` with the LSQ gradient into the bound (see `lsq_fake_quant`)."""
-    return _ste_codes(x, _lsq_bound(bound, grad_scale), bits, signed, bound_grad=True)
+    return _ste_codes(x, _lsq_bound(bound, grad_scale), bits, signed, bound_grad=True, full=full)
 
 
 def _lsq_bound(bound, grad_scale):
@@ -170,7 +175,7 @@ def learned_bound(start: jax.Array, offset: jax.Array) -> jax.Array:
 
 
 def int_codes(
-    x: jax.Array, bits: int, bound: jax.Array, signed: bool, pow2: bool = False
+    x: jax.Array, bits: int, bound: jax.Array, signed: bool, pow2: bool = False, full: bool = False
 ) -> tuple[jax.Array, jax.Array]:
     """The integer codes q and the scale s of a quantizer (forward only, no gradient).
 
@@ -183,12 +188,13 @@ def int_codes(
       bound: clip bound, broadcastable to x.
       signed: grid type.
       pow2: the scale rounded down to a power of two (`QuantSpec.pow2_scale`).
+      full: the full-range signed grid (`int_range`).
 
     Returns:
       (q, s), both float32.
     """
     positive, s = _scale(jnp.asarray(bound, jnp.float32), bits, signed, pow2)
-    qmin, qmax = int_range(bits, signed)
+    qmin, qmax = int_range(bits, signed, full)
     q = _round(jnp.clip(x.astype(jnp.float32) * s, qmin, qmax), bits, signed)
     return jnp.where(positive, q, 0.0), jnp.where(positive, s, 1.0)
 
@@ -233,7 +239,9 @@ def fake_quant(x: jax.Array, bits: int, bound: jax.Array, signed: bool, pow2: bo
     return _quantize(x, bound, bits, signed=signed, bound_grad=False, pow2=pow2)
 
 
-def lsq_fake_quant(x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad_scale: float) -> jax.Array:
+def lsq_fake_quant(
+    x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad_scale: float, full: bool = False
+) -> jax.Array:
     """Fake quantizer with a learned bound (LSQ, Esser et al. 2020).
 
     Same grid as `fake_quant`; the bound B = step * N (N = `scale_numerator`)
@@ -247,11 +255,14 @@ def lsq_fake_quant(x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad
       bound: learned bound, broadcastable to x.
       signed: grid type.
       grad_scale: factor applied to the bound's gradient only.
+      full: the full-range signed grid (`int_range`): the bound is the positive end, the grid reaches
+        -bound * 2^(b-1) / (2^(b-1)-1) below zero.
 
     Returns:
       The dequantized array, same shape and dtype as x.
     """
-    return _quantize(x, _lsq_bound(bound, grad_scale), bits, signed=signed, bound_grad=True)
+    q, s = _ste_codes(x, _lsq_bound(bound, grad_scale), bits, signed, bound_grad=True, full=full)
+    return (q / s).astype(x.dtype)
 
 
 def lsq_init_bound(x: jax.Array, bits: int, signed: bool, axes) -> jax.Array:

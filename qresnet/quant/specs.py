@@ -19,6 +19,7 @@ BOUND_METHODS = ("ema_max", "fixed", "lsq")
 WEIGHT_BOUND_METHODS = ("max_abs", "lsq")
 GRANULARITIES = ("per_channel", "per_tensor")
 LSQ_STARTS = ("mean", "max")
+WEIGHT_GRIDS = ("symmetric", "full")
 
 
 class SpecError(ValueError):
@@ -65,6 +66,9 @@ class QuantSpec:
         2 mean|W| / sqrt(qmax)) or "max" (the paper's max|W| per channel), from which it then learns.
       a_lsq_start: the same for a learned input bound: "mean" (2 mean|x| / sqrt(qmax)) or "max"
         (the paper's bound, the EMA of the batch max; over the whole batch, also with replica statistics).
+      w_grid: the kernel's signed grid: "symmetric" (the paper's codes -(2^(b-1)-1)..2^(b-1)-1, ternary
+        at 2 bits) or "full" (also -2^(b-1), as LSQ's weights: {-2, -1, 0, 1} at 2 bits, 4 levels for 3;
+        `ops.int_range`); "full" needs a learned kernel bound (w_bound="lsq") and 2 or more bits.
     """
 
     w_bits: int | None = None
@@ -79,6 +83,7 @@ class QuantSpec:
     pow2_scale: bool = False
     w_lsq_start: str = "mean"
     a_lsq_start: str = "mean"
+    w_grid: str = "symmetric"
 
     def __post_init__(self):
         _check_bits(self.w_bits, "w_bits")
@@ -90,6 +95,7 @@ class QuantSpec:
             ("w_bound", WEIGHT_BOUND_METHODS),
             ("w_lsq_start", LSQ_STARTS),
             ("a_lsq_start", LSQ_STARTS),
+            ("w_grid", WEIGHT_GRIDS),
         ):
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -107,6 +113,12 @@ class QuantSpec:
                 "use a_bound='ema_max' or 'fixed' and w_bound='max_abs' with pow2_scale"
             )
 
+        if self.w_grid == "full" and (self.w_bound != "lsq" or self.w_bits == 1):
+            raise SpecError(
+                f"w_grid='full' adds the code -2^(b-1) below a learned kernel bound, but this spec has "
+                f"w_bound={self.w_bound!r} and w_bits={self.w_bits}: set w_bound='lsq' and 2 or more bits, "
+                "or drop w_grid"
+            )
         for side, bound in (("w", self.w_bound), ("a", self.a_bound)):
             start = getattr(self, f"{side}_lsq_start")
             if start != "mean" and bound != "lsq":
@@ -120,10 +132,17 @@ class QuantSpec:
         return self.w_bits is None and self.a_bits is None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, less those in `_OMITTED_AT_DEFAULT` that hold their default: records (config.json)
+        of runs made before an option existed then read the same as today's, so the run keeps its
+        identity (`results.run_identity`) and resumes."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if not (k in _OMITTED_AT_DEFAULT and v == _DEFAULTS[k])}
 
 
 FLOAT = QuantSpec()
+# Options added after runs were recorded: omitted from a spec's record at their default (`QuantSpec.to_dict`).
+_OMITTED_AT_DEFAULT = ("w_lsq_start", "a_lsq_start", "w_grid")
+_DEFAULTS = dataclasses.asdict(FLOAT)
 _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(QuantSpec))[2:]
 
 
