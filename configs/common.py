@@ -93,9 +93,10 @@ def get_config(setting: str = "bf16") -> ml_collections.ConfigDict:
     c.optim.cooldown_epochs = 0.0  # Final linear cool-down (multiplies the cosine).
     # A finished run's workdir to start from (its weights and BN statistics; fine-tuning); "" = random init.
     c.init_from = ""
-    # Knowledge distillation from the float run named by init_from (its frozen weights, eval mode):
-    # loss = (1 - weight) * cross-entropy + weight * temperature^2 * KL(teacher || student), both at
-    # the temperature. weight 0 = off.
+    # Knowledge distillation from the float run named by init_from (its frozen weights, eval mode), or,
+    # where init_from is a quantized run (a progressive fine-tune, e.g. 4 -> 3 -> 2 bits), from the float
+    # run that run was fine-tuned from: loss = (1 - weight) * cross-entropy + weight * temperature^2 *
+    # KL(teacher || student), both at the temperature. weight 0 = off.
     c.distill = ml_collections.ConfigDict()
     c.distill.weight = 0.0
     c.distill.temperature = 1.0

@@ -126,9 +126,11 @@ def warm_start(state: TrainState, source: str | Path, run: RunSpec) -> TrainStat
     """`state` with the weights and BN statistics of another run's newest checkpoint (fine-tuning).
 
     Every `params` and `batch_stats` leaf that the source run has is copied (cast to this run's
-    dtype); leaves it lacks, such as learned (LSQ) bound offsets, keep their initial values. The
-    step, the optimizer and the quantizers' state (`quant_stats`) start fresh: activation bounds
-    are calibrated again on the new weights before activation quantization starts. A BN-folded
+    dtype), except learned (LSQ) bound offsets: those, like leaves the source lacks, keep their
+    initial values. The step, the optimizer and the quantizers' state (`quant_stats`) start fresh:
+    bounds are calibrated again on the new weights before activation quantization starts, and a
+    learned bound learns from there (an offset belongs to its own run's start and bit width: a
+    3-bit run's offsets would be wrong for a 2-bit run started from it). A BN-folded
     run (model.fold_bn) started from a run with BN gets its weights with BN folded in
     (`resnet.fold_batch_norm`): the same function in inference mode.
 
@@ -158,7 +160,7 @@ def warm_start(state: TrainState, source: str | Path, run: RunSpec) -> TrainStat
                 k: merge(v, theirs.get(k) if isinstance(theirs, Mapping) else None, f"{path}/{k}")
                 for k, v in mine.items()
             }
-        if theirs is None:
+        if theirs is None or path.endswith("_bound_offset"):
             return mine
         if tuple(theirs.shape) != tuple(mine.shape):
             raise TrainError(
@@ -203,12 +205,36 @@ def source_run(source: str | Path, run: RunSpec, *, teacher: bool = False) -> Ru
     return src
 
 
+def teacher_source(source: str | Path, run: RunSpec) -> Path:
+    """The distillation teacher of a run started from `source` (config.init_from): `source` itself where
+    it is a float run, else the float run at the start of its chain of init_from sources. A quantized run
+    fine-tuned from a float one (itself distilled or not) hands that float run on, so a progressive
+    fine-tune (float -> 4 -> 3 -> 2 bits, each from the last) learns from the float run throughout.
+
+    Raises:
+      TrainError: a source that is not a run of this model, width and dataset, or a chain that ends in
+        a quantized run trained from scratch (nothing float to learn from).
+    """
+    path = Path(source)
+    for _ in range(32):  # a chain of fine-tunes; more means a loop of records
+        src = source_run(path, run)
+        if all(spec.is_float for spec in src.specs.values()):
+            return path
+        if not src.init_from:
+            raise TrainError(
+                f"config.init_from={str(source)!r}: distillation needs a float teacher, and {str(path)!r} is a "
+                "quantized run trained from scratch; start from a bf16 run, or from a run fine-tuned from one"
+            )
+        path = Path(src.init_from)
+    raise TrainError(f"config.init_from={str(source)!r}: its chain of init_from sources does not end")
+
+
 def load_teacher(source: str | Path, run: RunSpec) -> dict[str, Any]:
     """The distillation teacher's variables: the final weights and BN statistics of a float run.
 
     Args:
-      source: the teacher run's workdir (config.init_from): same model, width and dataset, every
-        layer float.
+      source: the student's config.init_from (`teacher_source` finds the float run from it): same model,
+        width and dataset.
       run: the student's RunSpec.
 
     Returns:
@@ -216,5 +242,6 @@ def load_teacher(source: str | Path, run: RunSpec) -> dict[str, Any]:
     """
     # Same model, width and dataset (checked), so the same parameter shapes: channel padding
     # (model.channel_multiple) happens inside the layers, not in the parameters.
-    src_state = restore_final(source_run(source, run, teacher=True), source)
+    teacher = teacher_source(source, run)
+    src_state = restore_final(source_run(teacher, run, teacher=True), teacher)
     return {"params": src_state.params, "batch_stats": src_state.batch_stats}

@@ -209,9 +209,11 @@ def make_run_spec(config: ml_collections.ConfigDict, num_train: int, specs=None)
 
 def resolve_init_from(source: str, model: str, width: float, dataset: str, seed: int) -> str:
     """config.init_from as a run's workdir: `source` itself where it is one (or is not a folder: the
-    error comes when it is read), else the finished float run of this model, width and dataset in the
-    folder `source` (a sweep root of float runs; of several seeds, this run's). So one sweep over
-    widths fine-tunes each width from its own float run: --config.init_from=FLOAT_ROOT."""
+    error comes when it is read), else the finished run of this model, width and dataset in the folder
+    `source` (a sweep root; of several seeds, this run's), the float one where the folder also holds
+    quantized runs. So one sweep over widths fine-tunes each width from its own float run
+    (--config.init_from=FLOAT_ROOT), and a progressive fine-tune starts each run from the one run of
+    its seed in the previous stage's root (--config.init_from=W3_ROOT)."""
     import json
     from pathlib import Path
 
@@ -225,14 +227,16 @@ def resolve_init_from(source: str, model: str, width: float, dataset: str, seed:
         except (OSError, ValueError):
             continue
         bits = [*r.get("w_bits", {}).values(), *r.get("a_bits", {}).values()]
-        if (r.get("model"), r.get("dataset")) == (model, dataset) and r.get("width") == width and not any(bits):
-            found.append((r.get("seed"), str(result.parent)))
+        if (r.get("model"), r.get("dataset")) == (model, dataset) and r.get("width") == width:
+            found.append((r.get("seed"), str(result.parent), not any(bits)))
+    found = [f for f in found if f[2]] or found
     if len(found) > 1:
         found = [f for f in found if f[0] == seed] or found
     if len(found) != 1:
         which = "no" if not found else f"{len(found)} ({', '.join(Path(f[1]).name for f in found)})"
+        kind = "float " if any(f[2] for f in found) else ""
         raise TrainError(
-            f"config.init_from={source!r} is not a run's workdir, and it holds {which} finished float run(s) of "
+            f"config.init_from={source!r} is not a run's workdir, and it holds {which} finished {kind}run(s) of "
             f"{model} width {width:g} on {dataset} (seed {seed}): give one run's workdir"
         )
     return found[0][1]

@@ -112,7 +112,9 @@ def train_and_evaluate(
     run, feed, n_test = _prepare_feed(config, specs, mesh, key)
     if run.init_from and (run.distill_weight > 0 or not (workdir / "ckpt").exists()):
         # A bad source fails here, before anything is written (the checkpoint loads later).
-        checkpoints.source_run(run.init_from, run, teacher=run.distill_weight > 0)
+        checkpoints.source_run(run.init_from, run)
+        if run.distill_weight > 0:
+            checkpoints.teacher_source(run.init_from, run)
     workdir.mkdir(parents=True, exist_ok=True)
     # In a multi-process run (qresnet.distributed) process 0 holds the lock and writes the records.
     lock = (
@@ -290,6 +292,8 @@ def _train(run: RunSpec, feed: feeds.Feed, n_test: int, mesh, key, workdir: Path
         "seed": run.seed,
         "init_from": run.init_from,  # the run it was fine-tuned from ("" = from scratch)
         "distill_weight": run.distill_weight,
+        # The float run it learned from (init_from, or the float run at the start of init_from's chain).
+        "distill_teacher": str(checkpoints.teacher_source(run.init_from, run)) if run.distill_weight > 0 else "",
         "device": results.device_description(),
         "processes": jax.process_count(),
         **results.xla_flags_field(),

@@ -28,9 +28,23 @@ def test_init_from_a_root_picks_the_float_run_of_this_width_and_seed(tmp_path):
     (tmp_path / "own" / "config.json").write_text("{}")
     assert resolve(str(tmp_path / "own"), "resnet20", 2.0, "cifar10_jpeg", 0) == str(tmp_path / "own")
     assert resolve("", "resnet20", 1.0, "cifar10_jpeg", 0) == ""
-    with pytest.raises(run_spec.TrainError, match="holds no finished float run"):
+    with pytest.raises(run_spec.TrainError, match="holds no finished run"):
         resolve(str(tmp_path), "resnet20", 2.0, "cifar10_jpeg", 0)
     _run(tmp_path, "bf16_width0.5_seed0_again", 0.5, 0)
     both = r"holds 2 \(bf16_width0.5_seed0, bf16_width0.5_seed0_again\) finished"
     with pytest.raises(run_spec.TrainError, match=both):
         resolve(str(tmp_path), "resnet20", 0.5, "cifar10_jpeg", 0)
+
+
+def test_init_from_a_root_of_quantized_runs_picks_this_seeds_run(tmp_path):
+    """A progressive fine-tune's next stage: a root holding only quantized runs gives the one of this
+    seed; two of one seed is a clear error."""
+    a = _run(tmp_path, "w3a3_width1_seed0", 1.0, 0, bits=3)
+    b = _run(tmp_path, "w3a3_width1_seed1", 1.0, 1, bits=3)
+    resolve = run_spec.resolve_init_from
+    assert resolve(str(tmp_path), "resnet20", 1.0, "cifar10_jpeg", 0) == a
+    assert resolve(str(tmp_path), "resnet20", 1.0, "cifar10_jpeg", 1) == b
+    _run(tmp_path, "w3a3_other_width1_seed1", 1.0, 1, bits=3)
+    two = r"holds 2 \(w3a3_other_width1_seed1, w3a3_width1_seed1\) finished run"
+    with pytest.raises(run_spec.TrainError, match=two):
+        resolve(str(tmp_path), "resnet20", 1.0, "cifar10_jpeg", 1)

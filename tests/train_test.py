@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import settings
 from qresnet import checkpoints, config_lib, data, feeds, results, run_spec, steps, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,8 +252,9 @@ def test_distill_settings_are_checked(overrides, message):
 
 def test_distillation_from_a_float_teacher(smoke_run, tmp_path, monkeypatch):
     """A quantized run learns from a float run's outputs: the teacher changes its gradients, the
-    run stops, resumes and trains to the end with the teacher loaded, and a quantized teacher is
-    refused."""
+    run stops, resumes and trains to the end with the teacher loaded, and a quantized run trained from
+    scratch is refused as a teacher. A run started from the (learned-bound) student, as the next stage of
+    a progressive fine-tune, learns from the same float teacher and restarts the student's learned bounds."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -266,12 +268,12 @@ def test_distillation_from_a_float_teacher(smoke_run, tmp_path, monkeypatch):
         teacher_dir,
         quiet=True,
     )
-    cfg = config_lib.load_config(
-        SMOKE, [f"--config.init_from={teacher_dir}", "--config.distill.weight=1.0", "--config.distill.temperature=2.0"]
-    )
+    lsq = settings.SETTINGS["w4a4_ends8_lsq"]
+    distill = ["--config.distill.weight=1.0", "--config.distill.temperature=2.0", f"--config.quant.rules={lsq!r}"]
+    cfg = config_lib.load_config(SMOKE, [f"--config.init_from={teacher_dir}", *distill])
     run = run_spec.make_run_spec(cfg, cfg.dataset.synthetic_train)
     assert (run.distill_weight, run.distill_temperature) == (1.0, 2.0)
-    with pytest.raises(train.TrainError, match=r"quantizes .*distillation needs a float teacher"):
+    with pytest.raises(train.TrainError, match=r"quantized run trained from scratch"):
         checkpoints.load_teacher(smoke_run[0], run)
     from_quantized = [f"--config.init_from={smoke_run[0]}", "--config.distill.weight=1.0"]
     with pytest.raises(train.TrainError, match=r"distillation needs a float teacher"):
@@ -302,6 +304,19 @@ def test_distillation_from_a_float_teacher(smoke_run, tmp_path, monkeypatch):
     recorded = json.loads((tmp_path / "student" / "config.json").read_text())["config"]
     assert recorded["distill"] == {"weight": 1.0, "temperature": 2.0}
     assert result["init_from"] == str(teacher_dir) and result["distill_weight"] == 1.0
+    # The next stage, from the student: the same teacher; the student's weights, not its learned offsets.
+    student = tmp_path / "student"
+    next_stage = config_lib.load_config(SMOKE, [f"--config.init_from={student}", *distill])
+    run2 = run_spec.make_run_spec(next_stage, next_stage.dataset.synthetic_train)
+    assert checkpoints.teacher_source(student, run2) == teacher_dir
+    trained = checkpoints.restore_final(run, student).params
+    fresh = steps.create_train_state(run2, jax.random.key(1), x)
+    started = checkpoints.warm_start(fresh, student, run2).params
+    flat = lambda t: {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(t)}  # noqa: E731
+    offsets = [k for k in flat(trained) if k.endswith("_bound_offset']")]
+    assert offsets and any(np.any(flat(trained)[k] != 0) for k in offsets)
+    for k, v in flat(started).items():
+        np.testing.assert_array_equal(v, flat(fresh.params)[k] if k in offsets else flat(trained)[k])
 
 
 def test_workdir_of_another_config_is_refused(smoke_run):
