@@ -174,8 +174,6 @@ def test_init_from_starts_from_another_runs_weights(smoke_run, tmp_path):
     import jax.numpy as jnp
     import numpy as np
 
-    from configs import settings
-
     source, _ = smoke_run
     lsq = settings.SETTINGS["w4a4_ends8_lsq"]
     cfg = config_lib.load_config(
