@@ -16,7 +16,8 @@ LSQ_AMAX = {**LSQ, "a_lsq_start": "max"}
 LSQ_RELU_AMAX = {**LSQ_RELU, "a_lsq_start": "max"}
 # Learned steps with kernels on the full two's-complement grid, as LSQ's: -2^(b-1)..2^(b-1)-1, four levels at
 # 2 bits where the symmetric grid is ternary.
-LSQ_FULL = {**LSQ, "w_grid": "full"}
+FULL = {"w_grid": "full"}
+LSQ_FULL = {**LSQ, **FULL}
 LSQ_RELU_FULL = {**LSQ_RELU, "w_grid": "full"}
 
 SETTINGS = {
@@ -72,6 +73,8 @@ SETTINGS = {
     "w2a2_ends8_amax": [("stem|head", 8, 8, LSQ_AMAX), (".*", 2, 2, LSQ_RELU_AMAX)],
     "w3a3_ends8_full": [("stem|head", 8, 8, LSQ_FULL), (".*", 3, 3, LSQ_RELU_FULL)],
     "w2a2_ends8_full": [("stem|head", 8, 8, LSQ_FULL), (".*", 2, 2, LSQ_RELU_FULL)],
+    "w3a3_ends8_full_max": [("stem|head", 8, 8, {**LSQ_MAX, **FULL}), (".*", 3, 3, {**LSQ_RELU_MAX, **FULL})],
+    "w2a2_ends8_full_amax": [("stem|head", 8, 8, {**LSQ_AMAX, **FULL}), (".*", 2, 2, {**LSQ_RELU_AMAX, **FULL})],
     "w4a4_ends8_lsq_deploy": [
         ("stem|head", 8, 8, {**LSQ, "a_granularity": "per_tensor"}),
         (".*", 4, 4, {**LSQ_RELU, "a_granularity": "per_tensor"}),

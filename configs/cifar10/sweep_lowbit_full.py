@@ -11,7 +11,7 @@ from configs import settings
 from configs.cifar10 import sweep_lowbit_long, sweep_mixed_float
 
 EPOCHS = 60
-SETTINGS = ("bf16", "w2a2_ends8", "w2a2_ends8_full", "w3a3_ends8_full")
+SETTINGS = ("bf16", "w2a2_ends8", "w2a2_ends8_full", "w3a3_ends8_full", "w3a3_ends8_full_max", "w2a2_ends8_full_amax")
 LOW_DECAY = {"w2a2_ends8_full": 1.25e-4}
 
 
