@@ -21,6 +21,9 @@ import pytest
 # The tests' models are tiny: compiling is most of their time and running them little, so XLA skips most
 # optimization passes (as Flax's example tests do); the processes the tests start inherit it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+# Every program, also those that compile in under a second (JAX caches only slower ones by default): the
+# tests compile hundreds of small ones again and again.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 _CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="qresnet-tests-xla-cache-")
