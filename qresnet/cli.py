@@ -114,9 +114,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument(
             "--quantizer",
-            choices=("lsq", "max_abs"),
+            choices=("lsq", "lsq_full", "max_abs"),
             default="lsq",
-            help="the quantizer the searched runs train with: learned step sizes (lsq) or the paper's max-abs bounds",
+            help="the quantizer the searched runs train with: learned step sizes (lsq; lsq_full: on the full "
+            "kernel grid, started at the paper's bounds from 3 bits) or the paper's max-abs bounds",
         )
         p.add_argument(
             "--measure-bits",

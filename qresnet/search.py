@@ -136,13 +136,20 @@ def parse_budgets(text: str, config, cost_key: str, settings: Mapping[str, Seque
     return out
 
 
-def rule_options(quantizer: str, layer: str) -> dict[str, Any]:
+def rule_options(quantizer: str, layer: str, w_bits: int = 8, a_bits: int = 8) -> dict[str, Any]:
     """A layer's rule options for the quantizer a sensitivity file was computed for
-    (`sensitivity.QUANTIZERS`): learned step sizes for "lsq", on an unsigned input grid for every layer
-    but the stem (as configs/settings.LSQ_RELU: their inputs come out of a ReLU)."""
-    if quantizer != "lsq":
+    (`sensitivity.QUANTIZERS`): learned step sizes for "lsq" and "lsq_full", on an unsigned input grid
+    for every layer but the stem (as configs/settings.LSQ_RELU: their inputs come out of a ReLU); with
+    "lsq_full" also the full kernel grid and, per side, bounds started at the paper's from 3 bits (as
+    configs/settings' w3a3_ends8_full_max and w2a2_ends8_full)."""
+    if quantizer not in ("lsq", "lsq_full"):
         return {}
-    return {"w_bound": "lsq", "a_bound": "lsq", **({} if layer == "stem" else {"a_signed": False})}
+    out = {"w_bound": "lsq", "a_bound": "lsq", **({} if layer == "stem" else {"a_signed": False})}
+    if quantizer == "lsq_full":
+        out |= {"w_grid": "full"} if w_bits >= 2 else {}
+        out |= {"w_lsq_start": "max"} if w_bits >= 3 else {}
+        out |= {"a_lsq_start": "max"} if a_bits >= 3 else {}
+    return out
 
 
 def candidate_costs(config, bits: Sequence[int], cost_key: str) -> dict[str, dict[Pair, float]]:
@@ -226,8 +233,8 @@ def search(
         for name, by in draws:
             chosen, total, _ = allocate(costs, by, budget)
             rules = [
-                (re.escape(n), *chosen[n], rule_options(quantizer, n))
-                if quantizer == "lsq"
+                (re.escape(n), *chosen[n], rule_options(quantizer, n, *chosen[n]))
+                if quantizer != "max_abs"
                 else (re.escape(n), *chosen[n])
                 for n in costs
             ]

@@ -12,7 +12,9 @@ Activations: the measured increase of the loss when layer l's input alone is fak
 bits (one bound per tensor; signed where the model reads a signed input).
 
 Both use the quantizer the searched runs will train with (`quantizer`): "lsq" (learned step sizes,
-`w_bound`/`a_bound` "lsq": bounds at LSQ's start, step 2 mean|x| / sqrt(qmax)) or "max_abs" (the
+`w_bound`/`a_bound` "lsq": bounds at LSQ's start, step 2 mean|x| / sqrt(qmax)), "lsq_full" (learned
+step sizes as the best uniform settings of docs/results.md: kernels on the full grid, `w_grid="full"`;
+bounds at the paper's max where their side has 3 or more bits, at LSQ's start at 2) or "max_abs" (the
 paper's max|W| per channel and the batch's max|x|).
 
 With `measure_bits`, each layer's weights alone are also quantized and the test top-1 measured: the
@@ -62,24 +64,32 @@ def hutchinson_traces(loss_fn: Callable, params, batches: Sequence, key: jax.Arr
     return {path: float(value) / n for path, value in flat.items()}
 
 
-QUANTIZERS = ("lsq", "max_abs")
+QUANTIZERS = ("lsq", "lsq_full", "max_abs")
+
+
+def starts_at_max(quantizer: str, bits: int) -> bool:
+    """Whether a bound of `bits` starts at the paper's max under `quantizer` (module doc): always for
+    "max_abs", never for "lsq", from 3 bits for "lsq_full"."""
+    return quantizer == "max_abs" or (quantizer == "lsq_full" and bits >= 3)
 
 
 def quantize_weight(kernel: jax.Array, bits: int, quantizer: str = "max_abs") -> jax.Array:
     """A kernel fake-quantized per output channel as a run starts quantizing it: max|W| ("max_abs") or
-    LSQ's start (step 2 mean|W| / sqrt(qmax), "lsq")."""
+    LSQ's start (step 2 mean|W| / sqrt(qmax), "lsq"); "lsq_full" on the full grid (`ops.int_range`) from
+    max|W| at 3 or more bits, from LSQ's start at fewer."""
     w = jnp.asarray(kernel, jnp.float32)
-    if quantizer == "lsq":
-        return ops.fake_quant(
-            w, bits, ops.lsq_init_bound(w, bits, True, ops.reduction_axes(w.ndim, "per_channel")), True
-        )
-    return ops.fake_quant_weight(w, bits, "per_channel")
+    if quantizer == "max_abs":
+        return ops.fake_quant_weight(w, bits, "per_channel")
+    axes = ops.reduction_axes(w.ndim, "per_channel")
+    bound = ops.weight_bound(w) if starts_at_max(quantizer, bits) else ops.lsq_init_bound(w, bits, True, axes)
+    q, s = ops.int_codes(w, bits, bound, True, full=quantizer == "lsq_full" and bits >= 2)
+    return q / s
 
 
 def _input_bound(x: jax.Array, bits: int, signed: bool, quantizer: str) -> jax.Array:
-    if quantizer == "lsq":
-        return ops.lsq_init_bound(x, bits, signed, tuple(range(x.ndim)))
-    return jnp.max(jnp.abs(x.astype(jnp.float32)))
+    if starts_at_max(quantizer, bits):
+        return jnp.max(jnp.abs(x.astype(jnp.float32)))
+    return ops.lsq_init_bound(x, bits, signed, tuple(range(x.ndim)))
 
 
 def weight_damage(kernel: np.ndarray, trace: float, bits: int, quantizer: str = "max_abs") -> float:
@@ -130,7 +140,7 @@ def sensitivities(
       bits: candidate bit widths.
       probes: Rademacher probes per batch.
       seed: the probes' seed.
-      quantizer: "lsq" or "max_abs", the quantizer the damages are computed for (module doc).
+      quantizer: "lsq", "lsq_full" or "max_abs", the quantizer the damages are computed for (module doc).
 
     Returns:
       {"loss": the unquantized loss, "layers": {layer: {"weights", "trace", "w": {bits: Omega},

@@ -10,6 +10,7 @@ import pytest
 
 from configs import settings
 from qresnet import cli, config_lib, run_spec, search, sweep, train
+from qresnet.quant import specs
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs/smoke.py"
@@ -145,3 +146,21 @@ def test_sensitivity_then_search_writes_a_sweep_that_dry_runs_with_the_predicted
     # Sensitivities of layers the model does not have (another model's file).
     other = {("renamed" if k == "stem" else k): v for k, v in layers.items()}
     assert "['renamed', 'stem'] are in only one of the sensitivity file and the run's model" in refused(other, "other")
+
+
+def test_lsq_full_rules_carry_the_grid_and_each_sides_start_by_bits():
+    """The searched runs of an "lsq_full" sensitivity train as the best uniform settings do at each width:
+    the full kernel grid, bounds from the paper's at 3 or more bits, from LSQ's at 2."""
+    opts = search.rule_options("lsq_full", "stage1/block0/conv1", 2, 4)
+    assert opts == {"w_bound": "lsq", "a_bound": "lsq", "a_signed": False, "w_grid": "full", "a_lsq_start": "max"}
+    assert search.rule_options("lsq_full", "stem", 8, 8) == {
+        "w_bound": "lsq",
+        "a_bound": "lsq",
+        "w_grid": "full",
+        "w_lsq_start": "max",
+        "a_lsq_start": "max",
+    }
+    plain = {"w_bound": "lsq", "a_bound": "lsq", "a_signed": False}
+    assert search.rule_options("lsq", "stage1/block0/conv1", 3, 3) == plain
+    assert search.rule_options("max_abs", "stem", 4, 4) == {}
+    specs.make_rule((".*", 2, 3, search.rule_options("lsq_full", "x", 2, 3)))  # a valid spec

@@ -27,3 +27,21 @@ def test_weight_damage_is_trace_per_weight_times_the_squared_quantization_error(
     kernel = np.array([[1.0], [0.3]], np.float32)
     assert sensitivity.weight_damage(kernel, trace=2.0, bits=2) == pytest.approx(2.0 / 2 * 0.09, rel=1e-5)
     assert sensitivity.weight_damage(kernel, trace=2.0, bits=8) < sensitivity.weight_damage(kernel, 2.0, 2)
+
+
+def test_lsq_full_quantizes_as_the_best_uniform_settings_start():
+    """ "lsq_full": the full kernel grid, from max|W| at 3 or more bits (w3a3_ends8_full_max) and from LSQ's
+    start at 2 (w2a2_ends8_full)."""
+    from qresnet.quant import ops
+
+    kernel = jnp.array([[1.0], [0.3], [-1.0], [-0.6]])
+    # 3 bits from max|W| = 1: s = 3, codes -4..3, so -1.0 -> -3/3 and 0.3 -> 1/3 as on the symmetric grid.
+    np.testing.assert_allclose(sensitivity.quantize_weight(kernel, 3, "lsq_full")[:, 0], [1.0, 1 / 3, -1.0, -2 / 3])
+    # 2 bits from LSQ's start: bound 2 mean|W| = 1.45, codes -2..1, so -1.0 -> -1.45 (ternary would also give it).
+    bound = ops.lsq_init_bound(kernel, 2, True, (0,))
+    expected = np.clip(np.floor(np.asarray(kernel) / bound + 0.5), -2, 1) * bound
+    np.testing.assert_allclose(sensitivity.quantize_weight(kernel, 2, "lsq_full"), expected, rtol=1e-6)
+    low = jnp.array([[0.1], [-1.0], [0.1], [0.1]])  # -1 reaches the extra code -2 only on the full grid
+    full = sensitivity.quantize_weight(low, 2, "lsq_full")
+    assert float(full[1, 0]) == pytest.approx(-2 * float(ops.lsq_init_bound(low, 2, True, (0,))[0]), rel=1e-6)
+    assert float(sensitivity.quantize_weight(low, 2, "lsq")[1, 0]) > float(full[1, 0])
