@@ -47,13 +47,25 @@ def _params(workdir: Path):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """A one-process run on two devices, and the same run as a two-process job that is killed (both
+    processes) once its first checkpoint is written and then started again, resuming from it."""
     tmp = tmp_path_factory.mktemp("multi")
     # One process with two devices: the same mesh and program as two processes with one each.
     single = _start(tmp / "single", None, 0, 2, tmp / "single.log")
-    assert single.wait(timeout=600) == 0, (tmp / "single.log").read_text()[-3000:]
-    job = _job(tmp / "multi", tmp)
+    workdir = tmp / "multi"
+    job = _job(workdir, tmp)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (workdir / "ckpt" / "1").is_dir():
+        assert all(p.poll() is None for p in job), (tmp / "p0.log").read_text()[-3000:]
+        time.sleep(0.2)
+    for p in job:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert results.read_result(workdir) is None
+    job = _job(workdir, tmp)
     codes = [p.wait(timeout=600) for p in job]
     assert codes == [0, 0], (tmp / "p0.log").read_text()[-3000:] + (tmp / "p1.log").read_text()[-3000:]
+    assert single.wait(timeout=600) == 0, (tmp / "single.log").read_text()[-3000:]
     return tmp
 
 
@@ -70,24 +82,12 @@ def test_two_processes_train_as_one_on_the_same_global_batch(runs):
     assert "process 1 of 2" in (runs / "p1.log").read_text()
 
 
-def test_both_processes_killed_then_restarted_finish_with_the_same_result(runs, tmp_path):
-    workdir = tmp_path / "killed"
-    job = _job(workdir, tmp_path)
-    deadline = time.time() + 600
-    while time.time() < deadline and not (workdir / "ckpt" / "1").is_dir():
-        assert all(p.poll() is None for p in job), (tmp_path / "p0.log").read_text()[-3000:]
-        time.sleep(0.2)
-    for p in job:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-    assert results.read_result(workdir) is None
-    job = _job(workdir, tmp_path)
-    assert [p.wait(timeout=600) for p in job] == [0, 0], (tmp_path / "p0.log").read_text()[-3000:]
-    resumed, uninterrupted = results.read_result(workdir), results.read_result(runs / "multi")
-    assert resumed["resumed_from_epoch"] >= 1
-    assert resumed["top1"] == pytest.approx(uninterrupted["top1"], abs=1e-6)
-    np.testing.assert_allclose(_flat(_params(workdir)), _flat(_params(runs / "multi")), atol=1e-5)
-    assert [r["epoch"] for r in results.read_jsonl(workdir / "metrics.jsonl")] == [1, 2]
+def test_both_processes_killed_then_restarted_finish_with_the_same_result(runs):
+    """The two-process job was killed after its first checkpoint and resumed from it, each epoch
+    recorded once; its losses and weights equal the one-process run's (the test above)."""
+    two = runs / "multi"
+    assert results.read_result(two)["resumed_from_epoch"] >= 1
+    assert [r["epoch"] for r in results.read_jsonl(two / "metrics.jsonl")] == [1, 2]
 
 
 def _flat(tree):
