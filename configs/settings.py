@@ -18,7 +18,7 @@ LSQ_RELU_AMAX = {**LSQ_RELU, "a_lsq_start": "max"}
 # 2 bits where the symmetric grid is ternary.
 FULL = {"w_grid": "full"}
 LSQ_FULL = {**LSQ, **FULL}
-LSQ_RELU_FULL = {**LSQ_RELU, "w_grid": "full"}
+LSQ_RELU_FULL = {**LSQ_RELU, **FULL}
 
 SETTINGS = {
     "bf16": [(".*", None, None)],
@@ -71,6 +71,7 @@ SETTINGS = {
     "w2a2_ends8_max": [("stem|head", 8, 8, LSQ_MAX), (".*", 2, 2, LSQ_RELU_MAX)],
     "w3a3_ends8_amax": [("stem|head", 8, 8, LSQ_AMAX), (".*", 3, 3, LSQ_RELU_AMAX)],
     "w2a2_ends8_amax": [("stem|head", 8, 8, LSQ_AMAX), (".*", 2, 2, LSQ_RELU_AMAX)],
+    "w4a4_ends8_full": [("stem|head", 8, 8, LSQ_FULL), (".*", 4, 4, LSQ_RELU_FULL)],
     "w3a3_ends8_full": [("stem|head", 8, 8, LSQ_FULL), (".*", 3, 3, LSQ_RELU_FULL)],
     "w2a2_ends8_full": [("stem|head", 8, 8, LSQ_FULL), (".*", 2, 2, LSQ_RELU_FULL)],
     "w3a3_ends8_full_max": [("stem|head", 8, 8, {**LSQ_MAX, **FULL}), (".*", 3, 3, {**LSQ_RELU_MAX, **FULL})],

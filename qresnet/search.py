@@ -136,6 +136,13 @@ def parse_budgets(text: str, config, cost_key: str, settings: Mapping[str, Seque
     return out
 
 
+def starts_at_max(quantizer: str, bits: int) -> bool:
+    """Whether a bound of `bits` starts at the paper's max under a sensitivity quantizer
+    (`sensitivity.QUANTIZERS`): always for "max_abs", never for "lsq", from 3 bits for "lsq_full" (where
+    the paper's start trains better, docs/results.md; at 2 bits LSQ's does)."""
+    return quantizer == "max_abs" or (quantizer == "lsq_full" and bits >= 3)
+
+
 def rule_options(quantizer: str, layer: str, w_bits: int = 8, a_bits: int = 8) -> dict[str, Any]:
     """A layer's rule options for the quantizer a sensitivity file was computed for
     (`sensitivity.QUANTIZERS`): learned step sizes for "lsq" and "lsq_full", on an unsigned input grid
@@ -147,8 +154,8 @@ def rule_options(quantizer: str, layer: str, w_bits: int = 8, a_bits: int = 8) -
     out = {"w_bound": "lsq", "a_bound": "lsq", **({} if layer == "stem" else {"a_signed": False})}
     if quantizer == "lsq_full":
         out |= {"w_grid": "full"} if w_bits >= 2 else {}
-        out |= {"w_lsq_start": "max"} if w_bits >= 3 else {}
-        out |= {"a_lsq_start": "max"} if a_bits >= 3 else {}
+        out |= {"w_lsq_start": "max"} if starts_at_max(quantizer, w_bits) else {}
+        out |= {"a_lsq_start": "max"} if starts_at_max(quantizer, a_bits) else {}
     return out
 
 

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from qresnet import resnet
+from qresnet import resnet, search
 from qresnet.quant import ops
 
 
@@ -67,12 +67,6 @@ def hutchinson_traces(loss_fn: Callable, params, batches: Sequence, key: jax.Arr
 QUANTIZERS = ("lsq", "lsq_full", "max_abs")
 
 
-def starts_at_max(quantizer: str, bits: int) -> bool:
-    """Whether a bound of `bits` starts at the paper's max under `quantizer` (module doc): always for
-    "max_abs", never for "lsq", from 3 bits for "lsq_full"."""
-    return quantizer == "max_abs" or (quantizer == "lsq_full" and bits >= 3)
-
-
 def quantize_weight(kernel: jax.Array, bits: int, quantizer: str = "max_abs") -> jax.Array:
     """A kernel fake-quantized per output channel as a run starts quantizing it: max|W| ("max_abs") or
     LSQ's start (step 2 mean|W| / sqrt(qmax), "lsq"); "lsq_full" on the full grid (`ops.int_range`) from
@@ -81,13 +75,13 @@ def quantize_weight(kernel: jax.Array, bits: int, quantizer: str = "max_abs") ->
     if quantizer == "max_abs":
         return ops.fake_quant_weight(w, bits, "per_channel")
     axes = ops.reduction_axes(w.ndim, "per_channel")
-    bound = ops.weight_bound(w) if starts_at_max(quantizer, bits) else ops.lsq_init_bound(w, bits, True, axes)
+    bound = ops.weight_bound(w) if search.starts_at_max(quantizer, bits) else ops.lsq_init_bound(w, bits, True, axes)
     q, s = ops.int_codes(w, bits, bound, True, full=quantizer == "lsq_full" and bits >= 2)
     return q / s
 
 
 def _input_bound(x: jax.Array, bits: int, signed: bool, quantizer: str) -> jax.Array:
-    if starts_at_max(quantizer, bits):
+    if search.starts_at_max(quantizer, bits):
         return jnp.max(jnp.abs(x.astype(jnp.float32)))
     return ops.lsq_init_bound(x, bits, signed, tuple(range(x.ndim)))
 
@@ -243,7 +237,7 @@ def run_sensitivity(
     Spearman correlation with Omega at each of those widths."""
     import time
 
-    from qresnet import checkpoints, config_lib, data, feeds, results, run_spec, search
+    from qresnet import checkpoints, config_lib, data, feeds, results, run_spec
 
     bits = search.check_bits(bits)
     measure_bits = search.check_bits(measure_bits) if measure_bits else ()

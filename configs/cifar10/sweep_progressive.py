@@ -16,10 +16,6 @@ EPOCHS = 20
 STAGES = ("w4a4_ends8_full", "w3a3_ends8_full", "w2a2_ends8_full")
 
 
-def _rules(bits: int):
-    return [("stem|head", 8, 8, settings.LSQ_FULL), (".*", bits, bits, settings.LSQ_RELU_FULL)]
-
-
 def get_config():
     c = sweep_lowbit_long.get_config()
     c.optim.num_epochs = EPOCHS
@@ -28,7 +24,7 @@ def get_config():
 
 def get_sweep():
     return [
-        {"setting": s, "quant.rules": _rules(int(s[1])), "model.width": 1.0, "seed": seed}
+        {"setting": s, "quant.rules": settings.SETTINGS[s], "model.width": 1.0, "seed": seed}
         for seed in sweep_mixed_float.SEEDS
         for s in STAGES
     ]

@@ -55,7 +55,7 @@ _EXACT_CODE = 2**11  # integers up to this are exact in TF32 (10 stored mantissa
 def exact_in_float(spec: QuantSpec, terms: int) -> bool:
     """Whether a sum of `terms` products of this spec's codes is exact as a float32 (or TF32) conv."""
     a_max = ops.int_range(spec.a_bits, bool(spec.a_signed))[1]
-    w_max = -ops.int_range(spec.w_bits, True, spec.w_grid == "full")[0]
+    w_max = -ops.int_range(spec.w_bits, True, spec.w_full_grid)[0]
     return a_max <= _EXACT_CODE and w_max <= _EXACT_CODE and terms * a_max * w_max < 2**24
 
 
@@ -189,6 +189,6 @@ def kernel_codes(kernel: jax.Array, spec: QuantSpec, bound: jax.Array | None = N
     max-abs bound, or with `bound` (a learned one, `w_bound="lsq"`)."""
     if bound is None:
         bound = ops.weight_bound(kernel, spec.w_granularity)
-    q, s = ops.int_codes(kernel, spec.w_bits, bound, True, spec.pow2_scale, spec.w_grid == "full")
+    q, s = ops.int_codes(kernel, spec.w_bits, bound, True, spec.pow2_scale, spec.w_full_grid)
     s = jnp.broadcast_to(s, (kernel.shape[-1],))
     return q.astype(jnp.int8), s.astype(jnp.float32)

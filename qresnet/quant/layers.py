@@ -122,11 +122,6 @@ def _kernel_bound(module, kernel: Array, spec: QuantSpec, train: bool, act_quant
     return bound, _bound_grad_scale(kernel.size // max(bound.size, 1), spec.w_bits, True)
 
 
-def full_grid(spec: QuantSpec) -> bool:
-    """Whether the kernel's grid is the full-range one (`QuantSpec.w_grid`)."""
-    return spec.w_grid == "full"
-
-
 def quantize_input(module: nn.Module, x: Array, spec: QuantSpec, train: bool, act_quant) -> Array:
     """Fake-quantizes a layer input per `spec`, creating state in `module`."""
     if spec.a_bits is None:
@@ -174,7 +169,7 @@ def quantize_kernel(module: nn.Module, kernel: Array, spec: QuantSpec, train: bo
         return kernel
     if spec.w_bound == "lsq":
         bound, g = _kernel_bound(module, kernel, spec, train, act_quant)
-        return ops.lsq_fake_quant(kernel, spec.w_bits, bound, True, g, full_grid(spec))
+        return ops.lsq_fake_quant(kernel, spec.w_bits, bound, True, g, spec.w_full_grid)
     return ops.fake_quant_weight(kernel, spec.w_bits, spec.w_granularity, spec.pow2_scale)
 
 
@@ -182,7 +177,7 @@ def kernel_codes(module: nn.Module, kernel: Array, spec: QuantSpec, train: bool,
     """(q, s_w) of a kernel, `quantize_kernel` = q / s_w, creating state in `module`."""
     if spec.w_bound == "lsq":
         bound, g = _kernel_bound(module, kernel, spec, train, act_quant)
-        return ops.lsq_ste_codes(kernel, spec.w_bits, bound, True, g, full_grid(spec))
+        return ops.lsq_ste_codes(kernel, spec.w_bits, bound, True, g, spec.w_full_grid)
     return ops.weight_ste_codes(kernel, spec.w_bits, spec.w_granularity, spec.pow2_scale)
 
 

@@ -113,7 +113,7 @@ class QuantSpec:
                 "use a_bound='ema_max' or 'fixed' and w_bound='max_abs' with pow2_scale"
             )
 
-        if self.w_grid == "full" and (self.w_bound != "lsq" or self.w_bits == 1):
+        if self.w_full_grid and (self.w_bound != "lsq" or self.w_bits == 1):
             raise SpecError(
                 f"w_grid='full' adds the code -2^(b-1) below a learned kernel bound, but this spec has "
                 f"w_bound={self.w_bound!r} and w_bits={self.w_bits}: set w_bound='lsq' and 2 or more bits, "
@@ -126,6 +126,11 @@ class QuantSpec:
                     f"{side}_lsq_start={start!r} sets where a learned bound starts, but {side}_bound={bound!r} "
                     f"is not learned: set {side}_bound='lsq' or drop {side}_lsq_start"
                 )
+
+    @property
+    def w_full_grid(self) -> bool:
+        """Whether the kernel takes the full two's-complement grid (`w_grid="full"`, `ops.int_range`)."""
+        return self.w_grid == "full"
 
     @property
     def is_float(self) -> bool:
