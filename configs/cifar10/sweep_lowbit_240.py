@@ -1,0 +1,28 @@
+"""Uniform 3 and 2 bits fine-tuned 240 epochs from the paper's 200-epoch float runs (not the 40-epoch
+ones of the other low-bit sweeps), against the bf16 control fine-tuned the same 240 epochs:
+`sweep_lowbit_120`'s recipe (distilled from the float run of each seed, peak lr 0.04), kernels on the
+full grid, the best 3-bit and 2-bit settings; ResNet-20 width 1, seeds 0, 1 and 2:
+
+    qresnet sweep --config configs/cifar10/sweep_seeds.py --root R/float --only '^bf16_'
+    qresnet sweep --config configs/cifar10/sweep_lowbit_240.py --root R/l240 --config.init_from=R/float
+"""
+
+from configs import settings
+from configs.cifar10 import sweep_lowbit_120, sweep_seeds
+
+EPOCHS = 240
+SETTINGS = ("bf16", "w2a2_ends8_full", "w3a3_ends8_full_max")
+
+
+def get_config():
+    c = sweep_lowbit_120.get_config()
+    c.optim.num_epochs = EPOCHS
+    return c
+
+
+def get_sweep():
+    return [
+        {"setting": s, "quant.rules": settings.SETTINGS[s], "model.width": 1.0, "seed": seed}
+        for seed in sweep_seeds.SEEDS
+        for s in SETTINGS
+    ]
