@@ -7,11 +7,10 @@ ResNet-20 width 1, seeds 0 and 1:
     qresnet sweep --config configs/cifar10/sweep_lowbit_120.py --root R/long120 --config.init_from=R/float
 """
 
-from configs import settings
-from configs.cifar10 import sweep_lowbit_long, sweep_mixed_float
+from configs.cifar10 import sweep_lowbit_long
 
 EPOCHS = 120
-ENTRIES = (("bf16", {}), ("w2a2_ends8_full", {}), ("w2a2_ends8_full", {"optim.base_lr": 0.1}))
+ENTRIES = ("bf16", "w2a2_ends8_full", ("w2a2_ends8_full", {"optim.base_lr": 0.1}))
 
 
 def get_config():
@@ -21,8 +20,4 @@ def get_config():
 
 
 def get_sweep():
-    return [
-        {"setting": s, "quant.rules": settings.SETTINGS[s], "model.width": 1.0, "seed": seed, **extra}
-        for seed in sweep_mixed_float.SEEDS
-        for s, extra in ENTRIES
-    ]
+    return sweep_lowbit_long.width1_runs(ENTRIES)

@@ -7,8 +7,7 @@ full grid, the best 3-bit and 2-bit settings; ResNet-20 width 1, seeds 0, 1 and 
     qresnet sweep --config configs/cifar10/sweep_lowbit_240.py --root R/l240 --config.init_from=R/float
 """
 
-from configs import settings
-from configs.cifar10 import sweep_lowbit_120, sweep_seeds
+from configs.cifar10 import sweep_lowbit_120, sweep_lowbit_long, sweep_seeds
 
 EPOCHS = 240
 SETTINGS = ("bf16", "w2a2_ends8_full", "w3a3_ends8_full_max")
@@ -21,8 +20,4 @@ def get_config():
 
 
 def get_sweep():
-    return [
-        {"setting": s, "quant.rules": settings.SETTINGS[s], "model.width": 1.0, "seed": seed}
-        for seed in sweep_seeds.SEEDS
-        for s in SETTINGS
-    ]
+    return sweep_lowbit_long.width1_runs(SETTINGS, sweep_seeds.SEEDS)

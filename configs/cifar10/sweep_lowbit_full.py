@@ -7,8 +7,7 @@ epochs (distilled from each seed's float run); the 2-bit full grid also at LSQ's
     qresnet sweep --config configs/cifar10/sweep_lowbit_full.py --root R/full --config.init_from=R/float
 """
 
-from configs import settings
-from configs.cifar10 import sweep_lowbit_long, sweep_mixed_float
+from configs.cifar10 import sweep_lowbit_long
 
 EPOCHS = 60
 SETTINGS = ("bf16", "w2a2_ends8", "w2a2_ends8_full", "w3a3_ends8_full", "w3a3_ends8_full_max", "w2a2_ends8_full_amax")
@@ -22,9 +21,4 @@ def get_config():
 
 
 def get_sweep():
-    entries = [(s, {}) for s in SETTINGS] + [(s, {"optim.weight_decay": wd}) for s, wd in LOW_DECAY.items()]
-    return [
-        {"setting": s, "quant.rules": settings.SETTINGS[s], "model.width": 1.0, "seed": seed, **extra}
-        for seed in sweep_mixed_float.SEEDS
-        for s, extra in entries
-    ]
+    return sweep_lowbit_long.width1_runs([*SETTINGS, *((s, {"optim.weight_decay": wd}) for s, wd in LOW_DECAY.items())])

@@ -31,9 +31,16 @@ def get_config():
     return c
 
 
-def get_sweep():
+def width1_runs(entries, seeds=sweep_mixed_float.SEEDS):
+    """Sweep entries of ResNet-20 width 1 for every seed: each entry a setting name, or (setting,
+    {override: value}) for a variant of it (the low-bit sweeps that build on this recipe use it too)."""
+    pairs = [(e, {}) if isinstance(e, str) else e for e in entries]
     return [
-        {"setting": s, "quant.rules": settings.SETTINGS[s], "model.width": 1.0, "seed": seed}
-        for seed in sweep_mixed_float.SEEDS
-        for s in SETTINGS
+        {"setting": s, "quant.rules": settings.SETTINGS[s], "model.width": 1.0, "seed": seed, **extra}
+        for seed in seeds
+        for s, extra in pairs
     ]
+
+
+def get_sweep():
+    return width1_runs(SETTINGS)

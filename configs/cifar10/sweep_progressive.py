@@ -9,8 +9,7 @@ learned step sizes; ResNet-20 width 1, seeds 0 and 1:
     qresnet sweep --config configs/cifar10/sweep_progressive.py --root R/p2 --only w2a2 --config.init_from=R/p3
 """
 
-from configs import settings
-from configs.cifar10 import sweep_lowbit_long, sweep_mixed_float
+from configs.cifar10 import sweep_lowbit_long
 
 EPOCHS = 20
 STAGES = ("w4a4_ends8_full", "w3a3_ends8_full", "w2a2_ends8_full")
@@ -23,8 +22,4 @@ def get_config():
 
 
 def get_sweep():
-    return [
-        {"setting": s, "quant.rules": settings.SETTINGS[s], "model.width": 1.0, "seed": seed}
-        for seed in sweep_mixed_float.SEEDS
-        for s in STAGES
-    ]
+    return sweep_lowbit_long.width1_runs(STAGES)
