@@ -62,6 +62,7 @@ ARCHS: dict[str, Arch] = {
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9  # running averages: momentum * old + (1 - momentum) * batch
 
 
 class GroupBatchNorm(nn.Module):
@@ -78,7 +79,7 @@ class GroupBatchNorm(nn.Module):
 
     group: int
     use_running_average: bool = False
-    momentum: float = 0.9
+    momentum: float = BN_MOMENTUM
     epsilon: float = BN_EPSILON
     dtype: Any = None
     scale_init: Any = nn.initializers.ones_init()
@@ -237,7 +238,9 @@ class ResNet(nn.Module):
             conv = functools.partial(conv, stat_group=self.replica_size)
             dense = functools.partial(dense, stat_group=self.replica_size)
             bn = functools.partial(GroupBatchNorm, self.replica_size)
-        norm = functools.partial(bn, use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON, dtype=self.dtype)
+        norm = functools.partial(
+            bn, use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype
+        )
         if self.fold_bn:
             conv = functools.partial(conv, use_bias=True)
             norm = _no_norm
