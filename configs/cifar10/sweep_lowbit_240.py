@@ -5,6 +5,12 @@ full grid, the best 3-bit and 2-bit settings; ResNet-20 width 1, seeds 0, 1 and 
 
     qresnet sweep --config configs/cifar10/sweep_seeds.py --root R/float --only '^bf16_'
     qresnet sweep --config configs/cifar10/sweep_lowbit_240.py --root R/l240 --config.init_from=R/float
+
+A second stage at 2 bits from the 3-bit runs (a root that holds only them, so that each 2-bit run
+starts from the 3-bit run of its seed; distilled still from the float run the chain starts at):
+
+    qresnet sweep --config configs/cifar10/sweep_lowbit_240.py --root R/w3 --config.init_from=R/float --only '^w3a3'
+    qresnet sweep --config configs/cifar10/sweep_lowbit_240.py --root R/p2 --config.init_from=R/w3 --only '^w2a2'
 """
 
 from configs.cifar10 import sweep_lowbit_120, sweep_lowbit_long, sweep_seeds
