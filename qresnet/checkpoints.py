@@ -67,6 +67,12 @@ def manager(workdir: Path):
     return ocp.CheckpointManager(workdir / "ckpt", options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
 
 
+def epochs_saved(workdir: str | Path) -> int:
+    """The epochs a workdir's newest checkpoint holds (its ckpt/ folder's step names), 0 without one."""
+    steps = [int(p.name) for p in (Path(workdir) / "ckpt").glob("*") if p.name.isdigit()]
+    return max(steps, default=0)
+
+
 def save(mgr, state: TrainState, epoch: int) -> None:
     """Saves `state` as the checkpoint of `epoch` (asynchronously; `mgr.wait_until_finished`)."""
     import orbax.checkpoint as ocp

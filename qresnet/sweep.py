@@ -8,9 +8,8 @@ time on each (several small runs share a GPU; the first epochs' compilation of
 one overlaps the training of another). With `mps`, the runs' processes share
 each GPU through the CUDA Multi-Process Service, so their kernels can run at the
 same time instead of taking turns (small models leave most of a GPU idle; docs/performance.md
-has the sweep's wall time each way).
-SIGTERM to the sweep launches nothing more and stops
-the running runs at their next epoch's end with a checkpoint (exit code 143).
+has the sweep's wall time each way). SIGTERM to the sweep launches nothing more and stops the
+running runs at their next epoch's end with a checkpoint (exit code 143).
 Each invocation that runs anything appends its wall time and each run's time to
 `root/sweep_log.jsonl`, so a sweep finished over several invocations (preempted,
 time-limited jobs) still reports its whole wall time. While it runs, an invocation keeps
@@ -240,13 +239,15 @@ def _trained_otherwise(workdir: Path, cfg) -> str:
 
 
 def _print_plan(root: Path, runs, others: Mapping[str, str]) -> None:
-    """--dry-run: each run's costs and status (done, to run, or trained with another config)."""
-    from qresnet import run_spec
+    """--dry-run: each run's costs and status (done, to run, to resume, or trained with another config)."""
+    from qresnet import checkpoints, run_spec
 
     print(f"{'run':28s} {'linear':>8s} {'quadratic':>9s} {'memory':>8s}  status")
     for name, _, cfg in runs:
         ratio = run_spec.config_cost(cfg)["ratio"]
-        status = "done" if (root / name / "result.json").exists() else "to run"
+        saved = checkpoints.epochs_saved(root / name)
+        status = f"to resume ({saved} of {cfg.optim.num_epochs} epochs saved)" if saved else "to run"
+        status = "done" if (root / name / "result.json").exists() else status
         status = f"trained otherwise ({others[name]})" if name in others else status
         print(f"{name:28s} {ratio['linear']:8.4f} {ratio['quadratic']:9.4f} {ratio['memory']:8.4f}  {status}")
     print(_running_status(root))

@@ -26,6 +26,17 @@ def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_dry_run_shows_a_run_stopped_with_a_checkpoint_as_to_resume(tmp_path, capsys):
+    paper = str(ROOT / "configs/cifar10/sweep_paper.py")
+    (tmp_path / "bf16_width0.5" / "ckpt" / "17").mkdir(parents=True)
+    (tmp_path / "bf16_width0.5" / "ckpt" / "16").mkdir()
+    (tmp_path / "w8a8_width0.5" / "ckpt").mkdir(parents=True)  # made, nothing saved yet
+    assert sweep.run_sweep(paper, str(tmp_path), dry_run=True, only="width0.5$") == 0
+    status = {line.split()[0]: line.split(None, 4)[4] for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert status["bf16_width0.5"] == "to resume (17 of 60 epochs saved)"
+    assert status["w8a8_width0.5"] == "to run"
+
+
 def test_only_selects_runs_by_name_and_rejects_a_regex_that_matches_none(tmp_path, capsys):
     paper = str(ROOT / "configs/cifar10/sweep_paper.py")
     names = [name for name, _, _ in sweep.expand(paper, only="^w4a4_width1")]
