@@ -5,7 +5,7 @@ points leave running averages of networks that no longer exist (Nagel et al. 202
 Oscillations in Quantization-Aware Training"); the re-estimate is their average over `--batches`
 batches, not an exponential one.
 
-    python -m benchmarks.bn_reestimate --workdir RUN [--workdir RUN2 ...] [--batches 200] [--out F.jsonl]
+    python -m benchmarks.bn_reestimate --workdir RUN [--workdir RUN2 ...] [--batches 100] [--out F.jsonl]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from benchmarks import record
 from qresnet import checkpoints, data, feeds, resnet, results, run_spec, steps
 
 
-def test_top1(run, state, arrays: data.Arrays) -> float:
+def eval_top1(run, state, arrays: data.Arrays) -> float:
     """The test top-1 of `state`, as the trainer evaluates it."""
     batches = feeds.eval_batches(arrays.test_images, arrays.test_labels.astype(np.int32), run.eval_batch_size)
     _, correct = jax.jit(functools.partial(steps.evaluate_all, run))(state, *batches)
@@ -58,15 +58,15 @@ def reestimated_stats(run, state, images: np.ndarray, batches: int, seed: int = 
     return jax.tree.map(lambda t: t / batches, total)
 
 
-def bn_reestimate(workdir, batches: int = 200, seed: int = 0) -> dict:
+def bn_reestimate(workdir, batches: int = 100, seed: int = 0) -> dict:
     """The row of one run: test top-1 with its running statistics and with re-estimated ones."""
     config = checkpoints.run_config(workdir)
     run = run_spec.finished_run_spec(config)
     state = checkpoints.restore_final(run, workdir)
     arrays = feeds.load_arrays(run_spec.data_spec(config))
-    before = test_top1(run, state, arrays)
+    before = eval_top1(run, state, arrays)
     stats = reestimated_stats(run, state, arrays.train_images, batches, seed)
-    after = test_top1(run, state.replace(batch_stats=stats), arrays)
+    after = eval_top1(run, state.replace(batch_stats=stats), arrays)
     return {
         "workdir": str(workdir),
         "setting": config.setting,
@@ -82,7 +82,7 @@ def bn_reestimate(workdir, batches: int = 200, seed: int = 0) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", action="append", required=True)
-    p.add_argument("--batches", type=int, default=200, help="training batches to average (default 200)")
+    p.add_argument("--batches", type=int, default=100, help="training batches to average (default 100)")
     p.add_argument("--out", help="append each row to this JSONL file")
     ns = p.parse_args(argv)
     rows = []
