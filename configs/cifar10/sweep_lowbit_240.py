@@ -2,7 +2,7 @@
 ones of the other low-bit sweeps), against the bf16 control fine-tuned the same 240 epochs:
 `sweep_lowbit_120`'s recipe (distilled from the float run of each seed, peak lr 0.04), kernels on the
 full grid, the best 3-bit and 2-bit settings, and 2 bits again at APoT's 2-bit weight decay (3e-5
-instead of 5e-4: decay pulls low-bit kernels into the zero bin); ResNet-20 width 1, seeds 0, 1 and 2:
+instead of 5e-4, against decay pulling low-bit kernels into the zero bin); ResNet-20 width 1, seeds 0, 1 and 2:
 
     qresnet sweep --config configs/cifar10/sweep_seeds.py --root R/float --only '^bf16_'
     qresnet sweep --config configs/cifar10/sweep_lowbit_240.py --root R/l240 --config.init_from=R/float
