@@ -19,6 +19,9 @@ LSQ_RELU_AMAX = {**LSQ_RELU, "a_lsq_start": "max"}
 FULL = {"w_grid": "full"}
 LSQ_FULL = {**LSQ, **FULL}
 LSQ_RELU_FULL = {**LSQ_RELU, **FULL}
+# Kernels' straight-through gradient also beyond the learned bound (APoT's; LSQ's is zero there, so at 2 bits
+# the weights past the bound learn only from weight decay).
+PASS = {"w_ste": "pass"}
 
 SETTINGS = {
     "bf16": [(".*", None, None)],
@@ -74,6 +77,7 @@ SETTINGS = {
     "w4a4_ends8_full": [("stem|head", 8, 8, LSQ_FULL), (".*", 4, 4, LSQ_RELU_FULL)],
     "w3a3_ends8_full": [("stem|head", 8, 8, LSQ_FULL), (".*", 3, 3, LSQ_RELU_FULL)],
     "w2a2_ends8_full": [("stem|head", 8, 8, LSQ_FULL), (".*", 2, 2, LSQ_RELU_FULL)],
+    "w2a2_ends8_full_pass": [("stem|head", 8, 8, {**LSQ_FULL, **PASS}), (".*", 2, 2, {**LSQ_RELU_FULL, **PASS})],
     "w3a3_ends8_full_max": [("stem|head", 8, 8, {**LSQ_MAX, **FULL}), (".*", 3, 3, {**LSQ_RELU_MAX, **FULL})],
     "w2a2_ends8_full_amax": [("stem|head", 8, 8, {**LSQ_AMAX, **FULL}), (".*", 2, 2, {**LSQ_RELU_AMAX, **FULL})],
     "w4a4_ends8_lsq_deploy": [

@@ -190,6 +190,30 @@ def test_full_weight_grid_has_four_levels_at_two_bits_in_both_layer_paths():
         np.testing.assert_allclose(layer.apply(v, x, act_quant=True), x_hat @ w_hat, rtol=2e-2, atol=2e-2)
 
 
+def test_kernel_ste_pass_trains_weights_past_the_bound_in_both_layer_paths():
+    """w_ste="pass": a kernel value past its learned bound gets a gradient (LSQ's "clipped" gives it none),
+    alike where the layer multiplies fake-quantized values and where it multiplies codes; the output and
+    the bound's gradient are the same."""
+    x = jax.random.normal(jax.random.key(0), (4, 8))
+    for a_granularity in ("per_channel", "per_tensor"):
+        grads, outs = {}, {}
+        for ste in ("clipped", "pass"):
+            spec = QuantSpec(
+                w_bits=2, a_bits=8, w_bound="lsq", a_bound="lsq", w_ste=ste, a_signed=True, a_granularity=a_granularity
+            )
+            layer = QDense(3, spec=spec, use_bias=False)
+            v = layer.init(jax.random.key(1), x)
+            params = {
+                **v["params"],
+                "kernel": v["params"]["kernel"].at[0, 0].set(10 * v["quant_stats"]["kernel_bound"][0]),
+            }
+            loss = lambda p, layer=layer, v=v: jnp.sum(jnp.sin(layer.apply({**v, "params": p}, x, act_quant=True)))  # noqa: E731
+            outs[ste], grads[ste] = loss(params), jax.grad(loss)(params)
+        assert float(outs["clipped"]) == float(outs["pass"]), a_granularity
+        assert float(grads["clipped"]["kernel"][0, 0]) == 0.0 and float(grads["pass"]["kernel"][0, 0]) != 0.0
+        np.testing.assert_array_equal(grads["clipped"]["kernel_bound_offset"], grads["pass"]["kernel_bound_offset"])
+
+
 def test_learned_bound_pushed_below_zero_is_held_positive_and_keeps_learning():
     """An offset that would make the bound negative quantizes with a small positive bound (not to 0, a
     dead channel) and still gets a gradient, so the bound can come back."""

@@ -194,6 +194,22 @@ def test_full_signed_grid_has_2_to_the_bits_levels_and_the_lsq_gradient(bits):
     assert float(gb) == pytest.approx(-(n + 1) / n, rel=1e-6)  # d(q * step)/d bound at q = -(n+1)
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_pass_outside_passes_the_gradient_beyond_the_bound_and_changes_nothing_else(full):
+    """pass_outside (QuantSpec.w_ste="pass"): values past either end of the grid get the gradient they
+    get inside; the output and the bound's gradient stay LSQ's."""
+    x = jnp.array([-3.0, -0.4, 0.3, 2.5])  # the ends and two inside, for a bound of 1 at 2 bits
+    quant = lambda v, b, p: ops.lsq_fake_quant(v, 2, b, True, 0.5, full=full, pass_outside=p)  # noqa: E731
+    np.testing.assert_array_equal(quant(x, 1.0, True), quant(x, 1.0, False))
+    gx = {p: jax.grad(lambda v, p=p: (quant(v, 1.0, p) * jnp.arange(1.0, 5.0)).sum())(x) for p in (False, True)}
+    np.testing.assert_array_equal(gx[False], [0.0, 2.0, 3.0, 0.0])
+    np.testing.assert_array_equal(gx[True], [1.0, 2.0, 3.0, 4.0])
+    gb = [jax.grad(lambda b, p=p: (quant(x, b, p) * jnp.arange(1.0, 5.0)).sum())(1.0) for p in (False, True)]
+    assert float(gb[0]) == float(gb[1]) != 0.0
+    q, s = ops.lsq_ste_codes(x, 2, 1.0, True, 0.5, full=full, pass_outside=True)
+    np.testing.assert_array_equal(q / s, quant(x, 1.0, False))
+
+
 @pytest.mark.parametrize("bits,signed", [(1, True), (4, False)])
 def test_full_grid_is_signed_of_two_or_more_bits(bits, signed):
     with pytest.raises(ValueError, match="full-range grid is a signed grid of 2 or more bits"):

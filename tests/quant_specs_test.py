@@ -86,11 +86,19 @@ def test_full_weight_grid_needs_a_learned_kernel_bound_of_two_or_more_bits():
         specs.QuantSpec(w_bits=1, w_bound="lsq", w_grid="full")
 
 
+def test_kernel_ste_names_a_gradient_and_needs_a_learned_kernel_bound():
+    assert specs.QuantSpec(w_bits=2, w_bound="lsq", w_ste="pass").w_ste == "pass"
+    with pytest.raises(specs.SpecError, match="w_ste must be one of"):
+        specs.QuantSpec(w_bits=2, w_bound="lsq", w_ste="through")
+    with pytest.raises(specs.SpecError, match="w_bound='max_abs' clips nothing"):
+        specs.make_rule((".*", 2, 2, {"w_ste": "pass"}))
+
+
 def test_options_added_later_are_left_out_of_records_at_their_default():
     """A run recorded before w_grid (or the learned bounds' starts) existed keeps its identity: its record
     reads the same as today's spec at the default, and a set option is recorded."""
     spec = specs.QuantSpec(w_bits=4, a_bits=4, w_bound="lsq")
-    assert not {"w_grid", "w_lsq_start", "a_lsq_start"} & set(spec.to_dict())
+    assert not {"w_grid", "w_lsq_start", "a_lsq_start", "w_ste"} & set(spec.to_dict())
     assert specs.QuantSpec(**spec.to_dict()) == spec
     full = specs.QuantSpec(w_bits=2, w_bound="lsq", w_grid="full", a_lsq_start="mean")
     assert full.to_dict()["w_grid"] == "full" and specs.specs_from_json(specs.specs_to_json({"a": full}))["a"] == full

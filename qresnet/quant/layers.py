@@ -169,7 +169,7 @@ def quantize_kernel(module: nn.Module, kernel: Array, spec: QuantSpec, train: bo
         return kernel
     if spec.w_bound == "lsq":
         bound, g = _kernel_bound(module, kernel, spec, train, act_quant)
-        return ops.lsq_fake_quant(kernel, spec.w_bits, bound, True, g, spec.w_full_grid)
+        return ops.lsq_fake_quant(kernel, spec.w_bits, bound, True, g, spec.w_full_grid, spec.w_ste == "pass")
     return ops.fake_quant_weight(kernel, spec.w_bits, spec.w_granularity, spec.pow2_scale)
 
 
@@ -177,7 +177,7 @@ def kernel_codes(module: nn.Module, kernel: Array, spec: QuantSpec, train: bool,
     """(q, s_w) of a kernel, `quantize_kernel` = q / s_w, creating state in `module`."""
     if spec.w_bound == "lsq":
         bound, g = _kernel_bound(module, kernel, spec, train, act_quant)
-        return ops.lsq_ste_codes(kernel, spec.w_bits, bound, True, g, spec.w_full_grid)
+        return ops.lsq_ste_codes(kernel, spec.w_bits, bound, True, g, spec.w_full_grid, spec.w_ste == "pass")
     return ops.weight_ste_codes(kernel, spec.w_bits, spec.w_granularity, spec.pow2_scale)
 
 

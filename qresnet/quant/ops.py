@@ -96,12 +96,15 @@ def bias_on_grid(bias: jax.Array, scale: jax.Array) -> jax.Array:
     return (b + lax.stop_gradient(q - b)).astype(bias.dtype)
 
 
-def _ste_codes(x, bound, bits, signed, bound_grad: bool, pow2: bool = False, full: bool = False):
+def _ste_codes(
+    x, bound, bits, signed, bound_grad: bool, pow2: bool = False, full: bool = False, pass_outside: bool = False
+):
     """(q, s): codes q = clip-round(x*s) with straight-through gradients and the scale s.
 
     Where bound <= 0, q = 0 and s = 1. With bound_grad=False no gradient reaches
     the bound (the paper's quantizers); with True the bound gets the LSQ gradient
     through both q and s. q is float32. `full`: the full-range signed grid (`int_range`).
+    `pass_outside`: x's gradient passes beyond the clip range too (else it is zero there).
     """
     x = x.astype(jnp.float32)
     bound = jnp.asarray(bound, jnp.float32)
@@ -112,7 +115,11 @@ def _ste_codes(x, bound, bits, signed, bound_grad: bool, pow2: bool = False, ful
     v = x * s
     inside = (v >= qmin) & (v <= qmax)
     # Straight-through: identity inside the clip range, zero outside.
-    v_clipped = jnp.where(inside, v, lax.stop_gradient(jnp.clip(v, qmin, qmax)))
+    held = lax.stop_gradient(jnp.clip(v, qmin, qmax))
+    if pass_outside:
+        # Forward value unchanged (x - x is 0); x gets the gradient it gets inside, the bound none more.
+        held = held + (x - lax.stop_gradient(x)) * lax.stop_gradient(s)
+    v_clipped = jnp.where(inside, v, held)
     q = v_clipped + lax.stop_gradient(_round(v_clipped, bits, signed) - v_clipped)
     return jnp.where(positive, q, 0.0), jnp.where(positive, s, 1.0)
 
@@ -144,9 +151,18 @@ def ste_codes(
     return _ste_codes(x, bound, bits, signed, bound_grad=False, pow2=pow2)
 
 
-def lsq_ste_codes(x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad_scale: float, full: bool = False):
+def lsq_ste_codes(
+    x: jax.Array,
+    bits: int,
+    bound: jax.Array,
+    signed: bool,
+    grad_scale: float,
+    full: bool = False,
+    pass_outside: bool = False,
+):
     """`ste_codes` with the LSQ gradient into the bound (see `lsq_fake_quant`)."""
-    return _ste_codes(x, _lsq_bound(bound, grad_scale), bits, signed, bound_grad=True, full=full)
+    bound = _lsq_bound(bound, grad_scale)
+    return _ste_codes(x, bound, bits, signed, bound_grad=True, full=full, pass_outside=pass_outside)
 
 
 def _lsq_bound(bound, grad_scale):
@@ -240,7 +256,13 @@ def fake_quant(x: jax.Array, bits: int, bound: jax.Array, signed: bool, pow2: bo
 
 
 def lsq_fake_quant(
-    x: jax.Array, bits: int, bound: jax.Array, signed: bool, grad_scale: float, full: bool = False
+    x: jax.Array,
+    bits: int,
+    bound: jax.Array,
+    signed: bool,
+    grad_scale: float,
+    full: bool = False,
+    pass_outside: bool = False,
 ) -> jax.Array:
     """Fake quantizer with a learned bound (LSQ, Esser et al. 2020).
 
@@ -257,11 +279,13 @@ def lsq_fake_quant(
       grad_scale: factor applied to the bound's gradient only.
       full: the full-range signed grid (`int_range`): the bound is the positive end, the grid reaches
         -bound * 2^(b-1) / (2^(b-1)-1) below zero.
+      pass_outside: x's gradient passes straight through beyond the clip range as well (APoT's
+        kernels), instead of LSQ's zero there; the forward value and the bound's gradient are the same.
 
     Returns:
       The dequantized array, same shape and dtype as x.
     """
-    q, s = _ste_codes(x, _lsq_bound(bound, grad_scale), bits, signed, bound_grad=True, full=full)
+    q, s = lsq_ste_codes(x, bits, bound, signed, grad_scale, full, pass_outside)
     return (q / s).astype(x.dtype)
 
 

@@ -20,6 +20,7 @@ WEIGHT_BOUND_METHODS = ("max_abs", "lsq")
 GRANULARITIES = ("per_channel", "per_tensor")
 LSQ_STARTS = ("mean", "max")
 WEIGHT_GRIDS = ("symmetric", "full")
+WEIGHT_STES = ("clipped", "pass")
 
 
 class SpecError(ValueError):
@@ -69,6 +70,9 @@ class QuantSpec:
       w_grid: the kernel's signed grid: "symmetric" (the paper's codes -(2^(b-1)-1)..2^(b-1)-1, ternary
         at 2 bits) or "full" (also -2^(b-1), as LSQ's weights: {-2, -1, 0, 1} at 2 bits, 4 levels for 3;
         `ops.int_range`); "full" needs a learned kernel bound (w_bound="lsq") and 2 or more bits.
+      w_ste: the kernel's straight-through gradient beyond a learned bound: "clipped" (LSQ's: none, so
+        a weight past the bound learns only from weight decay) or "pass" (APoT's: as inside the range);
+        the forward pass and the bound's gradient are the same. "pass" needs w_bound="lsq".
     """
 
     w_bits: int | None = None
@@ -84,6 +88,7 @@ class QuantSpec:
     w_lsq_start: str = "mean"
     a_lsq_start: str = "mean"
     w_grid: str = "symmetric"
+    w_ste: str = "clipped"
 
     def __post_init__(self):
         _check_bits(self.w_bits, "w_bits")
@@ -96,6 +101,7 @@ class QuantSpec:
             ("w_lsq_start", LSQ_STARTS),
             ("a_lsq_start", LSQ_STARTS),
             ("w_grid", WEIGHT_GRIDS),
+            ("w_ste", WEIGHT_STES),
         ):
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -118,6 +124,11 @@ class QuantSpec:
                 f"w_grid='full' adds the code -2^(b-1) below a learned kernel bound, but this spec has "
                 f"w_bound={self.w_bound!r} and w_bits={self.w_bits}: set w_bound='lsq' and 2 or more bits, "
                 "or drop w_grid"
+            )
+        if self.w_ste != "clipped" and self.w_bound != "lsq":
+            raise SpecError(
+                f"w_ste={self.w_ste!r} sets the kernel's gradient beyond a learned bound, but w_bound="
+                f"{self.w_bound!r} clips nothing (max|W|): set w_bound='lsq' or drop w_ste"
             )
         for side, bound in (("w", self.w_bound), ("a", self.a_bound)):
             start = getattr(self, f"{side}_lsq_start")
@@ -146,7 +157,7 @@ class QuantSpec:
 
 FLOAT = QuantSpec()
 # Options added after runs were recorded: omitted from a spec's record at their default (`QuantSpec.to_dict`).
-_OMITTED_AT_DEFAULT = ("w_lsq_start", "a_lsq_start", "w_grid")
+_OMITTED_AT_DEFAULT = ("w_lsq_start", "a_lsq_start", "w_grid", "w_ste")
 _DEFAULTS = dataclasses.asdict(FLOAT)
 _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(QuantSpec))[2:]
 
