@@ -114,7 +114,7 @@ def _ste_codes(
     qmin, qmax = int_range(bits, signed, full)
     v = x * s
     inside = (v >= qmin) & (v <= qmax)
-    # Straight-through: identity inside the clip range, zero outside.
+    # Straight-through: identity inside the clip range, zero outside (identity too with pass_outside).
     held = lax.stop_gradient(jnp.clip(v, qmin, qmax))
     if pass_outside:
         # Forward value unchanged (x - x is 0); x gets the gradient it gets inside, the bound none more.
