@@ -21,11 +21,12 @@ from benchmarks import record
 from qresnet import checkpoints, data, feeds, resnet, results, run_spec, steps
 
 
-def eval_top1(run, state, arrays: data.Arrays) -> float:
-    """The test top-1 of `state`, as the trainer evaluates it."""
+def top1_on_test(run, arrays: data.Arrays):
+    """A function of a state giving its test top-1 as the trainer evaluates it: the batches and the
+    compiled evaluation are made once, for every state it is called with."""
     batches = feeds.eval_batches(arrays.test_images, arrays.test_labels.astype(np.int32), run.eval_batch_size)
-    _, correct = jax.jit(functools.partial(steps.evaluate_all, run))(state, *batches)
-    return float(correct) / len(arrays.test_labels)
+    evaluate = jax.jit(functools.partial(steps.evaluate_all, run))
+    return lambda state: float(evaluate(state, *batches)[1]) / len(arrays.test_labels)
 
 
 def reestimated_stats(run, state, images: np.ndarray, batches: int, seed: int = 0):
@@ -64,9 +65,9 @@ def bn_reestimate(workdir, batches: int = 100, seed: int = 0) -> dict:
     run = run_spec.finished_run_spec(config)
     state = checkpoints.restore_final(run, workdir)
     arrays = feeds.load_arrays(run_spec.data_spec(config))
-    before = eval_top1(run, state, arrays)
-    stats = reestimated_stats(run, state, arrays.train_images, batches, seed)
-    after = eval_top1(run, state.replace(batch_stats=stats), arrays)
+    top1 = top1_on_test(run, arrays)
+    before = top1(state)
+    after = top1(state.replace(batch_stats=reestimated_stats(run, state, arrays.train_images, batches, seed)))
     return {
         "workdir": str(workdir),
         "setting": config.setting,
