@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.input_pipeline import synthetic_jpeg
+from benchmarks.synthetic_jpegs import synthetic_jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/imagenet/resnet50_w4a4_ends8.py"

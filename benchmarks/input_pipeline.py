@@ -36,132 +36,19 @@ batch 256 float step, docs/performance.md).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import itertools
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks import record
-from benchmarks.thread_sampler import ThreadSampler
-from qresnet import imagenet_input, nvjpeg, results
-
-
-def synthetic_jpeg(h: int, w: int, rng: np.random.Generator, grey: bool = False) -> bytes:
-    """A photo-like h x w JPEG (smooth colour fields plus noise), quality 90."""
-    from PIL import Image
-
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    f = rng.uniform(5, 40, 6)
-    img = np.stack([np.sin(x / f[c] + c) * 60 + np.cos(y / f[c + 3]) * 60 + 128 for c in range(3)], -1)
-    img = (img + rng.normal(0, 12, img.shape)).clip(0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img[..., 0] if grey else img).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def write_jpegs(path: Path, n: int, seed: int = 0, sizes=((300, 500), (350, 600))) -> None:
-    """n synthetic photo-like JPEGs (`synthetic_jpeg`) as one .npz (bytes + offsets)."""
-    rng = np.random.default_rng(seed)
-    blobs = []
-    for _ in range(n):
-        h, w = (int(rng.integers(lo, hi + 1)) for lo, hi in sizes)
-        blobs.append(np.frombuffer(synthetic_jpeg(h, w, rng), np.uint8))
-    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
-    labels = rng.integers(0, 1000, n).astype(np.int32)
-    results.atomic_write_npz(path, {"jpeg": np.concatenate(blobs), "offsets": offsets, "labels": labels})
-
-
-def shrink_jpeg(data: bytes, max_side: int, quality: int = 90) -> bytes:
-    """The JPEG re-encoded at `quality` with its longer side `max_side` (area-averaged, OpenCV's
-    INTER_AREA); unchanged if it is no larger: what a copy of a dataset prepared at reduced resolution
-    (FFCV's max_resolution) would hold, whose CPU decoding costs less. EXIF orientation is ignored,
-    as by qresnet's decoders.
-
-    Args:
-      data: the JPEG file's bytes.
-      max_side: the longest side kept, in pixels (> 0).
-      quality: JPEG quality of the re-encoded file (1-100).
-
-    Returns:
-      JPEG bytes.
-    """
-    from PIL import Image
-
-    if max_side <= 0 or not 1 <= quality <= 100:
-        raise ValueError(f"max_side must be > 0 and quality 1-100, got max_side={max_side}, quality={quality}")
-    width, height = Image.open(io.BytesIO(data)).size  # the header only
-    if max(width, height) <= max_side:
-        return data
-    cv2 = imagenet_input._cv2()
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        raise ValueError(f"OpenCV cannot decode this image ({len(data)} bytes)")
-    r = max_side / max(width, height)
-    size = (max(1, round(width * r)), max(1, round(height * r)))
-    small = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
-    ok, out = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("OpenCV could not encode the shrunk image")
-    return out.tobytes()
-
-
-def shrink_jpegs(src: Path, dst: Path, max_side: int, quality: int = 90) -> None:
-    """The file's JPEGs as a copy prepared at reduced resolution would hold them (`shrink_jpeg`)."""
-    with np.load(src) as z:
-        jpeg, offsets, labels = z["jpeg"], z["offsets"], z["labels"]
-    blobs = [
-        np.frombuffer(shrink_jpeg(jpeg[a:b].tobytes(), max_side, quality), np.uint8)
-        for a, b in zip(offsets[:-1], offsets[1:])
-    ]
-    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
-    results.atomic_write_npz(dst, {"jpeg": np.concatenate(blobs), "offsets": offsets, "labels": labels})
-
-
-_LOAD_LOCK = threading.Lock()
-
-
-class JpegSource:
-    """Random access to the file's examples as JPEG bytes (as `imagenet_input.open_source` reads them).
-
-    Holds only the path, so it pickles cheaply to grain's worker processes; each
-    process maps the file on first use. `length` (default: the file's count) makes a longer
-    source that cycles through the file's JPEGs: decoding costs the same whether or not an
-    image was seen before, and making photo-sized JPEGs is slow.
-    """
-
-    def __init__(self, path: str | Path, length: int = 0):
-        self.path = str(path)
-        self._z = None
-        with np.load(self.path) as z:
-            self._distinct = len(z["labels"])
-        self._n = length or self._distinct
-
-    def _arrays(self):
-        # grain's threads read items side by side: one of them loads the file. (Parsing .npy headers
-        # in several threads at once can also trip CPython 3.11's AST recursion check.)
-        if self._z is None:
-            with _LOAD_LOCK:
-                if self._z is None:
-                    self._z = dict(np.load(self.path))
-        return self._z
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, i):
-        z = self._arrays()
-        i = int(i) % self._distinct
-        return {"image": z["jpeg"][z["offsets"][i] : z["offsets"][i + 1]].tobytes(), "label": z["labels"][i]}
-
-    def __getstate__(self):
-        return {"path": self.path, "_n": self._n, "_distinct": self._distinct, "_z": None}
-
+from benchmarks import input_feed, record
+from benchmarks.input_feed import decode_phases, nvjpeg_fields
+from benchmarks.synthetic_jpegs import JpegSource, shrink_jpegs, write_jpegs
+from qresnet import imagenet_input, nvjpeg
 
 # --decode's modes: (jpeg_draft, jpeg_window).
 DECODES = {"full": (False, False), "draft": (True, False), "window": (True, True)}
@@ -200,20 +87,6 @@ def _spec(
         cpu_decode_share=cpu_share,
         gpu_decoder=gpu_decoder,
     )
-
-
-def _nvjpeg_fields(spec: imagenet_input.StreamSpec) -> dict:
-    """A row's GPU-decoding settings, read from its stream's (nvjpeg rows only)."""
-    if spec.image_backend != "nvjpeg":
-        return {}
-    fields = {
-        "decode_threads": spec.decode_threads,
-        "on_device": spec.decode_on_device,
-        "stream_priority": spec.decode_priority,
-    }
-    fields |= {"gpu_decoder": spec.gpu_decoder} if spec.gpu_decoder != "torchvision" else {}
-    fields |= {"batches_per_call": spec.decode_batches_per_call} if spec.decode_batches_per_call != 1 else {}
-    return fields | ({"cpu_decode_share": spec.cpu_decode_share} if spec.cpu_decode_share else {})
 
 
 def time_pipeline(
@@ -260,13 +133,13 @@ def time_pipeline(
         "workers": workers,
         "decode": decode,
         "backend": backend,
-        **_nvjpeg_fields(spec),
+        **nvjpeg_fields(spec),
         "batch": batch,
         "image_size": size,
         "batches": batches,
         "warmup_batches": warmup,
         "images_per_s": batch * batches / dt,
-        **_decode_phases(),
+        **decode_phases(),
     }
 
 
@@ -312,124 +185,6 @@ def time_per_image(source, *, size: int, images: int, backends=CPU_BACKENDS) -> 
     if set(backends) == set(CPU_BACKENDS):
         row["opencv_vs_pillow_speedup"] = {m: ms[f"pillow_{m}"] / ms[f"opencv_{m}"] for m in ("full", "draft")}
     return row | {"share_of_crops_drafted": shrunk / images}
-
-
-def time_fed(
-    source,
-    feed: str,
-    *,
-    workers: int,
-    batches: int,
-    warmup: int,
-    decode: str,
-    backend: str,
-    decode_threads: int = 3,
-    on_device: bool = True,
-    priority: int = 0,
-    per_call: int = 2,
-    cpu_share: float = 0.7,
-    gpu_decoder: str = "torchvision",
-    profile: int = 0,
-    sample_threads: bool = False,
-) -> dict:
-    """Does the pipeline keep a training step fed? Images/s of qresnet's float train step for the
-    `feed` case (MODEL:SIZE:BATCH:DTYPE, as `benchmarks.train_step`) on fixed device data, then on
-    the pipeline's batches (put on the device and trained on, one step each, the host preparing
-    the next meanwhile) over `batches` steps after `warmup`, in one process. With `profile`, that
-    many more steps of each kind run under the profiler afterwards (`_profiled`), so that where a
-    fed step's extra time goes shows: longer kernels, other kernels, or an idle GPU. With
-    `sample_threads`, the timed fed steps run under a `ThreadSampler` (where each Python thread
-    was: the training loop, the decoding threads)."""
-
-    from benchmarks import train_step as bench
-
-    case = bench.parse_case(feed)
-    row = bench.prepare("qresnet", "float", "qresnet", case, warmup=3)
-    alone = float(np.median([row.time_one() for _ in range(10)]))
-    fixed = iter(lambda: dict(zip(("image", "label"), row.args)), None)
-    alone_async, _ = _steps_per_s(row, fixed, batches)
-    spec = _spec(
-        case.image_size,
-        case.batch,
-        workers,
-        decode,
-        backend,
-        decode_threads,
-        on_device,
-        priority,
-        per_call,
-        cpu_share,
-        gpu_decoder,
-    )
-    it = imagenet_input.train_batches(spec, source, seed=0, epoch=0)
-    _steps_per_s(row, it, warmup)
-    nvjpeg.phase_seconds(reset=True)
-    with ThreadSampler() if sample_threads else contextlib.nullcontext() as sampler:
-        fed, waited = _steps_per_s(row, it, batches)
-    fed *= case.batch
-    phases = _decode_phases()
-    profiles = {"thread_samples": sampler.summary()} if sample_threads else {}
-    if profile:
-        # The process's first trace starts the profiler in its first steps (close to a second a
-        # step); a throw-away one-step trace takes that out of the rows' wall ms.
-        _profiled(lambda i: row.time_one(), 1)
-        profiles["alone_profile"] = _profiled(lambda i: row.time_one(), profile)
-        profiles["fed_profile"] = _profiled(lambda i: _steps_per_s(row, it, 1), profile)
-    return {
-        "mode": "fed",
-        "feed": feed,
-        "workers": workers,
-        "decode": decode,
-        "backend": backend,
-        **_nvjpeg_fields(spec),
-        "batches": batches,
-        "warmup_batches": warmup,
-        "alone_images_per_s": case.batch / alone,
-        "alone_async_images_per_s": case.batch * alone_async,
-        "fed_images_per_s": fed,
-        "fed_vs_alone": fed * alone / case.batch,
-        "fed_vs_alone_async": fed / (case.batch * alone_async),
-        "fed_wait_ms_per_step": 1e3 * waited / batches,
-        **phases,
-        **profiles,
-    }
-
-
-def _decode_phases() -> dict:
-    """nvjpeg's decoding time per call of `decode_batch` (one call decodes `batches_per_call`
-    train batches; the key says "per_batch" as the first rows did) and phase since the last
-    reset (`nvjpeg.phase_seconds`), summed over the decoding threads; nothing for the CPU backends."""
-    phases = nvjpeg.phase_seconds()
-    n = phases.pop("batches", 0)
-    return {"decode_ms_per_batch": {k: 1e3 * v / n for k, v in phases.items()}} if n else {}
-
-
-def _steps_per_s(row, batches, steps: int) -> tuple[float, float]:
-    """Trains `steps` steps on `batches` (an iterator of {"image", "label"}) without waiting for
-    any step (as training does); returns steps/s and the seconds spent waiting for batches."""
-    import jax
-
-    jax.block_until_ready(row.state)
-    waited, t0 = 0.0, time.perf_counter()
-    for i in range(steps):
-        t = time.perf_counter()
-        b = next(batches)
-        waited += time.perf_counter() - t
-        row.state, (loss, _) = row.step(
-            row.state, jax.device_put(b["image"]), jax.device_put(b["label"]), row.keys[i % 64]
-        )
-    jax.block_until_ready(row.state)
-    return steps / (time.perf_counter() - t0), waited
-
-
-def _profiled(run, steps: int) -> dict:
-    """`steps` calls of `run(i)` (each to completion) under `jax.profiler.trace`: wall ms per step
-    and, on a GPU, kernel ms per step (XLA's, others', and the time any kernel ran)."""
-    from benchmarks import profile_step
-
-    wall, device = profile_step.traced(run, steps, profile_step.stream_summary)
-    out = {"steps": steps, "wall_ms": 1e3 * wall / steps, "gpu": device.pop("gpu")}
-    return out | {k.replace("_ns", "_ms"): v / steps / 1e6 for k, v in device.items()}
 
 
 def _stub_decode_batch(jpegs, boxes, flips, size, on_device=False, priority=0, decoder="torchvision"):
@@ -639,17 +394,16 @@ def main(argv=None) -> int:
             if backend == "pillow" and decode == "window":
                 continue  # window decoding is OpenCV's (and the nvjpeg backend's CPU share)
             if args.feed:
-                row = time_fed(
+                spec = _spec(args.image_size, args.batch, w, decode, backend, **nv)
+                row = input_feed.time_fed(
                     source,
+                    spec,
                     args.feed,
-                    workers=w,
+                    decode=decode,
                     batches=args.batches,
                     warmup=args.warmup,
-                    decode=decode,
-                    backend=backend,
                     profile=args.profile,
                     sample_threads=args.sample_threads,
-                    **nv,
                 )
                 row |= {"max_side": args.max_side, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
                 record(rows, row, args.out)

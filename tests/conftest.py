@@ -35,18 +35,21 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # test count, puts files of few long tests such as distributed_test.py at the end). Files not named keep
 # their order after these.
 SLOW_FIRST = (
-    "train_test.py",
     "fused_test.py",
-    "benchmarks_test.py",
-    "distributed_test.py",
-    "records_test.py",
-    "reliability_test.py",
+    "train_test.py",
+    "benchmarks_train_step_test.py",
     "imagenet_input_test.py",
-    "sweep_test.py",
+    "records_test.py",
+    "distributed_test.py",
+    "quant_layers_test.py",
+    "benchmarks_test.py",
     "ray_backend_test.py",
     "export_test.py",
-    "search_test.py",
+    "sweep_test.py",
+    "reliability_test.py",
     "onnx_export_test.py",
+    "bn_reestimate_test.py",
+    "search_test.py",
 )
 
 

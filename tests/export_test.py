@@ -77,7 +77,7 @@ def test_export_stores_integers_at_their_bit_width(exported):
     workdir, path = exported
     header, variables = export.read(path)
     arrays = header["arrays"]
-    assert arrays["params/stage1_block1/conv1/kernel_int"]["packed"]  # 4-bit: two per byte
+    assert arrays["params/stage1_block0/conv2/kernel_int"]["packed"]  # 4-bit: two per byte
     assert not arrays["params/stem/kernel_int"]["packed"]  # 8-bit
     assert variables["params"]["stem"]["kernel_int"].dtype == np.int8
     # Kernel payload = the memory cost (weights x bits), up to one padding nibble per 4-bit layer.

@@ -58,14 +58,14 @@ def test_integer_kernel_graph_fuses_and_is_exact_as_written(runs, tmp_path):
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     optimized = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     plain = [n.op_type for n in onnx.load(str(onnx_export.export_run(run, tmp_path / "p.onnx"))).graph.node]
-    blocks = sum(1 for name in resnet.layer_names("resnet20", 0.25) if name.endswith("conv1"))
+    blocks = sum(1 for name in resnet.layer_names("resnet8", 0.25) if name.endswith("conv1"))
     assert optimized.count("QLinearConv") == blocks and "QLinearConv" not in plain
 
 
 def test_graph_is_qdq_with_integer_kernels(runs, tmp_path):
     model = onnx.load(str(onnx_export.export_run(runs["w4a4_ends8_deploy"], tmp_path / "m.onnx")))
     ops = [n.op_type for n in model.graph.node]
-    layers = resnet.layer_names("resnet20", 0.25)  # the smoke config's model
+    layers = resnet.layer_names("resnet8", 0.25)  # the smoke config's model
     assert ops.count("Conv") == len(layers) - 1 and ops.count("MatMul") == 1
     inits = {t.name: t for t in model.graph.initializer}
     tp = onnx.TensorProto

@@ -15,8 +15,9 @@ from qresnet import ray_backend, results, sweep, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Four runs of the smoke model, two epochs each (a checkpoint after the first), 16 steps.
-SWEEP4 = """
+# Three runs of the smoke model on two logical GPUs, two epochs each (a checkpoint after the first): the
+# quantized one is killed (its second epoch compiles the quantized phase's program, a window to kill it in).
+SWEEP3 = """
 from configs import settings, smoke
 
 
@@ -25,8 +26,8 @@ def get_config():
 
 
 def get_sweep():
-    settings_ = ("bf16", "w4a4_ends8")
-    return [{"setting": s, "quant.rules": settings.SETTINGS[s], "seed": seed} for s in settings_ for seed in (0, 1)]
+    runs = (("bf16", 0), ("w4a4_ends8", 0), ("bf16", 1))
+    return [{"setting": s, "quant.rules": settings.SETTINGS[s], "seed": seed} for s, seed in runs]
 """
 
 
@@ -54,11 +55,11 @@ def _kill_when_training(workdir: Path, killed: list) -> None:
 
 
 def test_ray_sweep_retries_a_killed_run_and_matches_the_local_backend(cluster, tmp_path, capsys):
-    config = tmp_path / "sweep4.py"
-    config.write_text(SWEEP4)
+    config = tmp_path / "sweep3.py"
+    config.write_text(SWEEP3)
     root = tmp_path / "root"
     names = [name for name, _, _ in sweep.expand(str(config))]
-    assert len(names) == 4
+    assert len(names) == 3
     victim = root / "w4a4-ends8_seed0"
     killed = []
     watcher = threading.Thread(target=_kill_when_training, args=(victim, killed), daemon=True)
@@ -72,10 +73,11 @@ def test_ray_sweep_retries_a_killed_run_and_matches_the_local_backend(cluster, t
     assert sorted(r["name"] for r in runs) == sorted(names) and all(r["status"] == "ok" for r in runs)
     # One logical GPU each (1/--jobs of one), so at most two at once, each with its own device.
     assert {r["devices"] for r in runs} <= {"0", "1"}
-    for r in runs:
-        overlapping = [o for o in runs if o["start"] < r["end"] and r["start"] < o["end"]]
-        assert len(overlapping) <= 2
-        assert len({o["devices"] for o in overlapping}) == len(overlapping)
+    for r in runs:  # the runs under way when each one started
+        running = [o for o in runs if o["start"] <= r["start"] < o["end"]]
+        assert len(running) <= 2
+        assert len({o["devices"] for o in running}) == len(running)
+    assert max(sum(o["start"] <= r["start"] < o["end"] for o in runs) for r in runs) == 2  # two at once, at times
     # The killed run was retried and resumed: same result as a run trained without interruption.
     retried = results.read_result(victim)
     _, _, cfg = next(e for e in sweep.expand(str(config)) if e[0] == victim.name)
@@ -88,11 +90,11 @@ def test_ray_sweep_retries_a_killed_run_and_matches_the_local_backend(cluster, t
     report = (root / "pareto" / "report.md").read_text()
     capsys.readouterr()
     assert sweep.run_sweep(str(config), str(root)) == 0
-    assert "4 done, 0 to run" in capsys.readouterr().out
+    assert "3 done, 0 to run" in capsys.readouterr().out
     assert (root / "pareto" / "report.md").read_text() == report
     # A re-run on Ray trains nothing either.
     assert sweep.run_sweep(str(config), str(root), backend="ray", jobs=1) == 0
-    assert "4 done, 0 to run" in capsys.readouterr().out
+    assert "3 done, 0 to run" in capsys.readouterr().out
 
 
 def test_a_root_some_node_cannot_see_is_refused_before_anything_runs(cluster, tmp_path, monkeypatch):

@@ -66,7 +66,7 @@ def test_smoke_run_writes_a_complete_workdir(smoke_run):
     assert [r["epoch"] for r in rows] == [1, 2]
     config = json.loads((workdir / "config.json").read_text())
     assert config["specs"]["stem"]["w_bits"] == 8 and config["specs"]["head"]["a_bits"] == 8
-    assert config["specs"]["stage1/block1/conv1"]["a_bits"] == 4 and config["act_start_step"] == 4
+    assert config["specs"]["stage1/block0/conv2"]["a_bits"] == 4 and config["act_start_step"] == 4
 
 
 def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
