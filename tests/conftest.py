@@ -133,3 +133,34 @@ def result_record():
 def pytest_sessionfinish(session, exitstatus):
     if _CACHE:
         shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def photo_jpeg():
+    """Makes JPEG bytes (quality 90) of smooth colour fields plus a little noise: photo-like, unlike pure noise."""
+    import io
+
+    from PIL import Image
+
+    def make(h, w, grey=False):
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        img = np.stack([np.sin(x / (9 + 5 * c) + c) * 60 + np.cos(y / (13 + 3 * c)) * 60 + 128 for c in range(3)], -1)
+        img = (img + np.random.default_rng(0).normal(0, 4, img.shape)).clip(0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img[..., 0] if grey else img).save(buf, "JPEG", quality=90)
+        return buf.getvalue()
+
+    return make
+
+
+@pytest.fixture
+def fresh_window_decoder():
+    """The crop-window decoder imported and made anew in the test and after it (cached per process
+    and thread)."""
+    from qresnet import jpeg_decode
+
+    jpeg_decode._nvimgcodec.cache_clear()
+    jpeg_decode._WINDOW.__dict__.clear()
+    yield
+    jpeg_decode._nvimgcodec.cache_clear()
+    jpeg_decode._WINDOW.__dict__.clear()
