@@ -1,7 +1,8 @@
 """Where a run's learned (LSQ) bounds ended: for weights and inputs, how many bounds there are, how
 many a large step pushed to the floor that keeps them positive (`quant.ops.positive_bound`: without
 it those channels would quantize to 0 for good), and the learned bound over its start (median and
-range):
+range); and for kernels, the share of weights beyond their grid's range, which a clipped
+straight-through gradient (`QuantSpec.w_ste="clipped"`, LSQ's) leaves to weight decay alone:
 
     python -m benchmarks.lsq_bounds --workdir RUN [--workdir RUN2 ...] [--out F.jsonl]
 """
@@ -15,16 +16,28 @@ import jax
 import numpy as np
 
 from benchmarks import record
-from qresnet import checkpoints, results, run_spec
+from qresnet import checkpoints, resnet, results, run_spec
 from qresnet.quant import ops
+
+
+def beyond_share(kernel, bound, bits: int, full: bool) -> tuple[int, int]:
+    """(weights of `kernel` outside the signed grid's range at `bound`, weights): where the clipped
+    straight-through gradient is zero (`quant.ops`; `bound` per output channel, the last axis, or one)."""
+    s = ops.scale_numerator(bits, True) / np.asarray(bound, np.float32)
+    qmin, qmax = ops.int_range(bits, True, full)
+    v = np.asarray(kernel, np.float32) * s
+    return int(np.sum((v < qmin) | (v > qmax))), int(v.size)
 
 
 def bound_stats(workdir) -> dict:
     config = checkpoints.run_config(workdir)
-    state = checkpoints.restore_final(run_spec.finished_run_spec(config), workdir)
+    run = run_spec.finished_run_spec(config)
+    state = checkpoints.restore_final(run, workdir)
     params = flax.traverse_util.flatten_dict(flax.core.unfreeze(jax.device_get(state.params)))
     stats = flax.traverse_util.flatten_dict(flax.core.unfreeze(jax.device_get(state.variables()["quant_stats"])))
     out = {"workdir": str(workdir), "setting": config.setting, "seed": int(config.seed)}
+    names = {path: name for name, path in resnet.kernel_paths(jax.device_get(state.params)).items()}
+    beyond = np.zeros(2, np.int64)
     for side, name in (("w", "kernel_bound"), ("a", "act_bound")):
         ratios, floored = [], 0
         for path, start in stats.items():
@@ -35,6 +48,9 @@ def bound_stats(workdir) -> dict:
             floored += int(np.sum(start + offset <= ops.LSQ_MIN_FRACTION * start))
             bound = np.asarray(ops.learned_bound(start, offset))
             ratios.append((bound / np.maximum(start, ops.LSQ_MIN_BOUND)).ravel())
+            if side == "w":
+                spec = run.specs[names[path[:-1]]]
+                beyond += beyond_share(params[(*path[:-1], "kernel")], bound, spec.w_bits, spec.w_full_grid)
         if ratios:
             r = np.concatenate(ratios)
             out[side] = {
@@ -44,6 +60,8 @@ def bound_stats(workdir) -> dict:
                 "min_ratio": float(r.min()),
                 "max_ratio": float(r.max()),
             }
+            if side == "w":
+                out[side]["beyond_share"] = float(beyond[0] / beyond[1])
     return out
 
 
