@@ -49,8 +49,9 @@ def bound_stats(workdir) -> dict:
             bound = np.asarray(ops.learned_bound(start, offset))
             ratios.append((bound / np.maximum(start, ops.LSQ_MIN_BOUND)).ravel())
             if side == "w":
-                spec = run.specs[names[path[:-1]]]
-                beyond += beyond_share(params[(*path[:-1], "kernel")], bound, spec.w_bits, spec.w_full_grid)
+                spec, kernel = run.specs[names[path[:-1]]], params[(*path[:-1], "kernel")]
+                kernel = ops.standardize(kernel) if spec.w_standardize else kernel  # as the layer quantizes it
+                beyond += beyond_share(kernel, bound, spec.w_bits, spec.w_full_grid)
         if ratios:
             r = np.concatenate(ratios)
             out[side] = {

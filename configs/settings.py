@@ -22,6 +22,9 @@ LSQ_RELU_FULL = {**LSQ_RELU, **FULL}
 # Kernels' straight-through gradient also beyond the learned bound (APoT's; LSQ's is zero there, so at 2 bits
 # the weights past the bound learn only from weight decay).
 PASS = {"w_ste": "pass"}
+# Kernels standardized per tensor before they are quantized (APoT's weight normalization): the learned bound on a
+# fixed scale whatever weight decay does to the kernel. Only where BatchNorm follows (not the head).
+STD = {"w_standardize": True}
 
 SETTINGS = {
     "bf16": [(".*", None, None)],
@@ -78,6 +81,10 @@ SETTINGS = {
     "w3a3_ends8_full": [("stem|head", 8, 8, LSQ_FULL), (".*", 3, 3, LSQ_RELU_FULL)],
     "w2a2_ends8_full": [("stem|head", 8, 8, LSQ_FULL), (".*", 2, 2, LSQ_RELU_FULL)],
     "w2a2_ends8_full_pass": [("stem|head", 8, 8, {**LSQ_FULL, **PASS}), (".*", 2, 2, {**LSQ_RELU_FULL, **PASS})],
+    "w2a2_ends8_full_pass_std": [
+        ("stem|head", 8, 8, {**LSQ_FULL, **PASS}),
+        (".*", 2, 2, {**LSQ_RELU_FULL, **PASS, **STD}),
+    ],
     "w3a3_ends8_full_max": [("stem|head", 8, 8, {**LSQ_MAX, **FULL}), (".*", 3, 3, {**LSQ_RELU_MAX, **FULL})],
     "w2a2_ends8_full_amax": [("stem|head", 8, 8, {**LSQ_AMAX, **FULL}), (".*", 2, 2, {**LSQ_RELU_AMAX, **FULL})],
     "w4a4_ends8_lsq_deploy": [

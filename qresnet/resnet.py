@@ -467,7 +467,14 @@ def resolve_specs(
       and each stage's first conv1 read signed values, the paper's choice).
 
     Raises:
-      quant.SpecError: a rule that matches no layer, a layer no rule matches, bits out of range.
+      quant.SpecError: a rule that matches no layer, a layer no rule matches, bits out of range, a
+        standardized head kernel.
     """
     names = layer_names(name, width, num_classes, input_shape)
-    return specs_lib.resolve_specs(rules, names, signed_layers(names))
+    specs = specs_lib.resolve_specs(rules, names, signed_layers(names))
+    if specs["head"].w_standardize:
+        raise specs_lib.SpecError(
+            "layer 'head' has w_standardize=True, which scales a layer's output by 1/std(W) for the BatchNorm "
+            "after it to absorb; the head has none: leave it out of the rule that sets w_standardize"
+        )
+    return specs

@@ -61,8 +61,12 @@ def test_bf16_integer_model_is_close_to_the_float32_one(exported, capsys):
 def test_learned_lsq_bounds_export_and_match_to_the_bit(tmp_path):
     """LSQ bounds are a start (quant_stats) plus a learned offset (params): export adds them as the
     layer does and the integer model agrees to the bit; also on the full-range kernel grid (codes
-    -8..7 at 4 bits, -128..127 at 8, in int4 and int8 storage)."""
-    rules = [(p, w, a, {**o, "w_grid": "full"}) for p, w, a, o in settings.SETTINGS["w4a4_ends8_lsq_deploy"]]
+    -8..7 at 4 bits, -128..127 at 8, in int4 and int8 storage), and with the 4-bit kernels standardized
+    (`w_standardize`: their codes are those of the standardized kernel)."""
+    rules = [
+        (p, w, a, {**o, "w_grid": "full", **({"w_standardize": True} if w == 4 else {})})
+        for p, w, a, o in settings.SETTINGS["w4a4_ends8_lsq_deploy"]
+    ]
     cfg = config_lib.load_config(SMOKE, [f"--config.quant.rules={rules!r}", "--config.setting=w4a4_ends8_lsq_deploy"])
     train.train_and_evaluate(cfg, tmp_path / "run", quiet=True)
     path = export.export_run(tmp_path / "run", tmp_path / "model.qrx")

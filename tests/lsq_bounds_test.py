@@ -32,9 +32,10 @@ def test_beyond_share_counts_the_weights_outside_the_grid(kernel, bound, bits, f
 
 
 def test_a_pass_run_reports_its_bounds_and_the_weights_a_clipped_gradient_would_leave(tmp_path, capsys):
-    """A smoke run at 2 bits with the kernel gradient passed beyond the bound: one learned kernel bound
-    per output channel, and the weights counted beyond them are those the clipped gradient zeroes."""
-    setting = "w2a2_ends8_full_pass"
+    """A smoke run at 2 bits with the kernel gradient passed beyond the bound and the 2-bit kernels
+    standardized: one learned kernel bound per output channel, and the weights counted beyond them are
+    those the clipped gradient zeroes in the kernel as the layer quantizes it."""
+    setting = "w2a2_ends8_full_pass_std"
     overrides = [f"--config.quant.rules={settings.SETTINGS[setting]!r}", f"--config.setting={setting}"]
     train.train_and_evaluate(config_lib.load_config(SMOKE, overrides), tmp_path / "run", quiet=True)
     out = tmp_path / "bounds.jsonl"
@@ -52,6 +53,7 @@ def test_a_pass_run_reports_its_bounds_and_the_weights_a_clipped_gradient_would_
     zeroed = total = 0
     for name, path in paths.items():
         spec, kernel = run.specs[name], _at(params, path)["kernel"]
+        kernel = ops.standardize(kernel) if spec.w_standardize else kernel
         bound = ops.learned_bound(_at(stats, path)["kernel_bound"], _at(params, path)["kernel_bound_offset"])
         # The clipped straight-through gradient of the layer's quantizer: zero exactly beyond the range.
         fake_quant = lambda k, s=spec, b=bound: ops.lsq_fake_quant(k, s.w_bits, b, True, 1.0, s.w_full_grid)  # noqa: E731

@@ -427,3 +427,25 @@ def test_pow2_scale_reaches_every_quantizer_of_a_layer():
         np.testing.assert_allclose(np.asarray(layer.apply(v, x)), np.asarray(expected), rtol=1e-6, atol=1e-6)
         plain = QConv(3, (3, 3), spec=dataclasses.replace(spec, pow2_scale=False))
         assert not np.allclose(np.asarray(plain.apply(v, x)), np.asarray(expected), rtol=1e-6, atol=1e-6)
+
+
+def test_standardized_kernels_make_a_layer_blind_to_the_kernels_scale_and_offset():
+    """w_standardize: the layer quantizes (W - mean) / std, so a kernel scaled and shifted as a whole gives
+    the same output, in both layer paths; and the learned bound starts from the standardized kernel."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+    for a_granularity in ("per_channel", "per_tensor"):
+        spec = QuantSpec(w_bits=2, a_bits=8, w_bound="lsq", a_bound="lsq", a_signed=True, a_granularity=a_granularity)
+        std = dataclasses.replace(spec, w_standardize=True)
+        layer = QConv(5, (3, 3), spec=std, use_bias=False)
+        v = layer.init(jax.random.key(1), x)
+        kernel = v["params"]["kernel"]
+        moved = {**v, "params": {**v["params"], "kernel": 7.0 * kernel + 0.3}}
+        y, y_moved = layer.apply(v, x), layer.apply(moved, x)
+        np.testing.assert_allclose(y_moved, y, rtol=1e-4, atol=1e-4 * float(jnp.abs(y).max()))
+        # The same as the plain layer given the standardized kernel (its bound started from it too).
+        plain = QConv(5, (3, 3), spec=spec, use_bias=False)
+        given = {**v, "params": {**v["params"], "kernel": ops.standardize(kernel)}}
+        np.testing.assert_allclose(plain.apply(given, x), y, rtol=1e-5, atol=1e-5 * float(jnp.abs(y).max()))
+        axes = ops.reduction_axes(kernel.ndim, "per_channel")
+        start = ops.lsq_init_bound(ops.standardize(kernel), 2, True, axes)
+        np.testing.assert_allclose(v["quant_stats"]["kernel_bound"], start, rtol=1e-6)

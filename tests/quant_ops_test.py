@@ -261,3 +261,14 @@ def test_replica_bound_is_the_mean_of_each_replicas_max():
     assert float(per_tensor) == pytest.approx((3.0 + 4.0) / 2)
     with pytest.raises(ValueError, match="does not split into replicas of 3"):
         ops.batch_max_abs(x, "per_channel", group=3)
+
+
+def test_standardize_is_zero_mean_unit_std_with_the_statistics_out_of_the_gradient():
+    w = jnp.array([1.0, 2.0, 3.0, 4.0])  # mean 2.5, std sqrt(1.25)
+    std = np.sqrt(1.25)
+    np.testing.assert_allclose(ops.standardize(w), (np.array([1.0, 2.0, 3.0, 4.0]) - 2.5) / std, rtol=1e-6)
+    # d/dw of sum(c * (w - mean) / std) with mean and std held: c / std, not the full Jacobian's (which sums to 0)
+    c = jnp.array([1.0, -2.0, 0.5, 3.0])
+    np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(c * ops.standardize(v)))(w), c / std, rtol=1e-6)
+    np.testing.assert_array_equal(ops.standardize(jnp.full((3,), 0.7)), np.zeros(3))  # std 0: no division by 0
+    assert ops.standardize(w.astype(jnp.bfloat16)).dtype == jnp.bfloat16

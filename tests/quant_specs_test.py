@@ -94,11 +94,19 @@ def test_kernel_ste_names_a_gradient_and_needs_a_learned_kernel_bound():
         specs.make_rule((".*", 2, 2, {"w_ste": "pass"}))
 
 
+def test_kernel_standardization_is_a_bool_that_needs_a_learned_kernel_bound():
+    assert specs.QuantSpec(w_bits=2, w_bound="lsq", w_standardize=True).w_standardize
+    with pytest.raises(specs.SpecError, match="w_standardize must be True or False"):
+        specs.QuantSpec(w_bits=2, w_bound="lsq", w_standardize="yes")
+    with pytest.raises(specs.SpecError, match="set w_bound='lsq' or drop w_standardize"):
+        specs.make_rule((".*", 2, 2, {"w_standardize": True}))
+
+
 def test_options_added_later_are_left_out_of_records_at_their_default():
     """A run recorded before w_grid (or the learned bounds' starts) existed keeps its identity: its record
     reads the same as today's spec at the default, and a set option is recorded."""
     spec = specs.QuantSpec(w_bits=4, a_bits=4, w_bound="lsq")
-    assert not {"w_grid", "w_lsq_start", "a_lsq_start", "w_ste"} & set(spec.to_dict())
+    assert not {"w_grid", "w_lsq_start", "a_lsq_start", "w_ste", "w_standardize"} & set(spec.to_dict())
     assert specs.QuantSpec(**spec.to_dict()) == spec
     full = specs.QuantSpec(w_bits=2, w_bound="lsq", w_grid="full", a_lsq_start="mean")
     assert full.to_dict()["w_grid"] == "full" and specs.specs_from_json(specs.specs_to_json({"a": full}))["a"] == full

@@ -136,3 +136,13 @@ def test_replica_statistics_reach_every_bn_and_quantizer():
     assert any(not jnp.allclose(a, b) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(new_plain)))
     with pytest.raises(ValueError, match="replica_size must be an int >= 0"):
         resnet.create_model("resnet8", num_classes=10, replica_size=-1)
+
+
+def test_a_standardized_head_kernel_is_refused_naming_the_layer():
+    """w_standardize leaves the kernel's scale to the BatchNorm after the layer; the head has none."""
+    from qresnet.quant import SpecError
+
+    opts = {"w_bound": "lsq", "w_standardize": True}
+    assert resnet.resolve_specs([("head", 8, 8), (".*", 2, 2, opts)], "resnet8")["stem"].w_standardize
+    with pytest.raises(SpecError, match="layer 'head' has w_standardize=True"):
+        resnet.resolve_specs([(".*", 2, 2, opts)], "resnet8")

@@ -186,7 +186,9 @@ class IntDense(nn.Module):
 
 def kernel_codes(kernel: jax.Array, spec: QuantSpec, bound: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(int8 codes, per-output-channel scale) of a kernel, as the fake quantizer rounds it: with its
-    max-abs bound, or with `bound` (a learned one, `w_bound="lsq"`)."""
+    max-abs bound, or with `bound` (a learned one, `w_bound="lsq"`), standardized first where the spec says."""
+    if spec.w_standardize:
+        kernel = ops.standardize(kernel)
     if bound is None:
         bound = ops.weight_bound(kernel, spec.w_granularity)
     q, s = ops.int_codes(kernel, spec.w_bits, bound, True, spec.pow2_scale, spec.w_full_grid)

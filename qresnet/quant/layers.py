@@ -167,6 +167,8 @@ def quantize_kernel(module: nn.Module, kernel: Array, spec: QuantSpec, train: bo
     """Fake-quantizes a kernel per `spec` (max-abs or learned bound), creating state in `module`."""
     if spec.w_bits is None:
         return kernel
+    if spec.w_standardize:
+        kernel = ops.standardize(kernel)
     if spec.w_bound == "lsq":
         bound, g = _kernel_bound(module, kernel, spec, train, act_quant)
         return ops.lsq_fake_quant(kernel, spec.w_bits, bound, True, g, spec.w_full_grid, spec.w_ste == "pass")
@@ -175,6 +177,8 @@ def quantize_kernel(module: nn.Module, kernel: Array, spec: QuantSpec, train: bo
 
 def kernel_codes(module: nn.Module, kernel: Array, spec: QuantSpec, train: bool, act_quant) -> tuple[Array, Array]:
     """(q, s_w) of a kernel, `quantize_kernel` = q / s_w, creating state in `module`."""
+    if spec.w_standardize:
+        kernel = ops.standardize(kernel)
     if spec.w_bound == "lsq":
         bound, g = _kernel_bound(module, kernel, spec, train, act_quant)
         return ops.lsq_ste_codes(kernel, spec.w_bits, bound, True, g, spec.w_full_grid, spec.w_ste == "pass")

@@ -289,6 +289,15 @@ def lsq_fake_quant(
     return (q / s).astype(x.dtype)
 
 
+def standardize(w: jax.Array) -> jax.Array:
+    """(w - mean(w)) / std(w) over the whole tensor, in w's dtype, the statistics held out of the gradient
+    (APoT's weight normalization): the gradient is w's, divided by std. A constant tensor (std 0) gives 0s."""
+    w32 = jnp.asarray(w, jnp.float32)
+    mean = lax.stop_gradient(jnp.mean(w32))
+    std = lax.stop_gradient(jnp.std(w32))
+    return jnp.where(std > 0, (w32 - mean) / jnp.where(std > 0, std, 1.0), 0.0).astype(w.dtype)
+
+
 def lsq_init_bound(x: jax.Array, bits: int, signed: bool, axes) -> jax.Array:
     """LSQ's data-driven start: step = 2*mean|x|/sqrt(qmax), bound = step*N."""
     _, qmax = int_range(bits, signed)

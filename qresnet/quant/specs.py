@@ -73,6 +73,11 @@ class QuantSpec:
       w_ste: the kernel's straight-through gradient beyond a learned bound: "clipped" (LSQ's: none, so
         a weight past the bound learns only from weight decay) or "pass" (APoT's: as inside the range);
         the forward pass and the bound's gradient are the same. "pass" needs w_bound="lsq".
+      w_standardize: the kernel standardized over the whole tensor before it is quantized, (W - mean) /
+        std with both statistics held out of the gradient (APoT's weight normalization), so that its
+        learned bound lives on one scale whatever weight decay does to W. The layer's output scales by
+        1/std, which the BatchNorm after it absorbs: not for the head (a Dense without BN), and with
+        model.fold_bn not at all (`resnet.check_fold_specs` refuses learned bounds). Needs w_bound="lsq".
     """
 
     w_bits: int | None = None
@@ -89,6 +94,7 @@ class QuantSpec:
     a_lsq_start: str = "mean"
     w_grid: str = "symmetric"
     w_ste: str = "clipped"
+    w_standardize: bool = False
 
     def __post_init__(self):
         _check_bits(self.w_bits, "w_bits")
@@ -125,6 +131,13 @@ class QuantSpec:
                 f"w_bound={self.w_bound!r} and w_bits={self.w_bits}: set w_bound='lsq' and 2 or more bits, "
                 "or drop w_grid"
             )
+        if not isinstance(self.w_standardize, bool):
+            raise SpecError(f"w_standardize must be True or False, got {self.w_standardize!r}")
+        if self.w_standardize and self.w_bound != "lsq":
+            raise SpecError(
+                f"w_standardize=True quantizes the standardized kernel against a learned bound, but w_bound="
+                f"{self.w_bound!r}: set w_bound='lsq' or drop w_standardize"
+            )
         if self.w_ste != "clipped" and self.w_bound != "lsq":
             raise SpecError(
                 f"w_ste={self.w_ste!r} sets the kernel's gradient beyond a learned bound, but w_bound="
@@ -157,7 +170,7 @@ class QuantSpec:
 
 FLOAT = QuantSpec()
 # Options added after runs were recorded: omitted from a spec's record at their default (`QuantSpec.to_dict`).
-_OMITTED_AT_DEFAULT = ("w_lsq_start", "a_lsq_start", "w_grid", "w_ste")
+_OMITTED_AT_DEFAULT = ("w_lsq_start", "a_lsq_start", "w_grid", "w_ste", "w_standardize")
 _DEFAULTS = dataclasses.asdict(FLOAT)
 _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(QuantSpec))[2:]
 
