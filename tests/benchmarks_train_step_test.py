@@ -10,8 +10,6 @@ from benchmarks import baselines, train_step
 from benchmarks.plain_resnet import PlainResNet
 
 CASE = train_step.Case("resnet8", 16, 8, "float32")
-
-
 ROWS = (
     ("plain_flax", "float", "flax"),
     ("qresnet", "float", "qresnet"),
